@@ -1,0 +1,31 @@
+# make demo: the main job (a reproduction on built-in data); make test: the test suite.
+# Both create the virtual environment from constraints.txt when it is missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint format bench clean
+
+$(BIN)/pyro-unlearn: setup.cfg constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/pyro-unlearn
+	$(BIN)/pyro-unlearn demo --json results/demo.json --out results
+
+test: $(BIN)/pyro-unlearn
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/pyro-unlearn
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(BIN)/pyro-unlearn
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: $(BIN)/pyro-unlearn
+	$(BIN)/python benchmarks/bench_losses.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache .ruff_cache
