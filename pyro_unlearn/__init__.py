@@ -1,0 +1,24 @@
+"""Bayesian machine unlearning for Pyro: forget data from a variational posterior."""
+
+from . import exact, metrics
+from .forget import ForgetResult, forget
+from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
+from .infer import ReverseKL, Trace_EUBO, adjusted_log_likelihood
+from .posterior import FrozenPosterior, freeze
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ForgetResult",
+    "FrozenPosterior",
+    "ReverseKL",
+    "Trace_EUBO",
+    "UnlearnMessenger",
+    "adjusted_log_likelihood",
+    "erased_log_likelihood",
+    "exact",
+    "forget",
+    "freeze",
+    "metrics",
+    "unlearn",
+]

@@ -1,0 +1,1 @@
+"""The papers' reproductions, used by the ``pyro-unlearn`` command and the tutorials."""

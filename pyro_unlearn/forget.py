@@ -1,0 +1,124 @@
+"""One call that unlearns: runs the SVI loop with a progress bar until the loss has converged."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer import SVI
+from tqdm.auto import tqdm
+
+from .handlers import unlearn
+from .infer import ReverseKL, Trace_EUBO
+from .posterior import FrozenPosterior, freeze
+
+__all__ = ["ForgetResult", "forget", "has_converged"]
+
+_METHODS = {"eubo": Trace_EUBO, "rkl": ReverseKL}
+
+
+@dataclass
+class ForgetResult:
+    """What :func:`forget` returns.
+
+    Attributes:
+        guide: the unlearned guide (the live guide, trained in place).
+        posterior: the frozen original q(θ|D), untouched; reuse it for later requests.
+        losses: the loss of every step.
+        ess: the effective sample size of every step (``method="rkl"``; empty for the EUBO).
+        seconds: wall time of the optimisation.
+        converged: whether the convergence rule stopped the run before ``num_steps``.
+    """
+
+    guide: Callable
+    posterior: FrozenPosterior
+    losses: list[float] = field(default_factory=list)
+    ess: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    converged: bool = False
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.losses)
+
+
+def has_converged(losses: list[float], window: int) -> bool:
+    """True when the mean loss of the last ``window`` steps is no lower than that of the window
+    before, by more than two standard errors: the loss trace is flat up to its noise."""
+    if len(losses) < 2 * window:
+        return False
+    last = torch.tensor(losses[-window:], dtype=torch.float64)
+    before = torch.tensor(losses[-2 * window : -window], dtype=torch.float64)
+    stderr = torch.sqrt((last.var() + before.var()) / window)
+    return bool(before.mean() - last.mean() <= 2 * stderr)
+
+
+def forget(
+    model: Callable,
+    guide: Callable,
+    *args,
+    erased: Any = None,
+    plate: str | None = None,
+    method: str = "rkl",
+    lam: float = 0.0,
+    posterior: FrozenPosterior | None = None,
+    num_particles: int = 64,
+    vectorize_particles: bool = True,
+    max_plate_nesting: float = float("inf"),
+    optim: pyro.optim.PyroOptim | None = None,
+    lr: float = 0.01,
+    num_steps: int = 2000,
+    window: int = 100,
+    progress: bool = True,
+    **kwargs,
+) -> ForgetResult:
+    """Unlearn the erased data from a trained guide without retraining.
+
+    Freezes ``guide`` as q(θ|D) (or uses ``posterior``, writing it back into ``guide`` first: the
+    lazy way to serve a new request from the original posterior), then runs SVI with
+    ``method`` ("rkl", the robust default, or "eubo") on ``unlearn(model, erased=..., plate=...)``
+    for at most ``num_steps`` steps, stopping once the loss is flat (:func:`has_converged` over
+    ``window`` steps). The default optimiser is ClippedAdam with ``lr`` decaying tenfold over
+    ``num_steps``. ``*args, **kwargs`` go to the model and guide: the erased data alone
+    (``erased=None``) or the full data with ``erased`` rows of ``plate``.
+
+    Example::
+
+        >>> result = forget(model, guide, x_erased, y_erased, method="rkl")  # doctest: +SKIP
+        >>> result.guide, result.seconds, result.ess[-1]  # doctest: +SKIP
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
+    if posterior is None:
+        posterior = freeze(guide, *args, **kwargs)
+    else:
+        posterior.restore(guide)
+    loss = _METHODS[method](
+        posterior,
+        lam,
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
+        max_plate_nesting=max_plate_nesting,
+    )
+    if optim is None:
+        optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / max(num_steps, 1))})
+    svi = SVI(unlearn(model, erased=erased, plate=plate), guide, optim, loss)
+    result = ForgetResult(guide=guide, posterior=posterior)
+    start = time.perf_counter()
+    with tqdm(total=num_steps, desc=f"unlearning ({method}, λ={lam:g})", disable=not progress) as bar:
+        for _ in range(num_steps):
+            result.losses.append(svi.step(*args, **kwargs))
+            if method == "rkl":
+                result.ess.append(float(loss.ess))
+            bar.update()
+            if bar.n % window == 0:
+                bar.set_postfix(loss=f"{result.losses[-1]:.4g}")
+                if has_converged(result.losses, window):
+                    result.converged = True
+                    break
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,14 @@
+"""Unlearning losses for :class:`pyro.infer.SVI`, one per module (as in ``pyro.infer``)."""
+
+from .adjusted_likelihood import adjusted_log_likelihood
+from .base import UnlearningLoss
+from .eubo import Trace_EUBO
+from .reverse_kl import ReverseKL, effective_sample_size
+
+__all__ = [
+    "ReverseKL",
+    "Trace_EUBO",
+    "UnlearningLoss",
+    "adjusted_log_likelihood",
+    "effective_sample_size",
+]

@@ -1,0 +1,331 @@
+"""The frozen posterior q(θ|D): an immutable snapshot of a trained guide.
+
+Pyro keeps a guide's parameters in the global param store, and ``copy.deepcopy`` of an
+AutoGuide is *not* independent (its params rebind to the live guide's on the next call). The
+frozen posterior therefore keeps its own parameter tensors (``requires_grad=False``) and runs
+the guide inside ``pyro.get_param_store().scope(...)`` with its parameters hidden, so neither
+later training of the live guide nor an SVI step can change it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer.autoguide import AutoGuide
+from pyro.nn import PyroModule
+from pyro.poutine import Trace
+from pyro.poutine.util import prune_subsample_sites
+from torch.distributions import biject_to
+from torch.distributions.transforms import Transform
+
+from .traces import latent_sites, sum_sites_per_particle
+
+__all__ = ["FrozenPosterior", "freeze"]
+
+_GAUSSIANS = (
+    torch.distributions.Normal,
+    torch.distributions.MultivariateNormal,
+    torch.distributions.LowRankMultivariateNormal,
+)
+
+
+def _base_distribution(fn: Any) -> Any:
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return fn
+
+
+def _clear_transform_caches(module: torch.nn.Module) -> None:
+    # Pyro's AffineAutoregressive keeps non-leaf tensors from its last call; deepcopy refuses them.
+    for m in module.modules():
+        if isinstance(m, Transform):
+            for name in list(vars(m)):
+                if name == "_cached_x_y":
+                    m._cached_x_y = (None, None)
+                elif name.startswith("_cached"):
+                    setattr(m, name, None)
+
+
+@contextlib.contextmanager
+def _param_store_swapped(params: dict, constraints: dict) -> Iterator[None]:
+    """Run with the global param store holding exactly ``params``, then put the live ones back.
+
+    Not ``ParamStoreDict.scope()``: its ``get_state()`` strips the ``.unconstrained`` weakref
+    from live tensors whose constraint is ``real`` (the constrained value *is* that tensor), which
+    breaks a surrounding ``SVI.step``. Swapping the store's three dicts is O(1) and touches nothing.
+    """
+    store = pyro.get_param_store()
+    saved = store._params, store._constraints, store._param_to_name
+    store._params, store._constraints = params, constraints
+    store._param_to_name = {value: name for name, value in params.items()}
+    try:
+        yield
+    finally:
+        store._params, store._constraints, store._param_to_name = saved
+
+
+def _max_plate_nesting(trace: Trace) -> int:
+    dims = [f.dim for s in trace.nodes.values() for f in s.get("cond_indep_stack", ()) if f.dim]
+    return -min(dims) if dims else 0
+
+
+class FrozenPosterior:
+    """An immutable q(θ|D): samples, scores θ, and knows log q* = max_θ log q(θ|D).
+
+    Build it with :func:`freeze`. Call it like a guide (``posterior(*args)``) to draw θ; its
+    parameters never reach an optimiser. Densities are taken in the guide's unconstrained
+    (auxiliary) space, where the mode of every Gaussian guide is exact.
+
+    Attributes:
+        log_q_max: log q* (a 0-dim tensor on the guide's device).
+        mode: the maximiser, as a dict of auxiliary-site values.
+        mode_info: how log q* was obtained (``method`` "exact" or "numeric", ``starts``, ``steps``).
+        sites: the names of the sites it scores (the guide's auxiliary sites).
+    """
+
+    def __init__(self, guide: Callable, state: dict, *, is_module: bool) -> None:
+        self._guide = guide
+        self._state = state
+        self._is_module = is_module
+        self.log_q_max: torch.Tensor
+        self.mode: dict[str, torch.Tensor] = {}
+        self.mode_info: dict[str, Any] = {}
+        self.sites: list[str] = []
+
+    # -- running the frozen guide ---------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        params, constraints = dict(self._state["params"]), dict(self._state["constraints"])
+        with _param_store_swapped(params, constraints), poutine.block(hide_types=["param"]):
+            return self._guide(*args, **kwargs)
+
+    def sample(self, *args, **kwargs) -> Trace:
+        """Draw θ ~ q(θ|D): a trace of the frozen guide with log-probabilities computed."""
+        with poutine.block():
+            trace = poutine.trace(self).get_trace(*args, **kwargs)
+        trace = prune_subsample_sites(trace)
+        trace.compute_log_prob()
+        return trace
+
+    def score(self, trace: Trace, *args, **kwargs) -> Trace:
+        """Replay the frozen guide on ``trace`` (from a guide of the same structure) and return
+        the replayed trace with log q(θ|D) computed at every site."""
+        with poutine.block():
+            scored = poutine.trace(poutine.replay(self, trace=trace)).get_trace(*args, **kwargs)
+        scored = prune_subsample_sites(scored)
+        scored.compute_log_prob()
+        return scored
+
+    def log_prob(self, trace: Trace, *args, constrained: bool = False, **kwargs) -> torch.Tensor:
+        """log q(θ|D) at the θ of ``trace``: in the unconstrained (auxiliary) space by default,
+        or in the constrained space (every site, Jacobians included) with ``constrained=True``."""
+        scored = self.score(trace, *args, **kwargs)
+        names = (
+            [n for n, s in scored.nodes.items() if s["type"] == "sample"]
+            if constrained
+            else self.sites
+        )
+        return sum_sites_per_particle(scored, names, None, 1)[0]
+
+    # -- the mode -------------------------------------------------------------------------------
+    def _find_mode(self, args, kwargs, *, samples: int, starts: int, steps: int, lr: float) -> None:
+        trace = self.sample(*args, **kwargs)
+        self.sites = latent_sites(trace)
+        fns = {name: _base_distribution(trace.nodes[name]["fn"]) for name in self.sites}
+        if all(isinstance(fn, _GAUSSIANS) for fn in fns.values()):
+            mode = {name: fn.mean.detach() for name, fn in fns.items()}
+            with poutine.block():
+                scored = poutine.trace(poutine.condition(self, data=mode)).get_trace(*args, **kwargs)
+            scored.compute_log_prob()
+            self.log_q_max = sum_sites_per_particle(scored, self.sites, None, 1)[0].detach()
+            self.mode = mode
+            self.mode_info = {"method": "exact", "value": float(self.log_q_max)}
+            return
+        self._numeric_mode(trace, args, kwargs, samples=samples, starts=starts, steps=steps, lr=lr)
+
+    def _numeric_mode(self, trace, args, kwargs, *, samples, starts, steps, lr) -> None:
+        """Best of ``samples`` draws, refined by Adam on log q from the ``starts`` best, batched."""
+        dim = -_max_plate_nesting(trace) - 1
+
+        def batched_log_q(values=None, size=samples):
+            fn = pyro.plate("_mode_search", size, dim=dim)(self)
+            if values is not None:
+                fn = poutine.condition(fn, data=values)
+            with poutine.block():
+                tr = poutine.trace(fn).get_trace(*args, **kwargs)
+            tr.compute_log_prob()
+            return tr, sum_sites_per_particle(tr, self.sites, dim, size)
+
+        def take(tr, idx):
+            out = {}
+            for name in self.sites:
+                site = tr.nodes[name]
+                value = site["value"].detach()
+                pos = value.dim() - site["fn"].event_dim + dim
+                out[name] = value.index_select(pos, idx)
+            return out
+
+        with torch.no_grad():
+            tr, log_q = batched_log_q()
+        starts = min(starts, samples)
+        best = log_q.topk(starts).indices
+        init = take(tr, best)
+        supports = {n: biject_to(tr.nodes[n]["fn"].support) for n in self.sites}
+        free = {n: supports[n].inv(v).clone().requires_grad_(True) for n, v in init.items()}
+        optim = torch.optim.Adam(list(free.values()), lr=lr)
+        for _ in range(steps):
+            optim.zero_grad()
+            values = {n: supports[n](z) for n, z in free.items()}
+            _, refined = batched_log_q(values, starts)
+            (-refined.sum()).backward()
+            optim.step()
+        with torch.no_grad():
+            values = {n: supports[n](z) for n, z in free.items()}
+            tr, refined = batched_log_q(values, starts)
+            i = refined.argmax()
+            self.log_q_max = torch.maximum(refined[i], log_q.max()).detach()
+            self.mode = take(tr, i.reshape(1))
+        self.mode_info = {
+            "method": "numeric",
+            "value": float(self.log_q_max),
+            "samples": samples,
+            "starts": starts,
+            "steps": steps,
+        }
+
+    # -- saving and loading ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only, so ``torch.load(path, weights_only=True)`` reads it."""
+        return {
+            "params": {n: p.detach().clone() for n, p in self._state["params"].items()},
+            "log_q_max": self.log_q_max.detach().clone(),
+            "mode": {n: v.clone() for n, v in self.mode.items()},
+            "mode_info": dict(self.mode_info),
+            "sites": list(self.sites),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> FrozenPosterior:
+        """Load a :meth:`state_dict` into a posterior frozen from a guide of the same structure."""
+        ours, theirs = self._state["params"], state["params"]
+        if set(ours) != set(theirs):
+            raise ValueError(
+                f"saved parameters {sorted(theirs)} do not match this guide's {sorted(ours)}"
+            )
+        for name, value in theirs.items():
+            if ours[name].shape != value.shape:
+                raise ValueError(
+                    f"saved parameter {name!r} has shape {tuple(value.shape)}, "
+                    f"this guide's has {tuple(ours[name].shape)}"
+                )
+        with torch.no_grad():
+            for name, value in theirs.items():
+                ours[name].copy_(value)
+        device = next(iter(ours.values())).device if ours else None
+        self.log_q_max = state["log_q_max"].to(device)
+        self.mode = {n: v.to(device) for n, v in state["mode"].items()}
+        self.mode_info = dict(state["mode_info"])
+        self.sites = list(state["sites"])
+        return self
+
+    def restore(self, guide: Callable) -> None:
+        """Write q(θ|D) back into a live guide of the same structure (the start of a lazy,
+        from-the-original unlearning run). Only the live guide's param-store tensors change."""
+        live = dict(pyro.get_param_store().named_parameters())
+        missing = [n for n in self._state["params"] if n not in live]
+        if missing:
+            raise ValueError(f"the live guide has no parameters {missing}; call it once first")
+        with torch.no_grad():
+            for name, value in self._state["params"].items():
+                live[name].copy_(value)
+
+    def __repr__(self) -> str:
+        kind = type(self._guide).__name__ if self._is_module else self._guide.__name__
+        return f"FrozenPosterior({kind}, log_q_max={float(self.log_q_max):.4g}, sites={self.sites})"
+
+
+def freeze(
+    guide: Callable,
+    *args,
+    mode_samples: int = 1000,
+    mode_starts: int = 10,
+    mode_steps: int = 500,
+    mode_lr: float = 0.05,
+    **kwargs,
+) -> FrozenPosterior:
+    r"""Snapshot a trained guide as the immutable q(θ|D) that unlearning starts from.
+
+    Works for Pyro AutoGuides (and any :class:`~pyro.nn.PyroModule` guide) and for plain guide
+    functions that use ``pyro.param``. ``*args, **kwargs`` are the guide's arguments, needed only
+    for guides that cannot be called without them. log q* = max_θ log q(θ|D) (the adjusted
+    likelihood's threshold is log λ + log q*) is exact when every auxiliary site is Gaussian;
+    otherwise it is estimated: the best of ``mode_samples`` draws, refined by ``mode_steps`` Adam
+    steps on log q from the ``mode_starts`` best (see ``mode_info``).
+
+    Example::
+
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> def model():
+        ...     pyro.sample("mu", dist.Normal(0.0, 1.0))
+        >>> guide = AutoNormal(model, init_scale=0.5)
+        >>> posterior = freeze(guide)
+        >>> round(float(posterior.log_q_max), 4)  # log N(0; 0, 0.5^2)
+        -0.2258
+    """
+    if isinstance(guide, FrozenPosterior):
+        return guide
+    if not callable(guide):
+        raise TypeError(f"freeze expects a guide (callable), got {type(guide)}")
+    store = pyro.get_param_store()
+    if isinstance(guide, PyroModule):
+        _clear_transform_caches(guide)
+        # AutoGuide.__getstate__ sets ``_model`` and ``master`` to None on the *original* during a
+        # deepcopy: keep them and give them back (the copy gets the same model reference).
+        refs = {m: (m._model, m.master) for m in guide.modules() if isinstance(m, AutoGuide)}
+        try:
+            frozen = copy.deepcopy(guide)
+        except RuntimeError as e:
+            raise TypeError(f"cannot freeze {type(guide).__name__}: deepcopy failed ({e})") from e
+        finally:
+            for m, (model_ref, master) in refs.items():
+                m._model, m.master = model_ref, master
+        for m, c in zip(guide.modules(), frozen.modules(), strict=True):
+            if m in refs:
+                c._model = refs[m][0]
+        frozen.requires_grad_(False)
+        # Run the copy once in an empty store: it registers its own tensors, which become the
+        # snapshot. Nothing of the live guide is shared.
+        registered: tuple[dict, dict] = ({}, {})
+        with _param_store_swapped(*registered), poutine.block():
+            trace = poutine.trace(frozen, param_only=True).get_trace(*args, **kwargs)
+        names = [n for n, s in trace.nodes.items() if s["type"] == "param"]
+        params = {n: registered[0][n] for n in names}
+        for p in params.values():
+            p.requires_grad_(False)
+        snapshot = {"params": params, "constraints": {n: registered[1][n] for n in names}}
+    else:
+        with poutine.block():
+            trace = poutine.trace(guide, param_only=True).get_trace(*args, **kwargs)
+        names = [n for n, s in trace.nodes.items() if s["type"] == "param"]
+        modules = [n for n in names if "$$$" in n]
+        if modules:
+            raise TypeError(
+                f"cannot freeze a guide function that registers nn.Modules ({modules[0]!r}): "
+                "write the guide as a pyro.nn.PyroModule, whose tensors can be snapshot"
+            )
+        live = dict(store.named_parameters())
+        params = {n: torch.nn.Parameter(live[n].detach().clone(), requires_grad=False) for n in names}
+        constraints = {n: store._constraints[n] for n in names}
+        snapshot = {"params": params, "constraints": constraints}
+        frozen = guide
+    posterior = FrozenPosterior(frozen, snapshot, is_module=isinstance(guide, PyroModule))
+    posterior._find_mode(
+        args, kwargs, samples=mode_samples, starts=mode_starts, steps=mode_steps, lr=mode_lr
+    )
+    return posterior
+

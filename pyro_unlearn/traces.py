@@ -1,0 +1,62 @@
+"""Per-particle log densities read off Pyro traces."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from pyro.poutine import Trace
+from pyro.poutine.util import site_is_subsample
+
+__all__ = ["latent_sites", "particle_dim_of", "sum_per_particle", "sum_sites_per_particle"]
+
+
+def latent_sites(trace: Trace) -> list[str]:
+    """Names of the sites a guide is scored on: its auxiliary (unconstrained) sites when it has
+    any (every AutoGuide), otherwise all of its latent sample sites (a plain guide function)."""
+    latent = [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    ]
+    auxiliary = [name for name in latent if trace.nodes[name]["infer"].get("is_auxiliary")]
+    return auxiliary or latent
+
+
+def particle_dim_of(num_particles: int, vectorize: bool, max_plate_nesting: float) -> int | None:
+    """The batch dim that indexes particles, or ``None`` when particles are not vectorised."""
+    if not vectorize or num_particles == 1:
+        return None
+    return -int(max_plate_nesting)
+
+
+def sum_per_particle(
+    log_prob: torch.Tensor, particle_dim: int | None, num_particles: int
+) -> torch.Tensor:
+    """Sum a site's ``log_prob`` over every batch dim but the particle dim.
+
+    Returns a tensor of shape ``(num_particles,)`` (``(1,)`` when ``particle_dim`` is ``None``).
+    """
+    if particle_dim is None:
+        return log_prob.sum().reshape(1)
+    if log_prob.dim() < -particle_dim:  # constant across particles
+        return log_prob.sum().expand(num_particles)
+    k = log_prob.dim() + particle_dim
+    if log_prob.dim() > k + 1:
+        log_prob = log_prob.sum(dim=tuple(range(k + 1, log_prob.dim())))
+    if k > 0:
+        log_prob = log_prob.sum(dim=tuple(range(k)))
+    return log_prob.expand(num_particles)
+
+
+def sum_sites_per_particle(
+    trace: Trace, names: Iterable[str], particle_dim: int | None, num_particles: int
+) -> torch.Tensor:
+    """Sum the ``log_prob`` of the named sites per particle (``compute_log_prob`` must have run)."""
+    total = None
+    for name in names:
+        term = sum_per_particle(trace.nodes[name]["log_prob"], particle_dim, num_particles)
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("no sample sites to score in this trace")
+    return total
