@@ -1,0 +1,59 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide.initialization import init_to_value
+
+import pyro_unlearn as pu
+
+Y = torch.tensor([0.8, 1.1, 1.4])
+
+
+def model(y):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def trained_and_moved():
+    """q(θ|D) = N(0.2, 0.3²) frozen; the live guide then moved to N(0.5, 0.3²)."""
+    guide = AutoNormal(model, init_loc_fn=init_to_value(values={"mu": torch.tensor(0.2)}), init_scale=0.3)
+    guide(Y)
+    posterior = pu.freeze(guide)
+    with torch.no_grad():
+        dict(pyro.get_param_store().named_parameters())["AutoNormal.locs.mu"].fill_(0.5)
+    return guide, posterior
+
+
+def test_matches_hand_written_estimator():
+    guide, posterior = trained_and_moved()
+    lam, P = 0.3, 8
+    loss = pu.Trace_EUBO(posterior, lam, num_particles=P, vectorize_particles=True, max_plate_nesting=1)
+    pyro.set_rng_seed(5)
+    with pyro.plate("num_particles_vectorized", P, dim=-2):
+        theta = poutine.trace(guide).get_trace(Y).nodes["mu_unconstrained"]["value"].reshape(P)
+    q, q_u = dist.Normal(0.2, 0.3), dist.Normal(0.5, 0.3)
+    log_lik = dist.Normal(theta[:, None], 1.0).log_prob(Y).sum(-1)
+    threshold = math.log(lam) + q.log_prob(torch.tensor(0.2))
+    kept = q.log_prob(theta) > threshold
+    assert 0 < kept.sum() < P  # the threshold matters in this draw
+    expected = (torch.where(kept, log_lik, 0.0) + q_u.log_prob(theta) - q.log_prob(theta)).mean()
+    pyro.set_rng_seed(5)
+    assert loss.loss(pu.unlearn(model), guide, Y) == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_needs_reparameterised_guide():
+    def guide(y):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        pyro.sample("mu", dist.Normal(loc, 1.0).has_rsample_(False))
+
+    guide(Y)
+    loss = pu.Trace_EUBO(pu.freeze(guide, Y), num_particles=2, vectorize_particles=True)
+    with pytest.raises(ValueError, match="reparameterised"):
+        loss.loss(pu.unlearn(model), guide, Y)
+    rkl = pu.ReverseKL(pu.freeze(guide, Y), num_particles=2, vectorize_particles=True)
+    assert math.isfinite(rkl.loss(pu.unlearn(model), guide, Y))  # rKL does not need it

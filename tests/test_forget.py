@@ -1,0 +1,38 @@
+import pytest
+from pyro.infer.autoguide import AutoMultivariateNormal
+
+import pyro_unlearn as pu
+from pyro_unlearn.forget import has_converged
+from pyro_unlearn.metrics import gaussian_kl, guide_moments
+
+
+def test_forget_unlearns_and_reports(linreg, model, trained, exact_target):
+    guide = trained(AutoMultivariateNormal)
+    loc, cov = exact_target(guide)
+    before = float(gaussian_kl(*guide_moments(guide), loc, cov))
+    result = pu.forget(
+        model, guide, linreg.x, linreg.y, erased=linreg.erased, plate="data",
+        num_particles=512, num_steps=400, window=50, lr=0.02, progress=False,
+    )
+    after = float(gaussian_kl(*guide_moments(guide), loc, cov))
+    assert after < 0.1 * before
+    assert result.guide is guide and len(result.losses) == len(result.ess) == result.num_steps
+    assert all(1 <= e <= 512 for e in result.ess) and result.seconds > 0
+    # A second request from the original q(θ|D): the guide is restored first (lazy unlearning).
+    again = pu.forget(
+        model, guide, linreg.x, linreg.y, erased=linreg.erased[:5], plate="data",
+        posterior=result.posterior, method="eubo", num_steps=5, progress=False,
+    )
+    assert again.posterior is result.posterior and again.ess == []
+
+
+def test_forget_rejects_unknown_method(linreg, model, trained):
+    with pytest.raises(ValueError, match="method"):
+        pu.forget(model, trained(AutoMultivariateNormal), linreg.x, linreg.y, method="retrain")
+
+
+def test_convergence_rule():
+    assert not has_converged([5.0 - 0.01 * i for i in range(200)], window=50)  # still falling
+    flat = [1.0 + (0.1 if i % 2 else -0.1) for i in range(200)]
+    assert has_converged(flat, window=50)
+    assert not has_converged(flat[:60], window=50)  # too short to tell

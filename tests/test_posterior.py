@@ -1,0 +1,149 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI, Predictive, Trace_ELBO
+from pyro.infer.autoguide import (
+    AutoDiagonalNormal,
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
+
+import pyro_unlearn as pu
+
+
+def plain_guide(x, y=None):
+    loc = pyro.param("w_loc", torch.zeros(2))
+    scale = pyro.param("w_scale", torch.ones(2), constraint=dist.constraints.positive)
+    pyro.sample("w", dist.Normal(loc, scale).to_event(1))
+    b_loc = pyro.param("b_loc", torch.tensor(0.0))
+    pyro.sample("b", dist.Normal(b_loc, 1.0))
+
+
+GUIDES = [AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal, AutoLowRankMultivariateNormal, None]
+
+
+@pytest.mark.parametrize("guide_cls", GUIDES, ids=lambda c: getattr(c, "__name__", "function"))
+def test_frozen_posterior_does_not_move_while_the_guide_trains(guide_cls, linreg, model):
+    guide = plain_guide if guide_cls is None else guide_cls(model)
+    guide(linreg.x, linreg.y)
+    posterior = pu.freeze(guide, linreg.x, linreg.y)
+    trace = posterior.sample(linreg.x, linreg.y)
+    before = posterior.log_prob(trace, linreg.x, linreg.y)
+    log_q_max = posterior.log_q_max.clone()
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    for _ in range(30):
+        svi.step(linreg.x, linreg.y)
+    assert torch.equal(posterior.log_prob(trace, linreg.x, linreg.y), before)
+    assert torch.equal(posterior.log_q_max, log_q_max)
+    live = pu.freeze(guide, linreg.x, linreg.y)  # the live guide did move
+    assert not torch.equal(live.log_prob(trace, linreg.x, linreg.y), before)
+
+
+def test_exact_log_q_max_full_covariance(linreg, model):
+    guide = AutoMultivariateNormal(model, init_scale=0.3)
+    guide(linreg.x, linreg.y)
+    posterior = pu.freeze(guide)
+    L = guide.get_posterior().scale_tril.detach()
+    expected = -1.5 * math.log(2 * math.pi) - L.diagonal().log().sum()
+    assert posterior.mode_info["method"] == "exact"
+    assert float(posterior.log_q_max) == pytest.approx(float(expected), rel=1e-6)
+    assert torch.allclose(posterior.mode[posterior.sites[0]], guide.loc.detach())
+
+
+def test_exact_log_q_max_mean_field(linreg, model):
+    guide = AutoNormal(model, init_scale=0.2)
+    guide(linreg.x, linreg.y)
+    posterior = pu.freeze(guide)
+    assert sorted(posterior.sites) == ["b_unconstrained", "w_unconstrained"]
+    expected = 3 * (-0.5 * math.log(2 * math.pi) - math.log(0.2))
+    assert float(posterior.log_q_max) == pytest.approx(expected, rel=1e-5)
+
+
+def test_numeric_log_q_max_for_a_non_gaussian_guide():
+    def guide():
+        a = pyro.param("a", torch.tensor(3.0), constraint=dist.constraints.positive)
+        b = pyro.param("b", torch.tensor(2.0), constraint=dist.constraints.positive)
+        pyro.sample("s", dist.Gamma(a, b))
+
+    posterior = pu.freeze(guide)
+    exact = dist.Gamma(3.0, 2.0).log_prob(torch.tensor(1.0))  # mode (a − 1)/b = 1
+    assert posterior.mode_info["method"] == "numeric"
+    assert float(posterior.log_q_max) == pytest.approx(float(exact), abs=1e-3)
+    assert float(posterior.mode["s"]) == pytest.approx(1.0, abs=1e-2)
+
+
+def test_constrained_log_prob_carries_the_jacobian():
+    def model():
+        pyro.sample("s", dist.LogNormal(0.0, 1.0))
+
+    guide = AutoNormal(model)
+    guide()
+    posterior = pu.freeze(guide)
+    trace = posterior.sample()
+    s = trace.nodes["s"]["value"]
+    unconstrained = posterior.log_prob(trace)
+    constrained = posterior.log_prob(trace, constrained=True)
+    assert torch.allclose(constrained, unconstrained - s.log())  # log q(s) = log q(z) − log|ds/dz|
+
+
+def test_save_and_load(tmp_path, linreg, model, trained):
+    guide = trained(AutoMultivariateNormal)
+    posterior = pu.freeze(guide)
+    torch.save(posterior.state_dict(), tmp_path / "q.pt")
+    pyro.clear_param_store()
+    fresh = AutoMultivariateNormal(model)
+    loaded = pu.freeze(fresh, linreg.x, linreg.y)
+    trace = posterior.sample()
+    assert not torch.allclose(loaded.log_prob(trace), posterior.log_prob(trace))
+    loaded.load_state_dict(torch.load(tmp_path / "q.pt", weights_only=True))
+    assert torch.equal(loaded.log_prob(trace), posterior.log_prob(trace))
+    assert torch.equal(loaded.log_q_max, posterior.log_q_max)
+    other = pu.freeze(AutoNormal(model), linreg.x, linreg.y)
+    with pytest.raises(ValueError, match="do not match"):
+        other.load_state_dict(posterior.state_dict())
+
+
+def test_restore_writes_q_back_into_the_live_guide(linreg, model):
+    guide = AutoMultivariateNormal(model)
+    guide(linreg.x, linreg.y)
+    posterior = pu.freeze(guide)
+    loc = guide.loc.detach().clone()
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    svi.step(linreg.x, linreg.y)
+    assert not torch.equal(guide.loc.detach(), loc)
+    posterior.restore(guide)
+    assert torch.equal(guide.loc.detach(), loc)
+
+
+def test_usable_as_a_guide_in_predictive(linreg, model, trained):
+    posterior = pu.freeze(trained(AutoMultivariateNormal))
+    samples = Predictive(model, guide=posterior, num_samples=200)(linreg.x)
+    assert samples["w"].shape == (200, 1, 2) or samples["w"].shape == (200, 2)
+    assert torch.allclose(samples["w"].reshape(200, 2).mean(0), torch.tensor([1.0, -2.0]), atol=0.3)
+
+
+def test_follows_dtype(linreg, model):
+    x, y = linreg.x.double(), linreg.y.double()
+    guide = AutoMultivariateNormal(model)
+    guide(x, y)
+    posterior = pu.freeze(guide)
+    assert posterior.log_q_max.dtype == torch.float64
+    assert posterior.log_q_max.device == x.device
+
+
+def test_bad_guides():
+    with pytest.raises(TypeError, match="callable"):
+        pu.freeze(42)
+
+    net = torch.nn.Linear(1, 1)
+
+    def module_guide():
+        pyro.module("net", net)
+        pyro.sample("z", dist.Normal(net.bias[0], 1.0))
+
+    with pytest.raises(TypeError, match="PyroModule"):
+        pu.freeze(module_guide)
