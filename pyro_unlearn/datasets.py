@@ -35,8 +35,9 @@ def linear_regression(
 ) -> LinearRegressionData:
     """y = x·w + b + N(0, σ²) with w = (1, −2, 1, −2, …), b = 0.5; the first ``num_erased`` rows
     form the erased set D_e, a cluster with inputs shifted by ``shift`` and targets ``shift`` off
-    the regression line, so that forgetting it moves the posterior (EXPERIMENTS.md §3). Generated on the CPU with its own
-    generator (the same numbers on every device), then moved to ``device``/``dtype``.
+    the regression line, so that forgetting it moves the posterior (EXPERIMENTS.md §3).
+    Generated on the CPU with its own generator (the same numbers on every device), then moved
+    to ``device``/``dtype``.
 
     Example::
 

@@ -42,9 +42,10 @@ def gaussian_linear_unlearn(
     if int(info) != 0:
         smallest = float(torch.linalg.eigvalsh(new_precision)[0])
         raise NotNormalizableError(
-            f"the unlearned precision is not positive definite (smallest eigenvalue {smallest:.3g}): "
-            "the erased points carry more information than q(θ|D) holds — were they ever in the "
-            "training data, and is q(θ|D) the exact posterior?"
+            "the unlearned precision is not positive definite "
+            f"(smallest eigenvalue {smallest:.3g}): the erased points carry more information "
+            "than q(θ|D) holds — were they ever in the training data, and is q(θ|D) the exact "
+            "posterior?"
         )
     rhs = precision @ loc - inv_var * X.T @ y
     new_loc = torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)

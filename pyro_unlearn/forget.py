@@ -86,10 +86,10 @@ def forget(
     ``num_steps``. ``*args, **kwargs`` go to the model and guide: the erased data alone
     (``erased=None``) or the full data with ``erased`` rows of ``plate``.
 
-    Example::
+    Example (``tests/test_forget.py`` runs it)::
 
-        >>> result = forget(model, guide, x_erased, y_erased, method="rkl")  # doctest: +SKIP
-        >>> result.guide, result.seconds, result.ess[-1]  # doctest: +SKIP
+        result = forget(model, guide, x, y, erased=idx, plate="data", method="rkl")
+        result.guide, result.seconds, result.ess[-1]
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
@@ -109,7 +109,9 @@ def forget(
     svi = SVI(unlearn(model, erased=erased, plate=plate), guide, optim, loss)
     result = ForgetResult(guide=guide, posterior=posterior)
     start = time.perf_counter()
-    with tqdm(total=num_steps, desc=f"unlearning ({method}, λ={lam:g})", disable=not progress) as bar:
+    with tqdm(
+        total=num_steps, desc=f"unlearning ({method}, λ={lam:g})", disable=not progress
+    ) as bar:
         for _ in range(num_steps):
             result.losses.append(svi.step(*args, **kwargs))
             if method == "rkl":

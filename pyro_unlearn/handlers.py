@@ -61,8 +61,8 @@ class UnlearnMessenger(Messenger):
     * ``erased=rows`` and ``plate="data"``: the rows (indices or a boolean mask over the plate's
       full size) of every observed site inside that plate. Works when the plate subsamples: a
       batch position is mapped to its data index through the plate's subsample site.
-    * ``erased={"y": rows, "z": None}``: per observed site; ``None`` erases the whole site. ``plate``
-      is then a plate name or a ``{site: plate}`` dict.
+    * ``erased={"y": rows, "z": None}``: per observed site; ``None`` erases the whole site.
+      ``plate`` is then a plate name or a ``{site: plate}`` dict.
 
     Plates without a size (e.g. GPyTorch's ``data_plate``) emit no subsample site: there the rows
     are taken positionally within the batch.

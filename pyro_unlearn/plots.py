@@ -29,8 +29,14 @@ def plot_kl_against_lambda(rows: Sequence[dict], panels: dict[str, str], title: 
         ax.set_xscale("log")
         ax.set_yscale("log")
         ticks = [lam or _ZERO for lam in lams]
-        ax.set_xticks(ticks, ["0" if t == _ZERO else f"$10^{{{round(math.log10(t))}}}$"
-                              if t < 0.1 else f"{t:g}" for t in ticks], fontsize=8)
+        ax.set_xticks(
+            ticks,
+            [
+                "0" if t == _ZERO else f"$10^{{{round(math.log10(t))}}}$" if t < 0.1 else f"{t:g}"
+                for t in ticks
+            ],
+            fontsize=8,
+        )
         ax.set_xlabel("λ")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -140,7 +140,9 @@ class FrozenPosterior:
         if all(isinstance(fn, _GAUSSIANS) for fn in fns.values()):
             mode = {name: fn.mean.detach() for name, fn in fns.items()}
             with poutine.block():
-                scored = poutine.trace(poutine.condition(self, data=mode)).get_trace(*args, **kwargs)
+                scored = poutine.trace(poutine.condition(self, data=mode)).get_trace(
+                    *args, **kwargs
+                )
             scored.compute_log_prob()
             self.log_q_max = sum_sites_per_particle(scored, self.sites, None, 1)[0].detach()
             self.mode = mode
@@ -319,7 +321,9 @@ def freeze(
                 "write the guide as a pyro.nn.PyroModule, whose tensors can be snapshot"
             )
         live = dict(store.named_parameters())
-        params = {n: torch.nn.Parameter(live[n].detach().clone(), requires_grad=False) for n in names}
+        params = {
+            n: torch.nn.Parameter(live[n].detach().clone(), requires_grad=False) for n in names
+        }
         constraints = {n: store._constraints[n] for n in names}
         snapshot = {"params": params, "constraints": constraints}
         frozen = guide
@@ -328,4 +332,3 @@ def freeze(
         args, kwargs, samples=mode_samples, starts=mode_starts, steps=mode_steps, lr=mode_lr
     )
     return posterior
-

@@ -89,7 +89,9 @@ class UnlearningLoss(ELBO):
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
-            return _check_finite(torch_item(self._objective(self._terms(model, guide, args, kwargs))))
+            return _check_finite(
+                torch_item(self._objective(self._terms(model, guide, args, kwargs)))
+            )
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self._objective(self._terms(model, guide, args, kwargs))

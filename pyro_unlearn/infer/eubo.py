@@ -5,7 +5,6 @@ from __future__ import annotations
 import pyro.poutine as poutine
 import torch
 from pyro.infer.enum import get_importance_trace
-from pyro.poutine.util import prune_subsample_sites
 
 from ..handlers import erased_log_likelihood
 from ..traces import latent_sites, sum_sites_per_particle
@@ -76,8 +75,7 @@ class Trace_EUBO(UnlearningLoss):
             scored = poutine.trace(poutine.replay(posterior, trace=guide_trace)).get_trace(
                 *args, **kwargs
             )
-        scored = prune_subsample_sites(scored)
-        scored.compute_log_prob()
+        scored.compute_log_prob(site_filter=lambda name, _: name in sites)  # only what is read
         return {
             "log_lik": erased_log_likelihood(model_trace, particle_dim, num_particles),
             "log_q": sum_sites_per_particle(scored, sites, particle_dim, num_particles),

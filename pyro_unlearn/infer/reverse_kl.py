@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import prune_subsample_sites
 
-from ..handlers import erased_log_likelihood
+from ..handlers import ERASED, erased_log_likelihood
 from ..traces import latent_sites, sum_sites_per_particle
 from .adjusted_likelihood import adjusted_log_likelihood
 from .base import UnlearningLoss
@@ -49,13 +48,12 @@ class ReverseKL(UnlearningLoss):
         guide_trace = poutine.trace(poutine.replay(guide, trace=post_trace)).get_trace(
             *args, **kwargs
         )
-        post_trace, model_trace, guide_trace = (
-            prune_subsample_sites(t) for t in (post_trace, model_trace, guide_trace)
-        )
-        for trace in (post_trace, model_trace, guide_trace):
-            trace.compute_log_prob()
         sites = latent_sites(guide_trace)
         check_sites_match(sites, self.posterior.sites)
+        # Score only what is read: the latent sites and the flagged observations.
+        post_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
+        guide_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
+        model_trace.compute_log_prob(site_filter=lambda _, site: ERASED in site["infer"])
         return {
             "log_lik": erased_log_likelihood(model_trace, particle_dim, num_particles).detach(),
             "log_q": sum_sites_per_particle(post_trace, sites, particle_dim, num_particles),
