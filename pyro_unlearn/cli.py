@@ -41,7 +41,7 @@ def demo(args: argparse.Namespace) -> dict:
     device = _device(args.device)
     data = linear_regression(seed=args.seed, device=device)
     quick = args.quick or bool(os.environ.get("CI"))
-    settings = dict(train_steps=300, unlearn_steps=150, num_particles=256) if quick else {}
+    settings = dict(train_steps=1000, unlearn_steps=200, num_particles=512) if quick else {}
     results = experiment.run(data=data, seed=args.seed, progress=not args.no_progress, **settings)
     print(
         "Bayesian linear regression, 100 points, 10 erased (a shifted cluster); "

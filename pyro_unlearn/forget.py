@@ -10,7 +10,7 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer import SVI
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .handlers import unlearn
 from .infer import ReverseKL, Trace_EUBO

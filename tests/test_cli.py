@@ -4,8 +4,20 @@ from pyro_unlearn.cli import main
 
 
 def test_demo_quick_writes_table_figure_and_json(tmp_path, capsys):
-    assert main(["demo", "--quick", "--no-progress", "--json", str(tmp_path / "r.json"),
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--quick",
+                "--no-progress",
+                "--json",
+                str(tmp_path / "r.json"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "KL to closed form" in out
     results = json.loads((tmp_path / "r.json").read_text())

@@ -11,8 +11,17 @@ def test_forget_unlearns_and_reports(linreg, model, trained, exact_target):
     loc, cov = exact_target(guide)
     before = float(gaussian_kl(*guide_moments(guide), loc, cov))
     result = pu.forget(
-        model, guide, linreg.x, linreg.y, erased=linreg.erased, plate="data",
-        num_particles=512, num_steps=400, window=50, lr=0.02, progress=False,
+        model,
+        guide,
+        linreg.x,
+        linreg.y,
+        erased=linreg.erased,
+        plate="data",
+        num_particles=512,
+        num_steps=400,
+        window=50,
+        lr=0.02,
+        progress=False,
     )
     after = float(gaussian_kl(*guide_moments(guide), loc, cov))
     assert after < 0.1 * before
@@ -20,8 +29,16 @@ def test_forget_unlearns_and_reports(linreg, model, trained, exact_target):
     assert all(1 <= e <= 512 for e in result.ess) and result.seconds > 0
     # A second request from the original q(θ|D): the guide is restored first (lazy unlearning).
     again = pu.forget(
-        model, guide, linreg.x, linreg.y, erased=linreg.erased[:5], plate="data",
-        posterior=result.posterior, method="eubo", num_steps=5, progress=False,
+        model,
+        guide,
+        linreg.x,
+        linreg.y,
+        erased=linreg.erased[:5],
+        plate="data",
+        posterior=result.posterior,
+        method="eubo",
+        num_steps=5,
+        progress=False,
     )
     assert again.posterior is result.posterior and again.ess == []
 

@@ -19,7 +19,9 @@ def test_gaussian_kl_monte_carlo():
     q = torch.distributions.MultivariateNormal(torch.zeros(3), cov_q)
     x = p.sample((200000,))
     mc = (p.log_prob(x) - q.log_prob(x)).mean()
-    assert float(gaussian_kl(torch.ones(3), cov_p, torch.zeros(3), cov_q)) == pytest.approx(float(mc), rel=0.02)
+    assert float(gaussian_kl(torch.ones(3), cov_p, torch.zeros(3), cov_q)) == pytest.approx(
+        float(mc), rel=0.02
+    )
 
 
 def test_guide_moments(linreg, model):

@@ -23,7 +23,13 @@ def plain_guide(x, y=None):
     pyro.sample("b", dist.Normal(b_loc, 1.0))
 
 
-GUIDES = [AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal, AutoLowRankMultivariateNormal, None]
+GUIDES = [
+    AutoNormal,
+    AutoDiagonalNormal,
+    AutoMultivariateNormal,
+    AutoLowRankMultivariateNormal,
+    None,
+]
 
 
 @pytest.mark.parametrize("guide_cls", GUIDES, ids=lambda c: getattr(c, "__name__", "function"))

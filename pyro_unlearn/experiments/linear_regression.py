@@ -16,7 +16,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 import pyro_unlearn as pu
 

@@ -14,16 +14,21 @@ def test_threshold_masks_low_density_particles():
     log_lik = torch.tensor([-1.0, -2.0, -3.0])
     log_q = torch.tensor([0.0, -5.0, -0.5])
     threshold = log_threshold(0.5, torch.tensor(0.0))  # log 0.5 ≈ -0.69
-    assert torch.equal(adjusted_log_likelihood(log_lik, log_q, threshold), torch.tensor([-1.0, 0.0, -3.0]))
+    assert torch.equal(
+        adjusted_log_likelihood(log_lik, log_q, threshold), torch.tensor([-1.0, 0.0, -3.0])
+    )
 
 
 def test_lambda_zero_is_the_plain_likelihood_and_one_unlearns_nothing():
     log_lik = torch.tensor([-1.0, -2.0])
     log_q = torch.tensor([-1e6, 0.0])
     assert log_threshold(0.0, torch.tensor(0.0)) == -math.inf
-    assert torch.equal(adjusted_log_likelihood(log_lik, log_q, log_threshold(0.0, torch.tensor(0.0))), log_lik)
     assert torch.equal(
-        adjusted_log_likelihood(log_lik, log_q, log_threshold(1.0, torch.tensor(0.0))), torch.zeros(2)
+        adjusted_log_likelihood(log_lik, log_q, log_threshold(0.0, torch.tensor(0.0))), log_lik
+    )
+    assert torch.equal(
+        adjusted_log_likelihood(log_lik, log_q, log_threshold(1.0, torch.tensor(0.0))),
+        torch.zeros(2),
     )
 
 

@@ -21,7 +21,9 @@ def model(y):
 
 def trained_and_moved():
     """q(θ|D) = N(0.2, 0.3²) frozen; the live guide then moved to N(0.5, 0.3²)."""
-    guide = AutoNormal(model, init_loc_fn=init_to_value(values={"mu": torch.tensor(0.2)}), init_scale=0.3)
+    guide = AutoNormal(
+        model, init_loc_fn=init_to_value(values={"mu": torch.tensor(0.2)}), init_scale=0.3
+    )
     guide(Y)
     posterior = pu.freeze(guide)
     with torch.no_grad():
@@ -32,7 +34,9 @@ def trained_and_moved():
 def test_matches_hand_written_estimator():
     guide, posterior = trained_and_moved()
     lam, P = 0.3, 8
-    loss = pu.Trace_EUBO(posterior, lam, num_particles=P, vectorize_particles=True, max_plate_nesting=1)
+    loss = pu.Trace_EUBO(
+        posterior, lam, num_particles=P, vectorize_particles=True, max_plate_nesting=1
+    )
     pyro.set_rng_seed(5)
     with pyro.plate("num_particles_vectorized", P, dim=-2):
         theta = poutine.trace(guide).get_trace(Y).nodes["mu_unconstrained"]["value"].reshape(P)
@@ -43,7 +47,9 @@ def test_matches_hand_written_estimator():
     assert 0 < kept.sum() < P  # the threshold matters in this draw
     expected = (torch.where(kept, log_lik, 0.0) + q_u.log_prob(theta) - q.log_prob(theta)).mean()
     pyro.set_rng_seed(5)
-    assert loss.loss(pu.unlearn(model), guide, Y) == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert loss.loss(pu.unlearn(model), guide, Y) == pytest.approx(
+        float(expected.detach()), rel=1e-5
+    )
 
 
 def test_needs_reparameterised_guide():

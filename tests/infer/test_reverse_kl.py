@@ -15,7 +15,9 @@ from .test_eubo import Y, model, trained_and_moved
 def test_matches_hand_written_estimator():
     guide, posterior = trained_and_moved()
     lam, P = 0.3, 8
-    loss = pu.ReverseKL(posterior, lam, num_particles=P, vectorize_particles=True, max_plate_nesting=1)
+    loss = pu.ReverseKL(
+        posterior, lam, num_particles=P, vectorize_particles=True, max_plate_nesting=1
+    )
     pyro.set_rng_seed(5)
     with pyro.plate("num_particles_vectorized", P, dim=-2):
         theta = poutine.trace(posterior).get_trace(Y).nodes["mu_unconstrained"]["value"].reshape(P)
@@ -26,7 +28,9 @@ def test_matches_hand_written_estimator():
     w = P * torch.softmax(-torch.where(kept, log_lik, 0.0), 0)
     expected = -(w * q_v.log_prob(theta)).mean()
     pyro.set_rng_seed(5)
-    assert loss.loss(pu.unlearn(model), guide, Y) == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert loss.loss(pu.unlearn(model), guide, Y) == pytest.approx(
+        float(expected.detach()), rel=1e-5
+    )
     assert float(loss.ess) == pytest.approx(float(w.sum() ** 2 / (w**2).sum()), rel=1e-5)
 
 
