@@ -66,7 +66,7 @@ def run(
     *,
     data: LinearRegressionData | None = None,
     train_steps: int = 1500,
-    unlearn_steps: int = 800,
+    unlearn_steps: int = 500,
     num_particles: int = 1024,
     lr: float = 0.02,
     seed: int = 0,
