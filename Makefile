@@ -1,6 +1,6 @@
 # make demo: the main job (a reproduction on built-in data); make test: the test suite.
 # Both create the virtual environment from constraints.txt when it is missing.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
