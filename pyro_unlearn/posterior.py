@@ -53,7 +53,9 @@ def _clear_transform_caches(module: torch.nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def _param_store_swapped(params: dict, constraints: dict) -> Iterator[None]:
+def _param_store_swapped(
+    params: dict, constraints: dict, names: dict | None = None
+) -> Iterator[None]:
     """Run with the global param store holding exactly ``params``, then put the live ones back.
 
     Not ``ParamStoreDict.scope()``: its ``get_state()`` strips the ``.unconstrained`` weakref
@@ -63,7 +65,7 @@ def _param_store_swapped(params: dict, constraints: dict) -> Iterator[None]:
     store = pyro.get_param_store()
     saved = store._params, store._constraints, store._param_to_name
     store._params, store._constraints = params, constraints
-    store._param_to_name = {value: name for name, value in params.items()}
+    store._param_to_name = names if names is not None else {v: n for n, v in params.items()}
     try:
         yield
     finally:
@@ -97,11 +99,13 @@ class FrozenPosterior:
         self.mode: dict[str, torch.Tensor] = {}
         self.mode_info: dict[str, Any] = {}
         self.sites: list[str] = []
+        self._names = {value: name for name, value in state["params"].items()}
 
     # -- running the frozen guide ---------------------------------------------------------------
     def __call__(self, *args, **kwargs):
         params, constraints = dict(self._state["params"]), dict(self._state["constraints"])
-        with _param_store_swapped(params, constraints), poutine.block(hide_types=["param"]):
+        names = dict(self._names)  # the tensors never change identity: map derived once
+        with _param_store_swapped(params, constraints, names), poutine.block(hide_types=["param"]):
             return self._guide(*args, **kwargs)
 
     def sample(self, *args, **kwargs) -> Trace:
