@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["NotNormalizableError", "gaussian_linear_unlearn"]
+__all__ = ["NotNormalizableError", "gaussian_linear_posterior", "gaussian_linear_unlearn"]
 
 
 class NotNormalizableError(ValueError):
@@ -50,3 +50,31 @@ def gaussian_linear_unlearn(
     rhs = precision @ loc - inv_var * X.T @ y
     new_loc = torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
     return new_loc, new_precision
+
+
+def gaussian_linear_posterior(
+    loc: torch.Tensor,
+    precision: torch.Tensor,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    noise_scale: float | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Bayes' rule for a Gaussian prior N(μ, Λ⁻¹) and y = X θ + N(0, σ²), the exact p(θ|D):
+
+    .. math:: Λ_D = Λ + σ^{-2} X^\top X, \qquad Λ_D μ_D = Λ μ + σ^{-2} X^\top y
+
+    Returns ``(loc, precision)``; the reference for retraining on D_r. Example::
+
+        >>> loc, prec = gaussian_linear_posterior(torch.zeros(1), torch.eye(1),
+        ...                                       torch.ones(2, 1), torch.ones(2), 1.0)
+        >>> prec.item(), round(loc.item(), 4)
+        (3.0, 0.6667)
+    """
+    X, y = features, targets
+    if X.dim() != 2 or y.shape != X.shape[:1]:
+        raise ValueError(f"features must be (N, D) and targets (N,), got {X.shape}, {y.shape}")
+    inv_var = 1.0 / torch.as_tensor(noise_scale, dtype=X.dtype, device=X.device) ** 2
+    new_precision = precision + inv_var * X.T @ X
+    new_precision = 0.5 * (new_precision + new_precision.T)
+    rhs = precision @ loc + inv_var * X.T @ y
+    return torch.linalg.solve(new_precision, rhs), new_precision

@@ -2,9 +2,9 @@
 
 Pyro keeps a guide's parameters in the global param store, and ``copy.deepcopy`` of an
 AutoGuide is *not* independent (its params rebind to the live guide's on the next call). The
-frozen posterior therefore keeps its own parameter tensors (``requires_grad=False``) and runs
-the guide inside ``pyro.get_param_store().scope(...)`` with its parameters hidden, so neither
-later training of the live guide nor an SVI step can change it.
+frozen posterior therefore keeps its own parameter tensors (``requires_grad=False``, from an
+independent deep copy) and runs the guide with the param store's contents swapped for them and
+its parameters hidden, so neither later training of the live guide nor an SVI step can change it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch.distributions.transforms import Transform
 
 from .traces import latent_sites, sum_sites_per_particle
 
-__all__ = ["FrozenPosterior", "freeze"]
+__all__ = ["FrozenPosterior", "freeze", "independent_copy", "register_in_empty_store"]
 
 _GAUSSIANS = (
     torch.distributions.Normal,
@@ -39,6 +39,13 @@ def _base_distribution(fn: Any) -> Any:
     while isinstance(fn, torch.distributions.Independent):
         fn = fn.base_dist
     return fn
+
+
+def _support(fn: Any) -> Any:
+    try:
+        return fn.support
+    except NotImplementedError:  # e.g. pyro.contrib.zuko.ZukoToPyro: a flow over R^d
+        return torch.distributions.constraints.real_vector
 
 
 def _clear_transform_caches(module: torch.nn.Module) -> None:
@@ -85,27 +92,45 @@ class FrozenPosterior:
     (auxiliary) space, where the mode of every Gaussian guide is exact.
 
     Attributes:
-        log_q_max: log q* (a 0-dim tensor on the guide's device).
+        log_q_max: log q* (a 0-dim tensor on the guide's device), found on first use.
         mode: the maximiser, as a dict of auxiliary-site values.
-        mode_info: how log q* was obtained (``method`` "exact" or "numeric", ``starts``, ``steps``).
+        mode_info: how log q* was obtained (``method`` "exact" or "numeric"; for "numeric" the
+            ``samples`` drawn, the ``starts`` refined and the Adam ``steps`` taken).
         sites: the names of the sites it scores (the guide's auxiliary sites).
     """
 
-    def __init__(self, guide: Callable, state: dict, *, is_module: bool) -> None:
+    def __init__(
+        self, guide: Callable, state: dict, *, is_module: bool, args=(), kwargs=None, mode=None
+    ) -> None:
         self._guide = guide
         self._state = state
         self._is_module = is_module
-        self.log_q_max: torch.Tensor
-        self.mode: dict[str, torch.Tensor] = {}
-        self.mode_info: dict[str, Any] = {}
-        self.sites: list[str] = []
+        self._args, self._kwargs = tuple(args), dict(kwargs or {})
+        self._mode_settings = dict(mode or {})
+        self._log_q_max: torch.Tensor | None = None
+        self._mode: dict[str, torch.Tensor] = {}
+        self._mode_info: dict[str, Any] = {}
         self._names = {value: name for name, value in state["params"].items()}
+        self.sites: list[str] = latent_sites(self.sample(*self._args, **self._kwargs))
 
     # -- running the frozen guide ---------------------------------------------------------------
-    def __call__(self, *args, **kwargs):
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """Inside it, the global param store holds exactly the frozen parameters, so code that
+        reads the frozen guide's parameters directly (e.g. ``guide_moments(posterior.guide)``)
+        sees q(θ|D) and nothing it registers leaks into the live store."""
         params, constraints = dict(self._state["params"]), dict(self._state["constraints"])
         names = dict(self._names)  # the tensors never change identity: map derived once
-        with _param_store_swapped(params, constraints, names), poutine.block(hide_types=["param"]):
+        with _param_store_swapped(params, constraints, names):
+            yield
+
+    @property
+    def guide(self) -> Callable:
+        """The frozen copy of the guide. Read its parameters only inside :meth:`context`."""
+        return self._guide
+
+    def __call__(self, *args, **kwargs):
+        with self.context(), poutine.block(hide_types=["param"]):
             return self._guide(*args, **kwargs)
 
     def sample(self, *args, **kwargs) -> Trace:
@@ -137,9 +162,24 @@ class FrozenPosterior:
         return sum_sites_per_particle(scored, names, None, 1)[0]
 
     # -- the mode -------------------------------------------------------------------------------
+    @property
+    def log_q_max(self) -> torch.Tensor:
+        if self._log_q_max is None:
+            self._find_mode(self._args, self._kwargs, **self._mode_settings)
+        return self._log_q_max
+
+    @property
+    def mode(self) -> dict[str, torch.Tensor]:
+        self.log_q_max  # noqa: B018 (found on first use)
+        return self._mode
+
+    @property
+    def mode_info(self) -> dict[str, Any]:
+        self.log_q_max  # noqa: B018 (found on first use)
+        return self._mode_info
+
     def _find_mode(self, args, kwargs, *, samples: int, starts: int, steps: int, lr: float) -> None:
         trace = self.sample(*args, **kwargs)
-        self.sites = latent_sites(trace)
         fns = {name: _base_distribution(trace.nodes[name]["fn"]) for name in self.sites}
         if all(isinstance(fn, _GAUSSIANS) for fn in fns.values()):
             mode = {name: fn.mean.detach() for name, fn in fns.items()}
@@ -148,9 +188,9 @@ class FrozenPosterior:
                     *args, **kwargs
                 )
             scored.compute_log_prob()
-            self.log_q_max = sum_sites_per_particle(scored, self.sites, None, 1)[0].detach()
-            self.mode = mode
-            self.mode_info = {"method": "exact", "value": float(self.log_q_max)}
+            self._log_q_max = sum_sites_per_particle(scored, self.sites, None, 1)[0].detach()
+            self._mode = mode
+            self._mode_info = {"method": "exact", "value": float(self._log_q_max)}
             return
         self._numeric_mode(trace, args, kwargs, samples=samples, starts=starts, steps=steps, lr=lr)
 
@@ -167,13 +207,15 @@ class FrozenPosterior:
             tr.compute_log_prob()
             return tr, sum_sites_per_particle(tr, self.sites, dim, size)
 
-        def take(tr, idx):
+        def take(tr, idx):  # idx: a 1-D index tensor (keeps the search dim) or an int (drops it)
             out = {}
             for name in self.sites:
                 site = tr.nodes[name]
                 value = site["value"].detach()
                 pos = value.dim() - site["fn"].event_dim + dim
-                out[name] = value.index_select(pos, idx)
+                out[name] = (
+                    value.index_select(pos, idx) if torch.is_tensor(idx) else value.select(pos, idx)
+                )
             return out
 
         with torch.no_grad():
@@ -181,12 +223,14 @@ class FrozenPosterior:
         starts = min(starts, samples)
         best = log_q.topk(starts).indices
         init = take(tr, best)
-        supports = {n: biject_to(tr.nodes[n]["fn"].support) for n in self.sites}
+        supports = {n: biject_to(_support(tr.nodes[n]["fn"])) for n in self.sites}
         free = {n: supports[n].inv(v).clone().requires_grad_(True) for n, v in init.items()}
         optim = torch.optim.Adam(list(free.values()), lr=lr)
         for _ in range(steps):
             optim.zero_grad()
-            values = {n: supports[n](z) for n, z in free.items()}
+            # clone: biject_to(real) is the identity, and a transform's cache (Pyro's affine
+            # autoregressive) would return last step's inverse, from a freed graph, for z itself
+            values = {n: supports[n](z).clone() for n, z in free.items()}
             _, refined = batched_log_q(values, starts)
             (-refined.sum()).backward()
             optim.step()
@@ -194,11 +238,11 @@ class FrozenPosterior:
             values = {n: supports[n](z) for n, z in free.items()}
             tr, refined = batched_log_q(values, starts)
             i = refined.argmax()
-            self.log_q_max = torch.maximum(refined[i], log_q.max()).detach()
-            self.mode = take(tr, i.reshape(1))
-        self.mode_info = {
+            self._log_q_max = torch.maximum(refined[i], log_q.max()).detach()
+            self._mode = take(tr, int(i))
+        self._mode_info = {
             "method": "numeric",
-            "value": float(self.log_q_max),
+            "value": float(self._log_q_max),
             "samples": samples,
             "starts": starts,
             "steps": steps,
@@ -232,9 +276,9 @@ class FrozenPosterior:
             for name, value in theirs.items():
                 ours[name].copy_(value)
         device = next(iter(ours.values())).device if ours else None
-        self.log_q_max = state["log_q_max"].to(device)
-        self.mode = {n: v.to(device) for n, v in state["mode"].items()}
-        self.mode_info = dict(state["mode_info"])
+        self._log_q_max = state["log_q_max"].to(device)
+        self._mode = {n: v.to(device) for n, v in state["mode"].items()}
+        self._mode_info = dict(state["mode_info"])
         self.sites = list(state["sites"])
         return self
 
@@ -251,7 +295,59 @@ class FrozenPosterior:
 
     def __repr__(self) -> str:
         kind = type(self._guide).__name__ if self._is_module else self._guide.__name__
-        return f"FrozenPosterior({kind}, log_q_max={float(self.log_q_max):.4g}, sites={self.sites})"
+        found = "not yet found" if self._log_q_max is None else f"{float(self._log_q_max):.4g}"
+        return f"FrozenPosterior({kind}, log_q_max={found}, sites={self.sites})"
+
+
+def independent_copy(guide: PyroModule) -> PyroModule:
+    """A deep copy of a PyroModule guide that shares nothing with it, not even param-store names'
+    tensors: run it inside an empty (swapped) store and it registers its own copies.
+
+    ``AutoGuide.__getstate__`` sets ``_model`` and ``master`` to None on the *original* during a
+    deepcopy; both are given back (and the copy gets the same model reference).
+    """
+    _clear_transform_caches(guide)
+    refs = {m: (m._model, m.master) for m in guide.modules() if isinstance(m, AutoGuide)}
+    try:
+        copied = copy.deepcopy(guide)
+    except RuntimeError as e:
+        raise TypeError(f"cannot copy {type(guide).__name__}: deepcopy failed ({e})") from e
+    finally:
+        for m, (model_ref, master) in refs.items():
+            m._model, m.master = model_ref, master
+    for m, c in zip(guide.modules(), copied.modules(), strict=True):
+        if m in refs:
+            c._model = refs[m][0]
+    return copied
+
+
+def register_in_empty_store(guide: Callable, *args, **kwargs) -> tuple[dict, dict]:
+    """Call ``guide`` once with an empty param store swapped in; return the ``(params,
+    constraints)`` it registered, keyed by param-store name, in the order it registered them."""
+    registered: tuple[dict, dict] = ({}, {})
+    with _param_store_swapped(*registered), poutine.block():
+        trace = poutine.trace(guide, param_only=True).get_trace(*args, **kwargs)
+    names = [n for n, s in trace.nodes.items() if s["type"] == "param"]
+    return {n: registered[0][n] for n in names}, {n: registered[1][n] for n in names}
+
+
+def _check_scores_external_points(posterior: FrozenPosterior) -> None:
+    # Both losses score θ that the scoring guide did not draw itself (EUBO: q_u's draws under
+    # q(θ|D); rKL: q(θ|D)'s draws under q_v). Probe it with cloned values (no sample cache hit).
+    trace = posterior.sample(*posterior._args, **posterior._kwargs)
+    for name in posterior.sites:
+        trace.nodes[name]["value"] = trace.nodes[name]["value"].detach().clone()
+    try:
+        posterior.log_prob(trace, *posterior._args, **posterior._kwargs)
+    except (KeyError, NotImplementedError) as e:
+        kind = type(posterior.guide).__name__
+        raise TypeError(
+            f"{kind} cannot score points it did not sample itself ({type(e).__name__}: {e}), so "
+            "neither Trace_EUBO (scores q_u's draws under q(θ|D)) nor ReverseKL (scores q(θ|D)'s "
+            "draws under q_v) can use it. Pyro's block neural autoregressive flow is one such "
+            "guide; use pyro_unlearn.AutoZukoFlow (coupling, MAF or IAF), AutoIAFNormal or a "
+            "Gaussian AutoGuide instead."
+        ) from e
 
 
 def freeze(
@@ -268,9 +364,10 @@ def freeze(
     Works for Pyro AutoGuides (and any :class:`~pyro.nn.PyroModule` guide) and for plain guide
     functions that use ``pyro.param``. ``*args, **kwargs`` are the guide's arguments, needed only
     for guides that cannot be called without them. log q* = max_θ log q(θ|D) (the adjusted
-    likelihood's threshold is log λ + log q*) is exact when every auxiliary site is Gaussian;
-    otherwise it is estimated: the best of ``mode_samples`` draws, refined by ``mode_steps`` Adam
-    steps on log q from the ``mode_starts`` best (see ``mode_info``).
+    likelihood's threshold is log λ + log q*) is found on first use: exactly when every auxiliary
+    site is Gaussian, otherwise as the best of ``mode_samples`` draws, refined by ``mode_steps``
+    Adam steps on log q from the ``mode_starts`` best, all batched (see ``mode_info``). Guides
+    that cannot score points they did not sample are refused with a ``TypeError``.
 
     Example::
 
@@ -289,31 +386,18 @@ def freeze(
         raise TypeError(f"freeze expects a guide (callable), got {type(guide)}")
     store = pyro.get_param_store()
     if isinstance(guide, PyroModule):
-        _clear_transform_caches(guide)
-        # AutoGuide.__getstate__ sets ``_model`` and ``master`` to None on the *original* during a
-        # deepcopy: keep them and give them back (the copy gets the same model reference).
-        refs = {m: (m._model, m.master) for m in guide.modules() if isinstance(m, AutoGuide)}
-        try:
-            frozen = copy.deepcopy(guide)
-        except RuntimeError as e:
-            raise TypeError(f"cannot freeze {type(guide).__name__}: deepcopy failed ({e})") from e
-        finally:
-            for m, (model_ref, master) in refs.items():
-                m._model, m.master = model_ref, master
-        for m, c in zip(guide.modules(), frozen.modules(), strict=True):
-            if m in refs:
-                c._model = refs[m][0]
+        frozen = independent_copy(guide)
+        # The copy's own tensors, registered in an empty store, become the snapshot: nothing of
+        # the live guide is shared. Register before switching gradients off: ``pyro.module``
+        # (plain nn.Module children, e.g. a zuko flow) skips tensors that do not require grad.
+        params, constraints = register_in_empty_store(frozen, *args, **kwargs)
         frozen.requires_grad_(False)
-        # Run the copy once in an empty store: it registers its own tensors, which become the
-        # snapshot. Nothing of the live guide is shared.
-        registered: tuple[dict, dict] = ({}, {})
-        with _param_store_swapped(*registered), poutine.block():
-            trace = poutine.trace(frozen, param_only=True).get_trace(*args, **kwargs)
-        names = [n for n, s in trace.nodes.items() if s["type"] == "param"]
-        params = {n: registered[0][n] for n in names}
         for p in params.values():
             p.requires_grad_(False)
-        snapshot = {"params": params, "constraints": {n: registered[1][n] for n in names}}
+        for m in frozen.modules():
+            if not isinstance(m, PyroModule):
+                m.train(False)  # frozen plain-module tensors: pyro.module skips them quietly
+        snapshot = {"params": params, "constraints": constraints}
     else:
         with poutine.block():
             trace = poutine.trace(guide, param_only=True).get_trace(*args, **kwargs)
@@ -331,8 +415,14 @@ def freeze(
         constraints = {n: store._constraints[n] for n in names}
         snapshot = {"params": params, "constraints": constraints}
         frozen = guide
-    posterior = FrozenPosterior(frozen, snapshot, is_module=isinstance(guide, PyroModule))
-    posterior._find_mode(
-        args, kwargs, samples=mode_samples, starts=mode_starts, steps=mode_steps, lr=mode_lr
+    settings = dict(samples=mode_samples, starts=mode_starts, steps=mode_steps, lr=mode_lr)
+    posterior = FrozenPosterior(
+        frozen,
+        snapshot,
+        is_module=isinstance(guide, PyroModule),
+        args=args,
+        kwargs=kwargs,
+        mode=settings,
     )
+    _check_scores_external_points(posterior)
     return posterior

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import pyro_unlearn as pu
 from pyro_unlearn.exact import NotNormalizableError, gaussian_linear_unlearn
 
 
@@ -30,3 +31,19 @@ def test_erasing_points_never_seen_is_not_normalisable():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match="features"):
         gaussian_linear_unlearn(torch.zeros(2), torch.eye(2), torch.ones(3), torch.ones(3), 1.0)
+
+
+def test_posterior_then_unlearn_is_the_posterior_without_the_erased_points():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(30, generator=g, dtype=torch.float64)
+    prior_loc, prior_prec = torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+    loc, prec = pu.exact.gaussian_linear_posterior(prior_loc, prior_prec, X, y, 0.7)
+    # closed form by hand: Λ_D = I + XᵀX/σ², μ_D = Λ_D⁻¹ Xᵀy/σ²
+    expected_prec = prior_prec + X.T @ X / 0.49
+    assert torch.allclose(prec, expected_prec)
+    assert torch.allclose(loc, torch.linalg.solve(expected_prec, X.T @ y / 0.49))
+    rem_loc, rem_prec = pu.exact.gaussian_linear_posterior(prior_loc, prior_prec, X[5:], y[5:], 0.7)
+    un_loc, un_prec = pu.exact.gaussian_linear_unlearn(loc, prec, X[:5], y[:5], 0.7)
+    assert torch.allclose(un_prec, rem_prec)
+    assert torch.allclose(un_loc, rem_loc)
