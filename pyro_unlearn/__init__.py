@@ -2,6 +2,7 @@
 
 from . import exact, metrics
 from .forget import ForgetResult, forget
+from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
 from .infer import ReverseKL, Trace_EUBO, adjusted_log_likelihood
 from .posterior import FrozenPosterior, freeze
@@ -9,6 +10,7 @@ from .posterior import FrozenPosterior, freeze
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoZukoFlow",
     "ForgetResult",
     "FrozenPosterior",
     "ReverseKL",
