@@ -1,11 +1,71 @@
-"""Comparing posteriors: closed-form KL between Gaussians and the Gaussian moments of a guide."""
+"""Comparing posteriors: the evaluation toolkit of the unlearning experiments.
+
+- over θ: :func:`param_kl` (closed form :func:`gaussian_kl` on :func:`guide_moments` for Gaussian
+  guides, Monte Carlo otherwise), in the guides' unconstrained (auxiliary) space;
+- over y: the Monte-Carlo posterior predictive :func:`predictive_distribution`
+  p(y|x) = (1/S) Σ_s p(y|x, θ_s), θ_s ~ q(θ), and :func:`predictive_kl`, the papers' metric
+  KL[q_retrained(y|x) ‖ q_unlearned(y|x)] per data point; :func:`accuracy`,
+  :func:`log_predictive_density` and :func:`mean_and_std`;
+- :func:`to_inference_data`: ArviZ ``InferenceData`` of several posteriors, for ``az.summary``
+  and ``az.plot_forest``.
+
+A posterior is anything usable as a Pyro guide: a live AutoGuide, a guide function or a
+:class:`~pyro_unlearn.posterior.FrozenPosterior`. Two *live* AutoGuides of the same class share
+their parameters' names in the param store (they are the same distribution): compare different
+posteriors as frozen ones (:func:`pyro_unlearn.freeze`). Every metric runs without gradients,
+with θ-samples vectorised by a plate outside the model's plates, on the tensors' device.
+"""
 
 from __future__ import annotations
 
-import torch
-from pyro.infer.autoguide import AutoContinuous, AutoNormal
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["gaussian_kl", "guide_moments"]
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+from pyro.infer.autoguide import (
+    AutoContinuous,
+    AutoDiagonalNormal,
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
+from pyro.poutine import Trace
+from pyro.poutine.util import site_is_subsample
+
+from .posterior import FrozenPosterior
+from .traces import latent_sites, sum_sites_per_particle
+
+if TYPE_CHECKING:
+    import arviz
+
+__all__ = [
+    "accuracy",
+    "gaussian_kl",
+    "guide_moments",
+    "log_predictive_density",
+    "mean_and_std",
+    "param_kl",
+    "predictive_distribution",
+    "predictive_kl",
+    "to_inference_data",
+]
+
+# The guides whose q(θ) is Gaussian in the unconstrained space (closed-form moments and KL).
+_GAUSSIAN_GUIDES = (
+    AutoNormal,
+    AutoDiagonalNormal,
+    AutoMultivariateNormal,
+    AutoLowRankMultivariateNormal,
+)
+_SUPPORTED = "Bernoulli, Categorical, Normal"
+_WRAPPERS = (torch.distributions.Independent, MaskedDistribution, ExpandedDistribution)
+# Elements of one (y-draws × points × θ-samples) block in the Monte-Carlo predictive KL.
+_MC_BLOCK = 2**24
 
 
 def gaussian_kl(
@@ -26,10 +86,18 @@ def gaussian_kl(
     return torch.distributions.kl_divergence(p, q)
 
 
-def guide_moments(guide: AutoContinuous | AutoNormal) -> tuple[torch.Tensor, torch.Tensor]:
+def guide_moments(
+    guide: AutoContinuous | AutoNormal | FrozenPosterior,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance of a Gaussian AutoGuide in its unconstrained latent space, flattened
     in the order of the model's latent sites (AutoNormal, AutoDiagonalNormal,
-    AutoMultivariateNormal, AutoLowRankMultivariateNormal)."""
+    AutoMultivariateNormal, AutoLowRankMultivariateNormal), live or frozen (a
+    :class:`~pyro_unlearn.posterior.FrozenPosterior` of one of them: its own parameters are
+    read, never the live guide's)."""
+    if isinstance(guide, FrozenPosterior):
+        with guide.context():
+            loc, cov = guide_moments(guide.guide)
+        return loc.clone(), cov.clone()
     if isinstance(guide, AutoNormal):
         locs, scales = [], []
         for name, _ in guide.prototype_trace.iter_stochastic_nodes():
@@ -44,4 +112,488 @@ def guide_moments(guide: AutoContinuous | AutoNormal) -> tuple[torch.Tensor, tor
         posterior = posterior.base_dist
     if isinstance(posterior, torch.distributions.Normal):
         return posterior.mean.detach(), torch.diag_embed(posterior.variance.detach())
-    return posterior.mean.detach(), posterior.covariance_matrix.detach()
+    if isinstance(
+        posterior,
+        (torch.distributions.MultivariateNormal, torch.distributions.LowRankMultivariateNormal),
+    ):
+        return posterior.mean.detach(), posterior.covariance_matrix.detach()
+    raise TypeError(
+        f"guide_moments needs a Gaussian AutoGuide, got {type(guide).__name__} whose posterior "
+        f"is a {type(posterior).__name__}"
+    )
+
+
+# -- vectorised θ-samples ------------------------------------------------------------------------
+def _max_plate_nesting(trace: Trace) -> int:
+    dims = [
+        frame.dim
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return -min(dims) if dims else 0
+
+
+def _vectorized_traces(
+    model: Callable[..., Any] | None,
+    posterior: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    num_samples: int,
+    name: str,
+) -> tuple[Trace, Trace | None, Trace | None, int]:
+    """θ_s ~ posterior, s = 1..S, in one plate of size S left of every plate of the model and the
+    guide, and (if ``model`` is given) the model replayed on them.
+
+    Returns ``(guide_trace, model_trace, unvectorised_model_trace, dim)`` with ``dim`` the sample
+    plate's (negative) batch dim. Everything runs under ``poutine.block()`` (nothing reaches an
+    enclosing SVI) and ``torch.no_grad()``.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    with torch.no_grad(), poutine.block():
+        guide_once = poutine.trace(posterior).get_trace(*args, **kwargs)
+        model_once = None if model is None else poutine.trace(model).get_trace(*args, **kwargs)
+        nesting = _max_plate_nesting(guide_once)
+        if model_once is not None:
+            nesting = max(nesting, _max_plate_nesting(model_once))
+        dim = -nesting - 1
+        guide_trace = poutine.trace(pyro.plate(name, num_samples, dim=dim)(posterior)).get_trace(
+            *args, **kwargs
+        )
+        model_trace = None
+        if model is not None:
+            vectorized = pyro.plate(name, num_samples, dim=dim)(model)
+            model_trace = poutine.trace(poutine.replay(vectorized, trace=guide_trace)).get_trace(
+                *args, **kwargs
+            )
+    return guide_trace, model_trace, model_once, dim
+
+
+class _PredictiveSite:
+    """The observed site's distribution p(y|x, θ_s) for all s at once, unwrapped.
+
+    ``base`` is the innermost distribution (``Independent``, masks and ``expand`` wrappers
+    removed); ``shape`` the full shape of one θ-sample's y including the sample dim at
+    ``sample_dim`` (a non-negative index), so that ``points`` is ``shape`` without it: every
+    scalar observation (reinterpreted event dims become points, each with its marginal
+    predictive). ``value`` is the observed value, or ``None`` when the site was not observed.
+    """
+
+    def __init__(self, model, posterior, args, kwargs, site: str, num_samples: int) -> None:
+        guide_trace, trace, _, dim = _vectorized_traces(
+            model, posterior, args, kwargs, num_samples, "_predictive_samples"
+        )
+        if site not in trace.nodes or trace.nodes[site]["type"] != "sample":
+            names = [n for n, s in trace.nodes.items() if s["type"] == "sample"]
+            raise ValueError(f"the model has no sample site {site!r}; its sample sites: {names}")
+        if site in guide_trace.nodes and not site_is_subsample(guide_trace.nodes[site]):
+            raise ValueError(f"{site!r} is a latent site of the posterior, not an observed site")
+        node = trace.nodes[site]
+        fn = node["fn"]
+        self.shape = fn.batch_shape + fn.event_shape
+        self.sample_dim = len(fn.batch_shape) + dim
+        self.num_samples = num_samples
+        self.points = self.shape[: self.sample_dim] + self.shape[self.sample_dim + 1 :]
+        base = fn
+        while isinstance(base, _WRAPPERS):
+            base = base.base_dist
+        self.base = base
+        self.value = node["value"] if node["is_observed"] else None
+        self.site = site
+
+    def _full(self, param: torch.Tensor, extra: tuple[int, ...] = ()) -> torch.Tensor:
+        return param.expand(self.shape + extra)
+
+    def check_supported(self) -> None:
+        if not isinstance(
+            self.base,
+            (
+                torch.distributions.Bernoulli,
+                torch.distributions.Categorical,
+                torch.distributions.Normal,
+            ),
+        ):
+            raise TypeError(
+                f"site {self.site!r} has a {type(self.base).__name__} distribution; the predictive "
+                f"is implemented for {_SUPPORTED}"
+            )
+
+    def predictive(self) -> torch.distributions.Distribution:
+        self.check_supported()
+        base, s = self.base, self.sample_dim
+        if isinstance(base, torch.distributions.Bernoulli):
+            return dist.Bernoulli(probs=self._full(base.probs).mean(s))
+        if isinstance(base, torch.distributions.Categorical):
+            probs = self._full(base.probs, base.probs.shape[-1:]).mean(s)
+            return dist.Categorical(probs=probs)
+        loc = self._full(base.loc).movedim(s, -1)
+        scale = self._full(base.scale).movedim(s, -1)
+        mixing = dist.Categorical(logits=loc.new_zeros(self.num_samples))
+        return dist.MixtureSameFamily(mixing, dist.Normal(loc, scale))
+
+    def observed(self, what: str) -> torch.Tensor:
+        if self.value is None:
+            raise ValueError(
+                f"{what} needs the observed values of site {self.site!r}: call it with the "
+                "model's observations (the site was sampled, not observed)"
+            )
+        return self.value.expand(self.points)
+
+
+def predictive_distribution(
+    model: Callable[..., Any],
+    posterior: Callable[..., Any],
+    *args: Any,
+    site: str,
+    num_samples: int = 100,
+    **kwargs: Any,
+) -> torch.distributions.Distribution:
+    r"""The Monte-Carlo posterior predictive at every data point of the observed site ``site``:
+
+    .. math:: p(y|x) = \frac1S \sum_{s=1}^S p(y|x, θ_s), \qquad θ_s \sim q(θ)
+
+    with S = ``num_samples``.
+
+    ``posterior`` is a guide (live AutoGuide, guide function or FrozenPosterior), called with
+    the model's ``*args, **kwargs``; the site's observed value may be given or ``None``. The
+    θ-samples are drawn in one plate (``"_predictive_samples"``) left of the model's plates,
+    without gradients; the model is replayed on them. Returns, with batch shape the site's
+    shape (every scalar observation; event dims of an ``Independent`` become points, each with
+    its marginal predictive):
+
+    - Bernoulli sites: ``Bernoulli(probs = mean_s probs_s)``;
+    - Categorical sites: ``Categorical(probs = mean_s probs_s)``;
+    - Normal sites: the uniform ``MixtureSameFamily`` of the S Normals.
+
+    Other site distributions raise ``TypeError``.
+
+    Example::
+
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> def model(x, y=None):
+        ...     w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(x)):
+        ...         return pyro.sample("y", dist.Bernoulli(logits=w * x), obs=y)
+        >>> def guide(x, y=None):  # θ is a point mass at w = 2
+        ...     pyro.sample("w", dist.Delta(torch.tensor(2.0)))
+        >>> x = torch.tensor([0.0, 1.0])
+        >>> predictive_distribution(model, guide, x, site="y", num_samples=10).probs
+        tensor([0.5000, 0.8808])
+    """
+    return _PredictiveSite(model, posterior, args, kwargs, site, num_samples).predictive()
+
+
+def _clamped_log(p: torch.Tensor) -> torch.Tensor:
+    return p.clamp_min(torch.finfo(p.dtype).eps).log()
+
+
+def _mixture_kl(
+    p: torch.distributions.MixtureSameFamily,
+    q: torch.distributions.MixtureSameFamily,
+    num_y_samples: int,
+) -> torch.Tensor:
+    """KL[p ‖ q] per point ≈ mean_j [log p(y_j) − log q(y_j)], y_j ~ p, in blocks of y-draws."""
+    comp = p.component_distribution
+    shape = p.batch_shape + comp.batch_shape[-1:]
+    loc, scale = comp.loc.expand(shape), comp.scale.expand(shape)
+    index = p.mixture_distribution.sample((num_y_samples, *p.batch_shape)).unsqueeze(-1)
+    full = (num_y_samples, *shape)
+    mean = loc.expand(full).gather(-1, index).squeeze(-1)
+    std = scale.expand(full).gather(-1, index).squeeze(-1)
+    y = torch.normal(mean, std)
+    width = max(shape[-1], q.component_distribution.batch_shape[-1])
+    block = max(1, _MC_BLOCK // max(1, p.batch_shape.numel() * width))
+    total = y.new_zeros(p.batch_shape)
+    for start in range(0, num_y_samples, block):  # blocks of y-draws bound the memory only
+        chunk = y[start : start + block]
+        total = total + (p.log_prob(chunk) - q.log_prob(chunk)).sum(0)
+    return total / num_y_samples
+
+
+def predictive_kl(
+    model: Callable[..., Any],
+    p: Callable[..., Any],
+    q: Callable[..., Any],
+    *args: Any,
+    site: str,
+    num_samples: int = 100,
+    num_y_samples: int = 1000,
+    **kwargs: Any,
+) -> torch.Tensor:
+    r"""KL[p(y|x) ‖ q(y|x)] between the Monte-Carlo predictives (:func:`predictive_distribution`,
+    ``num_samples`` θ-samples each) of two posteriors, at every data point of ``site``.
+
+    Bernoulli, with π = p(y=1|x), ρ = q(y=1|x): π log(π/ρ) + (1−π) log((1−π)/(1−ρ));
+    Categorical: Σ_k π_k log(π_k/ρ_k) (both exact given the two predictives; probabilities are
+    clamped at the dtype's eps inside the logs). Normal sites (mixtures): Monte Carlo,
+    mean_j [log p(y_j|x) − log q(y_j|x)] over ``num_y_samples`` draws y_j ~ p(y|x).
+
+    The papers' metric is ``predictive_kl(model, retrained, unlearned, x, site=...)`` averaged
+    (:func:`mean_and_std`) over the points of D_e and of D_r separately; the "full" baseline
+    replaces ``unlearned`` by q(θ|D). Returns a tensor of the site's (points') shape.
+
+    Example::
+
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> def model(x, y=None):
+        ...     w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(x)):
+        ...         return pyro.sample("y", dist.Bernoulli(logits=w * x), obs=y)
+        >>> def p(x, y=None):
+        ...     pyro.sample("w", dist.Delta(torch.tensor(0.0)))  # p(y=1|x) = 1/2
+        >>> def q(x, y=None):
+        ...     pyro.sample("w", dist.Delta(torch.tensor(3.0).log()))  # q(y=1|x=1) = 3/4
+        >>> predictive_kl(model, p, q, torch.tensor([0.0, 1.0]), site="y", num_samples=1)
+        tensor([0.0000, 0.1438])
+    """
+    pd = predictive_distribution(model, p, *args, site=site, num_samples=num_samples, **kwargs)
+    qd = predictive_distribution(model, q, *args, site=site, num_samples=num_samples, **kwargs)
+    if isinstance(pd, torch.distributions.Bernoulli):
+        pi, rho = pd.probs, qd.probs
+        return pi * (_clamped_log(pi) - _clamped_log(rho)) + (1 - pi) * (
+            _clamped_log(1 - pi) - _clamped_log(1 - rho)
+        )
+    if isinstance(pd, torch.distributions.Categorical):
+        pi, rho = pd.probs, qd.probs
+        return (pi * (_clamped_log(pi) - _clamped_log(rho))).sum(-1)
+    if num_y_samples < 1:
+        raise ValueError(f"num_y_samples must be at least 1, got {num_y_samples}")
+    with torch.no_grad():
+        return _mixture_kl(pd, qd, num_y_samples)
+
+
+def mean_and_std(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard deviation (``correction=1``; 0.0 for a single value) over all points.
+
+    Example::
+
+        >>> mean_and_std(torch.tensor([1.0, 2.0, 3.0]))
+        (2.0, 1.0)
+        >>> mean_and_std(torch.tensor([4.0]))
+        (4.0, 0.0)
+    """
+    values = torch.as_tensor(values).detach().reshape(-1)
+    if values.numel() == 0:
+        raise ValueError("mean_and_std needs at least one value")
+    std = float(values.std(correction=1)) if values.numel() > 1 else 0.0
+    return float(values.mean()), std
+
+
+def accuracy(
+    model: Callable[..., Any],
+    posterior: Callable[..., Any],
+    *args: Any,
+    site: str,
+    num_samples: int = 100,
+    **kwargs: Any,
+) -> float:
+    """Fraction of the points whose predictive mode (:func:`predictive_distribution`;
+    Bernoulli: p(y=1|x) > ½, Categorical: argmax_k p(y=k|x)) equals the observed value of
+    ``site``. The model must be called with its observations (``ValueError`` otherwise).
+
+    Example::
+
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> def model(x, y=None):
+        ...     w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(x)):
+        ...         return pyro.sample("y", dist.Bernoulli(logits=w * x), obs=y)
+        >>> def guide(x, y=None):
+        ...     pyro.sample("w", dist.Delta(torch.tensor(1.0)))
+        >>> x, y = torch.tensor([-1.0, 1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 0.0, 1.0])
+        >>> accuracy(model, guide, x, y, site="y")
+        0.75
+    """
+    found = _PredictiveSite(model, posterior, args, kwargs, site, num_samples)
+    found.check_supported()
+    if isinstance(found.base, torch.distributions.Normal):
+        raise TypeError(
+            f"accuracy needs a Bernoulli or Categorical site; {site!r} is a Normal "
+            "(use log_predictive_density or predictive_kl)"
+        )
+    observed = found.observed("accuracy")
+    probs = found.predictive().probs
+    if isinstance(found.base, torch.distributions.Bernoulli):
+        predicted = (probs > 0.5).to(observed.dtype)
+    else:
+        predicted = probs.argmax(-1).to(observed.dtype)
+    return float((predicted == observed).double().mean())
+
+
+def log_predictive_density(
+    model: Callable[..., Any],
+    posterior: Callable[..., Any],
+    *args: Any,
+    site: str,
+    num_samples: int = 100,
+    **kwargs: Any,
+) -> torch.Tensor:
+    r"""log p(y_obs|x) under the Monte-Carlo predictive, at every data point of ``site``:
+
+    .. math:: \log \frac1S \sum_s p(y_\text{obs}|x, θ_s) = \mathrm{logsumexp}_s \log
+              p(y_\text{obs}|x, θ_s) − \log S
+
+    Any site distribution with a ``log_prob`` works (event dims of an ``Independent`` become
+    points, as in :func:`predictive_distribution`). The model must be called with its
+    observations (``ValueError`` otherwise).
+
+    Example::
+
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> def model(x, y=None):
+        ...     w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(x)):
+        ...         return pyro.sample("y", dist.Bernoulli(logits=w * x), obs=y)
+        >>> def guide(x, y=None):
+        ...     pyro.sample("w", dist.Delta(torch.tensor(1.0)))
+        >>> x, y = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])
+        >>> log_predictive_density(model, guide, x, y, site="y").exp()  # 1/2, 1 − σ(1)
+        tensor([0.5000, 0.2689])
+    """
+    found = _PredictiveSite(model, posterior, args, kwargs, site, num_samples)
+    base = found.base
+    observed = found.observed("log_predictive_density")
+    # The site's value lives in the points' shape; the sample dim is inserted (size 1) so that
+    # it broadcasts against the per-θ distributions, whose batch shape carries all S samples.
+    value = observed.unsqueeze(found.sample_dim)
+    with torch.no_grad():
+        log_p = base.log_prob(value)
+    batch = found.shape[: len(found.shape) - len(base.event_shape)]
+    log_p = log_p.expand(batch)
+    return torch.logsumexp(log_p, dim=found.sample_dim) - math.log(found.num_samples)
+
+
+# -- parameter-space KL -------------------------------------------------------------------------
+def _unwrap(posterior: Callable[..., Any]) -> Callable[..., Any]:
+    return posterior.guide if isinstance(posterior, FrozenPosterior) else posterior
+
+
+def _auxiliary_sites(
+    posterior: Callable[..., Any], args: tuple, kwargs: dict
+) -> dict[str, tuple[int, ...]]:
+    """The sites a posterior is scored on (see :func:`~pyro_unlearn.traces.latent_sites`) and
+    the shapes of their values."""
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(posterior).get_trace(*args, **kwargs)
+    return {name: tuple(trace.nodes[name]["value"].shape) for name in latent_sites(trace)}
+
+
+def _name(posterior: Callable[..., Any]) -> str:
+    guide = _unwrap(posterior)
+    kind = type(guide).__name__ if isinstance(guide, torch.nn.Module) else guide.__name__
+    return f"frozen {kind}" if isinstance(posterior, FrozenPosterior) else kind
+
+
+def param_kl(
+    p: Callable[..., Any],
+    q: Callable[..., Any],
+    *args: Any,
+    num_samples: int = 1000,
+    method: str = "auto",
+    **kwargs: Any,
+) -> torch.Tensor:
+    r"""KL(p ‖ q) between two posteriors over θ in the guides' unconstrained (auxiliary) space.
+
+    ``method="closed_form"``: :func:`gaussian_kl` on :func:`guide_moments`, for Gaussian
+    AutoGuides (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal,
+    AutoLowRankMultivariateNormal; live or frozen). ``method="monte_carlo"``:
+
+    .. math:: \mathrm{KL}(p‖q) ≈ \frac1S \sum_s [\log p(θ_s) − \log q(θ_s)],\qquad θ_s \sim p
+
+    with S = ``num_samples`` draws in one plate, summing only the auxiliary sites, q scored by
+    replaying it on p's trace. ``"auto"`` takes the closed form when both are Gaussian.
+    ``*args, **kwargs`` are the guides' arguments (needed for tracing). Both posteriors must
+    have the same auxiliary sites (``ValueError`` otherwise); compare two posteriors of one
+    guide class as frozen ones (:func:`pyro_unlearn.freeze`).
+
+    Example::
+
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal, init_to_value
+        >>> from pyro_unlearn import freeze
+        >>> def model():
+        ...     pyro.sample("mu", dist.Normal(0.0, 1.0))
+        >>> def posterior(loc, scale):
+        ...     init = init_to_value(values={"mu": torch.tensor(loc)})
+        ...     return freeze(AutoNormal(model, init_loc_fn=init, init_scale=scale))
+        >>> kl = param_kl(posterior(0.0, 1.0), posterior(1.0, 2.0))  # log 2 + 2/8 − 1/2
+        >>> round(float(kl), 4)
+        0.4431
+    """
+    if method not in ("auto", "closed_form", "monte_carlo"):
+        raise ValueError(f"method must be 'auto', 'closed_form' or 'monte_carlo', got {method!r}")
+    sites_p, sites_q = _auxiliary_sites(p, args, kwargs), _auxiliary_sites(q, args, kwargs)
+    if sites_p != sites_q:
+        raise ValueError(
+            f"the two posteriors have different auxiliary sites ({_name(p)}: {sites_p}, "
+            f"{_name(q)}: {sites_q}, as name: shape); param_kl compares posteriors of the same "
+            "guide structure"
+        )
+    gaussian = all(isinstance(_unwrap(g), _GAUSSIAN_GUIDES) for g in (p, q))
+    if method == "closed_form" and not gaussian:
+        raise TypeError(
+            f"the closed form needs two Gaussian AutoGuides (live or frozen), got {_name(p)} and "
+            f"{_name(q)}; use method='monte_carlo'"
+        )
+    if method != "monte_carlo" and gaussian:
+        loc_p, cov_p = guide_moments(p)
+        loc_q, cov_q = guide_moments(q)
+        if loc_p.shape != loc_q.shape:
+            raise ValueError(
+                f"the two posteriors' latent spaces differ: dimensions {tuple(loc_p.shape)} and "
+                f"{tuple(loc_q.shape)}"
+            )
+        return gaussian_kl(loc_p, cov_p, loc_q, cov_q)
+    trace_p, _, _, dim = _vectorized_traces(None, p, args, kwargs, num_samples, "_param_kl_samples")
+    with torch.no_grad(), poutine.block():
+        vectorized_q = pyro.plate("_param_kl_samples", num_samples, dim=dim)(q)
+        trace_q = poutine.trace(poutine.replay(vectorized_q, trace=trace_p)).get_trace(
+            *args, **kwargs
+        )
+        trace_p.compute_log_prob(lambda name, site: name in sites_p)
+        trace_q.compute_log_prob(lambda name, site: name in sites_q)
+        log_p = sum_sites_per_particle(trace_p, sites_p, dim, num_samples)
+        log_q = sum_sites_per_particle(trace_q, sites_q, dim, num_samples)
+    return (log_p - log_q).mean()
+
+
+# -- ArviZ -----------------------------------------------------------------------------------------
+def to_inference_data(
+    posteriors: dict[str, Callable[..., Any]],
+    model: Callable[..., Any],
+    *args: Any,
+    num_samples: int = 1000,
+    **kwargs: Any,
+) -> dict[str, arviz.InferenceData]:
+    """ArviZ ``InferenceData`` of each named posterior: ``num_samples`` draws of the model's
+    latent sites in the constrained space (θ_s ~ q, the model replayed on them), one chain.
+
+    The posterior group holds one variable per latent sample site of the model, of shape
+    ``(1, num_samples, *site_shape)``. Then e.g. ``az.summary(idata["retrained"])`` or
+    ``az.plot_forest(list(d.values()), model_names=list(d))``.
+
+    Example (not run: importing arviz takes seconds)::
+
+        d = to_inference_data({"retrained": retrained, "unlearned": unlearned}, model, x, y)
+        az.summary(d["unlearned"])
+    """
+    import arviz as az
+
+    out = {}
+    for name, posterior in posteriors.items():
+        _, trace, once, _ = _vectorized_traces(
+            model, posterior, args, kwargs, num_samples, "_inference_data_samples"
+        )
+        draws = {}
+        for site_name, site in once.nodes.items():
+            if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+                continue
+            shape = site["value"].shape
+            value = trace.nodes[site_name]["value"].detach()
+            if value.numel() != num_samples * shape.numel():  # constant across samples
+                value = value.expand(num_samples, *shape)
+            draws[site_name] = value.reshape(1, num_samples, *shape).cpu().numpy()
+        out[name] = az.from_dict(posterior=draws)
+    return out
