@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
-__all__ = ["LinearRegressionData", "linear_regression"]
+__all__ = ["BanknoteData", "LinearRegressionData", "banknote", "linear_regression"]
 
 
 class LinearRegressionData(NamedTuple):
@@ -58,3 +60,52 @@ def linear_regression(
     return LinearRegressionData(
         x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype), erased, noise_scale
     )
+
+
+def _remaining(num: int, erased: torch.Tensor) -> torch.Tensor:
+    keep = torch.ones(num, dtype=torch.bool, device=erased.device)
+    keep[erased] = False
+    return keep.nonzero().squeeze(-1)
+
+
+class BanknoteData(NamedTuple):
+    x: torch.Tensor  # (1372, 4) raw features: variance, skewness, curtosis, entropy
+    y: torch.Tensor  # (1372,) class, 0. or 1.
+    erased: torch.Tensor  # (412,) indices of D_e
+
+    @property
+    def remaining(self) -> torch.Tensor:
+        """Indices of D_r = D \\ D_e."""
+        return _remaining(len(self.y), self.erased)
+
+
+#: Column names of the banknote features, in order.
+BANKNOTE_FEATURES = ("variance", "skewness", "curtosis", "entropy")
+
+
+def banknote(
+    device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> BanknoteData:
+    """The UCI banknote authentication data (shipped with the package, CC BY 4.0; Lohweg &
+    Doerksen 2012, https://doi.org/10.24432/C55P57) with the Variational Bayesian Unlearning
+    paper's split: ``idx = np.arange(1372); np.random.seed(0); np.random.shuffle(idx)``; the
+    shuffled rows ``idx[960:]`` (412, 30 %) are erased, ``idx[:960]`` remain (EXPERIMENTS.md §5).
+    Features are raw (unstandardised), as in the paper.
+
+    Example::
+
+        >>> data = banknote()
+        >>> data.x.shape, len(data.erased), len(data.remaining), int(data.y.sum())
+        (torch.Size([1372, 4]), 412, 960, 610)
+    """
+    path = resources.files("pyro_unlearn") / "data" / "data_banknote_authentication.txt"
+    with resources.as_file(path) as f:
+        table = np.loadtxt(f, delimiter=",")
+    idx = np.arange(len(table))
+    rng = np.random.RandomState(0)  # the global np.random.seed(0) stream, without touching it
+    rng.shuffle(idx)
+    dtype = dtype or torch.get_default_dtype()
+    x = torch.as_tensor(table[:, :4], dtype=dtype, device=device)
+    y = torch.as_tensor(table[:, 4], dtype=dtype, device=device)
+    erased = torch.as_tensor(np.sort(idx[960:]), device=device)
+    return BanknoteData(x, y, erased)
