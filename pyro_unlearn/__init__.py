@@ -6,6 +6,7 @@ from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
 from .infer import ReverseKL, Trace_EUBO, adjusted_log_likelihood
 from .posterior import FrozenPosterior, freeze
+from .retrain import RetrainResult, retrain
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,7 @@ __all__ = [
     "AutoZukoFlow",
     "ForgetResult",
     "FrozenPosterior",
+    "RetrainResult",
     "ReverseKL",
     "Trace_EUBO",
     "UnlearnMessenger",
@@ -22,5 +24,6 @@ __all__ = [
     "forget",
     "freeze",
     "metrics",
+    "retrain",
     "unlearn",
 ]

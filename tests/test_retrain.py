@@ -1,0 +1,72 @@
+"""Retraining on D_r (pyro_unlearn/retrain.py): the reference, against the exact posterior."""
+
+import pyro
+import pytest
+import torch
+from pyro.infer.autoguide import AutoMultivariateNormal
+
+import pyro_unlearn as pu
+from pyro_unlearn.metrics import gaussian_kl, guide_moments
+
+
+def remaining_posterior(linreg):
+    keep = linreg.remaining
+    x = linreg.x[keep]
+    features = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)
+    loc, prec = pu.exact.gaussian_linear_posterior(
+        torch.zeros(3), torch.eye(3) / 100.0, features, linreg.y[keep], linreg.noise_scale
+    )
+    return loc, torch.linalg.inv(prec)
+
+
+@pytest.mark.parametrize("init", ["posterior", "prior"])
+def test_retrain_reaches_the_exact_posterior_of_the_remaining_data(init, linreg, model, trained):
+    guide = trained(AutoMultivariateNormal)
+    live_before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    keep = linreg.remaining
+    result = pu.retrain(
+        model,
+        guide,
+        linreg.x[keep],
+        linreg.y[keep],
+        init=init,
+        num_steps=1500,
+        lr=0.02,
+        progress=False,
+    )
+    loc, cov = remaining_posterior(linreg)
+    kl = float(gaussian_kl(*guide_moments(result.posterior), loc, cov))
+    assert kl < 0.05, kl
+    assert result.seconds > 0 and len(result.losses) <= 1500
+    # the live guide and the param store are untouched
+    for name, value in pyro.get_param_store().items():
+        assert torch.equal(value.detach(), live_before[name]), name
+    assert set(pyro.get_param_store().keys()) == set(live_before)
+
+
+def test_warm_start_starts_at_q_of_d(linreg, model, trained):
+    guide = trained(AutoMultivariateNormal)
+    keep = linreg.remaining
+    start = pu.retrain(
+        model, guide, linreg.x[keep], linreg.y[keep], num_steps=1, lr=1e-9, progress=False
+    )
+    fresh = pu.retrain(
+        model,
+        guide,
+        linreg.x[keep],
+        linreg.y[keep],
+        init="prior",
+        num_steps=1,
+        lr=1e-9,
+        progress=False,
+    )
+    loc, _ = guide_moments(guide)
+    assert torch.allclose(guide_moments(start.posterior)[0], loc, atol=1e-6)
+    assert not torch.allclose(guide_moments(fresh.posterior)[0], loc, atol=0.1)
+
+
+def test_retrain_rejects_bad_input(model):
+    with pytest.raises(ValueError, match="init must be"):
+        pu.retrain(model, AutoMultivariateNormal(model), init="scratch")
+    with pytest.raises(TypeError, match="PyroModule guide"):
+        pu.retrain(model, lambda *a: None)
