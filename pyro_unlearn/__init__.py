@@ -7,6 +7,7 @@ from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
 from .infer import ReverseKL, Trace_EUBO, adjusted_log_likelihood
 from .posterior import FrozenPosterior, freeze
 from .retrain import RetrainResult, retrain
+from .sweep import SweepResult, lambda_sweep
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "FrozenPosterior",
     "RetrainResult",
     "ReverseKL",
+    "SweepResult",
     "Trace_EUBO",
     "UnlearnMessenger",
     "adjusted_log_likelihood",
@@ -23,6 +25,7 @@ __all__ = [
     "exact",
     "forget",
     "freeze",
+    "lambda_sweep",
     "metrics",
     "retrain",
     "unlearn",

@@ -1,0 +1,58 @@
+"""The λ-sweep runner (pyro_unlearn/sweep.py) on the conjugate regression."""
+
+import math
+
+import pytest
+import torch
+from pyro.infer.autoguide import AutoMultivariateNormal
+
+import pyro_unlearn as pu
+from pyro_unlearn.metrics import gaussian_kl, guide_moments
+
+
+def test_sweep_table_and_the_exact_target(linreg, model, trained, exact_target):
+    guide = trained(AutoMultivariateNormal)
+    loc, cov = exact_target(guide)
+    start = tuple(t.clone() for t in guide_moments(guide))
+
+    def evaluate(posterior):
+        return {"kl_target": float(gaussian_kl(*guide_moments(posterior), loc, cov))}
+
+    erased = linreg.x[linreg.erased], linreg.y[linreg.erased]
+    result = pu.lambda_sweep(
+        model,
+        guide,
+        *erased,
+        evaluate=evaluate,
+        lambdas=(1.0, 0.0),
+        num_steps=400,
+        num_particles=1024,
+        lr=0.02,
+        progress=False,
+    )
+    table = result.table
+    assert list(table.columns[:3]) == ["guide", "method", "lam"]
+    assert len(table) == 5 and set(result.posteriors) == {
+        "full",
+        "eubo λ=1",
+        "rkl λ=1",
+        "eubo λ=0",
+        "rkl λ=0",
+    }
+    full = table[table.method == "full"].kl_target.item()
+    assert full > 0.5
+    at = table.set_index(["method", "lam"]).kl_target
+    # λ = 1 unlearns nothing; λ = 0 reaches the closed-form target with both losses
+    assert at[("eubo", 1.0)] == pytest.approx(full, rel=0.05)
+    assert at[("rkl", 1.0)] == pytest.approx(full, rel=0.05)
+    assert at[("eubo", 0.0)] < 0.05 and at[("rkl", 0.0)] < 0.05
+    assert math.isnan(table.ess[0]) and table[table.method == "rkl"].ess.notna().all()
+    # the live guide holds q(θ|D) again
+    assert torch.allclose(guide_moments(guide)[0], start[0])
+
+
+def test_sweep_rejects_an_unknown_method(model, linreg, trained):
+    with pytest.raises(ValueError, match="methods must be"):
+        pu.lambda_sweep(
+            model, trained(AutoMultivariateNormal), linreg.x, evaluate=dict, methods=("elbo",)
+        )
