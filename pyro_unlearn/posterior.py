@@ -165,7 +165,8 @@ class FrozenPosterior:
     @property
     def log_q_max(self) -> torch.Tensor:
         if self._log_q_max is None:
-            self._find_mode(self._args, self._kwargs, **self._mode_settings)
+            with torch.enable_grad():  # first use may come inside no_grad (e.g. ELBO.loss)
+                self._find_mode(self._args, self._kwargs, **self._mode_settings)
         return self._log_q_max
 
     @property

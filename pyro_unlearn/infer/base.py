@@ -12,7 +12,7 @@ from pyro.infer.util import torch_item
 
 from ..posterior import FrozenPosterior
 from ..traces import particle_dim_of
-from .adjusted_likelihood import check_lam, log_threshold
+from .adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
 
 __all__ = ["UnlearningLoss"]
 
@@ -57,6 +57,13 @@ class UnlearningLoss(ELBO):
     def log_threshold(self) -> torch.Tensor:
         """log λ + log q*, the adjusted likelihood's threshold on log q(θ|D)."""
         return log_threshold(self.lam, self.posterior.log_q_max)
+
+    def _adjusted(self, log_lik: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+        """log p_adj(D_e|θ; λ) per particle. λ = 0 is the plain likelihood: no threshold, so
+        log q* is never needed (a flow posterior's numeric mode search is skipped)."""
+        if self.lam == 0.0:
+            return log_lik
+        return adjusted_log_likelihood(log_lik, log_q, self.log_threshold)
 
     # ELBO dispatches particles (loop or vectorised plate) through these two.
     def _get_trace(self, model, guide, args, kwargs):

@@ -8,7 +8,6 @@ from pyro.infer.enum import get_importance_trace
 
 from ..handlers import erased_log_likelihood
 from ..traces import latent_sites, sum_sites_per_particle
-from .adjusted_likelihood import adjusted_log_likelihood
 from .base import UnlearningLoss
 
 __all__ = ["Trace_EUBO"]
@@ -84,5 +83,5 @@ class Trace_EUBO(UnlearningLoss):
 
     def _objective(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         log_q = terms["log_q"]
-        log_lik = adjusted_log_likelihood(terms["log_lik"], log_q.detach(), self.log_threshold)
+        log_lik = self._adjusted(terms["log_lik"], log_q.detach())
         return (log_lik + terms["log_q_u"] - log_q).mean()

@@ -7,7 +7,6 @@ import torch
 
 from ..handlers import ERASED, erased_log_likelihood
 from ..traces import latent_sites, sum_sites_per_particle
-from .adjusted_likelihood import adjusted_log_likelihood
 from .base import UnlearningLoss
 from .eubo import check_sites_match
 
@@ -61,7 +60,7 @@ class ReverseKL(UnlearningLoss):
         }
 
     def _objective(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        log_lik = adjusted_log_likelihood(terms["log_lik"], terms["log_q"], self.log_threshold)
+        log_lik = self._adjusted(terms["log_lik"], terms["log_q"])
         weights = log_lik.numel() * torch.softmax(-log_lik, dim=0)
         self.ess = effective_sample_size(weights).detach()
         return -(weights.detach() * terms["log_q_v"]).mean()

@@ -240,3 +240,16 @@ def test_pyro_flows_work_with_both_losses(loss_cls, make_guide, linreg, model):
     for _ in range(300):
         svi.step(linreg.x[linreg.erased], linreg.y[linreg.erased])
     assert kl_to(pu.freeze(guide), target) < 0.5 * before
+
+
+@pytest.mark.parametrize("loss_cls", LOSSES)
+def test_lambda_zero_never_searches_for_the_mode(loss_cls, linreg, model):
+    guide = AutoZukoFlow(model, "iaf", hidden_features=(8, 8))
+    guide(linreg.x, linreg.y)
+    posterior = pu.freeze(guide)
+    loss = loss_cls(posterior, 0.0, num_particles=8, vectorize_particles=True)
+    loss.loss(pu.unlearn(model), guide, linreg.x[:3], linreg.y[:3])
+    assert posterior._log_q_max is None  # λ = 0: no threshold, no numeric search
+    loss = loss_cls(posterior, 1e-3, num_particles=8, vectorize_particles=True)
+    loss.loss(pu.unlearn(model), guide, linreg.x[:3], linreg.y[:3])
+    assert posterior.mode_info["method"] == "numeric"
