@@ -7,6 +7,12 @@ import torch
 __all__ = ["NotNormalizableError", "gaussian_linear_posterior", "gaussian_linear_unlearn"]
 
 
+def _checked(X: torch.Tensor, y: torch.Tensor, noise_scale) -> tuple:
+    if X.dim() != 2 or y.shape != X.shape[:1]:
+        raise ValueError(f"features must be (N, D) and targets (N,), got {X.shape}, {y.shape}")
+    return X, y, 1.0 / torch.as_tensor(noise_scale, dtype=X.dtype, device=X.device) ** 2
+
+
 class NotNormalizableError(ValueError):
     """q(θ|D)/p(D_e|θ) is not a distribution: the division left no valid posterior."""
 
@@ -32,10 +38,7 @@ def gaussian_linear_unlearn(
         >>> prec.item(), loc.item()
         (1.0, -2.0)
     """
-    X, y = features, targets
-    if X.dim() != 2 or y.shape != X.shape[:1]:
-        raise ValueError(f"features must be (N, D) and targets (N,), got {X.shape}, {y.shape}")
-    inv_var = 1.0 / torch.as_tensor(noise_scale, dtype=X.dtype, device=X.device) ** 2
+    X, y, inv_var = _checked(features, targets, noise_scale)
     new_precision = precision - inv_var * X.T @ X
     new_precision = 0.5 * (new_precision + new_precision.T)
     chol, info = torch.linalg.cholesky_ex(new_precision)
@@ -70,10 +73,7 @@ def gaussian_linear_posterior(
         >>> prec.item(), round(loc.item(), 4)
         (3.0, 0.6667)
     """
-    X, y = features, targets
-    if X.dim() != 2 or y.shape != X.shape[:1]:
-        raise ValueError(f"features must be (N, D) and targets (N,), got {X.shape}, {y.shape}")
-    inv_var = 1.0 / torch.as_tensor(noise_scale, dtype=X.dtype, device=X.device) ** 2
+    X, y, inv_var = _checked(features, targets, noise_scale)
     new_precision = precision + inv_var * X.T @ X
     new_precision = 0.5 * (new_precision + new_precision.T)
     rhs = precision @ loc + inv_var * X.T @ y
