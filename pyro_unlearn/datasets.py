@@ -20,9 +20,7 @@ class LinearRegressionData(NamedTuple):
     @property
     def remaining(self) -> torch.Tensor:
         """Indices of D_r = D \\ D_e."""
-        keep = torch.ones(len(self.y), dtype=torch.bool, device=self.y.device)
-        keep[self.erased] = False
-        return keep.nonzero().squeeze(-1)
+        return _remaining(len(self.y), self.erased)
 
 
 def linear_regression(

@@ -16,7 +16,7 @@ from .handlers import unlearn
 from .infer import ReverseKL, Trace_EUBO
 from .posterior import FrozenPosterior, freeze
 
-__all__ = ["ForgetResult", "forget", "has_converged"]
+__all__ = ["ForgetResult", "forget", "has_converged", "run_until_flat"]
 
 _METHODS = {"eubo": Trace_EUBO, "rkl": ReverseKL}
 
@@ -108,19 +108,35 @@ def forget(
         optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / max(num_steps, 1))})
     svi = SVI(unlearn(model, erased=erased, plate=plate), guide, optim, loss)
     result = ForgetResult(guide=guide, posterior=posterior)
+
+    def step() -> float:
+        value = svi.step(*args, **kwargs)
+        if method == "rkl":
+            result.ess.append(float(loss.ess))
+        return value
+
+    result.losses, result.converged, result.seconds = run_until_flat(
+        step, num_steps, window, f"unlearning ({method}, λ={lam:g})", progress
+    )
+    return result
+
+
+def run_until_flat(
+    step: Callable[[], float], num_steps: int, window: int, desc: str, progress: bool
+) -> tuple[list[float], bool, float]:
+    """Call ``step`` (one SVI step, returning its loss) up to ``num_steps`` times under a tqdm
+    bar, stopping once :func:`has_converged` over ``window`` steps. Returns ``(losses,
+    converged, seconds)``: the one loop of :func:`forget` and :func:`~pyro_unlearn.retrain`."""
+    losses: list[float] = []
+    converged = False
     start = time.perf_counter()
-    with tqdm(
-        total=num_steps, desc=f"unlearning ({method}, λ={lam:g})", disable=not progress
-    ) as bar:
+    with tqdm(total=num_steps, desc=desc, disable=not progress) as bar:
         for _ in range(num_steps):
-            result.losses.append(svi.step(*args, **kwargs))
-            if method == "rkl":
-                result.ess.append(float(loss.ess))
+            losses.append(step())
             bar.update()
             if bar.n % window == 0:
-                bar.set_postfix(loss=f"{result.losses[-1]:.4g}")
-                if has_converged(result.losses, window):
-                    result.converged = True
+                bar.set_postfix(loss=f"{losses[-1]:.4g}")
+                if has_converged(losses, window):
+                    converged = True
                     break
-    result.seconds = time.perf_counter() - start
-    return result
+    return losses, converged, time.perf_counter() - start

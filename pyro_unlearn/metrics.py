@@ -38,7 +38,7 @@ from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 
 from .posterior import FrozenPosterior
-from .traces import latent_sites, sum_sites_per_particle
+from .traces import latent_sites, max_plate_nesting, sum_sites_per_particle
 
 if TYPE_CHECKING:
     import arviz
@@ -124,17 +124,6 @@ def guide_moments(
 
 
 # -- vectorised θ-samples ------------------------------------------------------------------------
-def _max_plate_nesting(trace: Trace) -> int:
-    dims = [
-        frame.dim
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
-    return -min(dims) if dims else 0
-
-
 def _vectorized_traces(
     model: Callable[..., Any] | None,
     posterior: Callable[..., Any],
@@ -155,9 +144,9 @@ def _vectorized_traces(
     with torch.no_grad(), poutine.block():
         guide_once = poutine.trace(posterior).get_trace(*args, **kwargs)
         model_once = None if model is None else poutine.trace(model).get_trace(*args, **kwargs)
-        nesting = _max_plate_nesting(guide_once)
+        nesting = max_plate_nesting(guide_once)
         if model_once is not None:
-            nesting = max(nesting, _max_plate_nesting(model_once))
+            nesting = max(nesting, max_plate_nesting(model_once))
         dim = -nesting - 1
         guide_trace = poutine.trace(pyro.plate(name, num_samples, dim=dim)(posterior)).get_trace(
             *args, **kwargs

@@ -24,7 +24,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
-from .traces import latent_sites, sum_sites_per_particle
+from .traces import latent_sites, max_plate_nesting, sum_sites_per_particle
 
 __all__ = ["FrozenPosterior", "freeze", "independent_copy", "register_in_empty_store"]
 
@@ -77,11 +77,6 @@ def _param_store_swapped(
         yield
     finally:
         store._params, store._constraints, store._param_to_name = saved
-
-
-def _max_plate_nesting(trace: Trace) -> int:
-    dims = [f.dim for s in trace.nodes.values() for f in s.get("cond_indep_stack", ()) if f.dim]
-    return -min(dims) if dims else 0
 
 
 class FrozenPosterior:
@@ -197,7 +192,7 @@ class FrozenPosterior:
 
     def _numeric_mode(self, trace, args, kwargs, *, samples, starts, steps, lr) -> None:
         """Best of ``samples`` draws, refined by Adam on log q from the ``starts`` best, batched."""
-        dim = -_max_plate_nesting(trace) - 1
+        dim = -max_plate_nesting(trace) - 1
 
         def batched_log_q(values=None, size=samples):
             fn = pyro.plate("_mode_search", size, dim=dim)(self)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoGuide
-from tqdm import tqdm
 
-from .forget import has_converged
+from .forget import run_until_flat
 from .posterior import FrozenPosterior, _param_store_swapped, freeze, independent_copy
 
 __all__ = ["RetrainResult", "retrain"]
@@ -78,22 +76,14 @@ def retrain(
     if optim is None:
         optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / max(num_steps, 1))})
     loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
-    losses: list[float] = []
-    converged = False
     with _param_store_swapped({}, {}):  # the copy registers its own tensors here
         svi = SVI(model, work, optim, loss)
-        start = time.perf_counter()
-        with tqdm(
-            total=num_steps, desc=f"retraining on D_r (from the {init})", disable=not progress
-        ) as bar:
-            for _ in range(num_steps):
-                losses.append(svi.step(*args, **kwargs))
-                bar.update()
-                if bar.n % window == 0:
-                    bar.set_postfix(loss=f"{losses[-1]:.4g}")
-                    if has_converged(losses, window):
-                        converged = True
-                        break
-        seconds = time.perf_counter() - start
+        losses, converged, seconds = run_until_flat(
+            lambda: svi.step(*args, **kwargs),
+            num_steps,
+            window,
+            f"retraining on D_r (from the {init})",
+            progress,
+        )
         posterior = freeze(work, *args, **kwargs)
     return RetrainResult(posterior, losses, seconds, converged)

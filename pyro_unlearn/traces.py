@@ -8,7 +8,13 @@ import torch
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["latent_sites", "particle_dim_of", "sum_per_particle", "sum_sites_per_particle"]
+__all__ = [
+    "latent_sites",
+    "max_plate_nesting",
+    "particle_dim_of",
+    "sum_per_particle",
+    "sum_sites_per_particle",
+]
 
 
 def latent_sites(trace: Trace) -> list[str]:
@@ -21,6 +27,18 @@ def latent_sites(trace: Trace) -> list[str]:
     ]
     auxiliary = [name for name in latent if trace.nodes[name]["infer"].get("is_auxiliary")]
     return auxiliary or latent
+
+
+def max_plate_nesting(trace: Trace) -> int:
+    """How many batch dims the vectorised plates of a trace's sample sites use (Pyro's count)."""
+    dims = [
+        frame.dim
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return -min(dims) if dims else 0
 
 
 def particle_dim_of(num_particles: int, vectorize: bool, max_plate_nesting: float) -> int | None:

@@ -94,3 +94,23 @@ def exact_target(linreg):
         return t_loc, torch.linalg.inv(t_prec)
 
     return target
+
+
+@pytest.fixture
+def exact_posterior(linreg):
+    """``exact_posterior(idx)``: the exact p(θ|D[idx]) (prior N(0, 10²) on (w, b)) as a
+    MultivariateNormal over the packed (w, b), the AutoContinuous latent order."""
+    import pyro.distributions as dist
+
+    from pyro_unlearn.exact import gaussian_linear_posterior
+
+    def posterior(idx):
+        x = linreg.x[idx]
+        features = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)
+        dim = features.shape[-1]
+        loc, prec = gaussian_linear_posterior(
+            x.new_zeros(dim), torch.eye(dim) / 100.0, features, linreg.y[idx], linreg.noise_scale
+        )
+        return dist.MultivariateNormal(loc, precision_matrix=prec)
+
+    return posterior

@@ -9,18 +9,10 @@ import pyro_unlearn as pu
 from pyro_unlearn.metrics import gaussian_kl, guide_moments
 
 
-def remaining_posterior(linreg):
-    keep = linreg.remaining
-    x = linreg.x[keep]
-    features = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)
-    loc, prec = pu.exact.gaussian_linear_posterior(
-        torch.zeros(3), torch.eye(3) / 100.0, features, linreg.y[keep], linreg.noise_scale
-    )
-    return loc, torch.linalg.inv(prec)
-
-
 @pytest.mark.parametrize("init", ["posterior", "prior"])
-def test_retrain_reaches_the_exact_posterior_of_the_remaining_data(init, linreg, model, trained):
+def test_retrain_reaches_the_exact_posterior_of_the_remaining_data(
+    init, linreg, model, trained, exact_posterior
+):
     guide = trained(AutoMultivariateNormal)
     live_before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
     keep = linreg.remaining
@@ -34,7 +26,8 @@ def test_retrain_reaches_the_exact_posterior_of_the_remaining_data(init, linreg,
         lr=0.02,
         progress=False,
     )
-    loc, cov = remaining_posterior(linreg)
+    target = exact_posterior(keep)
+    loc, cov = target.loc, target.covariance_matrix
     kl = float(gaussian_kl(*guide_moments(result.posterior), loc, cov))
     assert kl < 0.05, kl
     assert result.seconds > 0 and len(result.losses) <= 1500

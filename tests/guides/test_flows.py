@@ -144,18 +144,6 @@ def test_block_neural_autoregressive_flow_is_refused():
 # -- unlearning with flow guides on the conjugate linear regression --------------------------
 
 
-def exact_remaining_posterior(linreg):
-    """p(θ|D_r) in closed form: what q(θ|D)/p(D_e|θ) is when q(θ|D) is the exact p(θ|D)."""
-    keep = linreg.remaining
-    x = linreg.x[keep]
-    features = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)
-    prior_prec = torch.eye(3) / 100.0
-    loc, prec = pu.exact.gaussian_linear_posterior(
-        torch.zeros(3), prior_prec, features, linreg.y[keep], linreg.noise_scale
-    )
-    return dist.MultivariateNormal(loc, precision_matrix=prec)
-
-
 def draws(posterior, num_samples, *args):
     """θ_s ~ q and log q(θ_s) of a frozen AutoContinuous posterior, batched over samples."""
     batched = pyro.plate("draws", num_samples, dim=-1)(posterior)
@@ -177,23 +165,14 @@ def fit(guide, model, linreg, steps):
     return guide
 
 
-def exact_posterior(linreg):
-    x = linreg.x
-    features = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)
-    loc, prec = pu.exact.gaussian_linear_posterior(
-        torch.zeros(3), torch.eye(3) / 100.0, features, linreg.y, linreg.noise_scale
-    )
-    return dist.MultivariateNormal(loc, precision_matrix=prec)
-
-
 @pytest.mark.parametrize("loss_cls", LOSSES)
-def test_coupling_flow_unlearns_to_the_closed_form(loss_cls, linreg, model):
+def test_coupling_flow_unlearns_to_the_closed_form(loss_cls, linreg, model, exact_posterior):
     # q(θ|D) is a coupling flow that equals the exact p(θ|D) (its Gaussian part set to it, its
     # transforms at the identity), so q(θ|D)/p(D_e|θ) is exactly p(θ|D_r); the flow family
     # contains it, and both losses must find it from q(θ|D), moving every flow parameter.
     guide = AutoZukoFlow(model, "coupling", hidden_features=(16, 16))
     guide(linreg.x, linreg.y)
-    full = exact_posterior(linreg)
+    full = exact_posterior(torch.arange(len(linreg.y)))
     with torch.no_grad():
         affine = guide.flow.transform.transforms[0]
         affine.loc.copy_(full.loc)
@@ -203,7 +182,7 @@ def test_coupling_flow_unlearns_to_the_closed_form(loss_cls, linreg, model):
             )
         )
     posterior = pu.freeze(guide)
-    target = exact_remaining_posterior(linreg)
+    target = exact_posterior(linreg.remaining)
     assert kl_to(posterior, full) < 1e-3
     before = kl_to(posterior, target)
     particles = 4096 if loss_cls is pu.ReverseKL else 256
@@ -229,10 +208,10 @@ def test_coupling_flow_unlearns_to_the_closed_form(loss_cls, linreg, model):
     ],
     ids=["AutoIAFNormal", "AutoNormalizingFlow-affine"],
 )
-def test_pyro_flows_work_with_both_losses(loss_cls, make_guide, linreg, model):
+def test_pyro_flows_work_with_both_losses(loss_cls, make_guide, linreg, model, exact_posterior):
     guide = fit(make_guide(model), model, linreg, 1000)
     posterior = pu.freeze(guide)
-    target = exact_remaining_posterior(linreg)
+    target = exact_posterior(linreg.remaining)
     before = kl_to(posterior, target)
     loss = loss_cls(posterior, 0.0, num_particles=512, vectorize_particles=True)
     optim = pyro.optim.ClippedAdam({"lr": 0.002, "lrd": 0.1 ** (1 / 300)})
