@@ -50,7 +50,7 @@ from bench_losses import (  # noqa: E402 (the sibling script, found through the 
     linear_gemm,
     machine_info,
     make_model,
-    spread,
+    markdown_table,
     summarise,
     synchronizer,
     time_steps,
@@ -191,20 +191,7 @@ def run_cell(name, model, guide, posterior, args, particles: int, opts, sync, lo
 
 # -- tables ----------------------------------------------------------------------------------------
 def loss_table(rows: list[dict], clock: str = "wall") -> str:
-    lines = [
-        "| guide | P | Trace_ELBO ms/step | EUBO ms/step | rKL ms/step "
-        "| EUBO/ELBO (range) | rKL/ELBO (range) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        r = row[clock]
-        ms = r["ms_per_step"]
-        lines.append(
-            f"| {row['guide']} | {row['particles']} | {ms['Trace_ELBO']:.2f} | {ms['EUBO']:.2f} "
-            f"| {ms['rKL']:.2f} | {r['ratio_eubo']:.2f} {spread(r['ratio_eubo_per_repeat'])} "
-            f"| {r['ratio_rkl']:.2f} {spread(r['ratio_rkl_per_repeat'])} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(rows, clock, lead=(("guide", "guide", "---"), ("P", "particles", "---:")))
 
 
 def ops_table(rows: list[dict], guides: dict[str, dict]) -> str:

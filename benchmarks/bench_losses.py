@@ -239,18 +239,31 @@ def spread(ratios: list[float]) -> str:
     return f"({min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else ""
 
 
-def markdown_table(rows: list[dict], clock: str = "wall") -> str:
-    """P, |D_e|, ms/step of the three losses and the ratios, from ``row[clock]``."""
+#: Leading columns of :func:`markdown_table`: (header, row key, alignment).
+DEFAULT_LEAD = (("P", "particles", "---:"), ("\\|D_e\\|", "erased", "---:"))
+
+
+def markdown_table(
+    rows: list[dict],
+    clock: str = "wall",
+    lead: tuple[tuple[str, str, str], ...] = DEFAULT_LEAD,
+) -> str:
+    """The ``lead`` columns (header, row key, alignment; default P and |D_e|), then ms/step of
+    the three losses and the ratios, from ``row[clock]``."""
     lines = [
-        "| P | \\|D_e\\| | Trace_ELBO ms/step | EUBO ms/step | rKL ms/step "
+        "| "
+        + "".join(f"{head} | " for head, _, _ in lead)
+        + "Trace_ELBO ms/step | EUBO ms/step | rKL ms/step "
         "| EUBO/ELBO (range) | rKL/ELBO (range) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "|" + "".join(f"{align}|" for _, _, align in lead) + "---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         r = row[clock]
         ms = r["ms_per_step"]
         lines.append(
-            f"| {row['particles']} | {row['erased']} | {ms['Trace_ELBO']:.2f} | {ms['EUBO']:.2f} "
+            "| "
+            + "".join(f"{row[key]} | " for _, key, _ in lead)
+            + f"{ms['Trace_ELBO']:.2f} | {ms['EUBO']:.2f} "
             f"| {ms['rKL']:.2f} | {r['ratio_eubo']:.2f} {spread(r['ratio_eubo_per_repeat'])} "
             f"| {r['ratio_rkl']:.2f} {spread(r['ratio_rkl_per_repeat'])} |"
         )
