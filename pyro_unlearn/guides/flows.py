@@ -145,14 +145,46 @@ class AutoZukoFlow(AutoContinuous):
         standardise = _GaussianAffine(loc, self._init_scale)
         self.flow = zuko.flows.Flow([standardise, *_transforms(inner)], inner.base)
 
+    def set_gaussian(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> None:
+        """Set the Gaussian part θ = loc + L·y, e.g. to a Laplace approximation or to a trained
+        AutoMultivariateNormal's ``loc`` and ``scale_tril``; the flow's transforms are left as
+        they are, so a fresh preset guide becomes exactly N(loc, LLᵀ). Call the guide once
+        first (it builds its flow on the first call). Works in place, without autograd."""
+        if self.prototype_trace is None:
+            raise RuntimeError("call the guide once (with the model's arguments) before set_gaussian")
+        affine = self.flow.transform.transforms[0]
+        if loc.shape != affine.loc.shape or scale_tril.shape != affine.scale_tril.shape:
+            raise ValueError(
+                f"expected loc of shape {tuple(affine.loc.shape)} and scale_tril of shape "
+                f"{tuple(affine.scale_tril.shape)}, got {tuple(loc.shape)} and "
+                f"{tuple(scale_tril.shape)}"
+            )
+        with torch.no_grad():
+            affine.loc.copy_(loc)
+            affine.unconstrained_scale_tril.copy_(
+                transform_to(constraints.lower_cholesky).inv(scale_tril)
+            )
+
     def get_posterior(self, *args, **kwargs) -> ZukoToPyro:
-        """The flow as a Pyro distribution (scores points it did not draw, caches its own)."""
-        return ZukoToPyro(self.flow())
+        """The flow as a Pyro distribution (scores points it did not draw, caches its own;
+        ``.sample(shape)`` and ``.rsample(shape)`` work too)."""
+        return _FlowPosterior(self.flow())
 
     def median(self, *args, **kwargs):
         raise NotImplementedError(
             "a flow has no closed-form median; use pyro_unlearn.freeze(guide).mode (numeric)"
         )
+
+
+class _FlowPosterior(ZukoToPyro):
+    # Pyro's ZukoToPyro draws only through __call__; its .sample(shape) raises
+    # NotImplementedError. Users of get_posterior() expect the torch methods to work.
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self(sample_shape)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return self(sample_shape)
 
 
 def _start_at_identity(flow: zuko.flows.Flow) -> None:

@@ -60,6 +60,27 @@ def test_preset_samples_constrained_sites_and_scores_like_its_gaussian(preset, d
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+def test_set_gaussian_makes_a_fresh_preset_that_gaussian(preset):
+    guide = AutoZukoFlow(gaussian_model(torch.zeros(3), 1.0), preset, hidden_features=(8, 8))
+    loc = torch.tensor([1.0, -2.0, 0.5])
+    scale_tril = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.3, 0.0], [-1.0, 0.2, 2.0]])
+    with pytest.raises(RuntimeError, match="call the guide once"):
+        guide.set_gaussian(loc, scale_tril)
+    guide()
+    with pytest.raises(ValueError, match="expected loc of shape"):
+        guide.set_gaussian(loc[:2], scale_tril)
+    guide.set_gaussian(loc, scale_tril)
+    draws = guide.get_posterior().sample(torch.Size([20000]))  # torch's sample works too
+    assert draws.shape == (20000, 3) and not draws.requires_grad
+    assert torch.allclose(draws.mean(0), loc, atol=0.1)
+    assert torch.allclose(draws.T.cov(), scale_tril @ scale_tril.T, atol=0.2)
+    assert guide.get_posterior().rsample(torch.Size([2])).requires_grad
+    x = torch.randn(7, 3)
+    expected = dist.MultivariateNormal(loc, scale_tril=scale_tril).log_prob(x)
+    assert torch.allclose(guide.get_posterior().log_prob(x), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 def test_numeric_log_q_max_of_a_flow_with_known_mode(preset):
     loc, log_scale = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, -1.0, 0.5])
     guide = make_affine(
