@@ -1,6 +1,6 @@
 """Bayesian machine unlearning for Pyro: forget data from a variational posterior."""
 
-from . import exact, metrics
+from . import datasets, exact, metrics
 from .forget import ForgetResult, forget
 from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
@@ -21,6 +21,7 @@ __all__ = [
     "Trace_EUBO",
     "UnlearnMessenger",
     "adjusted_log_likelihood",
+    "datasets",
     "erased_log_likelihood",
     "exact",
     "forget",

@@ -26,7 +26,7 @@ class SweepResult:
 
     Attributes:
         table: one row per (method, λ), plus ``method="full"`` (q(θ|D), no unlearning): columns
-            ``guide, method, lam`` (NaN for full), the ``evaluate`` columns, ``seconds``,
+            ``guide, method, lam`` (1.0 for full: λ = 1 unlearns nothing), the ``evaluate`` columns, ``seconds``,
             ``steps``, ``converged`` and ``ess`` (the last step's, rKL only).
         posteriors: the frozen q(θ|D) (``"full"``) and each unlearned posterior
             (``"eubo λ=1e-05"``...), e.g. for :func:`pyro_unlearn.metrics.to_inference_data`.
@@ -70,7 +70,7 @@ def lambda_sweep(
         {
             "guide": guide_name,
             "method": "full",
-            "lam": math.nan,
+            "lam": 1.0,  # λ = 1 unlearns nothing
             **evaluate(posterior),
             "seconds": 0.0,
             "steps": 0,

@@ -46,6 +46,7 @@ def test_sweep_table_and_the_exact_target(linreg, model, trained, exact_target):
     assert at[("eubo", 1.0)] == pytest.approx(full, rel=0.05)
     assert at[("rkl", 1.0)] == pytest.approx(full, rel=0.05)
     assert at[("eubo", 0.0)] < 0.05 and at[("rkl", 0.0)] < 0.05
+    assert table.lam[0] == 1.0  # the full row: λ = 1 unlearns nothing
     assert math.isnan(table.ess[0]) and table[table.method == "rkl"].ess.notna().all()
     # the live guide holds q(θ|D) again
     assert torch.allclose(guide_moments(guide)[0], start[0])
