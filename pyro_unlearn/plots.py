@@ -7,7 +7,13 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 
-__all__ = ["plot_kl_against_lambda"]
+__all__ = ["PAPER_PANELS", "plot_kl_against_lambda"]
+
+#: The panels of the papers' λ figures: averaged predictive KL to the retrained posterior.
+PAPER_PANELS = {
+    "kl_erased_mean": "averaged KL on $D_e$",
+    "kl_remaining_mean": "averaged KL on $D_r$",
+}
 
 _ZERO = 1e-12  # where λ = 0 sits on the log axis
 

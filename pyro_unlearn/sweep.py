@@ -26,14 +26,29 @@ class SweepResult:
 
     Attributes:
         table: one row per (method, λ), plus ``method="full"`` (q(θ|D), no unlearning): columns
-            ``guide, method, lam`` (1.0 for full: λ = 1 unlearns nothing), the ``evaluate`` columns, ``seconds``,
-            ``steps``, ``converged`` and ``ess`` (the last step's, rKL only).
+            ``guide, method, lam`` (1.0 for full: λ = 1 unlearns nothing), the ``evaluate``
+            columns, ``seconds``, ``steps``, ``converged`` and ``ess`` (the last step's, rKL only).
         posteriors: the frozen q(θ|D) (``"full"``) and each unlearned posterior
             (``"eubo λ=1e-05"``...), e.g. for :func:`pyro_unlearn.metrics.to_inference_data`.
     """
 
     table: pd.DataFrame
     posteriors: dict[str, FrozenPosterior] = field(default_factory=dict)
+
+    def plot(self, panels: dict[str, str] | None = None, title: str = ""):
+        """The papers' figure: log-scale KL against λ, a line per method and ``full`` dashed,
+        one panel per ``{column: axis label}`` (default: the averaged predictive KL on D_e and
+        on D_r, columns ``kl_erased_mean`` and ``kl_remaining_mean``). Returns the figure."""
+        from .plots import PAPER_PANELS, plot_kl_against_lambda
+
+        panels = panels or PAPER_PANELS
+        missing = sorted(set(panels) - set(self.table.columns))
+        if missing:
+            raise ValueError(
+                f"the table has no column {missing}; pass panels={{column: label}} naming "
+                f"columns that evaluate returned: {list(self.table.columns)}"
+            )
+        return plot_kl_against_lambda(self.table.to_dict("records"), panels, title)
 
 
 def lambda_sweep(

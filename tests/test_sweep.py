@@ -2,6 +2,8 @@
 
 import math
 
+import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal
@@ -57,3 +59,24 @@ def test_sweep_rejects_an_unknown_method(model, linreg, trained):
         pu.lambda_sweep(
             model, trained(AutoMultivariateNormal), linreg.x, evaluate=dict, methods=("elbo",)
         )
+
+
+def test_sweep_plot_draws_the_papers_panels():
+    rows = [{"guide": "g", "method": "full", "lam": 1.0, "kl_erased_mean": 0.5}]
+    rows += [
+        {"guide": "g", "method": m, "lam": lam, "kl_erased_mean": v}
+        for m, v in (("eubo", 0.1), ("rkl", 0.2))
+        for lam in (1e-3, 0.0)
+    ]
+    table = pd.DataFrame(rows).assign(kl_remaining_mean=lambda t: t.kl_erased_mean / 10)
+    result = pu.SweepResult(table)
+    fig = result.plot(title="t")
+    axes = fig.axes
+    assert [ax.get_ylabel() for ax in axes] == ["averaged KL on $D_e$", "averaged KL on $D_r$"]
+    # one line per method (2 points each: λ = 0 drawn at the left end) and the full baseline
+    lines = axes[0].get_lines()
+    assert len(lines) == 3 and [len(line.get_xdata()) for line in lines[:2]] == [2, 2]
+    assert lines[2].get_ydata()[0] == 0.5
+    with pytest.raises(ValueError, match="no column"):
+        result.plot({"kl_target": "KL"})
+    plt.close(fig)
