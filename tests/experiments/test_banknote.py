@@ -1,0 +1,50 @@
+"""The banknote experiment's pieces (pyro_unlearn/experiments/banknote.py); the whole run is
+exercised by tests/test_cli.py and tutorials/banknote.ipynb."""
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+import pyro_unlearn as pu
+from pyro_unlearn.experiments import banknote as experiment
+
+
+@pytest.fixture(scope="module")
+def data():
+    return pu.datasets.banknote()
+
+
+def test_logistic_model_vectorises_over_particles(data):
+    with pyro.plate("particles", 7, dim=-2):
+        trace = poutine.trace(experiment.logistic_model).get_trace(data.x, data.y)
+    trace.compute_log_prob()
+    assert trace.nodes["y"]["log_prob"].shape == (7, len(data.y))
+
+
+@pytest.mark.parametrize("name", ["mvn", "maf"])
+def test_training_starts_at_the_laplace_approximation(name, data):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide, info = experiment.train_full_posterior(
+        name, data.x, data.y, map_steps=200, train_steps=0, progress=False
+    )
+    # L-BFGS found the MAP: the log joint's gradient vanishes there
+    theta = torch.tensor(info["map"], requires_grad=True)
+    conditioned = poutine.condition(experiment.logistic_model, {"w": theta[:4], "b": theta[4]})
+    log_joint = poutine.trace(conditioned).get_trace(data.x, data.y).log_prob_sum()
+    (grad,) = torch.autograd.grad(log_joint, theta)
+    assert grad.abs().max() < 0.05  # float32 L-BFGS; at θ = 0 it is in the hundreds
+    # with no ELBO steps q(θ|D) is the Laplace approximation (Monte Carlo for the flow)
+    assert info["kl_vi_to_laplace"] < (1e-4 if name == "mvn" else 0.02)
+    # and its parameters are trainable (Pyro's laplace_approximation() holds buffers)
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    svi = SVI(experiment.logistic_model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    svi.step(data.x, data.y)
+    moved = [
+        k
+        for k, v in pyro.get_param_store().items()
+        if k in before and not torch.equal(v, before[k])
+    ]
+    assert any(k.startswith(type(guide).__name__) for k in moved)
