@@ -151,7 +151,9 @@ class AutoZukoFlow(AutoContinuous):
         they are, so a fresh preset guide becomes exactly N(loc, LLᵀ). Call the guide once
         first (it builds its flow on the first call). Works in place, without autograd."""
         if self.prototype_trace is None:
-            raise RuntimeError("call the guide once (with the model's arguments) before set_gaussian")
+            raise RuntimeError(
+                "call the guide once (with the model's arguments) before set_gaussian"
+            )
         affine = self.flow.transform.transforms[0]
         if loc.shape != affine.loc.shape or scale_tril.shape != affine.scale_tril.shape:
             raise ValueError(
@@ -176,13 +178,16 @@ class AutoZukoFlow(AutoContinuous):
         )
 
 
+_SCALAR = torch.Size()
+
+
 class _FlowPosterior(ZukoToPyro):
     # Pyro's ZukoToPyro draws only through __call__; its .sample(shape) raises
     # NotImplementedError. Users of get_posterior() expect the torch methods to work.
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size = _SCALAR) -> torch.Tensor:
         return self(sample_shape)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size = _SCALAR) -> torch.Tensor:
         with torch.no_grad():
             return self(sample_shape)
 
