@@ -48,7 +48,6 @@ from bench_losses import (  # noqa: E402 (the sibling script, found through the 
     LOSSES,
     build_svis,
     linear_gemm,
-    machine_info,
     make_model,
     markdown_table,
     summarise,
@@ -57,6 +56,7 @@ from bench_losses import (  # noqa: E402 (the sibling script, found through the 
 )
 
 import pyro_unlearn as pu  # noqa: E402
+from pyro_unlearn.experiments.machine import machine_info  # noqa: E402
 
 NUM_RETAINED = 1000  # |D_r|: the guide is trained on D = D_r ∪ D_e
 OPS = ("sample", "sample_bwd", "score", "score_bwd")  # the primitives (see primitive_ops)
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(opts.threads)
     pyro.enable_validation(not opts.no_validation)  # after importing zuko, which turns it off
     sync = synchronizer(device)
-    info = machine_info(device, dtype, torch.get_num_threads())
+    info = machine_info(device, dtype)
     info.update(features=opts.features, latents=opts.features + 1, erased=opts.erased)
 
     def log(msg: str) -> None:

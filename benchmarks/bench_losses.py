@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -37,6 +36,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_unlearn as pu
+from pyro_unlearn.experiments.machine import machine_info
 
 LOSSES = ("Trace_ELBO", "EUBO", "rKL")
 NUM_FEATURES = 8
@@ -204,37 +204,6 @@ def run_cell(model, guide, posterior, args, particles: int, opts, sync, log) -> 
 
 
 # -- the grid --------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: torch.device, dtype: torch.dtype, threads: int) -> dict[str, object]:
-    info = {
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
-        "pyro_unlearn": pu.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "torch_threads": threads,
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
-    }
-    if hasattr(os, "getloadavg"):  # other processes on the machine skew every cell
-        info["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
 def spread(ratios: list[float]) -> str:
     return f"({min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else ""
 
@@ -320,7 +289,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(opts.threads)
     pyro.enable_validation(not opts.no_validation)
     sync = synchronizer(device)
-    info = machine_info(device, dtype, torch.get_num_threads())
+    info = machine_info(device, dtype)
     info["guide"] = opts.guide
     info["linear"] = opts.linear
 

@@ -16,8 +16,6 @@ until its trace is flat; the result reports how far the VI mean and covariance e
 from __future__ import annotations
 
 import math
-import os
-import platform
 import time
 from collections.abc import Sequence
 
@@ -33,6 +31,7 @@ from ..datasets import BanknoteData, banknote
 from ..forget import run_until_flat
 from ..metrics import gaussian_kl, guide_moments, mean_and_std, predictive_kl
 from ..sweep import FLOW_LAMBDAS, LAMBDAS
+from .machine import machine_info
 
 __all__ = ["GUIDES", "QUICK", "logistic_model", "run", "train_full_posterior"]
 
@@ -278,7 +277,7 @@ def run(
             "seed": seed,
             "device": str(x.device),
             "dtype": str(x.dtype),
-            "machine": machine(),
+            "machine": machine_info(x.device, x.dtype),
         },
         "training": training,
         "noise_floor": noise_floor,
@@ -286,18 +285,3 @@ def run(
     if keep_posteriors:
         results["posteriors"] = posteriors
     return results
-
-
-def machine() -> dict:
-    """What the run ran on (recorded with every result)."""
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
