@@ -7,11 +7,13 @@ from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
 from .infer import ReverseKL, Trace_EUBO, adjusted_log_likelihood
 from .posterior import FrozenPosterior, freeze
 from .retrain import RetrainResult, retrain
-from .sweep import SweepResult, lambda_sweep
+from .sweep import FLOW_LAMBDAS, LAMBDAS, SweepResult, lambda_sweep
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FLOW_LAMBDAS",
+    "LAMBDAS",
     "AutoZukoFlow",
     "ForgetResult",
     "FrozenPosterior",
