@@ -79,7 +79,10 @@ class AutoZukoFlow(AutoContinuous):
         flow: a preset name from :data:`FLOW_PRESETS` (``"coupling"``, ``"maf"``, ``"iaf"``), or a
             callable ``features -> zuko.flows.LazyDistribution`` for any other zuko flow (e.g.
             ``lambda d: zuko.flows.NSF(d, transforms=3)``).
-        transforms: number of flow transforms (presets only).
+        transforms: number of flow transforms (presets only). With a 1-D latent the MADE
+            presets (``"maf"``, ``"iaf"``, ``"coupling"``) have no inputs to condition on and are
+            one affine map, i.e. Gaussian: pass a spline flow for a multimodal 1-D posterior,
+            e.g. ``lambda d: zuko.flows.NSF(d, transforms=3)`` (``tutorials/bimodal.ipynb``).
         hidden_features: hidden layer widths of each transform's MADE network (presets only).
         init_loc_fn: per-site initialisation, as for Pyro's autoguides.
         init_scale: the initial scale of the Gaussian part.
