@@ -50,13 +50,12 @@ from bench_losses import (  # noqa: E402 (the sibling script, found through the 
     linear_gemm,
     make_model,
     markdown_table,
+    prepare,
     summarise,
-    synchronizer,
     time_steps,
 )
 
 import pyro_unlearn as pu  # noqa: E402
-from pyro_unlearn.experiments.machine import machine_info  # noqa: E402
 
 NUM_RETAINED = 1000  # |D_r|: the guide is trained on D = D_r ∪ D_e
 OPS = ("sample", "sample_bwd", "score", "score_bwd")  # the primitives (see primitive_ops)
@@ -246,16 +245,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     opts = parse_args(argv)
-    device = torch.device(opts.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda, but torch.cuda.is_available() is False")
-    dtype = getattr(torch, opts.dtype)
-    torch.set_default_dtype(dtype)
-    if opts.threads > 0:
-        torch.set_num_threads(opts.threads)
-    pyro.enable_validation(not opts.no_validation)  # after importing zuko, which turns it off
-    sync = synchronizer(device)
-    info = machine_info(device, dtype)
+    device, dtype, sync, info = prepare(opts)
     info.update(features=opts.features, latents=opts.features + 1, erased=opts.erased)
 
     def log(msg: str) -> None:

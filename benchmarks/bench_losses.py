@@ -278,8 +278,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return opts
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    opts = parse_args(argv)
+def prepare(opts) -> tuple[torch.device, torch.dtype, Callable[[], None], dict[str, object]]:
+    """Apply the common options (device, default dtype, threads, validation; after importing
+    zuko, which turns validation off) and return (device, dtype, sync, machine info)."""
     device = torch.device(opts.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda, but torch.cuda.is_available() is False")
@@ -288,8 +289,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     pyro.enable_validation(not opts.no_validation)
-    sync = synchronizer(device)
-    info = machine_info(device, dtype)
+    return device, dtype, synchronizer(device), machine_info(device, dtype)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    opts = parse_args(argv)
+    device, dtype, sync, info = prepare(opts)
     info["guide"] = opts.guide
     info["linear"] = opts.linear
 
