@@ -49,8 +49,12 @@ def _support(fn: Any) -> Any:
 
 
 def _clear_transform_caches(module: torch.nn.Module) -> None:
-    # Pyro's AffineAutoregressive keeps non-leaf tensors from its last call; deepcopy refuses them.
+    # Pyro's AffineAutoregressive keeps non-leaf tensors from its last call, GPyTorch's variational
+    # strategies those of theirs (cleared by their ``_clear_cache``); deepcopy refuses them.
     for m in module.modules():
+        clear = getattr(m, "_clear_cache", None)
+        if callable(clear):
+            clear()
         if isinstance(m, Transform):
             for name in list(vars(m)):
                 if name == "_cached_x_y":
@@ -280,8 +284,14 @@ class FrozenPosterior:
 
     def restore(self, guide: Callable) -> None:
         """Write q(θ|D) back into a live guide of the same structure (the start of a lazy,
-        from-the-original unlearning run). Only the live guide's param-store tensors change."""
+        from-the-original unlearning run). Only the live guide's param-store tensors change; a
+        guide that has not registered them yet is run once (with the arguments it was frozen
+        with) to do so."""
         live = dict(pyro.get_param_store().named_parameters())
+        if any(n not in live for n in self._state["params"]):
+            with poutine.block():
+                poutine.trace(guide, param_only=True).get_trace(*self._args, **self._kwargs)
+            live = dict(pyro.get_param_store().named_parameters())
         missing = [n for n in self._state["params"] if n not in live]
         if missing:
             raise ValueError(f"the live guide has no parameters {missing}; call it once first")

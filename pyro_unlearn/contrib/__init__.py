@@ -1,0 +1,2 @@
+"""Unlearning for models of other libraries: :mod:`pyro_unlearn.contrib.gpytorch` (sparse
+variational GPs)."""

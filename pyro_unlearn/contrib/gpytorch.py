@@ -1,0 +1,503 @@
+r"""Unlearning GPyTorch sparse variational GPs: from q(u|D) to q(u|D_r), through Pyro or in
+GPyTorch's own idiom.
+
+Given the inducing values u, a sparse variational GP's likelihood is, per point, the one its
+evidence lower bound uses (GPyTorch's :class:`~gpytorch.mlls.VariationalELBO`):
+
+.. math:: \log \tilde p(y_i|u) = \mathbb{E}_{p(f_i|u)}[\log p(y_i|f_i)], \qquad
+          p(f_i|u) = N\big(m(x_i) + a_i^\top v,\; k(x_i, x_i) - \|a_i\|^2\big)
+
+with :math:`a_i = L^{-1} K_{Z x_i}`, :math:`L L^\top = K_{ZZ}` and :math:`v = u` for the whitened
+:class:`~gpytorch.variational.VariationalStrategy` or :math:`v = L^{-1}(u - m(Z))` for the
+:class:`~gpytorch.variational.UnwhitenedVariationalStrategy`. Since
+:math:`\mathbb{E}_{q(u)}[\sum_i \log \tilde p(y_i|u)] - \mathrm{KL}(q(u)\|p(u))` *is* GPyTorch's
+ELBO, q(u|D)/p̃(D_e|u) is the target of unlearning; with a Gaussian likelihood and the optimal
+Gaussian q(u|D) it is exactly the optimal q(u|D_r).
+
+Kernel, mean, likelihood hyperparameters and inducing inputs are held fixed: only q(u) moves (they
+would otherwise move to make D_e unlikely). Two ways in:
+
+* **Pyro:** :class:`PyroSVGP` gives a ``model``/``guide`` pair in which y depends on the sampled
+  u (GPyTorch's ``PyroGP.model`` draws f from q(f), independently of u: enough for the ELBO, but
+  it leaves the unlearning losses nothing to reweight). Use it with
+  :class:`~pyro_unlearn.Trace_EUBO`, :class:`~pyro_unlearn.ReverseKL`,
+  :func:`~pyro_unlearn.unlearn` and :func:`~pyro_unlearn.forget`.
+* **GPyTorch:** :class:`VariationalEUBO` and :class:`VariationalReverseKL` are shaped like
+  :mod:`gpytorch.mlls`: ``loss = -objective(model(x_e), y_e, inputs=x_e)`` in the usual loop.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import gpytorch
+import pyro
+import pyro.distributions as dist
+import torch
+from gpytorch.distributions import MultivariateNormal
+from gpytorch.mlls import MarginalLogLikelihood
+from gpytorch.variational import (
+    CholeskyVariationalDistribution,
+    MeanFieldVariationalDistribution,
+    UnwhitenedVariationalStrategy,
+    VariationalStrategy,
+)
+from linear_operator.operators import DiagLinearOperator
+from linear_operator.utils.cholesky import psd_safe_cholesky
+from pyro.nn import PyroModule
+from torch.distributions import constraints
+
+from ..infer.adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
+from ..infer.reverse_kl import effective_sample_size
+from ..posterior import FrozenPosterior
+from ..posterior import freeze as freeze_guide
+
+__all__ = [
+    "InducingGuide",
+    "PyroSVGP",
+    "VariationalEUBO",
+    "VariationalReverseKL",
+    "clone",
+    "erased_log_likelihood",
+    "freeze",
+    "inducing_distribution",
+    "inducing_kl",
+]
+
+_STRATEGIES = (VariationalStrategy, UnwhitenedVariationalStrategy)
+_DISTRIBUTIONS = (CholeskyVariationalDistribution, MeanFieldVariationalDistribution)
+
+
+def _strategy(gp: gpytorch.models.ApproximateGP):
+    strategy = getattr(gp, "variational_strategy", None)
+    if strategy is None:
+        raise TypeError(
+            f"expected a gpytorch.models.ApproximateGP with a variational_strategy, got "
+            f"{type(gp).__name__}"
+        )
+    if not isinstance(strategy, _STRATEGIES):
+        raise TypeError(
+            f"{type(strategy).__name__} is not supported: use VariationalStrategy (whitened) or "
+            "UnwhitenedVariationalStrategy (a batch GP, with batch_shape, gives several outputs)"
+        )
+    if not isinstance(strategy._variational_distribution, _DISTRIBUTIONS):
+        raise TypeError(
+            f"{type(strategy._variational_distribution).__name__} is not supported: use "
+            "CholeskyVariationalDistribution or MeanFieldVariationalDistribution"
+        )
+    return strategy
+
+
+# -- the conditional p(f|u) ------------------------------------------------------------------------
+@dataclass
+class _Projection:
+    """p(f(x)|u) = N(mean + (v @ a), var) with v = u (whitened) or L⁻¹(u − m(Z)); constants only."""
+
+    a: torch.Tensor  # L⁻¹ K_Zx, (*batch, M, N)
+    mean: torch.Tensor  # m(x), (*batch, N)
+    var: torch.Tensor  # k(x, x) − ‖a‖², (*batch, N)
+    chol: torch.Tensor  # L, (*batch, M, M)
+    mean_z: torch.Tensor  # m(Z), (*batch, M)
+    whitened: bool
+
+    def f_mean(self, u: torch.Tensor) -> torch.Tensor:
+        """E[f(x)|u] for u of shape (..., *batch, M): (..., *batch, N), differentiable in u."""
+        v = u
+        if not self.whitened:
+            v = torch.linalg.solve_triangular(
+                self.chol, (u - self.mean_z).unsqueeze(-1), upper=False
+            ).squeeze(-1)
+        return self.mean + (v.unsqueeze(-2) @ self.a).squeeze(-2)
+
+    def prior(self) -> dist.MultivariateNormal:
+        """p(u): N(0, I) (whitened) or N(m(Z), K_ZZ)."""
+        if self.whitened:
+            eye = torch.eye(self.chol.shape[-1], dtype=self.a.dtype, device=self.a.device)
+            return dist.MultivariateNormal(
+                torch.zeros_like(self.mean_z), scale_tril=eye.expand_as(self.chol)
+            )
+        return dist.MultivariateNormal(self.mean_z, scale_tril=self.chol)
+
+
+def _project(strategy, x: torch.Tensor) -> _Projection:
+    """The kernel algebra of p(f(x)|u), with every hyperparameter held fixed (no gradient)."""
+    with torch.no_grad():
+        z = strategy.inducing_points
+        batch = torch.broadcast_shapes(z.shape[:-2], x.shape[:-2])
+        z = z.expand(*batch, *z.shape[-2:])
+        x = x.expand(*batch, *x.shape[-2:])
+        m = z.shape[-2]
+        prior = strategy.model.forward(torch.cat([z, x], dim=-2))
+        cov = prior.lazy_covariance_matrix
+        kzz = cov[..., :m, :m].add_jitter(strategy.jitter_val).to_dense()
+        kzx = cov[..., :m, m:].to_dense()
+        kxx = cov[..., m:, m:].diagonal(dim1=-1, dim2=-2)
+        chol = psd_safe_cholesky(kzz)
+        a = torch.linalg.solve_triangular(chol, kzx, upper=False)
+        whitened = isinstance(strategy, VariationalStrategy)
+        var = kxx - a.square().sum(-2) + (strategy.jitter_val if whitened else 0.0)
+        mean = prior.mean
+        return _Projection(a, mean[..., m:], var.clamp_min(0.0), chol, mean[..., :m], whitened)
+
+
+def _expected_log_prob(likelihood, target, mean, var) -> torch.Tensor:
+    """E_{N(f; mean, var)}[log p(y|f)] per point, by GPyTorch's likelihood (closed form for a
+    Gaussian likelihood, Gauss–Hermite quadrature for the others)."""
+    var = var.expand_as(mean)
+    # The likelihood's hyperparameters stay fixed: no gradient reaches them.
+    params = [p for p in likelihood.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with gpytorch.settings.debug(False):  # its shape checks don't know about particles
+            f = MultivariateNormal(mean, DiagLinearOperator(var))
+            return likelihood.expected_log_prob(target, f)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def erased_log_likelihood(
+    gp: gpytorch.models.ApproximateGP,
+    likelihood: gpytorch.likelihoods.Likelihood,
+    u: torch.Tensor,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    r"""log p̃(D_e|u) = Σ_i E_{p(f_i|u)}[log p(y_i|f_i)] for each u in a batch ``(S, *batch, M)``:
+    a tensor ``(S,)``, computed over chunks of ``chunk_size`` points so memory stays bounded."""
+    strategy = _strategy(gp)
+    n = inputs.shape[-2]
+    batch_dims = tuple(range(-len(strategy._variational_distribution.batch_shape) - 1, 0))
+    total = u.new_zeros(u.shape[: u.dim() - len(batch_dims)])
+    for start in range(0, n, chunk_size):  # chunks of D_e, not points
+        proj = _project(strategy, inputs[..., start : start + chunk_size, :])
+        y = targets[..., start : start + chunk_size]
+        log_p = _expected_log_prob(likelihood, y, proj.f_mean(u), proj.var)
+        total = total + log_p.sum(batch_dims)
+    return total
+
+
+# -- through Pyro ---------------------------------------------------------------------------------
+class _ExpectedLogLikelihood(dist.TorchDistribution):
+    """y's distribution given u: log_prob(y) = E_{p(f|u)}[log p(y|f)] per point; the GP's batch
+    dims (outputs) are moved to the right and summed as the event, so the data plate is dim −1."""
+
+    arg_constraints: dict = {}
+    support = constraints.real
+
+    def __init__(self, likelihood, mean, var, num_outputs_dims: int, validate_args=None):
+        self.likelihood, self.mean_f, self.var_f = likelihood, mean, var.expand_as(mean)
+        self.k = num_outputs_dims
+        shape = mean.movedim(tuple(range(-self.k - 1, -1)), tuple(range(-self.k, 0))).shape
+        super().__init__(shape[: len(shape) - self.k], shape[len(shape) - self.k :], False)
+
+    def _to_gpytorch(
+        self, value: torch.Tensor
+    ) -> torch.Tensor:  # (..., N, *batch) → (..., *batch, N)
+        return value.movedim(tuple(range(-self.k, 0)), tuple(range(-self.k - 1, -1)))
+
+    def _from_gpytorch(self, value: torch.Tensor) -> torch.Tensor:
+        return value.movedim(tuple(range(-self.k - 1, -1)), tuple(range(-self.k, 0)))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        log_p = _expected_log_prob(
+            self.likelihood, self._to_gpytorch(value), self.mean_f, self.var_f
+        )
+        log_p = self._from_gpytorch(log_p)
+        return log_p.sum(tuple(range(-self.k, 0))) if self.k else log_p
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        sample_shape = torch.Size(sample_shape)
+        with torch.no_grad():
+            f = torch.distributions.Normal(self.mean_f, self.var_f.sqrt()).sample(sample_shape)
+            return self._from_gpytorch(self.likelihood(f).sample())
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        n = batch_shape[-1:]
+        shape = batch_shape[:-1] + self.mean_f.shape[-self.k - 1 : -1] + n
+        return _ExpectedLogLikelihood(
+            self.likelihood, self.mean_f.expand(shape), self.var_f.expand(shape), self.k
+        )
+
+
+class InducingGuide(PyroModule):
+    """The guide of :class:`PyroSVGP`: ``<prefix>.u ~ q(u)``, the GP's variational distribution,
+    whose parameters (only) it registers in Pyro's param store as ``<prefix>.q_u$$$<name>``.
+
+    Registration is checked: if the store already holds those names for *another* GP (Pyro's
+    ``pyro.module`` keeps the first tensor registered under a name, so the second GP would
+    silently never train), it raises instead of training the wrong tensors.
+    """
+
+    def __init__(self, strategy, name_prefix: str) -> None:
+        super().__init__()
+        # Not a submodule: PyroModule would register all of its parameters (inducing inputs too).
+        object.__setattr__(self, "strategy", strategy)
+        self.name_prefix = name_prefix
+
+    def _clear_cache(self) -> None:
+        """Drop the GP's cached tensors (a deepcopy, as :func:`~pyro_unlearn.freeze` makes,
+        refuses them)."""
+        _clear_caches(self.strategy.model)
+
+    @property
+    def site(self) -> str:
+        return f"{self.name_prefix}.u"
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        variational = self.strategy._variational_distribution
+        for name, param in variational.named_parameters():
+            if not param.requires_grad:  # a frozen copy: nothing to train
+                continue
+            full_name = f"{self.name_prefix}.q_u$$${name}"
+            if pyro.param(full_name, param) is not param:
+                raise RuntimeError(
+                    f"Pyro's param store already holds {full_name!r} from another GP, so this "
+                    f"GP's q(u) would silently never train: call pyro.clear_param_store() or give "
+                    f"this GP a distinct name_prefix (now {self.name_prefix!r})"
+                )
+        q = variational()  # a fresh distribution: the strategy's cached one holds a stale graph
+        return pyro.sample(self.site, q.to_event(len(q.batch_shape)))
+
+
+class PyroSVGP:
+    r"""A Pyro model and guide for a trained GPyTorch ``ApproximateGP`` that unlearning can use.
+
+    ``model(x, y, num_data=None)`` samples ``<prefix>.u ~ p(u)`` and observes ``<prefix>.y`` in
+    the plate ``<prefix>.data`` (dim −1) with log p̃(y_i|u) (module docstring); ``num_data`` is
+    the size of the data set when ``x`` is a mini-batch (Pyro scales the batch by
+    num_data/len(x)). ``guide`` (an :class:`InducingGuide`) samples ``<prefix>.u ~ q(u)``. Trained
+    with :class:`~pyro.infer.Trace_ELBO`, the pair is GPyTorch's variational ELBO. Outputs of a
+    batch GP (``batch_shape``) are the event dims of y, which comes as ``(N, *batch)``.
+
+    Example::
+
+        >>> import gpytorch, torch, pyro
+        >>> import pyro_unlearn as pu
+        >>> from pyro_unlearn.contrib.gpytorch import PyroSVGP
+        >>> class GP(gpytorch.models.ApproximateGP):
+        ...     def __init__(self, z):
+        ...         q = gpytorch.variational.CholeskyVariationalDistribution(len(z))
+        ...         super().__init__(gpytorch.variational.VariationalStrategy(self, z, q))
+        ...         self.mean_module = gpytorch.means.ZeroMean()
+        ...         self.covar_module = gpytorch.kernels.RBFKernel()
+        ...     def forward(self, x):
+        ...         return gpytorch.distributions.MultivariateNormal(
+        ...             self.mean_module(x), self.covar_module(x))
+        >>> x = torch.linspace(0, 1, 30).unsqueeze(-1); y = torch.sin(6 * x).squeeze(-1)
+        >>> gp, likelihood = GP(x[::6].clone()), gpytorch.likelihoods.GaussianLikelihood()
+        >>> _ = gp(x)  # (train it here; GPyTorch initialises q(u) on the first call)
+        >>> svgp = PyroSVGP(gp, likelihood)
+        >>> posterior = svgp.freeze()
+        >>> result = pu.forget(svgp.model, svgp.guide, x, y, erased=range(5), plate=svgp.plate,
+        ...                    posterior=posterior, num_steps=20, progress=False)
+    """
+
+    def __init__(
+        self,
+        gp: gpytorch.models.ApproximateGP,
+        likelihood: gpytorch.likelihoods.Likelihood,
+        name_prefix: str = "gp",
+    ) -> None:
+        self.gp, self.likelihood, self.name_prefix = gp, likelihood, name_prefix
+        self.guide = InducingGuide(_strategy(gp), name_prefix)
+
+    @property
+    def plate(self) -> str:
+        """The data plate's name, for ``unlearn(..., plate=svgp.plate)``."""
+        return f"{self.name_prefix}.data"
+
+    @property
+    def site(self) -> str:
+        return f"{self.name_prefix}.y"
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
+        strategy = self.guide.strategy
+        proj = _project(strategy, x)
+        k = len(strategy._variational_distribution.batch_shape)
+        u = pyro.sample(self.guide.site, proj.prior().to_event(k))
+        if u.dim() > k + 1:  # batch dims of u (particles) end with the data plate's dim, size 1
+            u = u.squeeze(-k - 2)
+        n = x.shape[-2]
+        size = n if num_data is None else int(num_data)
+        subsample = None if size == n else torch.arange(n, device=x.device)
+        fn = _ExpectedLogLikelihood(self.likelihood, proj.f_mean(u), proj.var, k)
+        with pyro.plate(self.plate, size, subsample=subsample, dim=-1):
+            return pyro.sample(self.site, fn, obs=y)
+
+    def freeze(self) -> FrozenPosterior:
+        """q(u|D): :func:`freeze` of this GP under this prefix."""
+        return freeze(self.gp, self.name_prefix)
+
+
+# -- freezing, copying, comparing ------------------------------------------------------------------
+def clone(gp: gpytorch.models.ApproximateGP) -> gpytorch.models.ApproximateGP:
+    """An independent copy of a (trained) GP, ``variational_params_initialized`` included.
+
+    ``copy.deepcopy`` of a GP fails while its strategy caches tensors of the last call; the caches
+    are cleared first (they are recomputed on the next call)."""
+    _clear_caches(gp)
+    return copy.deepcopy(gp)
+
+
+def _clear_caches(gp: gpytorch.models.ApproximateGP) -> None:
+    for module in gp.modules():
+        clear = getattr(module, "_clear_cache", None)
+        if callable(clear):
+            clear()
+
+
+def freeze(gp: gpytorch.models.ApproximateGP, name_prefix: str = "gp") -> FrozenPosterior:
+    """Snapshot a trained GP's q(u|D) as the immutable posterior the unlearning losses start from.
+
+    The snapshot is an independent copy (:func:`clone`), so later training of ``gp`` never
+    changes it. Raises if the GP's q(u) was never initialised (GPyTorch would re-initialise it
+    from the prior on the next call)."""
+    strategy = _strategy(gp)
+    if not bool(strategy.variational_params_initialized.item()):
+        raise ValueError(
+            "this GP's q(u) was never initialised (variational_params_initialized is 0): train it "
+            "first, or copy a trained GP with load_state_dict (copying only the variational "
+            "distribution leaves the flag 0, and GPyTorch re-initialises q(u) from the prior)"
+        )
+    return freeze_guide(InducingGuide(strategy, name_prefix))
+
+
+def inducing_distribution(source: gpytorch.models.ApproximateGP | FrozenPosterior):
+    """q(u) as a GPyTorch MultivariateNormal (detached): of a GP, or of a frozen posterior."""
+    if isinstance(source, FrozenPosterior):
+        if not isinstance(source.guide, InducingGuide):
+            raise TypeError("this FrozenPosterior was not frozen from a GPyTorch GP")
+        with source.context(), torch.no_grad():
+            q = source.guide.strategy._variational_distribution()
+    else:
+        with torch.no_grad():
+            q = _strategy(source)._variational_distribution()
+    return MultivariateNormal(q.mean.detach(), q.lazy_covariance_matrix.detach())
+
+
+def inducing_kl(p, q) -> torch.Tensor:
+    """KL(q_p(u) ‖ q_q(u)) in closed form (summed over a batch GP's outputs), for two GPs or
+    frozen posteriors of the same shape: the paper's Table 1 metric."""
+    kl = torch.distributions.kl_divergence(inducing_distribution(p), inducing_distribution(q))
+    return kl.sum()
+
+
+# -- GPyTorch's idiom -----------------------------------------------------------------------------
+class _Objective(MarginalLogLikelihood):
+    def __init__(
+        self, likelihood, model, posterior: FrozenPosterior, num_erased: int, lam, samples
+    ):
+        super().__init__(likelihood, model)
+        self.strategy = _strategy(model)
+        if not isinstance(posterior, FrozenPosterior):
+            raise TypeError(
+                f"posterior must be the frozen q(u|D) from pyro_unlearn.contrib.gpytorch.freeze, "
+                f"got {type(posterior).__name__}"
+            )
+        self.posterior = posterior
+        self.q_data = inducing_distribution(posterior)
+        if self.q_data.mean.shape != self.strategy._variational_distribution().mean.shape:
+            raise ValueError(
+                f"the frozen q(u|D) has shape {tuple(self.q_data.mean.shape)}, this GP's q(u) "
+                f"{tuple(self.strategy._variational_distribution().mean.shape)}"
+            )
+        if int(num_erased) < 1:
+            raise ValueError(f"num_erased must be a positive integer, got {num_erased}")
+        self.num_erased = int(num_erased)
+        self.lam = check_lam(lam)
+        self.num_samples = int(samples)
+        self._batch_dims = tuple(range(-len(self.q_data.batch_shape), 0))
+        with torch.no_grad():
+            log_q_max = self._log_q_data(self.q_data.mean.unsqueeze(0))[0]
+        self.log_threshold = log_threshold(self.lam, log_q_max)
+
+    def _log_q_data(self, u: torch.Tensor) -> torch.Tensor:
+        log_q = self.q_data.log_prob(u)
+        return log_q.sum(self._batch_dims) if self._batch_dims else log_q
+
+
+class VariationalEUBO(_Objective):
+    r"""The EUBO in the shape of :class:`gpytorch.mlls.VariationalELBO`: it returns −U/|D_e|, so
+    ``loss = -eubo(model(x_b), y_b, inputs=x_b)`` minimises
+
+    .. math:: U(q_u) = \mathbb{E}_{q_u}[\log p_\mathrm{adj}(D_e|u)] + \mathrm{KL}(q_u \| q(u|D))
+
+    over mini-batches ``x_b, y_b`` of D_e (scaled by |D_e|/batch: unbiased). The KL is exact; the
+    expected log-likelihood is GPyTorch's closed form or quadrature on ``model(x_b)``; for λ > 0,
+    ``num_samples`` draws u ~ q_u remove, by Monte Carlo, the part where log q(u|D) ≤ log λ +
+    log q*, where p_adj is 1 (this needs ``inputs``).
+
+    Arguments:
+        likelihood, model: the GP being unlearned (its q(u) is what the optimiser should train:
+            ``model.variational_parameters()``).
+        posterior: its frozen q(u|D) (:func:`freeze`).
+        num_erased: |D_e|.
+        lam: λ ∈ [0, 1].
+    """
+
+    def __init__(self, likelihood, model, posterior, num_erased, lam=0.0, num_samples=64):
+        super().__init__(likelihood, model, posterior, num_erased, lam, num_samples)
+
+    def forward(self, output: MultivariateNormal, target: torch.Tensor, inputs=None, **kwargs):
+        scale = self.num_erased / target.shape[-1]
+        q_u = self.strategy._variational_distribution()
+        kl = torch.distributions.kl_divergence(q_u, self.q_data).sum()
+        log_lik = self.likelihood.expected_log_prob(target, output, **kwargs).sum()
+        if self.lam > 0.0:
+            if inputs is None:
+                raise ValueError(
+                    "VariationalEUBO with lam > 0 needs the batch's inputs (inputs=x_b): the "
+                    "threshold is applied to samples of u, and p(f|u) needs x"
+                )
+            u = q_u.rsample(torch.Size([self.num_samples]))
+            per_u = erased_log_likelihood(self.model, self.likelihood, u, inputs, target)
+            log_q = self._log_q_data(u).detach()
+            kept = adjusted_log_likelihood(per_u, log_q, self.log_threshold)
+            log_lik = log_lik - (per_u - kept).mean()  # E[p_adj] = E[log p̃] − E[log p̃; outside]
+        return -(scale * log_lik + kl) / self.num_erased
+
+
+class VariationalReverseKL(_Objective):
+    r"""The reverse KL in GPyTorch's idiom: returns E_{p̃}[log q_v(u)]/|D_e| (to maximise), with
+    p̃ ∝ q(u|D)/p_adj(D_e|u) reached by self-normalised importance sampling from q(u|D):
+    ``num_samples`` draws u_s ~ q(u|D), weights w_s ∝ 1/p_adj(D_e|u_s) over **all** of D_e each
+    step (the authors' choice; computed in chunks of ``chunk_size`` points, without gradient).
+    Call it as ``loss = -rkl(None, y_e, inputs=x_e)`` (``output`` is not needed: the samples come
+    from q(u|D), not from the GP). :attr:`ess` is the last step's effective sample size.
+    """
+
+    ess: torch.Tensor | None = None
+
+    def __init__(
+        self, likelihood, model, posterior, num_erased, lam=0.0, num_samples=256, chunk_size=4096
+    ):
+        super().__init__(likelihood, model, posterior, num_erased, lam, num_samples)
+        self.chunk_size = int(chunk_size)
+
+    def forward(self, output, target: torch.Tensor, inputs=None, **kwargs):
+        if inputs is None:
+            raise ValueError(
+                "VariationalReverseKL needs the erased inputs: rkl(None, y_e, inputs=x_e)"
+            )
+        if target.shape[-1] != self.num_erased:
+            raise ValueError(
+                f"VariationalReverseKL needs all of D_e each step (its weights are normalised over "
+                f"it): got {target.shape[-1]} points, num_erased is {self.num_erased}"
+            )
+        with torch.no_grad():
+            u = self.q_data.sample(torch.Size([self.num_samples]))
+            log_lik = erased_log_likelihood(
+                self.model, self.likelihood, u, inputs, target, self.chunk_size
+            )
+            log_lik = adjusted_log_likelihood(log_lik, self._log_q_data(u), self.log_threshold)
+            weights = log_lik.numel() * torch.softmax(-log_lik, dim=0)
+            self.ess = effective_sample_size(weights)
+        log_q = self.strategy._variational_distribution().log_prob(u)
+        if self._batch_dims:
+            log_q = log_q.sum(self._batch_dims)
+        return (weights * log_q).mean() / self.num_erased
