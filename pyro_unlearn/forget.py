@@ -134,7 +134,7 @@ def run_until_flat(
         for _ in range(num_steps):
             losses.append(step())
             bar.update()
-            if bar.n % window == 0:
+            if len(losses) % window == 0:  # not bar.n: a disabled bar does not count
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
                 if has_converged(losses, window):
                     converged = True

@@ -2,7 +2,7 @@ import pytest
 from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_unlearn as pu
-from pyro_unlearn.forget import has_converged
+from pyro_unlearn.forget import has_converged, run_until_flat
 from pyro_unlearn.metrics import gaussian_kl, guide_moments
 
 
@@ -53,3 +53,13 @@ def test_convergence_rule():
     flat = [1.0 + (0.1 if i % 2 else -0.1) for i in range(200)]
     assert has_converged(flat, window=50)
     assert not has_converged(flat[:60], window=50)  # too short to tell
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_run_until_flat_tests_convergence_once_per_window(progress):
+    """The rule is checked at the end of each window only, with or without a progress bar (a
+    disabled tqdm bar does not count its steps)."""
+    falling = [10.0 - 0.1 * i for i in range(73)]  # then flat, from step 73 on
+    losses = iter(falling + [2.7 + (0.1 if i % 2 else -0.1) for i in range(1000)])
+    result, converged, _ = run_until_flat(lambda: next(losses), 1000, 50, "flat", progress)
+    assert converged and len(result) % 50 == 0
