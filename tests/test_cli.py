@@ -3,24 +3,49 @@ import json
 from pyro_unlearn.cli import main
 
 
-def test_demo_quick_writes_table_figure_and_json(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "demo",
-                "--quick",
-                "--no-progress",
-                "--json",
-                str(tmp_path / "r.json"),
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_demo_is_the_moons_reproduction(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    args = ["demo", "--quick", "--no-progress", "--json", str(path), "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Moons, sparse-GP classification, sorted erasure: 20 of 100" in out
+    assert "authors D_e" in out and "3.45" in out  # the authors' numbers, side by side
+    results = json.loads(path.read_text(), parse_constant=_reject_constant)  # no NaN/Infinity
+    assert set(results) >= {"rows", "retrain_seconds", "settings", "entropy_reduction"}
+    assert results["scenario"] == "sorted" and results["settings"]["num_erased_class_1"] == 19
+    rows = {(r["method"], r["lam"]): r for r in results["rows"]}
+    assert set(rows) == {("full", 1.0), ("eubo", 1e-9), ("rkl", 1e-9), ("eubo", 0.0), ("rkl", 0.0)}
+    # the paper's finding, even in a short run: rKL at λ = 0 far below full, the EUBO above it
+    full = rows[("full", 1.0)]["kl_erased_mean"]
+    assert rows[("rkl", 0.0)]["kl_erased_mean"] < 0.4 * full < rows[("eubo", 0.0)]["kl_erased_mean"]
+    for name in ("data", "surfaces", "kl"):
+        assert (tmp_path / f"moons_sorted_{name}.png").stat().st_size > 10_000
+
+
+def test_reproduce_moons_scenario(tmp_path, capsys):
+    path = tmp_path / "partial.json"
+    args = ["reproduce", "moons", "--scenario", "partial", "--quick", "--no-progress"]
+    assert main([*args, "--json", str(path), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "partial erasure: 30 of 100 points erased (30 of class 1)" in out
+    assert "authors D_e" in out  # the column is there, empty: the authors have sorted numbers only
+    results = json.loads(path.read_text(), parse_constant=_reject_constant)
+    assert {r["scenario"] for r in results["rows"]} == {"partial"}
+    assert results["entropy_reduction"]["mvn"] > 0
+    assert (tmp_path / "moons_partial_surfaces.png").stat().st_size > 10_000
+
+
+def test_reproduce_linear_regression_quick_writes_table_figure_and_json(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    args = ["reproduce", "linear-regression", "--quick", "--no-progress", "--json", str(path)]
+    assert main([*args, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "KL to closed form" in out
-    results = json.loads((tmp_path / "r.json").read_text())
+    results = json.loads(path.read_text())
     methods = {(r["method"], r["lam"]) for r in results["rows"]}
     assert ("eubo", 0.0) in methods and ("rkl", 0.5) in methods and len(methods) == 13
     assert (tmp_path / "linear_regression.png").stat().st_size > 10_000
@@ -29,10 +54,6 @@ def test_demo_quick_writes_table_figure_and_json(tmp_path, capsys):
     # even a short run moves both methods towards the closed form at λ = 0
     assert rows[("eubo", 0.0)]["kl_target"] < 0.5 * full["kl_target"]
     assert rows[("rkl", 0.0)]["kl_target"] < 0.5 * full["kl_target"]
-
-
-def _reject_constant(name):
-    raise ValueError(f"{name} is not JSON")
 
 
 def test_reproduce_banknote_quick_writes_the_shared_json_shape(tmp_path, capsys):
@@ -53,3 +74,22 @@ def test_reproduce_banknote_quick_writes_the_shared_json_shape(tmp_path, capsys)
     assert {("mvn", "full", 1.0), ("mvn", "eubo", 0.0), ("maf", "rkl", 0.0)} <= cells
     for guide in ("mvn", "maf"):
         assert (tmp_path / f"banknote_{guide}.png").stat().st_size > 10_000
+
+
+def test_reproduce_flights_quick_writes_strict_json_with_finetune_seconds(tmp_path, capsys):
+    path = tmp_path / "flights.json"
+    args = ["reproduce", "flights", "--quick", "--no-progress", "--json", str(path)]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "stand-in" in out and "KL to retrained" in out
+    results = json.loads(path.read_text(), parse_constant=_reject_constant)  # no NaN/Infinity
+    assert set(results) >= {"rows", "retrain_seconds", "finetune_seconds", "settings"}
+    assert results["settings"]["machine"]["cpu_count"] >= 1
+    rows = {(r["erasure"], r["method"], r["lam"]): r for r in results["rows"]}
+    for erasure in ("random", "carrier:WN"):
+        full = rows[(erasure, "full", 1.0)]
+        # EUBO at λ = 0 lands much closer to the exact optimum on D_r than q(u|D)
+        assert rows[(erasure, "eubo", 0.0)]["kl_exact"] < 0.2 * full["kl_exact"]
+        assert rows[(erasure, "rkl", 0.0)]["ess"] >= 1.0
+        assert results["finetune_seconds"][erasure] > 0
+    assert (tmp_path / "flights_seconds.png").stat().st_size > 10_000

@@ -1,0 +1,628 @@
+"""Sparse-GP classification on the two moons (EXPERIMENTS.md §4; the paper's Sec. 4.1, Fig. 2,
+Appendix E–F).
+
+The authors' model, in plain Pyro: 20 fixed inducing inputs X_u, a fixed squared-exponential
+kernel k(x, x') = 4.7432 · exp(−½ Σ_d ℓ_d (x_d − x'_d)²) with ℓ = (2.4232, 1.8230) (ℓ multiplies
+the squared distance), the inducing values u ~ N(0, K_uu) as the only latent, the logit
+f(x) = k(x, X_u) K_uu⁻¹ u (the conditional mean only) and y ~ Bernoulli(sigmoid f(x)); a
+full-covariance Gaussian q(u). No jitter: K_uu's smallest eigenvalue is 3·10⁻³ and its Cholesky
+succeeds in float32 and float64 (a jitter would be added, and recorded, only if it failed).
+
+Choices (EXPERIMENTS.md's common protocol otherwise):
+
+* q(u|D) is the **exact optimum of the ELBO over full-covariance Gaussians**: f(x_n) is linear in
+  u, so each expected log-likelihood E_q[log σ(±f(x_n))] is a 1-D Gaussian integral, computed by
+  Gauss–Hermite quadrature (as GPflow's SVGP does), and the ELBO is maximised by L-BFGS to a
+  vanishing gradient in about a second. The authors ran Adam for 30 000 Monte-Carlo steps; the
+  objective is the same. The result records the Monte-Carlo ELBO at the optimum as a check.
+* The reference q(u|D_r) is ``pu.retrain`` (Monte-Carlo ELBO, ClippedAdam) warm-started from
+  q(u|D), the authors' choice; how far it ended from the exact optimum on D_r (the same
+  quadrature) is recorded, as a parameter KL and as the predictive KL it adds to every number.
+* Unlearning (``pu.lambda_sweep`` → ``pu.forget``) runs from q(u|D) for a fixed number of steps,
+  as the authors did, with ClippedAdam, the learning rate decaying tenfold over the run. The
+  rKL's loss is a self-normalised importance-sampling estimate whose noise hides its slow
+  progress from a flatness test (it would stop after a few hundred steps with the KL still
+  falling), so the library's rule only reports, in ``converged``, whether the second half of
+  the run's loss trace was flat against the first (the same for the retraining).
+* Metric: the averaged predictive KL[q_retrained(y|x) ‖ q_unlearned(y|x)] over D_e and D_r,
+  each predictive the Monte-Carlo mean over ``num_eval_samples`` u-samples (authors: 100); its
+  noise floor (the same KL between two evaluations of the retrained posterior) at our sample
+  count and at the authors' 100; the entropy reduction H[q(u|D_r)] − H[q(u|D)] (closed-form
+  Gaussian entropies).
+
+A second way of writing the model (e.g. GPyTorch's sparse variational GP) plugs in as another
+entry of :data:`MODELS`; ``run(models=(...))`` then reports it under its key in the rows'
+``guide`` column.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoMultivariateNormal
+
+import pyro_unlearn as pu
+
+from ..datasets import MOONS_SCENARIOS, MoonsData, moons
+from ..metrics import (
+    gaussian_kl,
+    guide_moments,
+    mean_and_std,
+    predictive_distribution,
+    predictive_kl,
+)
+from ..sweep import LAMBDAS
+from .machine import machine_info
+
+__all__ = [
+    "AUTHORS",
+    "DEMO",
+    "MODELS",
+    "QUICK",
+    "ModelVariant",
+    "SparseGPClassifier",
+    "gaussian_entropy",
+    "gaussian_vi",
+    "kernel",
+    "plot_data",
+    "plot_kl",
+    "plot_surfaces",
+    "predictive_surface",
+    "run",
+    "run_scenarios",
+    "train_full_posterior",
+]
+
+#: The authors' fixed kernel: variance and ℓ (inverse squared lengthscales).
+VARIANCE = 4.7432
+INVERSE_SQUARED_LENGTHSCALES = (2.4232, 1.8230)
+
+#: The authors' numbers (EXPERIMENTS.md; sorted erasure, full-covariance Gaussian, 30 000 steps):
+#: averaged predictive KL to the retrained posterior, ``(D_e, D_r)`` per method and λ.
+AUTHORS = {
+    "eubo": {
+        0.5: (0.442, 0.0024),
+        0.1: (0.458, 0.0024),
+        1e-3: (0.406, 0.0025),
+        1e-5: (0.228, 0.0015),
+        1e-9: (0.072, 0.0012),
+        0.0: (3.45, 0.081),
+    },
+    "rkl": {
+        0.5: (0.455, 0.0024),
+        0.1: (0.451, 0.0025),
+        1e-3: (0.359, 0.0025),
+        1e-5: (0.129, 0.0016),
+        1e-9: (0.025, 0.0009),
+        0.0: (0.025, 0.0010),
+    },
+    "full": {1.0: (0.449, 0.0022)},
+}
+
+#: Settings of a short run (``--quick``, the test suite): the same pipeline, far fewer steps.
+QUICK = dict(
+    lambdas=(1e-9, 0.0),
+    retrain_steps=800,
+    retrain_particles=64,
+    retrain_lr=0.03,
+    unlearn_steps=300,
+    num_particles=256,
+    lr=0.1,
+    num_eval_samples=1000,
+)
+
+#: Settings of ``pyro-unlearn demo``: the full λ grid in under two minutes on 2 CPU cores.
+DEMO = dict(
+    retrain_steps=1000,
+    retrain_particles=128,
+    retrain_lr=0.03,
+    unlearn_steps=600,
+    num_particles=512,
+    lr=0.1,
+)
+
+
+def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The authors' k(a_i, b_j) = 4.7432 · exp(−½ Σ_d ℓ_d (a_id − b_jd)²), shape (len(a), len(b)).
+
+    Example::
+
+        >>> kernel(torch.zeros(1, 2), torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+        tensor([[4.7432, 1.4121]])
+    """
+    ell = a.new_tensor(INVERSE_SQUARED_LENGTHSCALES)
+    return VARIANCE * torch.exp(-0.5 * ((a.unsqueeze(-2) - b.unsqueeze(-3)) ** 2 * ell).sum(-1))
+
+
+class SparseGPClassifier:
+    """The authors' sparse-GP classifier as a Pyro model ``model(x, y=None)``: u ~ N(0, K_uu),
+    y ~ Bernoulli(logits = K_xu K_uu⁻¹ u) in the plate ``"data"``. Particle-vectorised: a u of
+    shape (..., 1, M) gives logits of shape (..., N).
+
+    Example::
+
+        >>> data = pu.datasets.moons()
+        >>> model = SparseGPClassifier(data.inducing)
+        >>> model.jitter, model(data.x).shape
+        (0.0, torch.Size([100]))
+    """
+
+    def __init__(self, inducing: torch.Tensor) -> None:
+        self.inducing = inducing
+        k_uu = kernel(inducing, inducing)
+        eye = torch.eye(len(inducing), dtype=inducing.dtype, device=inducing.device)
+        self.jitter = 0.0  # the authors used none; the smallest that works if Cholesky fails
+        scale_tril, info = torch.linalg.cholesky_ex(k_uu)
+        while info:
+            self.jitter = self.jitter * 10 or 1e-8 * VARIANCE
+            scale_tril, info = torch.linalg.cholesky_ex(k_uu + self.jitter * eye)
+        self.scale_tril = scale_tril  # Cholesky factor of K_uu (+ jitter)
+
+    def projection(self, x: torch.Tensor) -> torch.Tensor:
+        """A = K_xu K_uu⁻¹, shape (N, M): the logits are A u."""
+        return torch.cholesky_solve(kernel(self.inducing, x), self.scale_tril).mT
+
+    def prior(self) -> dist.MultivariateNormal:
+        return dist.MultivariateNormal(
+            self.scale_tril.new_zeros(len(self.inducing)), scale_tril=self.scale_tril
+        )
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        u = pyro.sample("u", self.prior())
+        logits = (self.projection(x) * u).sum(-1)  # u (..., 1, M) against A (N, M)
+        with pyro.plate("data", x.shape[-2]):
+            return pyro.sample("y", dist.Bernoulli(logits=logits), obs=y)
+
+
+def gaussian_vi(
+    model: SparseGPClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loc: torch.Tensor | None = None,
+    scale_tril: torch.Tensor | None = None,
+    *,
+    num_nodes: int = 32,
+    max_iter: int = 1000,
+    tolerance: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The maximiser of the ELBO over full-covariance Gaussians q(u) = N(m, S):
+
+        ELBO = Σ_n E_{f ~ N(a_n·m, a_nᵀ S a_n)}[log σ((2y_n − 1) f)] − KL(q(u) ‖ N(0, K_uu))
+
+    with A = K_xu K_uu⁻¹ (rows a_n) and each expectation by ``num_nodes``-point Gauss–Hermite
+    quadrature. L-BFGS, from ``(loc, scale_tril)`` (default: the prior), runs in whitened
+    coordinates (u = L_K v, K_uu = L_K L_Kᵀ; the same objective, better conditioned) until the
+    gradient's largest entry is below ``tolerance``. Returns ``(loc, cov, info)``, info holding
+    the negative ELBO, the final gradient, iterations, seconds and ``converged``.
+    """
+    start = time.perf_counter()
+    chol_k = model.scale_tril
+    a = model.projection(x) @ chol_k  # logits = A u = (A L_K) v
+    nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
+    nodes, weights = x.new_tensor(nodes), x.new_tensor(weights / weights.sum())
+    sign = 2 * y - 1
+    m0 = x.new_zeros(len(chol_k)) if loc is None else loc
+    l0 = chol_k if scale_tril is None else scale_tril
+    m0 = torch.linalg.solve_triangular(chol_k, m0.unsqueeze(-1), upper=False).squeeze(-1)
+    l0 = torch.linalg.solve_triangular(chol_k, l0, upper=False)  # lower-triangular again
+    m = m0.detach().clone().contiguous().requires_grad_(True)
+    log_diag = l0.diagonal().log().detach().clone().requires_grad_(True)
+    lower = l0.tril(-1).detach().clone().contiguous().requires_grad_(True)
+    params = [m, log_diag, lower]
+
+    def negative_elbo() -> torch.Tensor:
+        chol = lower.tril(-1) + torch.diag_embed(log_diag.exp())
+        mean, sd = a @ m, (a @ chol).norm(dim=-1)
+        f = mean.unsqueeze(-1) + sd.unsqueeze(-1) * nodes
+        expected = (torch.nn.functional.logsigmoid(sign.unsqueeze(-1) * f) @ weights).sum()
+        # KL(N(m, LLᵀ) ‖ N(0, I)) in whitened coordinates equals KL(q(u) ‖ N(0, K_uu))
+        kl = 0.5 * (chol.square().sum() + m.square().sum() - len(m)) - log_diag.sum()
+        return kl - expected
+
+    optimizer = torch.optim.LBFGS(
+        params,
+        max_iter=max_iter,
+        tolerance_grad=tolerance,
+        tolerance_change=1e-15,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = negative_elbo()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    loss = closure()
+    gradient = max(float(p.grad.abs().max()) for p in params)
+    with torch.no_grad():
+        chol = chol_k @ (lower.tril(-1) + torch.diag_embed(log_diag.exp()))
+        loc = chol_k @ m
+    info = {
+        "negative_elbo": float(loss.detach()),
+        "max_abs_gradient": gradient,
+        "iterations": optimizer.state[optimizer._params[0]]["n_iter"],
+        "converged": gradient < tolerance,
+        "seconds": time.perf_counter() - start,
+        "num_nodes": num_nodes,
+    }
+    return loc, chol @ chol.mT, info
+
+
+def gaussian_entropy(cov: torch.Tensor) -> float:
+    """H[N(·, Σ)] = ½ log det(2πe Σ)."""
+    return 0.5 * float(torch.logdet(2 * math.pi * math.e * cov))
+
+
+def _set_gaussian(guide: AutoMultivariateNormal, loc: torch.Tensor, cov: torch.Tensor) -> None:
+    # AutoMultivariateNormal holds L = diag(scale) · (unit lower-triangular scale_tril)
+    cholesky = torch.linalg.cholesky(cov)
+    with torch.no_grad():
+        guide.loc.copy_(loc)
+    guide.scale = cholesky.diagonal().clone()
+    guide.scale_tril = cholesky / cholesky.diagonal().unsqueeze(-1)
+
+
+def train_full_posterior(
+    model: SparseGPClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_nodes: int = 32,
+    check_particles: int = 4096,
+) -> tuple[AutoMultivariateNormal, dict]:
+    """q(u|D) as an ``AutoMultivariateNormal`` holding the exact Gaussian-VI optimum
+    (:func:`gaussian_vi`). ``info`` adds ``mc_negative_elbo``, Pyro's Monte-Carlo Trace_ELBO
+    loss at the optimum over ``check_particles`` draws (it must match the quadrature's)."""
+    loc, cov, info = gaussian_vi(model, x, y, num_nodes=num_nodes)
+    guide = AutoMultivariateNormal(model)
+    guide(x, y)
+    _set_gaussian(guide, loc, cov)
+    elbo = Trace_ELBO(num_particles=check_particles, vectorize_particles=True, max_plate_nesting=1)
+    with torch.no_grad():
+        info["mc_negative_elbo"] = float(elbo.loss(model, guide, x, y))
+    info["entropy"] = gaussian_entropy(cov)
+    return guide, info
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """One way of writing the moons model. ``build(data)`` returns the Pyro model
+    ``model(x, y=None)`` (observed site ``"y"`` in plate ``"data"``); ``fit(model, x, y)``
+    returns q(u|D) as a trained Gaussian guide and a dict describing the fit; ``optimum(model,
+    x, y, loc, cov)``, if given, the exact Gaussian-VI (loc, cov) of the latent ``site`` on other
+    data, started at (loc, cov) (to measure how converged the retrained reference is)."""
+
+    description: str
+    build: Callable[[MoonsData], Callable]
+    fit: Callable[..., tuple[torch.nn.Module, dict]]
+    optimum: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    site: str = "u"
+
+
+def _plain_optimum(model, x, y, loc, cov):
+    loc, cov, _ = gaussian_vi(model, x, y, loc, torch.linalg.cholesky(cov))
+    return loc, cov
+
+
+#: The model variants, by the key their rows carry in the ``guide`` column.
+MODELS: dict[str, ModelVariant] = {
+    "mvn": ModelVariant(
+        "the authors' sparse-GP classifier in plain Pyro, full-covariance Gaussian q(u)",
+        lambda data: SparseGPClassifier(data.inducing),
+        train_full_posterior,
+        _plain_optimum,
+    ),
+}
+
+
+def _fixed_gaussian(loc: torch.Tensor, cov: torch.Tensor, site: str = "u") -> Callable:
+    """A guide function with q(site) = N(loc, cov) and no parameters."""
+    q = dist.MultivariateNormal(loc, covariance_matrix=cov)
+
+    def guide(*args, **kwargs):
+        return pyro.sample(site, q)
+
+    return guide
+
+
+def _clean(value):
+    """JSON-safe: NaN becomes None."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def run(
+    models: Sequence[str] = ("mvn",),
+    *,
+    scenario: str = "sorted",
+    data: MoonsData | None = None,
+    lambdas: Sequence[float] = LAMBDAS,
+    retrain_steps: int = 3000,
+    retrain_particles: int = 128,
+    retrain_lr: float = 0.02,
+    unlearn_steps: int = 3000,
+    num_particles: int = 1000,
+    lr: float = 0.05,
+    num_eval_samples: int = 4000,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    keep_posteriors: bool = False,
+) -> dict:
+    """The moons reproduction for one erasure ``scenario`` (:func:`~pyro_unlearn.datasets.moons`).
+
+    Returns the shared JSON shape ``{"rows", "retrain_seconds", "settings", ...}``: one row per
+    (model variant, method, λ) with the averaged predictive KL to the retrained posterior on D_e
+    and D_r (mean and std over points), seconds, steps, ``converged`` and the rKL's last ESS; the
+    ``full`` rows (λ = 1) are q(u|D). Also ``"scenario"``, ``"training"`` (the fits and the
+    reference's distance to the exact optimum), ``"noise_floor"`` (at ``num_eval_samples``
+    u-samples) and ``"noise_floor_100"`` (at the authors' 100), ``"reference_error"`` (the
+    predictive KL from the exact D_r optimum to the reference), ``"entropy_reduction"``
+    (H[q(u|D_r)] − H[q(u|D)] of the reference and q(u|D)) and ``"entropy_reduction_exact"`` (of
+    the two exact optima). ``keep_posteriors=True`` adds ``"posteriors"`` (per variant: the frozen
+    retrained posterior and the sweep's) and ``"model"`` (per variant); not JSON-serialisable.
+
+    Unlearning runs ``unlearn_steps`` steps of ``num_particles`` u-samples at ``lr``; the
+    reference, ``retrain_steps`` of ``retrain_particles`` at ``retrain_lr``. The defaults are the
+    tutorial's full run (about 7 minutes on 2 CPU cores); :data:`DEMO` runs the same λ grid in
+    about a minute, :data:`QUICK` two λ in a few seconds.
+    """
+    data = data or moons(scenario, seed=seed, device=device)
+    x, y = data.x, data.y
+    x_e, y_e = x[data.erased], y[data.erased]
+    x_r, y_r = x[data.remaining], y[data.remaining]
+    results: dict = {
+        "rows": [],
+        "retrain_seconds": {},
+        "scenario": data.scenario,
+        "training": {},
+        "noise_floor": {},
+        "noise_floor_100": {},
+        "reference_error": {},
+        "entropy_reduction": {},
+        "entropy_reduction_exact": {},
+    }
+    posteriors, built = {}, {}
+    for name in models:
+        variant = MODELS[name]
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        model = built[name] = variant.build(data)
+        guide, fit = variant.fit(model, x, y)
+        loc, cov = (t.clone() for t in guide_moments(guide))
+        posterior = pu.freeze(guide, x_e, y_e)
+        reference = pu.retrain(
+            model,
+            guide,
+            x_r,
+            y_r,
+            init="posterior",
+            num_steps=retrain_steps,
+            window=max(retrain_steps // 2, 1),
+            lr=retrain_lr,
+            num_particles=retrain_particles,
+            progress=progress,
+        )
+        ref_loc, ref_cov = guide_moments(reference.posterior)  # a frozen posterior's: copies
+        fit |= {
+            "retrain_steps": len(reference.losses),
+            "retrain_converged": reference.converged,
+            "retrain_losses": reference.losses,
+        }
+        results["retrain_seconds"][name] = reference.seconds
+        results["entropy_reduction"][name] = gaussian_entropy(ref_cov) - gaussian_entropy(cov)
+
+        def evaluate(q, reference=reference.posterior, model=model, samples=num_eval_samples):
+            kls = {}
+            for where, inputs in (("erased", x_e), ("remaining", x_r)):
+                kl = predictive_kl(model, reference, q, inputs, site="y", num_samples=samples)
+                kls[f"kl_{where}_mean"], kls[f"kl_{where}_std"] = mean_and_std(kl)
+            return kls
+
+        results["noise_floor"][name] = evaluate(reference.posterior)
+        results["noise_floor_100"][name] = evaluate(reference.posterior, samples=100)
+        if variant.optimum is not None:
+            opt_loc, opt_cov = variant.optimum(model, x_r, y_r, loc, cov)
+            fit["retrain_kl_to_optimum"] = float(gaussian_kl(ref_loc, ref_cov, opt_loc, opt_cov))
+            results["entropy_reduction_exact"][name] = gaussian_entropy(opt_cov) - gaussian_entropy(
+                cov
+            )
+            results["reference_error"][name] = evaluate(
+                reference.posterior, reference=_fixed_gaussian(opt_loc, opt_cov, variant.site)
+            )
+        results["training"][name] = fit
+        sweep = pu.lambda_sweep(
+            model,
+            guide,
+            x_e,
+            y_e,
+            evaluate=evaluate,
+            lambdas=lambdas,
+            posterior=posterior,
+            guide_name=name,
+            progress=progress,
+            num_particles=num_particles,
+            lr=lr,
+            num_steps=unlearn_steps,
+            window=max(unlearn_steps // 2, 1),
+            max_plate_nesting=1,
+        )
+        for row in sweep.table.to_dict("records"):
+            results["rows"].append(
+                {k: _clean(v) for k, v in row.items()} | {"scenario": data.scenario}
+            )
+        posteriors[name] = {"retrained": reference.posterior, **sweep.posteriors}
+    results["settings"] = {
+        "models": {name: MODELS[name].description for name in models},
+        "scenario": data.scenario,
+        "lambdas": list(lambdas),
+        "num_data": len(y),
+        "num_erased": len(data.erased),
+        "num_erased_class_1": int(y_e.sum()),
+        "jitter": {name: getattr(built[name], "jitter", None) for name in models},
+        "retrain_steps": retrain_steps,
+        "retrain_particles": retrain_particles,
+        "retrain_lr": retrain_lr,
+        "unlearn_steps": unlearn_steps,
+        "num_particles": num_particles,
+        "lr": lr,
+        "num_eval_samples": num_eval_samples,
+        "seed": seed,
+        "device": str(x.device),
+        "dtype": str(x.dtype),
+        "machine": machine_info(x.device, x.dtype),
+    }
+    if keep_posteriors:
+        results["posteriors"] = posteriors
+        results["model"] = built
+    return results
+
+
+def run_scenarios(scenarios: Sequence[str] = MOONS_SCENARIOS, **kwargs) -> dict:
+    """:func:`run` for each erasure scenario. Returns ``{"scenarios": {name: run(...)}}`` plus
+    ``"rows"`` (every scenario's rows, each with its ``"scenario"``), ``"retrain_seconds"``
+    and ``"entropy_reduction"`` (``{scenario: {variant: value}}``) and the first run's
+    ``"settings"`` with the list of scenarios."""
+    runs = {s: run(scenario=s, **kwargs) for s in scenarios}
+    first = next(iter(runs.values()))
+    return {
+        "rows": [row for r in runs.values() for row in r["rows"]],
+        "retrain_seconds": {s: r["retrain_seconds"] for s, r in runs.items()},
+        "entropy_reduction": {s: r["entropy_reduction"] for s, r in runs.items()},
+        "settings": {**first["settings"], "scenario": list(scenarios)},
+        "scenarios": runs,
+    }
+
+
+# -- figures ------------------------------------------------------------------------------------
+def _scatter(ax, data: MoonsData, inducing: bool = False) -> None:
+    x, y, erased = data.x.cpu(), data.y.cpu(), data.mask.cpu()
+    for label, color in ((0, "tab:blue"), (1, "tab:red")):
+        keep = (y == label) & ~erased
+        ax.scatter(
+            *x[keep].T, s=14, c=color, edgecolors="k", linewidths=0.4, label=f"class {label}"
+        )
+        gone = (y == label) & erased
+        ax.scatter(*x[gone].T, s=40, c=color, marker="X", edgecolors="k", linewidths=0.6)
+    ax.scatter([], [], s=40, c="w", marker="X", edgecolors="k", label="erased ($D_e$)")
+    if inducing:
+        ax.scatter(
+            *data.inducing.cpu().T,
+            s=36,
+            marker="^",
+            c="gold",
+            edgecolors="k",
+            label="inducing inputs",
+        )
+
+
+def plot_data(data: MoonsData, ax=None):
+    """The moons with D_e marked (crosses) and the inducing inputs (triangles). Returns the
+    figure."""
+    fig, ax = plt.subplots(figsize=(5, 3.6)) if ax is None else (ax.figure, ax)
+    _scatter(ax, data, inducing=True)
+    ax.set(
+        xlabel="$x_0$",
+        ylabel="$x_1$",
+        title=f"moons, {data.scenario} erasure: {len(data.erased)} of {len(data.y)} erased",
+    )
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def predictive_surface(
+    model: Callable,
+    posterior: Callable,
+    grid: torch.Tensor,
+    num_samples: int = 500,
+    chunk: int = 500,
+) -> torch.Tensor:
+    """p(y = 1 | x) at every row of ``grid``, the Monte-Carlo mean over ``num_samples``
+    u-samples (fresh ones for each ``chunk`` of rows, bounding the memory)."""
+    return torch.cat(
+        [
+            predictive_distribution(model, posterior, part, site="y", num_samples=num_samples).probs
+            for part in grid.split(chunk)
+        ]
+    )
+
+
+def plot_surfaces(
+    model: Callable,
+    posteriors: dict[str, Callable],
+    data: MoonsData,
+    *,
+    resolution: int = 60,
+    num_samples: int = 500,
+    columns: int = 3,
+    title: str = "",
+):
+    """The predictive probability p(y = 1 | x) of each posterior ``{title: posterior}`` on a
+    grid, as filled contours (the 0.5 line drawn), with the data and D_e marked. Returns the
+    figure."""
+    x = data.x
+    lo, hi = x.min(0).values - 0.5, x.max(0).values + 0.5
+    g0 = torch.linspace(float(lo[0]), float(hi[0]), resolution, dtype=x.dtype, device=x.device)
+    g1 = torch.linspace(float(lo[1]), float(hi[1]), resolution, dtype=x.dtype, device=x.device)
+    mesh = torch.stack(torch.meshgrid(g0, g1, indexing="xy"), -1)
+    rows = math.ceil(len(posteriors) / columns)
+    fig, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(3.6 * columns + 1, 3 * rows),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+    )
+    levels = np.linspace(0, 1, 11)
+    for ax, (name, posterior) in zip(axes.flat, posteriors.items(), strict=False):
+        probs = predictive_surface(model, posterior, mesh.reshape(-1, 2), num_samples)
+        probs = probs.reshape(resolution, resolution).cpu()
+        filled = ax.contourf(g0.cpu(), g1.cpu(), probs, levels=levels, cmap="RdBu_r", alpha=0.8)
+        ax.contour(g0.cpu(), g1.cpu(), probs, levels=[0.5], colors="k", linewidths=1)
+        _scatter(ax, data)
+        ax.set_title(name, fontsize=10)
+    for ax in axes.flat[len(posteriors) :]:
+        ax.axis("off")
+    fig.colorbar(filled, ax=axes, shrink=0.8, label="$p(y=1|x)$")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_kl(rows: Sequence[dict], title: str = "", authors: bool = True):
+    """The paper's Fig. 2 panels (:func:`~pyro_unlearn.plots.plot_kl_against_lambda`: averaged
+    KL on D_e and on D_r against λ), with the authors' numbers (:data:`AUTHORS`, sorted erasure)
+    overlaid as dotted lines of the same colours when ``authors``. Returns the figure."""
+    from ..plots import PAPER_PANELS, plot_kl_against_lambda
+
+    fig = plot_kl_against_lambda(rows, PAPER_PANELS, title=title)
+    if not authors:
+        return fig
+    methods = sorted({r["method"] for r in rows} - {"full"})
+    for i, ax in enumerate(fig.axes[: len(PAPER_PANELS)]):
+        for color, method in enumerate(methods):
+            lams = sorted(AUTHORS.get(method, {}))
+            ax.plot(
+                [lam or 1e-12 for lam in lams],
+                [AUTHORS[method][lam][i] for lam in lams],
+                ":x",
+                color=f"C{color}",
+                label=f"{method} (authors)",
+            )
+        ax.axhline(AUTHORS["full"][1.0][i], color="gray", ls=":", label="full (authors)")
+    fig.axes[0].legend(fontsize=7)
+    return fig

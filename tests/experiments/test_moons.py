@@ -1,0 +1,128 @@
+"""The moons experiment (pyro_unlearn/experiments/moons.py): its model, the exact Gaussian VI
+that fits q(u|D), and a short run of the whole protocol against the paper's findings; the CLI
+is exercised by tests/test_cli.py and the full run by tutorials/moons.ipynb."""
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+import pyro_unlearn as pu
+from pyro_unlearn.experiments import moons as experiment
+from pyro_unlearn.metrics import guide_moments
+
+
+@pytest.fixture(scope="module")
+def data():
+    return pu.datasets.moons()
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return experiment.SparseGPClassifier(data.inducing)
+
+
+def test_the_authors_kernel_needs_no_jitter(model, data):
+    assert model.jitter == 0.0
+    k_uu = experiment.kernel(data.inducing, data.inducing)
+    assert torch.allclose(model.scale_tril @ model.scale_tril.mT, k_uu)
+    assert torch.allclose(k_uu.diagonal(), torch.full((20,), 4.7432, dtype=k_uu.dtype))
+    # ℓ multiplies the squared distance along each input
+    k = experiment.kernel(data.x.new_zeros(1, 2), data.x.new_tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert torch.allclose(k, 4.7432 * torch.tensor([[-2.4232 / 2, -1.8230 / 2]]).exp().double())
+
+
+def test_the_logits_interpolate_the_inducing_values(model, data):
+    u = torch.randn(20, dtype=data.x.dtype)
+    logits = (model.projection(data.inducing) * u).sum(-1)  # f(X_u) = K_uu K_uu⁻¹ u = u
+    assert torch.allclose(logits, u, atol=1e-6)
+
+
+def test_model_vectorises_over_particles(model, data):
+    with pyro.plate("particles", 7, dim=-2):
+        trace = poutine.trace(model).get_trace(data.x, data.y)
+    trace.compute_log_prob()
+    assert trace.nodes["u"]["value"].shape == (7, 1, 20)
+    assert trace.nodes["y"]["log_prob"].shape == (7, 100)
+    # particle 3 alone gives the same likelihood
+    u3 = trace.nodes["u"]["value"][3, 0]
+    single = poutine.trace(poutine.condition(model, {"u": u3})).get_trace(data.x, data.y)
+    single.compute_log_prob()
+    assert torch.allclose(single.nodes["y"]["log_prob"], trace.nodes["y"]["log_prob"][3])
+
+
+def test_q_u_given_d_is_the_elbo_optimum(model, data):
+    guide, info = experiment.train_full_posterior(model, data.x, data.y, check_particles=20000)
+    assert info["converged"] and info["max_abs_gradient"] < 1e-6
+    # Pyro's own Monte-Carlo ELBO at the optimum agrees with the quadrature's
+    assert info["mc_negative_elbo"] == pytest.approx(info["negative_elbo"], abs=0.05)
+    # and no Gaussian nearby does better: moving the mean or shrinking the covariance
+    loc, cov = (t.clone() for t in guide_moments(guide))
+    elbo = Trace_ELBO(num_particles=20000, vectorize_particles=True, max_plate_nesting=1)
+    for shift, scale in ((0.3, 1.0), (0.0, 0.7)):
+        experiment._set_gaussian(guide, loc + shift * cov.diagonal().sqrt(), scale * cov)
+        with torch.no_grad():
+            assert elbo.loss(model, guide, data.x, data.y) > info["negative_elbo"] + 0.1
+    # and L-BFGS from elsewhere (shifted mean, the prior's covariance) finds the same optimum
+    loc2, cov2, _ = experiment.gaussian_vi(model, data.x, data.y, loc + 1.0, None)
+    assert pu.metrics.gaussian_kl(loc2, cov2, loc, cov) < 1e-8
+
+
+def test_entropy_reduction_of_an_informative_erasure(model, data):
+    # erasing data can only widen an exact posterior: H[q(u|D_r)] − H[q(u|D)] > 0, and more so
+    # for the sorted erasure (19 of one class, all at one end) than for a random one
+    def reduction(d):
+        loc, cov, _ = experiment.gaussian_vi(model, d.x, d.y)
+        r = d.remaining
+        _, cov_r, _ = experiment.gaussian_vi(model, d.x[r], d.y[r])
+        return experiment.gaussian_entropy(cov_r) - experiment.gaussian_entropy(cov)
+
+    sorted_, random = reduction(data), reduction(pu.datasets.moons("random"))
+    assert sorted_ > random > 0
+    assert sorted_ > 0.5
+
+
+@pytest.fixture(scope="module")
+def quick_run():
+    pyro.clear_param_store()
+    return experiment.run(progress=False, keep_posteriors=True, **experiment.QUICK)
+
+
+def test_quick_run_reproduces_the_papers_finding(quick_run):
+    rows = {(r["method"], r["lam"]): r for r in quick_run["rows"]}
+    full, rkl, eubo = rows[("full", 1.0)], rows[("rkl", 0.0)], rows[("eubo", 0.0)]
+    floor = quick_run["noise_floor"]["mvn"]
+    # q(u|D) is far from the retrained posterior on D_e, well above the Monte-Carlo noise
+    assert full["kl_erased_mean"] > 0.2 > 100 * floor["kl_erased_mean"]
+    # rKL at λ = 0 unlearns: far below full, on D_e and on D_r
+    assert rkl["kl_erased_mean"] < 0.4 * full["kl_erased_mean"]
+    assert rkl["kl_remaining_mean"] < full["kl_remaining_mean"]
+    # the EUBO at λ = 0 unlearns catastrophically: worse than no unlearning, far worse than rKL
+    assert eubo["kl_erased_mean"] > 2 * full["kl_erased_mean"]
+    assert eubo["kl_erased_mean"] > 10 * rkl["kl_erased_mean"]
+    assert eubo["kl_remaining_mean"] > 10 * rkl["kl_remaining_mean"]
+    assert 0 < rows[("rkl", 1e-9)]["ess"] < 256  # importance weights degenerate at small λ
+    # the erasure is informative: the reference's entropy grew, as the exact optima's did
+    assert quick_run["entropy_reduction"]["mvn"] > 0.5
+    assert quick_run["entropy_reduction_exact"]["mvn"] > 0.5
+
+
+def test_quick_run_shape_and_figures(quick_run, data):
+    assert quick_run["scenario"] == "sorted"
+    assert quick_run["settings"]["num_erased_class_1"] == 19
+    assert {r["scenario"] for r in quick_run["rows"]} == {"sorted"}
+    posteriors = quick_run["posteriors"]["mvn"]
+    assert {"full", "retrained", "eubo λ=0", "rkl λ=1e-09"} <= set(posteriors)
+    model = quick_run["model"]["mvn"]
+    grid = torch.tensor([[2.0, -0.5], [-1.0, 0.5]], dtype=data.x.dtype)
+    full = experiment.predictive_surface(model, posteriors["full"], grid, num_samples=2000)
+    retrained = experiment.predictive_surface(model, posteriors["retrained"], grid, 2000)
+    # at the erased end (x0 = 2, class 1) forgetting lowers p(y=1|x); far from it, no change
+    assert full[0] > 0.85 and retrained[0] < full[0] - 0.2
+    assert abs(float(full[1] - retrained[1])) < 0.05
+    fig = experiment.plot_surfaces(model, posteriors, data, resolution=20, num_samples=50)
+    titled = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titled == list(posteriors)  # one panel each (the colour bar aside)
+    fig = experiment.plot_data(pu.datasets.moons("full"))
+    assert fig.axes[0].get_title().startswith("moons, full erasure: 50 of 100")
