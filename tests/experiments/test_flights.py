@@ -1,0 +1,75 @@
+"""The flights experiment's pieces (pyro_unlearn/experiments/flights.py) on a small subset; the
+whole quick run is exercised by tests/test_cli.py."""
+
+import math
+
+import pytest
+import torch
+
+from pyro_unlearn.contrib.gpytorch import inducing_kl
+from pyro_unlearn.datasets import flights
+from pyro_unlearn.experiments import flights as experiment
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = flights(subset=4000, seed=0)
+    gp, likelihood, info = experiment.train_svgp(
+        data.x_train, data.y_train, num_inducing=20, train_steps=400, window=50, progress=False
+    )
+    return data, gp, likelihood, info
+
+
+def test_training_learns_hyperparameters_and_the_optimal_q(trained):
+    data, gp, likelihood, info = trained
+    assert abs(info["noise"] - math.log(2)) > 0.05  # learned: GPyTorch starts at softplus(0)
+    assert len(set(info["lengthscales"])) == 8  # ARD: one lengthscale per input
+    # q(u|D) was set to its closed-form optimum: ELBO gradient in q(u) vanishes there
+    optimum = experiment.optimal_q(gp, likelihood, data.x_train, data.y_train)
+    assert experiment.kl_to(gp, optimum) < 1e-3 < info["svi_kl_to_optimum"]
+    # hyperparameters are fixed, q(u) is not
+    assert all(p.requires_grad for p in gp.variational_parameters())
+    assert not any(p.requires_grad for p in likelihood.parameters())
+    metrics = experiment.evaluate(gp, likelihood, data)
+    assert 20 < metrics["rmse"] < data.y_std * 1.05 and math.isfinite(metrics["nll"])
+
+
+def test_eubo_at_lam_zero_reaches_the_exact_retrained_q(trained):
+    data, gp, likelihood, _ = trained
+    erased = experiment.erasures(data, fraction=0.05)["random"]
+    keep = torch.ones(data.num_train, dtype=torch.bool)
+    keep[erased] = False
+    optimum = experiment.optimal_q(gp, likelihood, data.x_train[keep], data.y_train[keep])
+    full = experiment.kl_to(gp, optimum)
+    from pyro_unlearn.contrib.gpytorch import freeze
+
+    model, info = experiment.unlearn(
+        gp,
+        likelihood,
+        freeze(gp),
+        data.x_train[erased],
+        data.y_train[erased],
+        "eubo",
+        0.0,
+        batch_size=1024,
+        lr=0.02,
+        steps=600,
+        window=50,
+        seed=0,
+        progress=False,
+    )
+    assert info["converged"] and info["seconds"] > 0
+    assert experiment.kl_to(model, optimum) < 0.2 * full
+    assert float(inducing_kl(model, gp)) > 0  # a copy moved, the original did not
+
+
+def test_prior_q_is_the_prior_and_erasures_are_disjoint_sets_of_rows(trained):
+    data, gp, _, _ = trained
+    fresh = experiment.prior_q(gp)
+    q = fresh.variational_strategy._variational_distribution()
+    assert torch.equal(q.mean, torch.zeros_like(q.mean))
+    assert torch.allclose(q.covariance_matrix, torch.eye(len(q.mean)))
+    chosen = experiment.erasures(data, fraction=0.05, carrier="WN")
+    assert len(chosen["random"]) == round(0.05 * data.num_train)
+    wn = chosen["carrier:WN"]
+    assert (data.carrier[wn] == data.carriers.index("WN")).all() and len(wn) > 0
