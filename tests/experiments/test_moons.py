@@ -126,3 +126,18 @@ def test_quick_run_shape_and_figures(quick_run, data):
     assert titled == list(posteriors)  # one panel each (the colour bar aside)
     fig = experiment.plot_data(pu.datasets.moons("full"))
     assert fig.axes[0].get_title().startswith("moons, full erasure: 50 of 100")
+
+
+def test_run_scenarios_merges_the_runs():
+    tiny = dict(lambdas=(0.0,), retrain_steps=20, unlearn_steps=10, num_particles=16)
+    results = experiment.run_scenarios(("random", "full"), progress=False, **tiny)
+    assert [r["scenario"] for r in results["rows"]] == ["random"] * 3 + ["full"] * 3
+    assert (
+        set(results["retrain_seconds"]) == set(results["entropy_reduction"]) == {"random", "full"}
+    )
+    assert results["settings"]["scenario"] == ["random", "full"]
+    full = results["scenarios"]["full"]
+    assert full["settings"]["num_erased"] == 50 and full["settings"]["num_erased_class_1"] == 50
+    # erasing a whole class narrows the posterior far more than 20 random points
+    exact = {s: r["entropy_reduction_exact"]["mvn"] for s, r in results["scenarios"].items()}
+    assert exact["full"] > 3 > 1 > exact["random"] > 0
