@@ -15,7 +15,6 @@ until its trace is flat; the result reports how far the VI mean and covariance e
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 
@@ -31,6 +30,7 @@ from ..datasets import BanknoteData, banknote
 from ..forget import run_until_flat
 from ..metrics import gaussian_kl, guide_moments, mean_and_std, predictive_kl
 from ..sweep import FLOW_LAMBDAS, LAMBDAS
+from . import json_safe
 from .machine import machine_info
 
 __all__ = ["GUIDES", "QUICK", "logistic_model", "run", "train_full_posterior"]
@@ -156,11 +156,6 @@ def train_full_posterior(
     return guide, info
 
 
-def _clean(value):
-    """JSON-safe: NaN becomes None."""
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
 def run(
     guides: Sequence[str] = tuple(GUIDES),
     *,
@@ -255,7 +250,7 @@ def run(
             window=window,
             max_plate_nesting=1,
         )
-        rows += [{k: _clean(v) for k, v in r.items()} for r in sweep.table.to_dict("records")]
+        rows += [{k: json_safe(v) for k, v in r.items()} for r in sweep.table.to_dict("records")]
         posteriors[name] = {"retrained": reference.posterior, **sweep.posteriors}
     results = {
         "rows": rows,

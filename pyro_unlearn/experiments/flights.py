@@ -53,6 +53,7 @@ from ..contrib.gpytorch import (
 )
 from ..datasets import FlightsData, flights
 from ..forget import run_until_flat
+from . import json_safe
 from .machine import machine_info
 
 __all__ = [
@@ -388,11 +389,6 @@ def erasures(
     }
 
 
-def _clean(value):
-    """JSON-safe: NaN becomes None."""
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
 def run(
     *,
     data: FlightsData | None = None,
@@ -531,12 +527,12 @@ def run(
             }
     training.pop("losses")
     return {
-        "rows": [{k: _clean(v) for k, v in r.items()} for r in rows],
+        "rows": [{k: json_safe(v) for k, v in r.items()} for r in rows],
         "retrain_seconds": retrain_seconds,
         "finetune_seconds": finetune_seconds,
         "speedup": speedup,
         "references": references,
-        "training": {k: _clean(v) for k, v in training.items()},
+        "training": {k: json_safe(v) for k, v in training.items()},
         "settings": {
             "data": data.source,
             "num_train": len(y),

@@ -62,6 +62,7 @@ from ..metrics import (
     predictive_kl,
 )
 from ..sweep import LAMBDAS
+from . import json_safe
 from .machine import machine_info
 
 __all__ = [
@@ -335,11 +336,6 @@ def _fixed_gaussian(loc: torch.Tensor, cov: torch.Tensor, site: str = "u") -> Ca
     return guide
 
 
-def _clean(value):
-    """JSON-safe: NaN becomes None."""
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
 def run(
     models: Sequence[str] = ("mvn",),
     *,
@@ -466,7 +462,7 @@ def run(
         )
         for row in sweep.table.to_dict("records"):
             results["rows"].append(
-                {k: _clean(v) for k, v in row.items()} | {"scenario": data.scenario}
+                {k: json_safe(v) for k, v in row.items()} | {"scenario": data.scenario}
             )
         posteriors[name] = {"retrained": reference.posterior, **sweep.posteriors}
     results["settings"] = {
