@@ -120,6 +120,20 @@ def _batches(n: int, batch_size: int, generator: torch.Generator, device) -> Cal
     return next_batch
 
 
+def _elbo_step(gp, elbo, optimizer, x, y, batch: Callable) -> Callable[[], float]:
+    """One Adam step on GPyTorch's ELBO over the next mini-batch, for :func:`run_until_flat`."""
+
+    def step() -> float:
+        idx = batch()
+        optimizer.zero_grad()
+        loss = -elbo(gp(x[idx]), y[idx])
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
 def _fix_hyperparameters(gp: SVGP, likelihood) -> None:
     """Only q(u) trains from here: kernel, mean, noise and inducing inputs are fixed."""
     variational = {id(p) for p in gp.variational_parameters()}
@@ -154,16 +168,7 @@ def train_svgp(
     gp.train(), likelihood.train()
     elbo = gpytorch.mlls.VariationalELBO(likelihood, gp, num_data=len(y))
     optimizer = torch.optim.Adam([*gp.parameters(), *likelihood.parameters()], lr=lr)
-    batch = _batches(len(y), batch_size, generator, x.device)
-
-    def step() -> float:
-        idx = batch()
-        optimizer.zero_grad()
-        loss = -elbo(gp(x[idx]), y[idx])
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
+    step = _elbo_step(gp, elbo, optimizer, x, y, _batches(len(y), batch_size, generator, x.device))
     losses, converged, seconds = run_until_flat(
         step, train_steps, window, "training q(u|D) and hyperparameters", progress
     )
@@ -217,18 +222,9 @@ def fit_q(
     elbo = gpytorch.mlls.VariationalELBO(likelihood, gp, num_data=len(y))
     optimizer = torch.optim.Adam(gp.variational_parameters(), lr=lr)
     batch = _batches(len(y), min(batch_size, len(y)), generator, x.device)
-
-    def step() -> float:
-        idx = batch()
-        optimizer.zero_grad()
-        loss = -elbo(gp(x[idx]), y[idx])
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    start = time.perf_counter()
-    losses, converged, _ = run_until_flat(step, steps, window, desc, progress)
-    return {"seconds": time.perf_counter() - start, "steps": len(losses), "converged": converged}
+    step = _elbo_step(gp, elbo, optimizer, x, y, batch)
+    losses, converged, seconds = run_until_flat(step, steps, window, desc, progress)
+    return {"seconds": seconds, "steps": len(losses), "converged": converged}
 
 
 def unlearn(
