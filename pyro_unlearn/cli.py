@@ -22,6 +22,18 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _quick(args: argparse.Namespace) -> bool:
+    """``--quick``, or running under CI (Pyro's convention)."""
+    return args.quick or bool(os.environ.get("CI"))
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    """The ``--out`` directory, created."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _table(rows: list[dict], columns: dict[str, str]) -> str:
     def fmt(value):
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -129,13 +141,11 @@ def reproduce_moons(args: argparse.Namespace, demo_settings: bool = False) -> di
     """Sparse-GP classification on the moons (EXPERIMENTS.md §4, Fig. 2, Appendix F)."""
     from .experiments import moons as experiment
 
-    device = _device(args.device)
-    if args.quick or os.environ.get("CI"):
+    device, out = _device(args.device), _out_dir(args)
+    if _quick(args):
         settings = experiment.QUICK
     else:
         settings = experiment.DEMO if demo_settings else {}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     common = dict(seed=args.seed, device=device, progress=not args.no_progress, **settings)
     if args.scenario == "all":
         results = experiment.run_scenarios(keep_posteriors=True, **common)
@@ -158,13 +168,11 @@ def reproduce_banknote(args: argparse.Namespace) -> dict:
     from .experiments import banknote as experiment
     from .plots import PAPER_PANELS, plot_kl_against_lambda
 
-    device = _device(args.device)
-    settings = experiment.QUICK if args.quick or os.environ.get("CI") else {}
+    device, out = _device(args.device), _out_dir(args)
+    settings = experiment.QUICK if _quick(args) else {}
     results = experiment.run(
         seed=args.seed, device=device, progress=not args.no_progress, **settings
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     print(f"Banknote logistic regression, 412 of 1372 points erased; device {device}")
     for guide, fit in results["training"].items():
         rows = [r for r in results["rows"] if r["guide"] == guide]
@@ -206,8 +214,7 @@ def reproduce_linear_regression(args: argparse.Namespace) -> dict:
 
     device = _device(args.device)
     data = linear_regression(seed=args.seed, device=device)
-    quick = args.quick or bool(os.environ.get("CI"))
-    settings = dict(train_steps=1000, unlearn_steps=200, num_particles=512) if quick else {}
+    settings = dict(train_steps=1000, unlearn_steps=200, num_particles=512) if _quick(args) else {}
     results = experiment.run(data=data, seed=args.seed, progress=not args.no_progress, **settings)
     print(
         "Bayesian linear regression, 100 points, 10 erased (a shifted cluster); "
@@ -227,8 +234,7 @@ def reproduce_linear_regression(args: argparse.Namespace) -> dict:
             },
         )
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(args)
     fig = plot_kl_against_lambda(
         results["rows"],
         {"kl_target": "KL(q_u ‖ closed-form target)", "kl_retrained": "KL(q_u ‖ retrained)"},
@@ -245,13 +251,11 @@ def reproduce_flights(args: argparse.Namespace) -> dict:
     from .experiments import flights as experiment
     from .plots import plot_kl_against_lambda
 
-    device = _device(args.device)
-    settings = experiment.QUICK if args.quick or os.environ.get("CI") else {}
+    device, out = _device(args.device), _out_dir(args)
+    settings = experiment.QUICK if _quick(args) else {}
     results = experiment.run(
         seed=args.seed, device=device, progress=not args.no_progress, **settings
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     s, fit = results["settings"], results["training"]
     print(
         f"Flights SVGP regression on {s['data']} (NOT the 2008 airline data): "
