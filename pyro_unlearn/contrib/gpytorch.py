@@ -401,10 +401,11 @@ class _Objective(MarginalLogLikelihood):
             )
         self.posterior = posterior
         self.q_data = inducing_distribution(posterior)
-        if self.q_data.mean.shape != self.strategy._variational_distribution().mean.shape:
+        shape = self.strategy._variational_distribution.shape()
+        if self.q_data.mean.shape != shape:
             raise ValueError(
                 f"the frozen q(u|D) has shape {tuple(self.q_data.mean.shape)}, this GP's q(u) "
-                f"{tuple(self.strategy._variational_distribution().mean.shape)}"
+                f"{tuple(shape)}"
             )
         if int(num_erased) < 1:
             raise ValueError(f"num_erased must be a positive integer, got {num_erased}")
