@@ -15,7 +15,8 @@ ELBO, q(u|D)/p̃(D_e|u) is the target of unlearning; with a Gaussian likelihood 
 Gaussian q(u|D) it is exactly the optimal q(u|D_r).
 
 Kernel, mean, likelihood hyperparameters and inducing inputs are held fixed: only q(u) moves (they
-would otherwise move to make D_e unlikely). Two ways in:
+would otherwise move to make D_e unlikely). q(u) may be a Cholesky, mean-field or (GPyTorch
+objectives with :class:`gpytorch.optim.NGD` only) natural-parameter Gaussian. Two ways in:
 
 * **Pyro:** :class:`PyroSVGP` gives a ``model``/``guide`` pair in which y depends on the sampled
   u (GPyTorch's ``PyroGP.model`` draws f from q(f), independently of u: enough for the ELBO, but
@@ -40,6 +41,8 @@ from gpytorch.mlls import MarginalLogLikelihood
 from gpytorch.variational import (
     CholeskyVariationalDistribution,
     MeanFieldVariationalDistribution,
+    NaturalVariationalDistribution,
+    TrilNaturalVariationalDistribution,
     UnwhitenedVariationalStrategy,
     VariationalStrategy,
 )
@@ -63,10 +66,12 @@ __all__ = [
     "freeze",
     "inducing_distribution",
     "inducing_kl",
+    "set_inducing_distribution",
 ]
 
 _STRATEGIES = (VariationalStrategy, UnwhitenedVariationalStrategy)
-_DISTRIBUTIONS = (CholeskyVariationalDistribution, MeanFieldVariationalDistribution)
+_NATURAL = (NaturalVariationalDistribution, TrilNaturalVariationalDistribution)
+_DISTRIBUTIONS = (CholeskyVariationalDistribution, MeanFieldVariationalDistribution, *_NATURAL)
 
 
 def _strategy(gp: gpytorch.models.ApproximateGP):
@@ -84,7 +89,9 @@ def _strategy(gp: gpytorch.models.ApproximateGP):
     if not isinstance(strategy._variational_distribution, _DISTRIBUTIONS):
         raise TypeError(
             f"{type(strategy._variational_distribution).__name__} is not supported: use "
-            "CholeskyVariationalDistribution or MeanFieldVariationalDistribution"
+            "CholeskyVariationalDistribution, MeanFieldVariationalDistribution, or (with "
+            "gpytorch.optim.NGD and the mlls-style objectives) NaturalVariationalDistribution or "
+            "TrilNaturalVariationalDistribution"
         )
     return strategy
 
@@ -303,8 +310,16 @@ class PyroSVGP:
         likelihood: gpytorch.likelihoods.Likelihood,
         name_prefix: str = "gp",
     ) -> None:
+        strategy = _strategy(gp)
+        if isinstance(strategy._variational_distribution, _NATURAL):
+            raise TypeError(
+                f"{type(strategy._variational_distribution).__name__} is for gpytorch.optim.NGD: "
+                "Pyro's optimisers would take its natural gradients for plain ones. Through Pyro, "
+                "use CholeskyVariationalDistribution; with NGD, use VariationalEUBO or "
+                "VariationalReverseKL"
+            )
         self.gp, self.likelihood, self.name_prefix = gp, likelihood, name_prefix
-        self.guide = InducingGuide(_strategy(gp), name_prefix)
+        self.guide = InducingGuide(strategy, name_prefix)
 
     @property
     def plate(self) -> str:
@@ -380,6 +395,57 @@ def inducing_distribution(source: gpytorch.models.ApproximateGP | FrozenPosterio
     return MultivariateNormal(q.mean.detach(), q.lazy_covariance_matrix.detach())
 
 
+@torch.no_grad()
+def set_inducing_distribution(
+    gp: gpytorch.models.ApproximateGP, mean: torch.Tensor, covariance: torch.Tensor
+) -> None:
+    """Set a GP's q(u) in place to N(mean, covariance), in its strategy's space (whitened for
+    :class:`~gpytorch.variational.VariationalStrategy`), for every supported parameterisation
+    (a mean-field q(u) takes the diagonal). E.g. to install a closed-form optimum::
+
+        >>> import gpytorch, torch
+        >>> from pyro_unlearn.contrib.gpytorch import (inducing_distribution,
+        ...                                            set_inducing_distribution)
+        >>> class GP(gpytorch.models.ApproximateGP):
+        ...     def __init__(self, z):
+        ...         q = gpytorch.variational.NaturalVariationalDistribution(len(z))
+        ...         super().__init__(gpytorch.variational.VariationalStrategy(self, z, q))
+        ...         self.mean_module = gpytorch.means.ZeroMean()
+        ...         self.covar_module = gpytorch.kernels.RBFKernel()
+        ...     def forward(self, x):
+        ...         return gpytorch.distributions.MultivariateNormal(
+        ...             self.mean_module(x), self.covar_module(x))
+        >>> gp = GP(torch.linspace(0, 1, 3).unsqueeze(-1))
+        >>> set_inducing_distribution(gp, torch.ones(3), 0.5 * torch.eye(3))
+        >>> q = inducing_distribution(gp)
+        >>> q.mean.round(decimals=4).tolist(), q.variance.round(decimals=4).tolist()
+        ([1.0, 1.0, 1.0], [0.5, 0.5, 0.5])
+    """
+    strategy = _strategy(gp)
+    variational = strategy._variational_distribution
+    param = next(variational.parameters())
+    mean, covariance = mean.to(param), covariance.to(param)
+    if isinstance(variational, CholeskyVariationalDistribution):
+        variational.variational_mean.copy_(mean)
+        variational.chol_variational_covar.copy_(torch.linalg.cholesky(covariance))
+    elif isinstance(variational, MeanFieldVariationalDistribution):
+        variational.variational_mean.copy_(mean)
+        variational._variational_stddev.copy_(covariance.diagonal(dim1=-2, dim2=-1).sqrt())
+    else:
+        chol = torch.linalg.cholesky(covariance)
+        precision = torch.cholesky_inverse(chol)
+        variational.natural_vec.copy_((precision @ mean.unsqueeze(-1)).squeeze(-1))
+        if isinstance(variational, NaturalVariationalDistribution):
+            variational.natural_mat.copy_(-0.5 * precision)
+        else:  # TrilNatural: natural_tril_mat = L⁻¹ with L Lᵀ = covariance
+            eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
+            variational.natural_tril_mat.copy_(
+                torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+            )
+    strategy.variational_params_initialized.fill_(1)
+    _clear_caches(gp)
+
+
 def inducing_kl(p, q) -> torch.Tensor:
     """KL(q_p(u) ‖ q_q(u)) in closed form (summed over a batch GP's outputs), for two GPs or
     frozen posteriors of the same shape: the paper's Table 1 metric."""
@@ -439,6 +505,12 @@ class VariationalEUBO(_Objective):
         posterior: its frozen q(u|D) (:func:`freeze`).
         num_erased: |D_e|.
         lam: λ ∈ [0, 1].
+
+    Natural gradients (GPyTorch's recipe for SVGPs): with a
+    :class:`~gpytorch.variational.NaturalVariationalDistribution` q(u), step with
+    ``gpytorch.optim.NGD(model.variational_parameters(), num_data=num_erased, lr=...)``. The
+    step is η ← η − lr·(η + η_e − η_D), so at λ = 0 with a Gaussian likelihood one step on all of
+    D_e at ``lr=1`` lands exactly on q(u|D)/p̃(D_e|u).
     """
 
     def __init__(self, likelihood, model, posterior, num_erased, lam=0.0, num_samples=64):

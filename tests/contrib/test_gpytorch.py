@@ -24,8 +24,8 @@ NOISE = 0.1  # σ², fixed
 
 
 class GP(gpytorch.models.ApproximateGP):
-    def __init__(self, z, whitened=True, mean_field=False, batch_shape=()):
-        kind = (
+    def __init__(self, z, whitened=True, mean_field=False, batch_shape=(), kind=None):
+        kind = kind or (
             gpytorch.variational.MeanFieldVariationalDistribution
             if mean_field
             else gpytorch.variational.CholeskyVariationalDistribution
@@ -151,6 +151,70 @@ def test_eubo_objective_at_lam_zero_reaches_the_closed_form(data, whitened):
     assert _kl_to(gp, *target) < 1e-6
     # the frozen q(u|D) is untouched
     assert float(pug.inducing_kl(posterior, _trained(x, y, whitened))) < 1e-10
+
+
+KINDS = {
+    "cholesky": gpytorch.variational.CholeskyVariationalDistribution,
+    "mean_field": gpytorch.variational.MeanFieldVariationalDistribution,
+    "natural": gpytorch.variational.NaturalVariationalDistribution,
+    "tril_natural": gpytorch.variational.TrilNaturalVariationalDistribution,
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_set_inducing_distribution_in_every_parameterisation(data, kind):
+    x, _, _, _ = data
+    gp = GP(x[::6].clone(), kind=KINDS[kind]).double()
+    m = len(x[::6])
+    g = torch.Generator().manual_seed(3)
+    mean = torch.randn(m, generator=g, dtype=x.dtype)
+    root = torch.randn(m, m, generator=g, dtype=x.dtype)
+    cov = root @ root.T / m + 0.1 * torch.eye(m, dtype=x.dtype)
+    if kind == "mean_field":
+        cov = torch.diag(cov.diagonal())
+    pug.set_inducing_distribution(gp, mean, cov)
+    q = pug.inducing_distribution(gp)
+    assert torch.allclose(q.mean, mean, atol=1e-10)
+    assert torch.allclose(q.covariance_matrix, cov, atol=1e-10)
+    gp(x)  # marked initialised: GPyTorch's first call does not reset it to the prior
+    assert torch.allclose(pug.inducing_distribution(gp).mean, mean, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["natural", "tril_natural"])
+def test_natural_gradient_eubo_step_lands_on_the_closed_form(data, kind):
+    """With a natural-parameter q(u) and GPyTorch's NGD at lr = 1 on all of D_e, one λ = 0 EUBO
+    step is η ← η_D − η_e: exactly q(u|D)/p̃(D_e|u) for the natural parameterisation; the
+    triangular one takes a first-order step in its factor, so it needs a few."""
+    x, y, erased, keep = data
+    gp = GP(x[::6].clone(), kind=KINDS[kind]).double()
+    gp(x)
+    pug.set_inducing_distribution(gp, *_mean_cov(_optimal(gp, x, y)))
+    likelihood, target = _likelihood(), _optimal(gp, x[keep], y[keep])
+    posterior = pug.freeze(gp)
+    eubo = pug.VariationalEUBO(likelihood, gp, posterior, num_erased=len(erased), lam=0.0)
+    optimizer = gpytorch.optim.NGD(gp.variational_parameters(), num_data=len(erased), lr=1.0)
+    kls = [_kl_to(gp, *target)]
+    for _ in range(10):
+        optimizer.zero_grad()
+        (-eubo(gp(x[erased]), y[erased])).backward()
+        optimizer.step()
+        kls.append(_kl_to(gp, *target))
+    assert kls[0] > 1.0
+    if kind == "natural":
+        assert kls[1] < 1e-8
+    assert kls[-1] < 1e-6
+
+
+def test_pyro_path_refuses_a_natural_parameterisation(data):
+    x, _, _, _ = data
+    gp = GP(x[::6].clone(), kind=KINDS["natural"]).double()
+    with pytest.raises(TypeError, match="NGD"):
+        pug.PyroSVGP(gp, _likelihood())
+
+
+def _mean_cov(loc_precision):
+    loc, precision = loc_precision
+    return loc, torch.linalg.inv(precision)
 
 
 def _unlearn_mll(gp, likelihood, posterior, x, y, method, lam, steps, lr=0.02, samples=256):
