@@ -31,9 +31,24 @@ Choices (EXPERIMENTS.md's common protocol otherwise):
   count and at the authors' 100; the entropy reduction H[q(u|D_r)] − H[q(u|D)] (closed-form
   Gaussian entropies).
 
-A second way of writing the model (e.g. GPyTorch's sparse variational GP) plugs in as another
-entry of :data:`MODELS`; ``run(models=(...))`` then reports it under its key in the rows'
-``guide`` column.
+The model variants are the entries of :data:`MODELS`; ``run(models=(...))`` reports each under
+its key in the rows' ``guide`` column:
+
+* ``"mvn"``: the authors' model above in plain Pyro (:class:`SparseGPClassifier`), an
+  ``AutoMultivariateNormal`` q(u).
+* ``"gpytorch"``: the same classifier as a GPyTorch sparse variational GP
+  (:class:`SVGPClassifier`): the same fixed kernel, zero mean and inducing inputs, a whitened
+  ``VariationalStrategy`` (``jitter_val=0``) with a ``CholeskyVariationalDistribution`` over
+  v = L⁻¹ u (L L^T = K_uu, so q(v) is a full-covariance q(u) and every KL, λ-threshold and
+  predictive is the same in either coordinates), and a logistic Bernoulli likelihood
+  (:class:`LogisticBernoulliLikelihood`; GPyTorch's own is probit). Its q(v|D) is the same exact
+  Gaussian-VI optimum (:func:`gaussian_vi`, with the SVGP's conditional variance), checked
+  against GPyTorch's own ``VariationalELBO`` (value and vanishing gradient); unlearning goes
+  through :class:`~pyro_unlearn.contrib.gpytorch.PyroSVGP` and the same ``pu.lambda_sweep`` as
+  the plain model. The one modelling difference: the SVGP keeps Var[f(x)|u] (median 0.017, at
+  most 1.2 at the data), which the authors' logit drops; the two q(u|D) are 0.003 nats apart.
+  Its ``entropy`` (of q(v)) differs from the plain q(u)'s by log det L; entropy reductions and
+  KLs do not.
 """
 
 from __future__ import annotations
@@ -43,16 +58,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import gpytorch
 import matplotlib.pyplot as plt
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from gpytorch.likelihoods.likelihood import _OneDimensionalLikelihood
+from gpytorch.utils.quadrature import GaussHermiteQuadrature1D
+from gpytorch.variational import CholeskyVariationalDistribution, VariationalStrategy
+from linear_operator.operators import DiagLinearOperator
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_unlearn as pu
 
+from ..contrib.gpytorch import PyroSVGP, inducing_distribution
 from ..datasets import MOONS_SCENARIOS, MoonsData, moons
 from ..metrics import (
     gaussian_kl,
@@ -61,6 +82,7 @@ from ..metrics import (
     predictive_distribution,
     predictive_kl,
 )
+from ..posterior import FrozenPosterior
 from ..sweep import LAMBDAS
 from . import json_safe
 from .machine import machine_info
@@ -70,7 +92,11 @@ __all__ = [
     "DEMO",
     "MODELS",
     "QUICK",
+    "LogisticBernoulliLikelihood",
     "ModelVariant",
+    "MoonsSVGP",
+    "SVGPClassifier",
+    "SVGP_PREFIX",
     "SparseGPClassifier",
     "gaussian_entropy",
     "gaussian_vi",
@@ -82,7 +108,11 @@ __all__ = [
     "run",
     "run_scenarios",
     "train_full_posterior",
+    "train_svgp_posterior",
 ]
+
+#: The name prefix of the GPyTorch variant's Pyro sites (``svgp.u``, ``svgp.y``, ``svgp.data``).
+SVGP_PREFIX = "svgp"
 
 #: The authors' fixed kernel: variance and ℓ (inverse squared lengthscales).
 VARIANCE = 4.7432
@@ -198,14 +228,19 @@ def gaussian_vi(
         ELBO = Σ_n E_{f ~ N(a_n·m, a_nᵀ S a_n)}[log σ((2y_n − 1) f)] − KL(q(u) ‖ N(0, K_uu))
 
     with A = K_xu K_uu⁻¹ (rows a_n) and each expectation by ``num_nodes``-point Gauss–Hermite
-    quadrature. L-BFGS, from ``(loc, scale_tril)`` (default: the prior), runs in whitened
-    coordinates (u = L_K v, K_uu = L_K L_Kᵀ; the same objective, better conditioned) until the
-    gradient's largest entry is below ``tolerance``. Returns ``(loc, cov, info)``, info holding
+    quadrature. A ``model`` with a ``conditional_variance(x)`` method (:class:`SVGPClassifier`:
+    the sparse variational GP's k(x, x) − k(x, X_u) K_uu⁻¹ k(X_u, x)) adds it to each f's
+    variance: the SVGP's ELBO, in the coordinates u = f(X_u). L-BFGS, from ``(loc,
+    scale_tril)`` (default: the prior), runs in whitened coordinates (u = L_K v, K_uu = L_K L_Kᵀ;
+    the same objective, better conditioned) until the gradient's largest entry is below
+    ``tolerance``. Returns ``(loc, cov, info)``, info holding
     the negative ELBO, the final gradient, iterations, seconds and ``converged``.
     """
     start = time.perf_counter()
     chol_k = model.scale_tril
     a = model.projection(x) @ chol_k  # logits = A u = (A L_K) v
+    extra = getattr(model, "conditional_variance", None)
+    extra = None if extra is None else extra(x)  # the SVGP's Var[f(x)|u]; none for the authors'
     nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
     nodes, weights = x.new_tensor(nodes), x.new_tensor(weights / weights.sum())
     sign = 2 * y - 1
@@ -220,7 +255,10 @@ def gaussian_vi(
 
     def negative_elbo() -> torch.Tensor:
         chol = lower.tril(-1) + torch.diag_embed(log_diag.exp())
-        mean, sd = a @ m, (a @ chol).norm(dim=-1)
+        if extra is None:
+            mean, sd = a @ m, (a @ chol).norm(dim=-1)
+        else:
+            mean, sd = a @ m, ((a @ chol).square().sum(-1) + extra).sqrt()
         f = mean.unsqueeze(-1) + sd.unsqueeze(-1) * nodes
         expected = (torch.nn.functional.logsigmoid(sign.unsqueeze(-1) * f) @ weights).sum()
         # KL(N(m, LLᵀ) ‖ N(0, I)) in whitened coordinates equals KL(q(u) ‖ N(0, K_uu))
@@ -295,19 +333,211 @@ def train_full_posterior(
     return guide, info
 
 
+# -- the same classifier as a GPyTorch sparse variational GP -----------------------------------
+class LogisticBernoulliLikelihood(_OneDimensionalLikelihood):
+    """p(y|f) = Bernoulli(sigmoid f), labels in {0, 1}: the authors' logistic link (GPyTorch's
+    ``BernoulliLikelihood`` is the probit one). ``expected_log_prob`` E_{N(f; m, v)}[log p(y|f)]
+    and ``marginal`` E_{N(f; m, v)}[sigmoid f] by ``num_nodes``-point Gauss–Hermite quadrature
+    (its nodes computed in float64: GPyTorch's own are rounded to float32 first).
+
+    Example::
+
+        >>> likelihood = LogisticBernoulliLikelihood().double()
+        >>> f = gpytorch.distributions.MultivariateNormal(
+        ...     torch.zeros(1, dtype=torch.float64), torch.eye(1, dtype=torch.float64))
+        >>> round(float(likelihood.marginal(f).probs), 6)  # E[sigmoid f] = 1/2 by symmetry
+        0.5
+    """
+
+    def __init__(self, num_nodes: int = 32) -> None:
+        super().__init__()
+        self.quadrature = GaussHermiteQuadrature1D(num_nodes)
+        nodes, weights = np.polynomial.hermite.hermgauss(num_nodes)
+        self.quadrature.locations = torch.tensor(nodes, dtype=torch.float64)
+        self.quadrature.weights = torch.tensor(weights, dtype=torch.float64)
+
+    def forward(self, function_samples: torch.Tensor, *args, **kwargs):
+        return torch.distributions.Bernoulli(logits=function_samples)
+
+    def marginal(self, function_dist, *args, **kwargs):
+        return torch.distributions.Bernoulli(probs=self.quadrature(torch.sigmoid, function_dist))
+
+
+class MoonsSVGP(gpytorch.models.ApproximateGP):
+    """The authors' GP in GPyTorch: zero mean, ``ScaleKernel(RBFKernel(ard_num_dims=2))`` with
+    outputscale 4.7432 and lengthscales ℓ_d^{−1/2} (:func:`kernel`), all frozen; the inducing
+    inputs fixed; a full-covariance ``CholeskyVariationalDistribution`` in the whitened
+    ``VariationalStrategy`` with ``jitter_val=0`` (the authors used no jitter).
+
+    Whitened, because that is GPyTorch's default and it is exactly the authors' prior: q(v) over
+    v = L⁻¹ f(X_u) (L L^T = K_uu) against N(0, I) is q(u) = N(L m, L S L^T) against N(0, K_uu),
+    and every number compared here (KLs, λ-thresholds, predictives) is invariant under that
+    linear map. The ``UnwhitenedVariationalStrategy``'s prior would not be: it adds a fixed
+    10⁻³ jitter to K_uu (``add_jitter()``'s default, whatever ``jitter_val`` says), against K_uu's
+    smallest eigenvalue of 3·10⁻³.
+    """
+
+    def __init__(self, inducing: torch.Tensor) -> None:
+        q = CholeskyVariationalDistribution(len(inducing))
+        strategy = VariationalStrategy(
+            self, inducing, q, learn_inducing_locations=False, jitter_val=0.0
+        )
+        super().__init__(strategy)
+        self.mean_module = gpytorch.means.ZeroMean()
+        self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(ard_num_dims=2))
+        self.to(inducing)  # dtype and device first: the values below are then set exactly
+        self.covar_module.outputscale = inducing.new_tensor(VARIANCE)  # not rounded to float32
+        ell = inducing.new_tensor(INVERSE_SQUARED_LENGTHSCALES)
+        self.covar_module.base_kernel.lengthscale = ell.rsqrt().unsqueeze(0)
+        self.mean_module.requires_grad_(False)
+        self.covar_module.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+
+class SVGPClassifier(PyroSVGP):
+    """The moons classifier as a GPyTorch sparse variational GP (:class:`MoonsSVGP`,
+    :class:`LogisticBernoulliLikelihood`) through :class:`~pyro_unlearn.contrib.gpytorch.PyroSVGP`:
+    calling it is ``PyroSVGP.model`` (sites ``<prefix>.u``, the whitened inducing values, and
+    ``<prefix>.y`` in the plate ``<prefix>.data``), the model that training and unlearning use.
+
+    The one difference from the authors' model: given u, the SVGP's f(x) keeps the conditional
+    variance c(x) = k(x, x) − k(x, X_u) K_uu⁻¹ k(X_u, x) (the authors' logit is the conditional
+    mean only), so its per-point likelihood is E_{N(f; a_x·u, c(x))}[log sigmoid(±f)] and its
+    predictive p(y=1|x, u) = E[sigmoid f] (:meth:`predictive`, whose observed site is ``"y"`` in
+    plate ``"data"`` as the authors' model's). On the moons c(x) has median 0.017 and maximum 1.2
+    at the data. ``scale_tril``, :meth:`projection` and :meth:`conditional_variance` (computed
+    from GPyTorch's kernel) let :func:`gaussian_vi` find this model's exact optimum.
+    """
+
+    def __init__(self, inducing: torch.Tensor, name_prefix: str = SVGP_PREFIX) -> None:
+        gp = MoonsSVGP(inducing)
+        super().__init__(gp, LogisticBernoulliLikelihood().to(inducing), name_prefix)
+        self.inducing = inducing
+        self.jitter = gp.variational_strategy.jitter_val
+        with torch.no_grad():
+            k_uu = gp.covar_module(inducing).to_dense()
+        self.scale_tril = torch.linalg.cholesky(k_uu)  # L, L L^T = K_uu: u = f(X_u) = L v
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(x, y)
+
+    def projection(self, x: torch.Tensor) -> torch.Tensor:
+        """A = K_xu K_uu⁻¹, shape (N, M): E[f(x)|u] = A u, u = f(X_u) (unwhitened)."""
+        with torch.no_grad():
+            k_ux = self.gp.covar_module(self.inducing, x).to_dense()
+        return torch.cholesky_solve(k_ux, self.scale_tril).mT
+
+    def conditional_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """Var[f(x)|u] = k(x, x) − k(x, X_u) K_uu⁻¹ k(X_u, x), shape (N,)."""
+        with torch.no_grad():
+            k_ux = self.gp.covar_module(self.inducing, x).to_dense()
+            k_xx = self.gp.covar_module(x, diag=True)
+        return (k_xx - (self.projection(x) * k_ux.mT).sum(-1)).clamp_min(0.0)
+
+    def whitened(self, loc: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The moments of v = L⁻¹ u (this GP's q) from those of u = f(X_u) (the authors')."""
+        inv = torch.linalg.solve_triangular(
+            self.scale_tril, torch.eye(len(loc)).to(loc), upper=False
+        )
+        return inv @ loc, inv @ cov @ inv.mT
+
+    def unwhitened(self, loc: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The moments of u = L v from those of v."""
+        return self.scale_tril @ loc, self.scale_tril @ cov @ self.scale_tril.mT
+
+    def set_q(self, loc: torch.Tensor, cov: torch.Tensor) -> None:
+        """Set this GP's q(v) = N(loc, cov) (whitened), marking it initialised."""
+        strategy = self.gp.variational_strategy
+        q = strategy._variational_distribution
+        with torch.no_grad():
+            q.variational_mean.copy_(loc)
+            q.chol_variational_covar.copy_(torch.linalg.cholesky(cov))
+            strategy.variational_params_initialized.fill_(1)
+
+    def predictive(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The predictive model for the metrics and figures: ``<prefix>.u`` ~ N(0, I), then
+        y ~ Bernoulli(E_{N(f; a_x·u, c(x))}[sigmoid f]) at site ``"y"`` in plate ``"data"``."""
+        a = self.projection(x) @ self.scale_tril  # E[f(x)|v] = A L v
+        var = self.conditional_variance(x)
+        eye = torch.eye(len(self.inducing), dtype=x.dtype, device=x.device)
+        v = pyro.sample(
+            self.guide.site, dist.MultivariateNormal(torch.zeros_like(eye[0]), scale_tril=eye)
+        )
+        mean = (a * v).sum(-1)  # v (..., 1, M) against (N, M)
+        with gpytorch.settings.debug(False):  # its shape checks don't know about particles
+            f = gpytorch.distributions.MultivariateNormal(
+                mean, DiagLinearOperator(var.expand_as(mean))
+            )
+            probs = self.likelihood.marginal(f).probs
+        with pyro.plate("data", x.shape[-2]):
+            return pyro.sample("y", dist.Bernoulli(probs=probs), obs=y)
+
+
+def train_svgp_posterior(
+    model: SVGPClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_nodes: int = 32,
+    check_particles: int = 4096,
+) -> tuple[torch.nn.Module, dict]:
+    """q(v|D) of the SVGP: the exact optimum of GPyTorch's variational ELBO over full-covariance
+    Gaussians, found by :func:`gaussian_vi` (quadrature, L-BFGS) with the SVGP's conditional
+    variance, written into the GP's ``CholeskyVariationalDistribution`` (whitened). Returns the
+    ``PyroSVGP`` guide and ``info``: :func:`gaussian_vi`'s, ``gpytorch_negative_elbo`` and
+    ``gpytorch_max_abs_gradient`` (GPyTorch's own ``VariationalELBO``, times N, and its gradient
+    in the variational parameters there: it vanishes when GPyTorch's model is the one solved),
+    ``mc_negative_elbo`` (Pyro's Monte-Carlo Trace_ELBO on the ``PyroSVGP`` pair) and the
+    entropy of q(v)."""
+    loc, cov, info = gaussian_vi(model, x, y, num_nodes=num_nodes)
+    model.set_q(*model.whitened(loc, cov))
+    gp = model.gp
+    gp.train()
+    elbo = gpytorch.mlls.VariationalELBO(model.likelihood, gp, num_data=len(y))
+    params = list(gp.variational_parameters())
+    loss = -elbo(gp(x), y) * len(y)
+    grads = torch.autograd.grad(loss, params)
+    info["gpytorch_negative_elbo"] = float(loss.detach())
+    info["gpytorch_max_abs_gradient"] = max(float(g.abs().max()) for g in grads)
+    mc = Trace_ELBO(num_particles=check_particles, vectorize_particles=True, max_plate_nesting=1)
+    with torch.no_grad():
+        info["mc_negative_elbo"] = float(mc.loss(model, model.guide, x, y))
+    info["entropy"] = gaussian_entropy(_svgp_moments(model.guide)[1])
+    return model.guide, info
+
+
+def _svgp_moments(guide) -> tuple[torch.Tensor, torch.Tensor]:
+    source = guide if isinstance(guide, FrozenPosterior) else guide.strategy.model
+    q = inducing_distribution(source)
+    return q.mean.clone(), q.covariance_matrix.clone()
+
+
+def _svgp_optimum(model: SVGPClassifier, x, y, loc, cov):
+    loc, cov = model.unwhitened(loc, cov)
+    loc, cov, _ = gaussian_vi(model, x, y, loc, torch.linalg.cholesky(cov))
+    return model.whitened(loc, cov)
+
+
 @dataclass(frozen=True)
 class ModelVariant:
     """One way of writing the moons model. ``build(data)`` returns the Pyro model
-    ``model(x, y=None)`` (observed site ``"y"`` in plate ``"data"``); ``fit(model, x, y)``
-    returns q(u|D) as a trained Gaussian guide and a dict describing the fit; ``optimum(model,
-    x, y, loc, cov)``, if given, the exact Gaussian-VI (loc, cov) of the latent ``site`` on other
-    data, started at (loc, cov) (to measure how converged the retrained reference is)."""
+    ``model(x, y=None)`` (its data plate at dim −1) that training and unlearning use;
+    ``fit(model, x, y)`` returns q(u|D) as a trained Gaussian guide (a PyroModule) and a dict
+    describing the fit; ``optimum(model, x, y, loc, cov)``, if given, the exact Gaussian-VI
+    (loc, cov) of the latent ``site`` on other data, started at (loc, cov) (to measure how
+    converged the retrained reference is); ``moments(guide)`` the (loc, cov) of a live or frozen
+    guide's q(site); ``predictive(model)``, if given, the Pyro model whose observed site ``"y"``
+    (Bernoulli, plate ``"data"``) the metrics and figures read (default: the model itself)."""
 
     description: str
     build: Callable[[MoonsData], Callable]
     fit: Callable[..., tuple[torch.nn.Module, dict]]
     optimum: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     site: str = "u"
+    moments: Callable[..., tuple[torch.Tensor, torch.Tensor]] = guide_moments
+    predictive: Callable[[Callable], Callable] | None = None
 
 
 def _plain_optimum(model, x, y, loc, cov):
@@ -322,6 +552,16 @@ MODELS: dict[str, ModelVariant] = {
         lambda data: SparseGPClassifier(data.inducing),
         train_full_posterior,
         _plain_optimum,
+    ),
+    "gpytorch": ModelVariant(
+        "the same classifier as a GPyTorch sparse variational GP (whitened, logistic "
+        "likelihood, fixed kernel), through PyroSVGP",
+        lambda data: SVGPClassifier(data.inducing, SVGP_PREFIX),
+        train_svgp_posterior,
+        _svgp_optimum,
+        site=f"{SVGP_PREFIX}.u",
+        moments=_svgp_moments,
+        predictive=lambda model: model.predictive,
     ),
 }
 
@@ -367,7 +607,10 @@ def run(
     predictive KL from the exact D_r optimum to the reference), ``"entropy_reduction"``
     (H[q(u|D_r)] − H[q(u|D)] of the reference and q(u|D)) and ``"entropy_reduction_exact"`` (of
     the two exact optima). ``keep_posteriors=True`` adds ``"posteriors"`` (per variant: the frozen
-    retrained posterior and the sweep's) and ``"model"`` (per variant); not JSON-serialisable.
+    retrained posterior and the sweep's) and ``"model"`` (per variant: the Pyro model whose site
+    ``"y"`` is the predictive, for :func:`predictive_surface`); not JSON-serialisable. ``models``
+    are keys of :data:`MODELS` (``"mvn"``, the authors' model in plain Pyro; ``"gpytorch"``, the
+    GPyTorch SVGP); each variant's rows carry its key in the ``guide`` column.
 
     Unlearning runs ``unlearn_steps`` steps of ``num_particles`` u-samples, ClippedAdam at ``lr``
     decaying tenfold; the reference ``retrain_steps`` of ``retrain_particles`` at ``retrain_lr``
@@ -391,14 +634,16 @@ def run(
         "entropy_reduction": {},
         "entropy_reduction_exact": {},
     }
-    posteriors, built = {}, {}
+    posteriors, built, predictives = {}, {}, {}
     for name in models:
         variant = MODELS[name]
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         model = built[name] = variant.build(data)
+        predictive = model if variant.predictive is None else variant.predictive(model)
+        predictives[name] = predictive
         guide, fit = variant.fit(model, x, y)
-        loc, cov = (t.clone() for t in guide_moments(guide))
+        loc, cov = (t.clone() for t in variant.moments(guide))
         entropy = gaussian_entropy(cov)
         posterior = pu.freeze(guide, x_e, y_e)
         reference = pu.retrain(
@@ -415,7 +660,7 @@ def run(
             num_particles=retrain_particles,
             progress=progress,
         )
-        ref_loc, ref_cov = guide_moments(reference.posterior)  # a frozen posterior's: copies
+        ref_loc, ref_cov = variant.moments(reference.posterior)  # a frozen posterior's: copies
         block = max(1, math.ceil(len(reference.losses) / 500))  # a trace of ≤ 500 block means
         trace = torch.tensor(reference.losses[: len(reference.losses) // block * block])
         fit |= {
@@ -427,7 +672,7 @@ def run(
         results["retrain_seconds"][name] = reference.seconds
         results["entropy_reduction"][name] = gaussian_entropy(ref_cov) - entropy
 
-        def evaluate(q, reference=reference.posterior, model=model, samples=num_eval_samples):
+        def evaluate(q, reference=reference.posterior, model=predictive, samples=num_eval_samples):
             kls = {}
             for where, inputs in (("erased", x_e), ("remaining", x_r)):
                 kl = predictive_kl(model, reference, q, inputs, site="y", num_samples=samples)
@@ -488,7 +733,7 @@ def run(
     }
     if keep_posteriors:
         results["posteriors"] = posteriors
-        results["model"] = built
+        results["model"] = predictives
     return results
 
 

@@ -2,6 +2,7 @@
 that fits q(u|D), and a short run of the whole protocol against the paper's findings; the CLI
 is exercised by tests/test_cli.py and the full run by tutorials/moons.ipynb."""
 
+import gpytorch
 import pyro
 import pyro.poutine as poutine
 import pytest
@@ -141,3 +142,142 @@ def test_run_scenarios_merges_the_runs():
     # erasing a whole class narrows the posterior far more than 20 random points
     exact = {s: r["entropy_reduction_exact"]["mvn"] for s, r in results["scenarios"].items()}
     assert exact["full"] > 3 > 1 > exact["random"] > 0
+
+
+# -- the GPyTorch variant -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def svgp_fit(data):
+    pyro.clear_param_store()
+    svgp = experiment.SVGPClassifier(data.inducing)
+    guide, info = experiment.train_svgp_posterior(svgp, data.x, data.y, check_particles=2000)
+    return svgp, guide, info
+
+
+def test_svgp_has_the_authors_kernel_prior_and_whitening(svgp_fit, model, data):
+    svgp, _, _ = svgp_fit
+    k = svgp.gp.covar_module(data.inducing, data.x).to_dense()
+    assert torch.allclose(k, experiment.kernel(data.inducing, data.x), rtol=0, atol=1e-12)
+    assert svgp.jitter == 0.0 and svgp.gp.variational_strategy.jitter_val == 0.0
+    # GPyTorch's whitening factor is the authors' prior's: u = f(X_u) = L v
+    assert torch.allclose(svgp.scale_tril, model.scale_tril, rtol=0, atol=1e-12)
+    assert not any(p.requires_grad for p in svgp.gp.hyperparameters())
+    assert torch.allclose(svgp.projection(data.x), model.projection(data.x), atol=1e-10)
+    # the conditional variance: zero at the inducing inputs, positive between them
+    assert float(svgp.conditional_variance(data.inducing).max()) < 1e-10
+    assert float(svgp.conditional_variance(data.x).max()) > 0.5
+
+
+def test_svgp_q_u_given_d_is_gpytorchs_optimum_and_the_authors(svgp_fit, model, data):
+    svgp, guide, info = svgp_fit
+    # the exact optimum written into GPyTorch is where GPyTorch's own ELBO is stationary, and
+    # its value is the quadrature's: GPyTorch's model is the one gaussian_vi solved
+    assert info["converged"] and info["gpytorch_max_abs_gradient"] < 1e-5
+    assert info["gpytorch_negative_elbo"] == pytest.approx(info["negative_elbo"], abs=1e-9)
+    assert info["mc_negative_elbo"] == pytest.approx(info["negative_elbo"], abs=0.05)
+    # moving q(v) off it lowers GPyTorch's ELBO
+    gp, n = svgp.gp, len(data.y)
+    elbo = gpytorch.mlls.VariationalELBO(svgp.likelihood, gp, num_data=n)
+    q = gp.variational_strategy._variational_distribution
+    optimum = q.variational_mean.detach().clone()
+    with torch.no_grad():
+        q.variational_mean.add_(0.1)
+        assert -float(elbo(gp(data.x), data.y)) * n > info["negative_elbo"] + 0.01
+        q.variational_mean.copy_(optimum)
+    # the same q(u|D) as the authors' model (mapped to u = L v): close, not equal, the SVGP
+    # keeping Var[f(x)|u], which the authors' logit drops; without it, the same optimum
+    loc, cov = svgp.unwhitened(*experiment._svgp_moments(guide))
+    plain_loc, plain_cov, _ = experiment.gaussian_vi(model, data.x, data.y)
+    assert 1e-4 < float(pu.metrics.gaussian_kl(loc, cov, plain_loc, plain_cov)) < 1e-2
+
+    class WithoutConditionalVariance:
+        scale_tril = svgp.scale_tril
+        projection = staticmethod(svgp.projection)
+
+    loc0, cov0, _ = experiment.gaussian_vi(WithoutConditionalVariance(), data.x, data.y)
+    assert float(pu.metrics.gaussian_kl(loc0, cov0, plain_loc, plain_cov)) < 1e-8
+
+
+def test_svgp_predictive_is_gpytorchs(svgp_fit, data):
+    # the Monte-Carlo mean of p(y=1|x, v) over q(v|D) is GPyTorch's E_{q(f)}[sigmoid f]
+    svgp, guide, _ = svgp_fit
+    probs = pu.metrics.predictive_distribution(
+        svgp.predictive, guide, data.x, site="y", num_samples=4000
+    ).probs
+    with torch.no_grad():
+        expected = svgp.likelihood(svgp.gp(data.x)).probs
+    assert (probs - expected).abs().max() < 0.02  # 5 standard errors
+
+
+@pytest.mark.parametrize("mean", [-3.0, 0.0, 2.0])
+@pytest.mark.parametrize("var", [0.01, 1.0, 9.0])
+def test_logistic_likelihood_against_dense_quadrature(mean, var):
+    likelihood = experiment.LogisticBernoulliLikelihood().double()
+    f = torch.linspace(-12, 12, 200001, dtype=torch.float64) * var**0.5 + mean
+    density = torch.distributions.Normal(f.new_tensor(mean), var**0.5).log_prob(f).exp()
+    step = float(f[1] - f[0])
+    dense = {
+        y: torch.trapezoid(density * torch.nn.functional.logsigmoid((2 * y - 1) * f), dx=step)
+        for y in (0, 1)
+    }
+    dense_probs = torch.trapezoid(density * torch.sigmoid(f), dx=step)
+    dist_f = gpytorch.distributions.MultivariateNormal(
+        torch.full((2,), mean, dtype=torch.float64), torch.eye(2, dtype=torch.float64) * var
+    )
+    labels = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    got = likelihood.expected_log_prob(labels, dist_f)
+    # 32 Gauss–Hermite nodes: to 1e-9 at var ≤ 1, 1e-5 at var = 9 (f's spread on the moons: < 5)
+    assert float(got[0]) == pytest.approx(float(dense[0]), abs=2e-5)
+    assert float(got[1]) == pytest.approx(float(dense[1]), abs=2e-5)
+    assert float(likelihood.marginal(dist_f).probs[0]) == pytest.approx(
+        float(dense_probs), abs=2e-5
+    )
+    # and it is the logistic link, not GPyTorch's probit
+    probit = gpytorch.likelihoods.BernoulliLikelihood().double().expected_log_prob(labels, dist_f)
+    assert (probit - got).abs().max() > 1e-3  # (the least: 2e-3, at f ~ N(0, 0.01))
+
+
+@pytest.fixture(scope="module")
+def both_run():
+    pyro.clear_param_store()
+    return experiment.run(
+        models=("mvn", "gpytorch"),
+        progress=False,
+        keep_posteriors=True,
+        lambdas=(0.0,),
+        retrain_steps=400,
+        retrain_particles=32,
+        unlearn_steps=200,
+        num_particles=128,
+        lr=0.1,
+        num_eval_samples=500,
+    )
+
+
+def test_run_reports_both_variants(both_run, data):
+    rows = {(r["guide"], r["method"], r["lam"]): r for r in both_run["rows"]}
+    assert set(rows) == {
+        (guide, method, lam)
+        for guide in ("mvn", "gpytorch")
+        for method, lam in (("full", 1.0), ("eubo", 0.0), ("rkl", 0.0))
+    }
+    assert set(both_run["training"]) == set(both_run["settings"]["models"]) == {"mvn", "gpytorch"}
+    assert both_run["settings"]["jitter"] == {"mvn": 0.0, "gpytorch": 0.0}
+    assert both_run["training"]["gpytorch"]["gpytorch_max_abs_gradient"] < 1e-5
+    # the paper's findings hold for the GPyTorch SVGP unlearned through PyroSVGP: rKL at λ = 0
+    # forgets D_e, the EUBO at λ = 0 is catastrophic
+    full, rkl, eubo = (
+        rows[("gpytorch", m, lam)] for m, lam in (("full", 1), ("rkl", 0), ("eubo", 0))
+    )
+    assert full["kl_erased_mean"] > 0.2
+    assert rkl["kl_erased_mean"] < 0.4 * full["kl_erased_mean"]
+    assert eubo["kl_erased_mean"] > 2 * full["kl_erased_mean"]
+    # the reference is near the SVGP's exact D_r optimum; the erasure widened q
+    assert both_run["training"]["gpytorch"]["retrain_kl_to_optimum"] < 0.1
+    assert both_run["entropy_reduction_exact"]["gpytorch"] > 0.5
+    # the figures read the variant's predictive model
+    model, posteriors = both_run["model"]["gpytorch"], both_run["posteriors"]["gpytorch"]
+    grid = torch.tensor([[2.0, -0.5], [-1.0, 0.5]], dtype=data.x.dtype)
+    full_p = experiment.predictive_surface(model, posteriors["full"], grid, num_samples=2000)
+    retrained = experiment.predictive_surface(model, posteriors["retrained"], grid, 2000)
+    assert full_p[0] > 0.85 and retrained[0] < full_p[0] - 0.2
+    assert abs(float(full_p[1] - retrained[1])) < 0.05
