@@ -172,19 +172,26 @@ def erased_log_likelihood(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     chunk_size: int = 4096,
+    projections: list[_Projection] | None = None,
 ) -> torch.Tensor:
     r"""log p̃(D_e|u) = Σ_i E_{p(f_i|u)}[log p(y_i|f_i)] for each u in a batch ``(S, *batch, M)``:
-    a tensor ``(S,)``, computed over chunks of ``chunk_size`` points so memory stays bounded."""
+    a tensor ``(S,)``, computed over chunks of ``chunk_size`` points so memory stays bounded.
+    ``projections`` (internal) are the chunks' p(f|u) algebra, when already computed."""
     strategy = _strategy(gp)
-    n = inputs.shape[-2]
     batch_dims = tuple(range(-len(strategy._variational_distribution.batch_shape) - 1, 0))
     total = u.new_zeros(u.shape[: u.dim() - len(batch_dims)])
-    for start in range(0, n, chunk_size):  # chunks of D_e, not points
-        proj = _project(strategy, inputs[..., start : start + chunk_size, :])
+    projections = projections or _projections(strategy, inputs, chunk_size)
+    for start, proj in zip(range(0, inputs.shape[-2], chunk_size), projections, strict=True):
         y = targets[..., start : start + chunk_size]
         log_p = _expected_log_prob(likelihood, y, proj.f_mean(u), proj.var)
         total = total + log_p.sum(batch_dims)
     return total
+
+
+def _projections(strategy, inputs: torch.Tensor, chunk_size: int) -> list[_Projection]:
+    """p(f|u) for each chunk of ``chunk_size`` points of ``inputs`` (chunks, not points)."""
+    n = inputs.shape[-2]
+    return [_project(strategy, inputs[..., i : i + chunk_size, :]) for i in range(0, n, chunk_size)]
 
 
 # -- through Pyro ---------------------------------------------------------------------------------
@@ -539,7 +546,9 @@ class VariationalReverseKL(_Objective):
     r"""The reverse KL in GPyTorch's idiom: returns E_{p̃}[log q_v(u)]/|D_e| (to maximise), with
     p̃ ∝ q(u|D)/p_adj(D_e|u) reached by self-normalised importance sampling from q(u|D):
     ``num_samples`` draws u_s ~ q(u|D), weights w_s ∝ 1/p_adj(D_e|u_s) over **all** of D_e each
-    step (the authors' choice; computed in chunks of ``chunk_size`` points, without gradient).
+    step (the authors' choice; computed in chunks of ``chunk_size`` points, without gradient; the
+    kernel algebra of D_e, L⁻¹K_Zx, is computed on the first call and reused while the same
+    ``inputs`` tensor comes back: M × |D_e| numbers).
     Call it as ``loss = -rkl(None, y_e, inputs=x_e)`` (``output`` is not needed: the samples come
     from q(u|D), not from the GP). :attr:`ess` is the last step's effective sample size.
     """
@@ -551,6 +560,15 @@ class VariationalReverseKL(_Objective):
     ):
         super().__init__(likelihood, model, posterior, num_erased, lam, num_samples)
         self.chunk_size = int(chunk_size)
+        self._cache: tuple | None = None  # (key of the inputs, their chunks' p(f|u) algebra)
+
+    def _projections_of(self, inputs: torch.Tensor) -> list[_Projection]:
+        """D_e's p(f|u) algebra, computed once: the hyperparameters are fixed, so it is constant
+        while the same ``inputs`` tensor comes back unchanged every step."""
+        key = (inputs.data_ptr(), tuple(inputs.shape), inputs._version, inputs.device)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, _projections(self.strategy, inputs, self.chunk_size))
+        return self._cache[1]
 
     def forward(self, output, target: torch.Tensor, inputs=None, **kwargs):
         if inputs is None:
@@ -565,7 +583,13 @@ class VariationalReverseKL(_Objective):
         with torch.no_grad():
             u = self.q_data.sample(torch.Size([self.num_samples]))
             log_lik = erased_log_likelihood(
-                self.model, self.likelihood, u, inputs, target, self.chunk_size
+                self.model,
+                self.likelihood,
+                u,
+                inputs,
+                target,
+                self.chunk_size,
+                self._projections_of(inputs),
             )
             log_lik = adjusted_log_likelihood(log_lik, self._log_q_data(u), self.log_threshold)
             weights = log_lik.numel() * torch.softmax(-log_lik, dim=0)

@@ -376,3 +376,19 @@ def test_batch_gp_through_pyro_and_mlls(data):
     rkl = pug.VariationalReverseKL(likelihood, gp, posterior, len(erased))
     assert torch.isfinite(rkl(None, y2[:, erased], inputs=x[erased]))
     assert 1.0 <= float(rkl.ess) <= rkl.num_samples
+
+
+def test_reverse_kl_computes_the_erased_kernel_algebra_once_per_inputs(data):
+    x, y, erased, _ = data
+    gp, likelihood = _trained(x, y), _likelihood()
+    rkl = pug.VariationalReverseKL(likelihood, gp, pug.freeze(gp), len(erased), num_samples=8)
+    x_e, y_e = x[erased].clone(), y[erased]
+    rkl(None, y_e, inputs=x_e)
+    first = rkl._cache[1]
+    rkl(None, y_e, inputs=x_e)
+    assert rkl._cache[1] is first  # reused
+    with torch.no_grad():
+        x_e.add_(0.5)  # changed in place: recomputed for the new inputs
+    rkl(None, y_e, inputs=x_e)
+    assert rkl._cache[1] is not first
+    assert not torch.allclose(rkl._cache[1][0].a, first[0].a)
