@@ -4,7 +4,13 @@ from . import datasets, exact, metrics
 from .forget import ForgetResult, forget
 from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
-from .infer import ReverseKL, Trace_EUBO, adjusted_log_likelihood
+from .infer import (
+    LaplaceUnlearnResult,
+    ReverseKL,
+    Trace_EUBO,
+    adjusted_log_likelihood,
+    laplace_unlearn,
+)
 from .posterior import FrozenPosterior, freeze
 from .retrain import RetrainResult, retrain
 from .sweep import FLOW_LAMBDAS, LAMBDAS, SweepResult, lambda_sweep
@@ -17,6 +23,7 @@ __all__ = [
     "AutoZukoFlow",
     "ForgetResult",
     "FrozenPosterior",
+    "LaplaceUnlearnResult",
     "RetrainResult",
     "ReverseKL",
     "SweepResult",
@@ -29,6 +36,7 @@ __all__ = [
     "forget",
     "freeze",
     "lambda_sweep",
+    "laplace_unlearn",
     "metrics",
     "retrain",
     "unlearn",
