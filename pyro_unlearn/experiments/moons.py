@@ -73,7 +73,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_unlearn as pu
 
-from ..contrib.gpytorch import PyroSVGP, inducing_distribution
+from ..contrib.gpytorch import PyroSVGP, inducing_distribution, set_inducing_distribution
 from ..datasets import MOONS_SCENARIOS, MoonsData, moons
 from ..metrics import (
     gaussian_kl,
@@ -449,12 +449,7 @@ class SVGPClassifier(PyroSVGP):
 
     def set_q(self, loc: torch.Tensor, cov: torch.Tensor) -> None:
         """Set this GP's q(v) = N(loc, cov) (whitened), marking it initialised."""
-        strategy = self.gp.variational_strategy
-        q = strategy._variational_distribution
-        with torch.no_grad():
-            q.variational_mean.copy_(loc)
-            q.chol_variational_covar.copy_(torch.linalg.cholesky(cov))
-            strategy.variational_params_initialized.fill_(1)
+        set_inducing_distribution(self.gp, loc, cov)
 
     def predictive(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The predictive model for the metrics and figures: ``<prefix>.u`` ~ N(0, I), then

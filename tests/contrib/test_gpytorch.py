@@ -84,10 +84,7 @@ def _optimal(gp, x, y):
 
 
 def _set_q(gp, loc, precision):
-    q = gp.variational_strategy._variational_distribution
-    with torch.no_grad():
-        q.variational_mean.copy_(loc)
-        q.chol_variational_covar.copy_(torch.linalg.cholesky(torch.linalg.inv(precision)))
+    pug.set_inducing_distribution(gp, loc, torch.linalg.inv(precision))
 
 
 def _trained(x, y, whitened=True):
@@ -334,10 +331,7 @@ def test_mean_field_eubo_reaches_the_mean_field_optimum(data):
     gp(x)
     loc, precision = _optimal(gp, x, y)
     diagonal = torch.diag(precision.diagonal())
-    q = gp.variational_strategy._variational_distribution
-    with torch.no_grad():
-        q.variational_mean.copy_(loc)
-        q._variational_stddev.copy_(diagonal.diagonal().rsqrt())
+    pug.set_inducing_distribution(gp, loc, torch.linalg.inv(diagonal))
     phi, _ = _features(gp, x)
     with pytest.raises(NotNormalizableError):
         gaussian_linear_unlearn(loc, diagonal, phi[48:], y[48:], NOISE**0.5)
