@@ -6,10 +6,13 @@ from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
 from .infer import (
     LaplaceUnlearnResult,
+    LowESSWarning,
+    MCMCUnlearnResult,
     ReverseKL,
     Trace_EUBO,
     adjusted_log_likelihood,
     laplace_unlearn,
+    mcmc_unlearn,
 )
 from .posterior import FrozenPosterior, freeze
 from .retrain import RetrainResult, retrain
@@ -24,6 +27,8 @@ __all__ = [
     "ForgetResult",
     "FrozenPosterior",
     "LaplaceUnlearnResult",
+    "LowESSWarning",
+    "MCMCUnlearnResult",
     "RetrainResult",
     "ReverseKL",
     "SweepResult",
@@ -37,6 +42,7 @@ __all__ = [
     "freeze",
     "lambda_sweep",
     "laplace_unlearn",
+    "mcmc_unlearn",
     "metrics",
     "retrain",
     "unlearn",

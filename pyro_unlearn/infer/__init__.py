@@ -4,14 +4,18 @@ from .adjusted_likelihood import adjusted_log_likelihood
 from .base import UnlearningLoss
 from .eubo import Trace_EUBO
 from .laplace import LaplaceUnlearnResult, laplace_unlearn
+from .mcmc import LowESSWarning, MCMCUnlearnResult, mcmc_unlearn
 from .reverse_kl import ReverseKL, effective_sample_size
 
 __all__ = [
     "LaplaceUnlearnResult",
+    "LowESSWarning",
+    "MCMCUnlearnResult",
     "ReverseKL",
     "Trace_EUBO",
     "UnlearningLoss",
     "adjusted_log_likelihood",
     "effective_sample_size",
     "laplace_unlearn",
+    "mcmc_unlearn",
 ]
