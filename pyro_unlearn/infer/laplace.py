@@ -55,7 +55,7 @@ class LaplaceUnlearnResult:
         theta_star: θ* (P,), the unconstrained latents flattened in the guide's site order.
         precision: Λ̃, (P, P) for an AutoMultivariateNormal, its diagonal (P,) otherwise
             (after any repair).
-        lam: λ_L.
+        lam: λ_L (> 0; 1 is the division itself).
         curvature: "full", "ggn", "diag" or "ggn_diag".
         optimizer: "newton" (dense curvatures) or "lbfgs" (diagonal ones).
         steps: optimiser iterations taken.
@@ -553,9 +553,9 @@ def _check_arguments(lam, curvature, repair, floor, steps, probes, chunk_size, q
     try:
         lam = float(lam)
     except (TypeError, ValueError):
-        raise TypeError(f"lam must be a number in (0, 1], got {lam!r}") from None
-    if not 0.0 < lam <= 1.0:  # also rejects nan
-        raise ValueError(f"lam (λ_L) must be in (0, 1], got {lam}")
+        raise TypeError(f"lam must be a positive number, got {lam!r}") from None
+    if not 0.0 < lam < math.inf:  # also rejects nan
+        raise ValueError(f"lam (λ_L) must be a positive finite number, got {lam}")
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
     if not q.dense and curvature not in _DIAGONAL:
@@ -600,11 +600,13 @@ def laplace_unlearn(
     .. math:: θ^* = \arg\max_θ\; λ_L \log q(θ|D) − \log p(D_e|θ), \qquad
               \tilde Λ = Λ_D + ∇^2_θ \log p(D_e|θ)\big|_{θ^*} = Λ_D − H_e(θ^*)
 
-    As in the L-BUN paper (and DESIGN.md §1), λ_L ∈ (0, 1] weighs the *retention* term
+    As in the L-BUN paper (and DESIGN.md §1), λ_L > 0 weighs the *retention* term
     log q(θ|D) in the search for θ* only; the precision subtracts the erased data's full
     curvature. With λ_L = 1, a Gaussian q and a likelihood Gaussian in θ (Bayesian linear
     regression), the result is exactly q(θ|D)/p(D_e|θ)
-    (:func:`~pyro_unlearn.exact.gaussian_linear_unlearn`).
+    (:func:`~pyro_unlearn.exact.gaussian_linear_unlearn`). λ_L < 1 forgets more aggressively;
+    λ_L > 1 holds θ* nearer μ_D, and is what makes the objective bounded when a *diagonal*
+    Λ_D is outweighed by the erased data's correlated curvature (a network: the sine study).
 
     Everything lives in the guide's unconstrained space: θ is its flat latent vector, mapped to
     the model's sites through ``biject_to(support)``, and log p(D_e|θ) is read by running
