@@ -15,10 +15,12 @@ __all__ = [
     "FlightsData",
     "LinearRegressionData",
     "MoonsData",
+    "SineData",
     "banknote",
     "flights",
     "linear_regression",
     "moons",
+    "sine",
 ]
 
 
@@ -75,6 +77,68 @@ def _remaining(num: int, erased: torch.Tensor) -> torch.Tensor:
     keep = torch.ones(num, dtype=torch.bool, device=erased.device)
     keep[erased] = False
     return keep.nonzero().squeeze(-1)
+
+
+class SineData(NamedTuple):
+    x: torch.Tensor  # (N, 1) inputs, sorted
+    y: torch.Tensor  # (N,) targets
+    erased: torch.Tensor  # (E,) indices of D_e: the central block of the sorted inputs
+    noise_scale: float
+    x_test: torch.Tensor  # (T, 1) an even grid over the input range and beyond
+
+    @property
+    def remaining(self) -> torch.Tensor:
+        """Indices of D_r = D \\ D_e."""
+        return _remaining(len(self.y), self.erased)
+
+    @property
+    def gap(self) -> tuple[float, float]:
+        """The input interval D_e covered (between D_r's two clusters)."""
+        inside = self.x[self.erased, 0]
+        return float(inside.min()), float(inside.max())
+
+
+def sine(
+    num_data: int = 300,
+    num_erased: int = 200,
+    noise_scale: float = 0.1,
+    frequency: float = 4.0,
+    num_test: int = 200,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> SineData:
+    """y = sin(frequency · x) + N(0, σ²) at x ~ U[−1, 1] (sorted); D_e is the ``num_erased``
+    central points, so D_r is two clusters at the ends with a gap between (the L-BUN paper's
+    deletion of informative points, EXPERIMENTS.md §8). ``x_test`` is a grid over [−1.5, 1.5].
+    Generated on the CPU with its own generator, then moved to ``device``/``dtype``.
+
+    Example::
+
+        >>> data = sine()
+        >>> data.x.shape, len(data.erased), len(data.remaining)
+        (torch.Size([300, 1]), 200, 100)
+        >>> data.erased.tolist()[:3]
+        [50, 51, 52]
+    """
+    if not 0 < num_erased < num_data or (num_data - num_erased) % 2:
+        raise ValueError(
+            f"need 0 < num_erased < num_data with an even number of remaining points (two equal "
+            f"clusters), got num_erased={num_erased}, num_data={num_data}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(num_data, generator=g, dtype=torch.float64) * 2 - 1).sort().values
+    y = torch.sin(frequency * x) + noise_scale * torch.randn(num_data, generator=g, dtype=x.dtype)
+    side = (num_data - num_erased) // 2
+    dtype = dtype or torch.get_default_dtype()
+    grid = torch.linspace(-1.5, 1.5, num_test, dtype=torch.float64)
+    return SineData(
+        x[:, None].to(device=device, dtype=dtype),
+        y.to(device=device, dtype=dtype),
+        torch.arange(side, side + num_erased, device=device),
+        noise_scale,
+        grid[:, None].to(device=device, dtype=dtype),
+    )
 
 
 class BanknoteData(NamedTuple):

@@ -96,3 +96,19 @@ def test_reproduce_flights_quick_writes_strict_json_with_finetune_seconds(tmp_pa
         assert results["finetune_seconds"][erasure] > 0
         assert results["retrain_q_seconds"][erasure] > 0
     assert (tmp_path / "flights_seconds.png").stat().st_size > 10_000
+
+
+def test_reproduce_sine_quick_writes_table_figures_and_strict_json(tmp_path, capsys):
+    path = tmp_path / "sine.json"
+    args = ["reproduce", "sine", "--quick", "--no-progress", "--json", str(path)]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Sine regression, 300 points, the 200 central ones erased" in out
+    assert "KL in gap" in out and "L-BUN λ_L=1: " in out  # the exact division fails, reported
+    results = json.loads(path.read_text(), parse_constant=_reject_constant)
+    rows = {(r["scheme"], r["method"], r["lam"]): r for r in results["rows"]}
+    full = rows[("laplace-ggn_diag", "full", None)]["kl_gap"]
+    assert rows[("laplace-ggn_diag", "lbun", 100.0)]["kl_gap"] < full
+    assert rows[("laplace-ggn_diag", "lbun", 1.0)]["kl_gap"] is None
+    for scheme in ("laplace-ggn_diag", "vi"):
+        assert (tmp_path / f"sine_{scheme}.png").stat().st_size > 10_000

@@ -481,12 +481,12 @@ def _checked(
     ok = int(torch.linalg.cholesky_ex(precision)[1]) == 0 if dense else smallest > 0
     if ok and math.isfinite(smallest):
         return precision, smallest, 0, None
-    name = "eigenvalue" if dense else "diagonal entry"
+    name, names = ("eigenvalue", "eigenvalues") if dense else ("diagonal entry", "diagonal entries")
     if repair is None:
         raise NotNormalizableError(
             f"the unlearned precision Λ̃ = Λ_D − H_e(θ*) ({what}) is not positive definite "
             f"(smallest {name} {smallest:.3g}): q(θ|D)/p(D_e|θ) has no Laplace approximation; "
-            f"{_CAUSE} Pass repair='clip' to clip the {name}s to a floor (not a fix: the result "
+            f"{_CAUSE} Pass repair='clip' to clip the {names} to a floor (not a fix: the result "
             "is then no longer the division)"
         )
     if floor is None:  # relative to q(θ|D)'s own scale
@@ -502,8 +502,9 @@ def _checked(
     count = int(clipped.sum())
     warnings.warn(
         f"L-BUN: Λ̃ = Λ_D − H_e(θ*) was not positive definite (smallest {name} {smallest:.3g}); "
-        f"repair='clip' raised {count} {name}(s) to the floor {floor:.3g}. The returned guide is "
-        "a repaired stand-in, NOT q(θ|D)/p(D_e|θ): the erased data may never have been in q(θ|D)",
+        f"repair='clip' raised {count} {names if count != 1 else name} to the floor "
+        f"{floor:.3g}. The returned guide is a repaired stand-in, NOT q(θ|D)/p(D_e|θ): the "
+        "erased data may never have been in q(θ|D)",
         UserWarning,
         stacklevel=3,
     )

@@ -1,0 +1,510 @@
+"""1-D sine regression with a Bayesian neural network: Laplace (L-BUN) against variational (EUBO,
+rKL) unlearning (EXPERIMENTS.md §8; the L-BUN paper's Sec. 3, Figs. 1–2).
+
+300 noisy points of y = sin(4x) on [−1, 1] (σ = 0.1); the 200 central points are deleted, so
+D_r is two clusters of 50 with a gap between them. The network (:class:`SineNet`) has one hidden
+layer of 50 tanh units, a zero-mean N(0, 1) prior on every weight and the known noise 0.1; all
+posteriors are diagonal Gaussians (``AutoDiagonalNormal``), as in the paper:
+
+* **Laplace** on D and on D_r (:func:`laplace_posterior`): the MAP by L-BFGS from a seeded
+  random start, and the precision 1/s² + diag H of −log p(D|θ) at the MAP, H the Hessian
+  (``"diag"``, from Hessian-vector products) or the generalised Gauss–Newton (``"ggn_diag"``).
+  Unlearned by L-BUN, ``pu.laplace_unlearn``, over a λ_L sweep.
+* **Mean-field VI** on D and on D_r (:func:`vi_posterior`): ``Trace_ELBO`` from the Laplace MAP
+  of the same data, a small initial scale. Unlearned by ``pu.forget`` with the EUBO and the rKL
+  ("V-BUN") over a λ sweep, each run from q(θ|D).
+
+The metric compares each posterior's predictive with the one *retrained* on D_r by the same
+inference scheme. Predictives are Gaussians N(m(x), v(x)): for Laplace the linearised (GLM)
+predictive (Monte-Carlo draws from a diagonal Laplace posterior of a network put a predictive sd
+of 2–3 everywhere on this data: useless), for VI moment-matched Monte-Carlo network draws, each
+plus the noise variance; ``kl_gap`` is the mean of KL[retrained ‖ unlearned]
+over the test grid inside the gap (the deleted region), ``rmse_gap`` the RMS difference of the
+means there, and ``kl_remaining`` the mean KL at D_r's inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoDiagonalNormal, init_to_value
+from pyro.nn import PyroModule, PyroSample
+from tqdm import tqdm
+
+import pyro_unlearn as pu
+
+from ..datasets import SineData, sine
+from ..exact import NotNormalizableError
+from ..infer.laplace import _ErasedLogLikelihood, _func, _ggn, _hessian_diagonal, _read_gaussian
+from ..infer.laplace import _gaussian_guide as _buffered_gaussian
+from . import json_safe
+
+__all__ = [
+    "LAPLACE_LAMBDAS",
+    "QUICK",
+    "VI_LAMBDAS",
+    "SineNet",
+    "curve_key",
+    "laplace_posterior",
+    "linearized_moments",
+    "map_estimate",
+    "plot_predictives",
+    "predictive_moments",
+    "run",
+    "vi_posterior",
+]
+
+#: λ_L of L-BUN: the weight of log q(θ|D) in the search for θ*. Below ~30 the objective has no
+#: maximum on this network (the diagonal Λ_D is outweighed by the erased data's correlated
+#: curvature) or Λ̃ is not positive definite: the sweep shows where it breaks.
+LAPLACE_LAMBDAS = (100.0, 30.0, 10.0, 1.0)
+#: λ of the EUBO and rKL (the adjusted likelihood's threshold).
+VI_LAMBDAS = (1e-3, 1e-9, 0.0)
+#: Settings of ``--quick`` and of the tutorial's smoke mode.
+QUICK = dict(
+    curvatures=("ggn_diag",),
+    laplace_lambdas=(100.0, 1.0),
+    vi_lambdas=(1e-9, 0.0),
+    map_steps=500,
+    lbun_steps=100,
+    vi_steps=300,
+    unlearn_steps=150,
+    num_particles=8,
+    rkl_particles=64,
+    num_samples=200,
+)
+
+
+class SineNet(PyroModule):
+    """f(x) = w₂ᵀ tanh(W₁ x + b₁) + b₂, every weight ~ N(0, ``prior_scale``²), and
+    y ~ N(f(x), ``noise_scale``²) in the plate ``"data"``.
+
+    The latents ``w1`` (H, 1), ``b1`` (H,), ``w2`` (H,), ``b2`` () may carry batch dimensions
+    on their left, ending in the data plate's slot (Pyro's vectorised particles: (S, 1)), and
+    the forward pass broadcasts over them. The prior
+    follows the module's device and dtype (a buffer), so ``SineNet().to(device)`` is all.
+
+    Example::
+
+        >>> net = SineNet(hidden=3)
+        >>> with pyro.poutine.trace() as tr:
+        ...     f = net(torch.zeros(5, 1))
+        >>> f.shape, tr.trace.nodes["w1"]["value"].shape
+        (torch.Size([5]), torch.Size([3, 1]))
+    """
+
+    def __init__(self, hidden: int = 50, prior_scale: float = 1.0, noise_scale: float = 0.1):
+        super().__init__()
+        self.hidden, self.prior_scale, self.noise_scale = hidden, prior_scale, noise_scale
+        self.register_buffer("zero", torch.zeros(()))
+        self.w1 = PyroSample(lambda net: net._prior(net.hidden, 1))
+        self.b1 = PyroSample(lambda net: net._prior(net.hidden))
+        self.w2 = PyroSample(lambda net: net._prior(net.hidden))
+        self.b2 = PyroSample(lambda net: net._prior())
+
+    def _prior(self, *shape: int) -> dist.Distribution:
+        return dist.Normal(self.zero, self.prior_scale).expand(shape).to_event(len(shape))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        w1, b1, w2, b2 = self.w1, self.b1, self.w2, self.b2
+        # Pyro's convention: the latents' batch dims end with a slot (size 1) for each plate
+        # inside, so the data dim of x (N, 1, D) lines up with the latents' rightmost one.
+        h = torch.tanh((x.unsqueeze(-2) * w1).sum(-1) + b1)  # (..., N, H)
+        f = (h * w2).sum(-1) + b2  # (..., N)
+        with pyro.plate("data", x.shape[-2]):
+            pyro.sample("y", dist.Normal(f, self.noise_scale), obs=y)
+        return f
+
+
+# -- posteriors on D and on D_r ------------------------------------------------------------------
+def map_estimate(
+    net: SineNet, x: torch.Tensor, y: torch.Tensor, steps: int = 1000, seed: int = 0
+) -> torch.Tensor:
+    """θ_MAP (flat, unconstrained: the AutoDiagonalNormal layout) by L-BFGS on
+    −log p(y|θ) − log p(θ) from θ₀ ~ N(0, 1) (seeded)."""
+    q = _layout(net, x, y)
+    loglik = _ErasedLogLikelihood(net, q, (x, y), {}, erased=None, plate=None)
+    prior_precision = net.prior_scale**-2
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(q.loc.shape, generator=g, dtype=torch.float64)
+    theta = theta.to(q.loc).requires_grad_(True)
+    optim = torch.optim.LBFGS(
+        [theta], max_iter=steps, tolerance_grad=1e-7, history_size=50, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        with torch.no_grad():
+            gradient, value = _func(torch.func.grad_and_value(loglik), theta.detach())
+        theta.grad = prior_precision * theta.detach() - gradient
+        return 0.5 * prior_precision * theta.detach().square().sum() - value
+
+    optim.step(closure)
+    return theta.detach()
+
+
+def laplace_posterior(
+    net: SineNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    curvature: str = "ggn_diag",
+    theta_map: torch.Tensor | None = None,
+    steps: int = 1000,
+    seed: int = 0,
+) -> AutoDiagonalNormal:
+    """A diagonal Laplace approximation N(θ_MAP, diag(1/s² + h)⁻¹) of p(θ|x, y), h the diagonal
+    of the Hessian (``"diag"``, from Hessian-vector products) or of the generalised Gauss–Newton
+    (``"ggn_diag"``) of −log p(y|θ) at θ_MAP (:func:`map_estimate` unless ``theta_map`` is
+    given); neither forms a P×P matrix. The guide holds its parameters as buffers (as Pyro's
+    ``laplace_approximation()`` does), so it never touches the param store.
+
+    Example::
+
+        >>> from pyro_unlearn.datasets import sine
+        >>> data, net = sine(num_data=20, num_erased=10), SineNet(hidden=4)
+        >>> guide = laplace_posterior(net, data.x, data.y, "ggn_diag", steps=50)
+        >>> guide.loc.shape, bool((guide.scale > 0).all())
+        (torch.Size([13]), True)
+    """
+    if curvature not in ("diag", "ggn_diag"):
+        raise ValueError(f"curvature must be 'diag' or 'ggn_diag', got {curvature!r}")
+    q = _layout(net, x, y)
+    theta = map_estimate(net, x, y, steps, seed) if theta_map is None else theta_map
+    loglik = _ErasedLogLikelihood(net, q, (x, y), {}, erased=None, plate=None)
+    with torch.no_grad():
+        if curvature == "diag":
+            h = -_hessian_diagonal(loglik, theta, None, 64)
+        else:
+            h = _ggn(loglik, theta, True, 64)
+        precision = net.prior_scale**-2 + h
+        if not bool((precision > 0).all()):
+            raise NotNormalizableError(
+                f"the Laplace precision has {int((precision <= 0).sum())} non-positive entries "
+                f"at θ_MAP (curvature={curvature!r}): the MAP search did not reach a minimum; "
+                "use curvature='ggn_diag', which is positive by construction"
+            )
+        return _buffered_gaussian(q, theta, precision, (x, y), {})
+
+
+def vi_posterior(
+    net: SineNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    init: torch.Tensor,
+    steps: int = 4000,
+    lr: float = 0.01,
+    num_particles: int = 16,
+    init_scale: float = 0.01,
+    progress: bool = False,
+    desc: str = "VI",
+) -> AutoDiagonalNormal:
+    """Mean-field VI: an ``AutoDiagonalNormal`` trained by ``Trace_ELBO`` (vectorised particles,
+    ClippedAdam with the learning rate decaying tenfold), its mean started at ``init`` (flat θ,
+    e.g. the Laplace MAP of the same data)."""
+    q = _layout(net, x, y)
+    values = {s.name: s.transform(init[s.start : s.stop].reshape(s.shape)) for s in q.sites}
+    guide = AutoDiagonalNormal(net, init_loc_fn=init_to_value(values=values), init_scale=init_scale)
+    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps)})
+    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    svi = SVI(net, guide, optim, elbo)
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        svi.step(x, y)
+    return guide
+
+
+def _layout(net: SineNet, x: torch.Tensor, y: torch.Tensor):
+    """The flat unconstrained layout of ``net``'s latents (an untrained AutoDiagonalNormal's,
+    read in a scope of its own: its parameters never reach the param store)."""
+    with pyro.get_param_store().scope():
+        guide = AutoDiagonalNormal(net)
+        guide._setup_prototype(x, y)
+        return _read_gaussian(guide)
+
+
+# -- predictives and their comparison -----------------------------------------------------------
+def predictive_moments(
+    net: SineNet, guide, x: torch.Tensor, num_samples: int = 1000, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of the Monte-Carlo predictive p(y|x) = E_q N(y | f_θ(x), σ²):
+    ``num_samples`` draws of θ ~ q through the network at once (a vectorised particle plate),
+    moment-matched. The predictive of VI."""
+    with torch.no_grad(), pyro.plate("samples", num_samples, dim=-2):
+        pyro.set_rng_seed(seed)
+        trace = pyro.poutine.trace(guide).get_trace(x)
+        f = pyro.poutine.replay(net, trace=trace)(x)  # (S, N)
+    return f.mean(0), f.var(0) + net.noise_scale**2
+
+
+def linearized_moments(net: SineNet, guide: AutoDiagonalNormal, x: torch.Tensor):
+    """Mean and variance of the linearised (GLM) predictive of a Laplace posterior N(μ, diag s²):
+    f(x) ≈ f_μ(x) + J(x)(θ − μ), so N(f_μ(x), Σ_p J_p(x)² s_p² + σ²), J by ``torch.func.jacrev``.
+    The predictive a Laplace approximation is meant for (Immer et al., 2021): Monte-Carlo
+    draws from a diagonal Laplace posterior of a network underfit badly."""
+    dummy = x.new_zeros(x.shape[-2])  # observed, so that f draws no random numbers
+    q = _layout(net, x, dummy)
+
+    def f(theta):
+        values = {s.name: s.transform(theta[s.start : s.stop].reshape(s.shape)) for s in q.sites}
+        return pyro.poutine.condition(net, data=values)(x, dummy)
+
+    with torch.no_grad(), pyro.validation_enabled(False):
+        loc, scale = guide.loc.detach(), guide.scale.detach()
+        mean, jacobian = f(loc), torch.func.jacrev(f)(loc)  # (N,), (N, P)
+    return mean, (jacobian * scale).square().sum(-1) + net.noise_scale**2
+
+
+def _gaussian_kl(m_p, v_p, m_q, v_q) -> torch.Tensor:
+    """KL[N(m_p, v_p) ‖ N(m_q, v_q)], elementwise."""
+    return 0.5 * (torch.log(v_q / v_p) + (v_p + (m_p - m_q) ** 2) / v_q - 1)
+
+
+def _compare(moments, reference, gap_mask, n_grid) -> dict[str, float]:
+    m, v = moments
+    m_r, v_r = reference
+    kl = _gaussian_kl(m_r, v_r, m, v)
+    grid, train = kl[:n_grid], kl[n_grid:]
+    return {
+        "kl_gap": float(grid[gap_mask].mean()),
+        "rmse_gap": float((m - m_r)[:n_grid][gap_mask].square().mean().sqrt()),
+        "kl_remaining": float(train.mean()),
+    }
+
+
+def _lbun(net, full, x, y, erased, lam: float, curvature: str, steps: int) -> tuple:
+    """L-BUN at one λ_L as the study records it: the guide (None on failure) and the outcome,
+    ``failed`` (the NotNormalizableError's message), ``repaired`` (a retry with
+    ``repair="clip"`` succeeded: a stand-in, not the division), ``warnings`` (their messages,
+    e.g. L-BFGS short of a stationary point) and ``converged``."""
+    kwargs = dict(erased=erased, plate="data", lam=lam, curvature=curvature, steps=steps)
+    outcome = dict(failed=None, repaired=False, converged=False, warnings=[])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = pu.laplace_unlearn(net, full, x, y, **kwargs)
+        except NotNormalizableError as error:
+            outcome["failed"] = str(error)
+            try:
+                result = pu.laplace_unlearn(net, full, x, y, repair="clip", **kwargs)
+            except NotNormalizableError:
+                result = None
+    outcome["warnings"] = [str(w.message) for w in caught]
+    if result is None:
+        return None, outcome
+    outcome.update(repaired=result.repaired, converged=result.converged)
+    return result.guide, outcome
+
+
+def curve_key(scheme: str, method: str, lam: float | None) -> str:
+    """The key of a predictive in ``run(...)["curves"]``: "scheme/method" or "scheme/method/λ"."""
+    if lam is None or math.isnan(lam):
+        return f"{scheme}/{method}"
+    return f"{scheme}/{method}/{lam:g}"
+
+
+# -- the study ----------------------------------------------------------------------------------
+def run(
+    *,
+    data: SineData | None = None,
+    laplace_lambdas: Sequence[float] = LAPLACE_LAMBDAS,
+    vi_lambdas: Sequence[float] = VI_LAMBDAS,
+    curvatures: Sequence[str] = ("diag", "ggn_diag"),
+    map_steps: int = 1000,
+    lbun_steps: int = 200,
+    vi: bool = True,
+    vi_steps: int = 4000,
+    unlearn_steps: int = 1000,
+    num_particles: int = 16,
+    rkl_particles: int = 256,
+    lr: float = 0.005,
+    num_samples: int = 1000,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fit Laplace (each curvature) and mean-field VI on D and on D_r, unlearn D_e with L-BUN
+    over ``laplace_lambdas`` and with the EUBO and rKL over ``vi_lambdas``, and compare every
+    predictive with the retrained one of its scheme.
+
+    Returns ``{"rows": [...], "curves": {...}, "data": {...}, "settings": {...}}``: per row the
+    ``scheme`` ("laplace-diag", "laplace-ggn_diag", "vi"), ``method`` ("full", "retrained",
+    "lbun", "eubo", "rkl"), ``lam``, ``kl_gap``, ``rmse_gap``, ``kl_remaining``, ``seconds``,
+    ``failed`` (the error's message, or None) and, for L-BUN, ``repaired``; ``curves`` holds
+    each row's predictive mean and sd on the test grid, keyed by :func:`curve_key`. NaN
+    (no λ, or no number for a failed run) is ``None``, so the result is strict JSON.
+    """
+    data = data or sine(seed=seed, device=device)
+    x, y, erased, keep = data.x, data.y, data.erased, data.remaining
+    net = SineNet(noise_scale=data.noise_scale).to(device=x.device, dtype=x.dtype)
+    lo, hi = data.gap
+    grid = data.x_test
+    gap_mask = (grid[:, 0] >= lo) & (grid[:, 0] <= hi)
+    inputs = torch.cat([grid, x[keep]])  # where predictives are compared
+    n_grid = len(grid)
+    rows, curves = [], {}
+
+    def predict(scheme, guide):
+        if scheme == "vi":
+            return predictive_moments(net, guide, inputs, num_samples, seed)
+        return linearized_moments(net, guide, inputs)
+
+    def record(scheme, method, lam, guide, reference, seconds, failed=None, **extra):
+        row = dict(scheme=scheme, method=method, lam=lam, seconds=seconds, failed=failed, **extra)
+        if guide is None:
+            row.update(kl_gap=math.nan, rmse_gap=math.nan, kl_remaining=math.nan)
+        else:
+            moments = predict(scheme, guide)
+            row.update(_compare(moments, reference or moments, gap_mask, n_grid))
+            m, v = (t[:n_grid] for t in moments)
+            curves[curve_key(scheme, method, lam)] = {"mean": m.tolist(), "sd": v.sqrt().tolist()}
+        rows.append(row)
+        return row
+
+    bar = tqdm(
+        total=len(curvatures) * (2 + len(laplace_lambdas)) + vi * (2 + 2 * len(vi_lambdas)),
+        desc="sine study",
+        disable=not progress,
+    )
+
+    def fitted(fit, *a, **kw):
+        start = time.perf_counter()
+        guide = fit(*a, **kw)
+        bar.update()
+        return guide, time.perf_counter() - start
+
+    start = time.perf_counter()
+    maps = {"D": map_estimate(net, x, y, map_steps, seed)}
+    t_map = time.perf_counter() - start
+    start = time.perf_counter()
+    maps["D_r"] = map_estimate(net, x[keep], y[keep], map_steps, seed)
+    t_map_r = time.perf_counter() - start
+    for curvature in curvatures:
+        scheme = f"laplace-{curvature}"
+        full, t_full = fitted(laplace_posterior, net, x, y, curvature, maps["D"])
+        ret, t_ret = fitted(laplace_posterior, net, x[keep], y[keep], curvature, maps["D_r"])
+        t_full, t_ret = t_full + t_map, t_ret + t_map_r
+        reference = predict(scheme, ret)
+        record(scheme, "retrained", math.nan, ret, reference, t_ret)
+        record(scheme, "full", math.nan, full, reference, t_full)
+        for lam in laplace_lambdas:
+            start = time.perf_counter()
+            guide, outcome = _lbun(net, full, x, y, erased, lam, curvature, lbun_steps)
+            seconds = time.perf_counter() - start
+            record(scheme, "lbun", lam, guide, reference, seconds, **outcome)
+            bar.update()
+
+    if vi:  # mean-field VI, started at the Laplace MAP of the same data
+        pyro.clear_param_store()
+        with pyro.get_param_store().scope():  # the retrained guide's params stay apart
+            pyro.set_rng_seed(seed)
+            ret, t_ret = fitted(
+                vi_posterior, net, x[keep], y[keep], maps["D_r"], vi_steps,
+                num_particles=num_particles, progress=progress, desc="VI on D_r",
+            )  # fmt: skip
+            reference = predict("vi", ret)
+            record("vi", "retrained", math.nan, ret, reference, t_ret)
+        pyro.set_rng_seed(seed)
+        full, t_full = fitted(
+            vi_posterior, net, x, y, maps["D"], vi_steps,
+            num_particles=num_particles, progress=progress, desc="VI on D",
+        )  # fmt: skip
+        record("vi", "full", math.nan, full, reference, t_full)
+        posterior = pu.freeze(full, x, y)
+        for method in ("eubo", "rkl"):
+            for lam in vi_lambdas:
+                pyro.set_rng_seed(seed)
+                result = pu.forget(
+                    net, full, x, y, erased=erased, plate="data", method=method, lam=lam,
+                    posterior=posterior, lr=lr, num_steps=unlearn_steps, window=unlearn_steps,
+                    num_particles=num_particles if method == "eubo" else rkl_particles,
+                    progress=False, max_plate_nesting=1,
+                )  # fmt: skip
+                record("vi", method, lam, full, reference, result.seconds)
+                bar.update()
+        posterior.restore(full)
+    bar.close()
+    return {
+        "rows": [{k: json_safe(v) for k, v in row.items()} for row in rows],
+        "curves": curves,
+        "data": {
+            "x": x[:, 0].tolist(),
+            "y": y.tolist(),
+            "erased": erased.tolist(),
+            "grid": grid[:, 0].tolist(),
+            "gap": [lo, hi],
+        },
+        "settings": {
+            "num_data": len(y),
+            "num_erased": len(erased),
+            "hidden": net.hidden,
+            "prior_scale": net.prior_scale,
+            "noise_scale": net.noise_scale,
+            "map_steps": map_steps,
+            "vi_steps": vi_steps,
+            "unlearn_steps": unlearn_steps,
+            "num_particles": num_particles,
+            "lr": lr,
+            "num_samples": num_samples,
+            "seed": seed,
+            "device": str(x.device),
+            "dtype": str(x.dtype),
+        },
+    }
+
+
+def plot_predictives(
+    results: dict, scheme: str, methods: Sequence[tuple[str, float]] | None = None
+):
+    """Predictive mean ± 2 sd on the test grid, one panel per (method, λ) of ``scheme``, with the
+    retrained predictive dashed in every panel and D_e in grey."""
+    import matplotlib.pyplot as plt
+
+    curves, d = results["curves"], results["data"]
+    if methods is None:
+        methods = [
+            (r["method"], r["lam"])
+            for r in results["rows"]
+            if r["scheme"] == scheme and r["method"] != "retrained"
+        ]
+    keys = [curve_key(scheme, m, lam) for m, lam in methods]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), sharey=True, squeeze=False)
+    x, y = torch.tensor(d["x"]), torch.tensor(d["y"])
+    erased = torch.zeros(len(x), dtype=torch.bool)
+    erased[d["erased"]] = True
+    grid = d["grid"]
+    ref = curves.get(curve_key(scheme, "retrained", None))
+    for ax, key, (method, lam) in zip(axes[0], keys, methods, strict=True):
+        ax.scatter(x[erased], y[erased], s=4, c="0.75", label="D_e")
+        ax.scatter(x[~erased], y[~erased], s=4, c="k", label="D_r")
+        if ref is not None:
+            m, s = torch.tensor(ref["mean"]), torch.tensor(ref["sd"])
+            ax.plot(grid, m, "--", c="tab:orange", lw=1, label="retrained")
+            ax.plot(grid, m + 2 * s, ":", c="tab:orange", lw=1)
+            ax.plot(grid, m - 2 * s, ":", c="tab:orange", lw=1)
+        if key in curves:
+            m, s = torch.tensor(curves[key]["mean"]), torch.tensor(curves[key]["sd"])
+            ax.plot(grid, m, c="tab:blue", lw=1.5)
+            ax.fill_between(grid, m - 2 * s, m + 2 * s, color="tab:blue", alpha=0.25)
+        else:
+            ax.text(0.5, 0.5, "failed", transform=ax.transAxes, ha="center")
+        title = method if lam is None or math.isnan(lam) else f"{method}, λ={lam:g}"
+        if (
+            method == "lbun"
+            and key in curves
+            and any(
+                r["repaired"] for r in results["rows"] if curve_key(scheme, method, r["lam"]) == key
+            )
+        ):
+            title += " (repaired)"
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(-3, 3)
+        ax.set_xlabel("x")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"sine, {scheme}: predictive mean ± 2 sd", fontsize=10)
+    fig.tight_layout()
+    return fig
