@@ -5,12 +5,15 @@ from .forget import ForgetResult, forget
 from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
 from .infer import (
+    IndefiniteHessianError,
+    InfluenceUnlearnResult,
     LaplaceUnlearnResult,
     LowESSWarning,
     MCMCUnlearnResult,
     ReverseKL,
     Trace_EUBO,
     adjusted_log_likelihood,
+    influence_unlearn,
     laplace_unlearn,
     mcmc_unlearn,
 )
@@ -26,6 +29,8 @@ __all__ = [
     "AutoZukoFlow",
     "ForgetResult",
     "FrozenPosterior",
+    "IndefiniteHessianError",
+    "InfluenceUnlearnResult",
     "LaplaceUnlearnResult",
     "LowESSWarning",
     "MCMCUnlearnResult",
@@ -40,6 +45,7 @@ __all__ = [
     "exact",
     "forget",
     "freeze",
+    "influence_unlearn",
     "lambda_sweep",
     "laplace_unlearn",
     "mcmc_unlearn",

@@ -3,11 +3,14 @@
 from .adjusted_likelihood import adjusted_log_likelihood
 from .base import UnlearningLoss
 from .eubo import Trace_EUBO
+from .influence import IndefiniteHessianError, InfluenceUnlearnResult, influence_unlearn
 from .laplace import LaplaceUnlearnResult, laplace_unlearn
 from .mcmc import LowESSWarning, MCMCUnlearnResult, mcmc_unlearn
 from .reverse_kl import ReverseKL, effective_sample_size
 
 __all__ = [
+    "IndefiniteHessianError",
+    "InfluenceUnlearnResult",
     "LaplaceUnlearnResult",
     "LowESSWarning",
     "MCMCUnlearnResult",
@@ -16,6 +19,7 @@ __all__ = [
     "UnlearningLoss",
     "adjusted_log_likelihood",
     "effective_sample_size",
+    "influence_unlearn",
     "laplace_unlearn",
     "mcmc_unlearn",
 ]
