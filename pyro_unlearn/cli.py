@@ -57,6 +57,9 @@ _MOONS_COLUMNS = {
     "seconds": "seconds",
     "steps": "steps",
     "ess": "rKL ESS",
+    "mia_accuracy": "MIA acc",
+    "mia_auc": "MIA AUC",
+    "mia_population_auc": "MIA AUC (pop.)",
 }
 
 
@@ -111,6 +114,13 @@ def _report_moons(results: dict, out: Path, device: torch.device) -> None:
                 "lr 1e-3, 1000 u-samples per step, KL averaged over 10 × 100 u-samples"
             )
         print(_table(shown, _MOONS_COLUMNS))
+        mia = results.get("mia", {}).get(name, {}).get("retrained")
+        if mia:
+            print(
+                f"  membership inference on D_e (0.5 = chance), retrained: accuracy "
+                f"{mia['mia_accuracy']:.3f}, AUC {mia['mia_auc']:.3f} (matched non-members), "
+                f"AUC {mia['mia_population_auc']:.3f} (population)"
+            )
         fig = experiment.plot_kl(
             rows, title=f"Moons, {scenario} erasure ({name})", authors=bool(authors)
         )
@@ -173,7 +183,13 @@ def reproduce_banknote(args: argparse.Namespace) -> dict:
     results = experiment.run(
         seed=args.seed, device=device, progress=not args.no_progress, **settings
     )
-    print(f"Banknote logistic regression, 412 of 1372 points erased; device {device}")
+    s = results["settings"]
+    print(
+        f"Banknote logistic regression, {s.get('num_erased', 412)} of {s.get('num_data', 1372)} "
+        f"points erased; device {device}"
+    )
+    if results.get("mia", {}).get("note"):
+        print(f"membership inference: {results['mia']['note']}")
     for guide, fit in results["training"].items():
         rows = [r for r in results["rows"] if r["guide"] == guide]
         floor = results["noise_floor"][guide]
@@ -196,6 +212,8 @@ def reproduce_banknote(args: argparse.Namespace) -> dict:
                     "seconds": "seconds",
                     "steps": "steps",
                     "ess": "rKL ESS",
+                    "mia_accuracy": "MIA acc",
+                    "mia_auc": "MIA AUC",
                 },
             )
         )
@@ -286,6 +304,8 @@ def reproduce_flights(args: argparse.Namespace) -> dict:
                     "seconds": "seconds",
                     "steps": "steps",
                     "ess": "rKL ESS",
+                    "mia_accuracy": "MIA acc",
+                    "mia_auc": "MIA AUC",
                 },
             )
         )

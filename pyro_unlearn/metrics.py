@@ -7,7 +7,11 @@
   KL[q_retrained(y|x) ‖ q_unlearned(y|x)] per data point; :func:`accuracy`,
   :func:`log_predictive_density` and :func:`mean_and_std`;
 - :func:`to_inference_data`: ArviZ ``InferenceData`` of several posteriors, for ``az.summary``
-  and ``az.plot_forest``.
+  and ``az.plot_forest``;
+- membership inference: :func:`per_example_loss` (−log of the Monte-Carlo predictive of each
+  example), :func:`membership_attack` (loss-threshold and logistic-regression attacks on two
+  groups of losses, cross-validated; works on any network's losses) and
+  :func:`membership_inference` (both, for several posteriors of one model).
 
 A posterior is anything usable as a Pyro guide: a live AutoGuide, a guide function or a
 :class:`~pyro_unlearn.posterior.FrozenPosterior`. Two *live* AutoGuides of the same class share
@@ -19,9 +23,11 @@ with θ-samples vectorised by a plate outside the model's plates, on the tensors
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -44,12 +50,16 @@ if TYPE_CHECKING:
     import arviz
 
 __all__ = [
+    "MembershipAttack",
     "accuracy",
     "gaussian_kl",
     "guide_moments",
     "log_predictive_density",
     "mean_and_std",
+    "membership_attack",
+    "membership_inference",
     "param_kl",
+    "per_example_loss",
     "predictive_distribution",
     "predictive_kl",
     "to_inference_data",
@@ -191,6 +201,8 @@ class _PredictiveSite:
         self.base = base
         self.value = node["value"] if node["is_observed"] else None
         self.site = site
+        self.fn = fn  # the wrapped per-θ distribution: per-example (joint over event dims)
+        self.event_dims = len(fn.event_shape)
 
     def _full(self, param: torch.Tensor, extra: tuple[int, ...] = ()) -> torch.Tensor:
         return param.expand(self.shape + extra)
@@ -585,4 +597,322 @@ def to_inference_data(
                 value = value.expand(num_samples, *shape)
             draws[site_name] = value.reshape(1, num_samples, *shape).cpu().numpy()
         out[name] = az.from_dict(posterior=draws)
+    return out
+
+
+# -- membership inference ------------------------------------------------------------------------
+def per_example_loss(
+    model: Callable[..., Any],
+    posterior: Callable[..., Any],
+    *args: Any,
+    site: str = "y",
+    num_samples: int = 100,
+    **kwargs: Any,
+) -> torch.Tensor:
+    r"""The negative log predictive density of every example of the observed site ``site``:
+
+    .. math:: ℓ_n = −\log \frac1S \sum_{s=1}^S p(y_n|x_n, θ_s)
+              = −\mathrm{logsumexp}_s \log p(y_n|x_n, θ_s) + \log S, \qquad θ_s \sim q(θ)
+
+    with S = ``num_samples`` θ-samples in one plate (as :func:`predictive_distribution`), without
+    gradients. An example is one entry of the site's batch shape: reinterpreted event dims
+    (``to_event``) are scored jointly, unlike :func:`log_predictive_density`, which splits them
+    into points. Any site distribution with a ``log_prob`` works. The model must be called with
+    its observations (``ValueError`` otherwise). Returns a tensor of the site's batch shape.
+
+    Example::
+
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> def model(y=None):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        ...     with pyro.plate("data", 2):
+        ...         return pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> def guide(y=None):  # θ is a point mass at mu = 0: ℓ = ½ y² + ½ log 2π
+        ...     pyro.sample("mu", dist.Delta(torch.tensor(0.0)))
+        >>> per_example_loss(model, guide, torch.tensor([0.0, 2.0]), num_samples=1)
+        tensor([0.9189, 2.9189])
+    """
+    return _loss_and_entropy(model, posterior, args, kwargs, site, num_samples, entropy=False)[0]
+
+
+def _loss_and_entropy(
+    model, posterior, args, kwargs, site: str, num_samples: int, entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ℓ_n (:func:`per_example_loss`) and, with ``entropy``, the entropy of each example's
+    Monte-Carlo predictive (summed over event dims), from the same θ-samples."""
+    found = _PredictiveSite(model, posterior, args, kwargs, site, num_samples)
+    observed = found.observed("per_example_loss")
+    batch = found.shape[: len(found.shape) - found.event_dims]
+    with torch.no_grad():
+        log_p = found.fn.log_prob(observed.unsqueeze(found.sample_dim)).expand(batch)
+        loss = math.log(num_samples) - torch.logsumexp(log_p, dim=found.sample_dim)
+        if not entropy:
+            return loss, None
+        found.check_supported()
+        if isinstance(found.base, torch.distributions.Normal):
+            raise TypeError(
+                f"the predictive entropy feature needs a Bernoulli or Categorical site; {site!r} "
+                "is a Normal (its Monte-Carlo predictive is a mixture without a closed-form "
+                "entropy): pass entropy=False, or extra features to membership_attack"
+            )
+        h = found.predictive().entropy()
+        if found.event_dims:
+            h = h.sum(tuple(range(-found.event_dims, 0)))
+    return loss, h
+
+
+@dataclass(frozen=True)
+class MembershipAttack:
+    """What :func:`membership_attack` returns: how well an attacker tells members (examples the
+    model was trained on) from non-members by their losses. 0.5 (accuracy and AUC) is chance:
+    nothing to tell; 1 is a perfect attack. An AUC below 0.5 means the members have *higher*
+    losses than the non-members (e.g. an over-unlearned model); the threshold attack, which
+    learns its direction, then scores above 0.5 again.
+
+    Attributes:
+        threshold_accuracy: cross-validated accuracy of the loss-threshold attack.
+        threshold_auc: AUC of the score −loss for "member" over all examples (the
+            Mann–Whitney statistic; threshold-free, nothing fitted).
+        logistic_accuracy: cross-validated accuracy of logistic regression on the features.
+        logistic_auc: its cross-validated AUC (mean over held-out folds).
+        num_members, num_nonmembers: the group sizes given.
+        num_balanced: examples per group in each balanced subsample (the smaller group's size).
+        folds, repeats: the cross-validation's folds and its repeats over subsamples.
+    """
+
+    threshold_accuracy: float
+    threshold_auc: float
+    logistic_accuracy: float
+    logistic_auc: float
+    num_members: int
+    num_nonmembers: int
+    num_balanced: int
+    folds: int
+    repeats: int
+
+    def columns(self, prefix: str = "mia") -> dict[str, float]:
+        """The four scores as table columns: ``{prefix}_accuracy`` and ``{prefix}_auc`` (the
+        threshold attack), ``{prefix}_logistic_accuracy`` and ``{prefix}_logistic_auc``."""
+        return {
+            f"{prefix}_accuracy": self.threshold_accuracy,
+            f"{prefix}_auc": self.threshold_auc,
+            f"{prefix}_logistic_accuracy": self.logistic_accuracy,
+            f"{prefix}_logistic_auc": self.logistic_auc,
+        }
+
+
+def _as_array(name: str, values: Any, ndim: int) -> np.ndarray:
+    """A float64 NumPy copy of ``values`` (tensor or array) with ``ndim`` dims, checked."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float64).numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if ndim == 2 and array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dim(s), got shape {tuple(array.shape)}")
+    if len(array) == 0:
+        raise ValueError(f"{name} is empty: each group needs at least one example")
+    bad = int((~np.isfinite(array)).sum())
+    if bad:
+        raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or ±inf)")
+    return array
+
+
+def _auc(member: np.ndarray, score: np.ndarray) -> float:
+    """P(score_member > score_non-member) + ½ P(tie), from average ranks (Mann–Whitney U)."""
+    from scipy.stats import rankdata
+
+    positive = member == 1
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _fit_threshold(score: np.ndarray, member: np.ndarray) -> tuple[float, float]:
+    """The threshold τ and direction d ∈ {1, −1} maximising the accuracy of "member iff
+    d·(score − τ) > 0" on these examples: every cut between distinct sorted scores, both
+    directions, at once."""
+    order = np.argsort(score, kind="stable")
+    s, m = score[order], member[order]
+    n = len(s)
+    below = np.concatenate([[0], np.cumsum(m)])  # members among the k lowest scores
+    k = np.arange(n + 1)
+    accuracy_up = ((m.sum() - below) + (k - below)) / n  # members above the cut
+    valid = np.ones(n + 1, dtype=bool)
+    valid[1:n] = s[:-1] < s[1:]  # a cut between tied scores is no threshold
+    best = np.where(valid, np.maximum(accuracy_up, 1 - accuracy_up), -1.0)
+    cut = int(np.argmax(best))
+    direction = 1.0 if accuracy_up[cut] >= 1 - accuracy_up[cut] else -1.0
+    if cut == 0:
+        return -math.inf, direction
+    if cut == n:
+        return math.inf, direction
+    return float((s[cut - 1] + s[cut]) / 2), direction
+
+
+def membership_attack(
+    member_losses: torch.Tensor | np.ndarray,
+    nonmember_losses: torch.Tensor | np.ndarray,
+    *,
+    features: tuple[Any, Any] | None = None,
+    folds: int = 5,
+    repeats: int = 1,
+    seed: int = 0,
+) -> MembershipAttack:
+    r"""Membership-inference attacks on per-example losses (members: the examples a model was
+    trained on, e.g. the erased D_e; non-members: held-out examples from the same
+    distribution). Works on plain tensors or arrays, so on any model or network.
+
+    - **Loss threshold** (Yeom et al. 2018): "member iff d·(τ − ℓ) > 0"; τ and the direction
+      d ∈ {1, −1} maximise the accuracy on the training folds and the rule is scored on the
+      held-out fold (d = −1 catches members whose losses are *higher*, e.g. after
+      over-unlearning). ``threshold_auc`` is the AUC of the score −ℓ over all examples,
+      P(ℓ_member < ℓ_non-member) + ½ P(tie) (the Mann–Whitney statistic): threshold-free.
+    - **Logistic regression** (scikit-learn's, C = 1, on features standardised by the training
+      folds' mean and sd) on the loss and the
+      optional extra ``features`` = ``(member_features, nonmember_features)``, arrays of shape
+      (n, k) or (n,) (e.g. the predictive entropy); accuracy and AUC on the held-out folds.
+
+    Both accuracies come from stratified ``folds``-fold cross-validation on a **balanced**
+    sample: the larger group is subsampled (seeded by ``seed``) to the smaller one's size, so
+    that 0.5 is chance. With ``repeats`` > 1 the subsample and the folds are drawn again and the
+    scores averaged (more of the larger group used, less split noise). Every value must be
+    finite; each group needs at least ``folds`` examples.
+
+    Example::
+
+        >>> members, nonmembers = torch.arange(10.0), torch.arange(10.0) + 20  # members: lower
+        >>> attack = membership_attack(members, nonmembers)
+        >>> attack.threshold_accuracy, attack.threshold_auc, attack.logistic_accuracy
+        (1.0, 1.0, 1.0)
+    """
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    loss_m = _as_array("member_losses", member_losses, 1)
+    loss_n = _as_array("nonmember_losses", nonmember_losses, 1)
+    columns_m, columns_n = [loss_m[:, None]], [loss_n[:, None]]
+    if features is not None:
+        if not isinstance(features, (tuple, list)) or len(features) != 2:
+            raise ValueError(
+                "features must be a pair (member_features, nonmember_features), got "
+                f"{type(features).__name__}"
+            )
+        extra_m = _as_array("member features", features[0], 2)
+        extra_n = _as_array("nonmember features", features[1], 2)
+        for name, extra, loss in (("member", extra_m, loss_m), ("nonmember", extra_n, loss_n)):
+            if len(extra) != len(loss):
+                raise ValueError(
+                    f"{name} features have {len(extra)} rows but there are {len(loss)} {name} "
+                    "losses: one row per example"
+                )
+        if extra_m.shape[1] != extra_n.shape[1]:
+            raise ValueError(
+                f"member features have {extra_m.shape[1]} columns, nonmember features "
+                f"{extra_n.shape[1]}: the same features for both groups"
+            )
+        columns_m.append(extra_m)
+        columns_n.append(extra_n)
+    x_m, x_n = np.concatenate(columns_m, 1), np.concatenate(columns_n, 1)
+    if not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be an integer of at least 2, got {folds!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    size = min(len(x_m), len(x_n))
+    if size < folds:
+        raise ValueError(
+            f"{folds}-fold cross-validation needs at least {folds} examples in each group; got "
+            f"{len(x_m)} members and {len(x_n)} non-members"
+        )
+    labels = np.concatenate([np.ones(len(loss_m)), np.zeros(len(loss_n))])
+    auc = _auc(labels, -np.concatenate([loss_m, loss_n]))
+    rng = np.random.default_rng(seed)
+    member = np.concatenate([np.ones(size), np.zeros(size)])
+    threshold_correct = logistic_correct = 0.0
+    logistic_aucs = []
+    # the inputs are checked above: scikit-learn's own validation would double each tiny fit
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        for _ in range(repeats):  # repeats of subsample and folds; each is `folds` tiny fits
+            x = np.concatenate(
+                [x_m[rng.permutation(len(x_m))[:size]], x_n[rng.permutation(len(x_n))[:size]]]
+            )
+            split = StratifiedKFold(folds, shuffle=True, random_state=int(rng.integers(2**31)))
+            for train, test in split.split(x, member):
+                tau, direction = _fit_threshold(-x[train, 0], member[train])
+                guess = direction * (-x[test, 0] - tau) > 0
+                threshold_correct += float((guess == member[test]).sum())
+                mean, sd = x[train].mean(0), x[train].std(0)
+                sd[sd == 0] = 1.0
+                attacker = LogisticRegression().fit((x[train] - mean) / sd, member[train])
+                logit = attacker.decision_function((x[test] - mean) / sd)
+                logistic_correct += float(((logit > 0) == member[test]).sum())
+                logistic_aucs.append(_auc(member[test], logit))
+    total = 2 * size * repeats
+    return MembershipAttack(
+        threshold_accuracy=threshold_correct / total,
+        threshold_auc=auc,
+        logistic_accuracy=logistic_correct / total,
+        logistic_auc=float(np.mean(logistic_aucs)),
+        num_members=len(loss_m),
+        num_nonmembers=len(loss_n),
+        num_balanced=size,
+        folds=folds,
+        repeats=repeats,
+    )
+
+
+def membership_inference(
+    model: Callable[..., Any],
+    posteriors: dict[str, Callable[..., Any]],
+    members: Sequence[Any],
+    nonmembers: Sequence[Any],
+    *,
+    site: str = "y",
+    num_samples: int = 100,
+    entropy: bool = False,
+    folds: int = 5,
+    repeats: int = 1,
+    seed: int = 0,
+) -> dict[str, MembershipAttack]:
+    """:func:`membership_attack` on each named posterior: the members' and non-members'
+    :func:`per_example_loss` under it (``members`` and ``nonmembers`` are the model's
+    arguments, e.g. ``(x_e, y_e)`` and ``(x_test, y_test)``, observations included), with the
+    entropy of each example's Monte-Carlo predictive as an extra logistic-regression feature
+    when ``entropy`` (Bernoulli and Categorical sites). For unlearning: members = D_e,
+    non-members = held-out examples from D_e's distribution; the retrained posterior's scores
+    are the target (0.5 when the two groups are alike), q(θ|D)'s the baseline.
+
+    Example::
+
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> def model(y=None):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        ...     with pyro.plate("data", len(y)):
+        ...         return pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> def at(m):
+        ...     return lambda y=None: pyro.sample("mu", dist.Delta(torch.tensor(m)))
+        >>> seen, unseen = (torch.linspace(-0.5, 0.5, 10),), (torch.linspace(3.0, 4.0, 10),)
+        >>> attacks = membership_inference(model, {"fit": at(0.0), "far": at(10.0)}, seen, unseen)
+        >>> attacks["fit"].threshold_auc, attacks["far"].threshold_auc  # far: members *worse*
+        (1.0, 0.0)
+    """
+    if not posteriors:
+        raise ValueError("posteriors is empty: give at least one {name: posterior}")
+    out = {}
+    for name, posterior in posteriors.items():
+        scored = [
+            _loss_and_entropy(model, posterior, tuple(a), {}, site, num_samples, entropy)
+            for a in (members, nonmembers)
+        ]
+        (loss_m, h_m), (loss_n, h_n) = scored
+        extra = None if not entropy else (h_m.reshape(-1), h_n.reshape(-1))
+        out[name] = membership_attack(
+            loss_m.reshape(-1),
+            loss_n.reshape(-1),
+            features=extra,
+            folds=folds,
+            repeats=repeats,
+            seed=seed,
+        )
     return out

@@ -34,6 +34,15 @@ fine-tuning and the q(u)-only retrain. Metric: the closed-form KL(q(u) ‖ q_ret
 optimum on D_r (``kl_exact``), plus test RMSE (minutes) and test NLL (nats per flight, delay in
 minutes) of the predictive ``likelihood(gp(x))``.
 
+Membership inference (not in the paper; :func:`~pyro_unlearn.metrics.membership_attack`): members
+D_e, non-members the test rows (never trained on); per-flight loss the Gaussian NLL of the
+predictive ``likelihood(gp(x))`` (:func:`per_example_nll`, standardised units) with its log
+variance as the logistic attack's extra feature. The test rows are a random 10 % of the same
+flights, so for the random erasure they are distributed as D_e; for a carrier erasure they are
+all carriers' flights (the data keep no carrier for test rows), so there the scores also measure
+how the carrier's delays differ from everyone's, not membership alone. Unlearned and retrained
+q(u) share the hyperparameters learned on D (D_e included); the from-scratch retrain does not.
+
 The λ grid: in M dimensions, log q(u|D) − log q* of a draw u ~ q(u|D) is −χ²_M/2 (−50 ± 7 for
 M = 100), so the paper's λ ≥ 1e-9 (log λ ≥ −20.7) puts almost every draw where p_adj = 1 and
 barely unlearns; the grid therefore reaches down to 1e-30 (see :data:`LAMBDAS`).
@@ -59,6 +68,7 @@ from ..contrib.gpytorch import (
 )
 from ..datasets import FlightsData, flights
 from ..forget import run_until_flat
+from ..metrics import membership_attack
 from . import json_safe
 from .machine import machine_info
 
@@ -70,7 +80,9 @@ __all__ = [
     "evaluate",
     "fit_q",
     "kl_to",
+    "mia",
     "optimal_q",
+    "per_example_nll",
     "prior_q",
     "run",
     "train_svgp",
@@ -414,14 +426,67 @@ def evaluate(gp: SVGP, likelihood, data: FlightsData, chunk_size: int = 8192) ->
     }
 
 
-def _metrics(model, likelihood, data, retrained, optimum, info) -> dict:
-    """A row's ``kl``, ``kl_exact``, ``rmse`` and ``nll``; NaN for a run that diverged."""
+@torch.no_grad()
+def per_example_nll(
+    gp: SVGP, likelihood, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """−log N(y_n | m(x_n), v(x_n)) of every row under the predictive ``likelihood(gp(x))``
+    (standardised units) and log v(x_n), each of shape (N,), computed in chunks of rows.
+
+    Example::
+
+        >>> gp, likelihood = SVGP(torch.zeros(3, 8)), gpytorch.likelihoods.GaussianLikelihood()
+        >>> nll, log_var = per_example_nll(gp, likelihood, torch.zeros(2, 8), torch.zeros(2))
+        >>> nll.shape, bool(torch.allclose(nll, 0.5 * (log_var + math.log(2 * math.pi))))
+        (torch.Size([2]), True)
+    """
+    gp.eval(), likelihood.eval()
+    nll, log_var = [], []
+    for start in range(0, len(y), chunk_size):  # chunks of rows
+        pred = likelihood(gp(x[start : start + chunk_size]))
+        var = pred.variance
+        yc = y[start : start + chunk_size]
+        nll.append(0.5 * (torch.log(2 * math.pi * var) + (yc - pred.mean).square() / var))
+        log_var.append(var.log())
+    gp.train(), likelihood.train()
+    return torch.cat(nll), torch.cat(log_var)
+
+
+def mia(
+    gp: SVGP,
+    likelihood,
+    x_e: torch.Tensor,
+    y_e: torch.Tensor,
+    data: FlightsData,
+    *,
+    repeats: int = 5,
+    seed: int = 0,
+    chunk_size: int = 8192,
+) -> dict[str, float]:
+    """Membership inference on D_e against the test rows (module docstring): the
+    :meth:`~pyro_unlearn.metrics.MembershipAttack.columns` ``mia_accuracy``, ``mia_auc``,
+    ``mia_logistic_accuracy`` and ``mia_logistic_auc``."""
+    loss_e, log_var_e = per_example_nll(gp, likelihood, x_e, y_e, chunk_size)
+    loss_t, log_var_t = per_example_nll(gp, likelihood, data.x_test, data.y_test, chunk_size)
+    attack = membership_attack(
+        loss_e, loss_t, features=(log_var_e, log_var_t), repeats=repeats, seed=seed
+    )
+    return attack.columns()
+
+
+_MIA_COLUMNS = ("mia_accuracy", "mia_auc", "mia_logistic_accuracy", "mia_logistic_auc")
+
+
+def _metrics(model, likelihood, data, retrained, optimum, info, membership) -> dict:
+    """A row's ``kl``, ``kl_exact``, ``rmse``, ``nll`` and ``mia_*`` (``membership(model)``);
+    NaN for a run that diverged."""
     if info.get("failed"):
-        return dict.fromkeys(("kl", "kl_exact", "rmse", "nll"), math.nan)
+        return dict.fromkeys(("kl", "kl_exact", "rmse", "nll", *_MIA_COLUMNS), math.nan)
     return {
         "kl": float(inducing_kl(model, retrained)),
         "kl_exact": kl_to(model, optimum),
         **evaluate(model, likelihood, data),
+        **membership(model),
     }
 
 
@@ -459,6 +524,7 @@ def run(
     rkl_samples: int = 256,
     rkl_ngd_lr: float = 0.01,
     chunk_size: int = 4096,
+    mia_repeats: int = 5,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -477,7 +543,11 @@ def run(
     q(u) from a fresh start, what the user did on D); ``finetune_seconds``, q(u) warm-started at
     q(u|D); ``retrain_q_seconds``, q(u) from the prior with the hyperparameters of D (the
     reference q_retrained of the paper's KL). ``speedup`` holds, per erasure and method, each
-    over the mean unlearning seconds."""
+    over the mean unlearning seconds.
+
+    Membership inference (module docstring; ``mia_repeats`` balanced resamples): every row's
+    ``mia_accuracy``, ``mia_auc``, ``mia_logistic_accuracy`` and ``mia_logistic_auc``, and in
+    ``references`` the same columns prefixed ``retrained_``, ``finetuned_`` and ``scratch_``."""
     data = data or flights(subset=subset, seed=seed, device=device)
     x, y = data.x_train, data.y_train
     train = dict(
@@ -504,6 +574,10 @@ def run(
         keep = torch.ones(len(y), dtype=torch.bool, device=y.device)
         keep[erased] = False
         x_e, y_e, x_r, y_r = x[erased], y[erased], x[keep], y[keep]
+
+        def membership(model, likelihood=likelihood, x_e=x_e, y_e=y_e) -> dict[str, float]:
+            return mia(model, likelihood, x_e, y_e, data, repeats=mia_repeats, seed=seed)
+
         optimum = optimal_q(gp, likelihood, x_r, y_r)
         scratch_gp, scratch_likelihood, scratch = train_svgp(
             x_r, y_r, **train, desc=f"retraining from scratch on D_r ({name})"
@@ -545,6 +619,12 @@ def run(
             "finetuned_kl_exact": kl_to(finetuned, optimum),
             **{f"retrained_{k}": v for k, v in evaluate(retrained, likelihood, data).items()},
             **{f"finetuned_{k}": v for k, v in evaluate(finetuned, likelihood, data).items()},
+            **{f"retrained_{k}": v for k, v in membership(retrained).items()},
+            **{f"finetuned_{k}": v for k, v in membership(finetuned).items()},
+            **{
+                f"scratch_{k}": v
+                for k, v in membership(scratch_gp, likelihood=scratch_likelihood).items()
+            },
         }
         base = {"guide": "svgp", "erasure": name}
         rows.append(
@@ -555,6 +635,7 @@ def run(
                 "kl": float(inducing_kl(gp, retrained)),
                 "kl_exact": kl_to(gp, optimum),
                 **full_metrics,
+                **membership(gp),
                 "seconds": 0.0,
                 "steps": 0,
                 "converged": True,
@@ -583,7 +664,7 @@ def run(
                         **base,
                         "method": method,
                         "lam": float(lam),
-                        **_metrics(model, likelihood, data, retrained, optimum, info),
+                        **_metrics(model, likelihood, data, retrained, optimum, info, membership),
                         **info,
                     }
                 )
@@ -625,6 +706,8 @@ def run(
             "rkl_samples": rkl_samples,
             "rkl_ngd_lr": rkl_ngd_lr,
             "chunk_size": chunk_size,
+            "mia_nonmembers": "the test rows (all carriers: not matched to a carrier erasure)",
+            "mia_repeats": mia_repeats,
             "seed": seed,
             "device": str(x.device),
             "dtype": str(x.dtype),

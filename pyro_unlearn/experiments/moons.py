@@ -30,6 +30,16 @@ Choices (EXPERIMENTS.md's common protocol otherwise):
   noise floor (the same KL between two evaluations of the retrained posterior) at our sample
   count and at the authors' 100; the entropy reduction H[q(u|D_r)] − H[q(u|D)] (closed-form
   Gaussian entropies).
+* Membership inference (not in the paper; :func:`~pyro_unlearn.metrics.membership_inference`):
+  members are D_e, non-members fresh points of the same generator (``make_moons(noise=0.2)``,
+  ``random_state = seed + 1``; the data's is 0), never trained on. The ``mia_*`` columns take
+  the non-members **matched** to D_e by the scenario's selection rule (sorted: x₀ at least D_e's
+  smallest; partial/large/full: class 1 and that x₀; random: any), so that a posterior that
+  never saw D_e scores 0.5 up to noise: they measure membership. The ``mia_population_*``
+  columns take unfiltered draws: for the structured erasures they also measure how well the
+  posterior fits D_e's region, not membership alone. Loss-threshold and logistic attacks
+  (features: per-point loss and predictive entropy), balanced, 5-fold, ``mia_repeats``
+  resamples; with |D_e| = 20 their noise is large (an AUC's sd is about 0.07).
 
 The model variants are the entries of :data:`MODELS`; ``run(models=(...))`` reports each under
 its key in the rows' ``guide`` column:
@@ -79,6 +89,7 @@ from ..metrics import (
     gaussian_kl,
     guide_moments,
     mean_and_std,
+    membership_inference,
     predictive_distribution,
     predictive_kl,
 )
@@ -101,6 +112,7 @@ __all__ = [
     "gaussian_entropy",
     "gaussian_vi",
     "kernel",
+    "mia_nonmembers",
     "plot_data",
     "plot_kl",
     "plot_surfaces",
@@ -561,6 +573,43 @@ MODELS: dict[str, ModelVariant] = {
 }
 
 
+#: The moons' noise, as :func:`~pyro_unlearn.datasets.moons` draws them.
+MOONS_NOISE = 0.2
+
+
+def mia_nonmembers(
+    data: MoonsData, num: int = 200, seed: int = 0
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Fresh non-members for membership inference: draws of ``make_moons(noise=0.2,
+    random_state=seed + 1)`` (the data's own are ``random_state=0``). ``"matched"``: the first
+    ``num`` that the scenario's rule for D_e would pick (sorted: x₀ ≥ D_e's smallest x₀;
+    partial/large/full: class 1 and that x₀; random: any); ``"population"``: the first ``num``.
+    Each is ``(x, y)`` in the data's dtype and device.
+
+    Example::
+
+        >>> data = pu.datasets.moons()
+        >>> x, y = mia_nonmembers(data, 50)["matched"]
+        >>> x.shape, bool((x[:, 0] >= data.x[data.erased, 0].min()).all())
+        (torch.Size([50, 2]), True)
+    """
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(40 * num, noise=MOONS_NOISE, random_state=seed + 1)
+    x, y = data.x.new_tensor(x), data.y.new_tensor(y)
+    cut = data.x[data.erased, 0].min()
+    if data.scenario == "sorted":
+        keep = x[:, 0] >= cut
+    elif data.scenario == "random":
+        keep = torch.ones_like(y, dtype=torch.bool)
+    elif data.scenario in ("partial", "large", "full"):
+        keep = (y == 1) & (x[:, 0] >= cut)
+    else:
+        raise ValueError(f"no non-member rule for the moons scenario {data.scenario!r}")
+    matched = keep.nonzero().squeeze(-1)[:num]
+    return {"matched": (x[matched], y[matched]), "population": (x[:num], y[:num])}
+
+
 def _fixed_gaussian(loc: torch.Tensor, cov: torch.Tensor, site: str = "u") -> Callable:
     """A guide function with q(site) = N(loc, cov) and no parameters."""
     q = dist.MultivariateNormal(loc, covariance_matrix=cov)
@@ -585,6 +634,8 @@ def run(
     num_particles: int = 1000,
     lr: float = 0.05,
     num_eval_samples: int = 4000,
+    mia_nonmembers_per_group: int = 200,
+    mia_repeats: int = 10,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -601,7 +652,11 @@ def run(
     u-samples) and ``"noise_floor_100"`` (at the authors' 100), ``"reference_error"`` (the
     predictive KL from the exact D_r optimum to the reference), ``"entropy_reduction"``
     (H[q(u|D_r)] − H[q(u|D)] of the reference and q(u|D)) and ``"entropy_reduction_exact"`` (of
-    the two exact optima). ``keep_posteriors=True`` adds ``"posteriors"`` (per variant: the frozen
+    the two exact optima). Membership inference on D_e (module docstring): every row's ``mia_*``
+    and ``mia_population_*`` columns (:meth:`~pyro_unlearn.metrics.MembershipAttack.columns`),
+    ``"mia"`` the retrained posterior's, per variant; ``mia_nonmembers_per_group`` fresh points
+    per non-member group, ``mia_repeats`` balanced resamples. ``keep_posteriors=True`` adds
+    ``"posteriors"`` (per variant: the frozen
     retrained posterior and the sweep's) and ``"model"`` (per variant: the Pyro model whose site
     ``"y"`` is the predictive, for :func:`predictive_surface`); not JSON-serialisable. ``models``
     are keys of :data:`MODELS` (``"mvn"``, the authors' model in plain Pyro; ``"gpytorch"``, the
@@ -618,6 +673,7 @@ def run(
     x, y = data.x, data.y
     x_e, y_e = x[data.erased], y[data.erased]
     x_r, y_r = x[data.remaining], y[data.remaining]
+    nonmembers = mia_nonmembers(data, mia_nonmembers_per_group, seed)
     results: dict = {
         "rows": [],
         "retrain_seconds": {},
@@ -628,6 +684,7 @@ def run(
         "reference_error": {},
         "entropy_reduction": {},
         "entropy_reduction_exact": {},
+        "mia": {},
     }
     posteriors, built, predictives = {}, {}, {}
     for name in models:
@@ -674,6 +731,23 @@ def run(
                 kls[f"kl_{where}_mean"], kls[f"kl_{where}_std"] = mean_and_std(kl)
             return kls
 
+        def mia(q, model=predictive):
+            columns = {}
+            for group, outside in nonmembers.items():
+                attack = membership_inference(
+                    model,
+                    {"q": q},
+                    (x_e, y_e),
+                    outside,
+                    num_samples=num_eval_samples,
+                    entropy=True,
+                    repeats=mia_repeats,
+                    seed=seed,
+                )["q"]
+                columns |= attack.columns("mia" if group == "matched" else "mia_population")
+            return columns
+
+        results["mia"][name] = {"retrained": mia(reference.posterior)}
         results["noise_floor"][name] = evaluate(reference.posterior)
         results["noise_floor_100"][name] = evaluate(reference.posterior, samples=100)
         if variant.optimum is not None:
@@ -689,7 +763,7 @@ def run(
             guide,
             x_e,
             y_e,
-            evaluate=evaluate,
+            evaluate=lambda q, evaluate=evaluate, mia=mia: evaluate(q) | mia(q),
             lambdas=lambdas,
             posterior=posterior,
             guide_name=name,
@@ -721,6 +795,8 @@ def run(
         "num_particles": num_particles,
         "lr": lr,
         "num_eval_samples": num_eval_samples,
+        "mia_nonmembers": {k: len(v[1]) for k, v in nonmembers.items()},
+        "mia_repeats": mia_repeats,
         "seed": seed,
         "device": str(x.device),
         "dtype": str(x.dtype),

@@ -48,3 +48,42 @@ def test_training_starts_at_the_laplace_approximation(name, data):
         if k in before and not torch.equal(v, before[k])
     ]
     assert any(k.startswith(type(guide).__name__) for k in moved)
+
+
+def test_mia_holdout_rows_are_a_stratified_part_of_d_e(data):
+    rows = experiment.mia_holdout_rows(data, 100, seed=0)
+    assert len(rows) == len(rows.unique()) == 100
+    assert bool(torch.isin(rows, data.erased).all())
+    share = float(data.y[data.erased].mean())  # class 1's share of D_e: 198 / 412
+    assert int(data.y[rows].sum()) == round(100 * share)
+    assert torch.equal(rows, experiment.mia_holdout_rows(data, 100, seed=0))
+    assert not torch.equal(rows, experiment.mia_holdout_rows(data, 100, seed=1))
+    assert len(experiment.mia_holdout_rows(data, 0)) == 0
+    with pytest.raises(ValueError, match=r"mia_holdout must be in \[0, 407\]"):
+        experiment.mia_holdout_rows(data, 408)
+
+
+def test_run_holds_rows_out_for_membership_inference(data):
+    tiny = dict(
+        guides=("mvn",),
+        lambdas={"mvn": (0.0,)},
+        map_steps=50,
+        train_steps=20,
+        retrain_steps=20,
+        unlearn_steps=5,
+        window=5,
+        num_particles=16,
+        num_eval_samples=50,
+        progress=False,
+    )
+    results = experiment.run(mia_holdout=50, **tiny)
+    settings = results["settings"]
+    assert (settings["num_data"], settings["num_erased"]) == (1372 - 50, 412 - 50)
+    retrained = results["mia"]["mvn"]["retrained"]
+    for row in [*results["rows"], retrained]:
+        assert all(0.0 <= row[k] <= 1.0 for k in experiment.MIA_COLUMNS)
+    # the paper's protocol (the default): no non-members, the columns empty, and said why
+    results = experiment.run(**tiny)
+    assert results["settings"]["num_data"] == 1372
+    assert all(row[k] is None for row in results["rows"] for k in experiment.MIA_COLUMNS)
+    assert "mia_holdout" in results["mia"]["note"]

@@ -80,3 +80,31 @@ def test_the_convergence_window_is_an_epoch_of_the_loops_own_data():
     assert experiment.epoch_window(246_468, 1024, 20) == 241
     assert experiment.epoch_window(12_323, 1024, 20) == 20
     assert experiment.epoch_window(100, 1024, 5) == 5
+
+
+def test_per_example_nll_is_the_test_nll_and_feeds_the_attack(trained):
+    data, gp, likelihood, _ = trained
+    nll, log_var = experiment.per_example_nll(
+        gp, likelihood, data.x_test, data.y_test, chunk_size=128
+    )
+    assert nll.shape == log_var.shape == data.y_test.shape
+    # its mean, in minutes, is evaluate()'s test NLL
+    expected = experiment.evaluate(gp, likelihood, data)["nll"]
+    assert float(nll.mean()) + math.log(data.y_std) == pytest.approx(expected, rel=1e-4)
+    with torch.no_grad():
+        gp.eval(), likelihood.eval()
+        pred = likelihood(gp(data.x_test[:5]))
+        gp.train(), likelihood.train()
+    direct = -torch.distributions.Normal(pred.mean, pred.variance.sqrt()).log_prob(data.y_test[:5])
+    assert torch.allclose(nll[:5], direct, atol=1e-4)
+    # members = training rows, non-members = test rows: the attack's loss AUC is the
+    # Mann–Whitney statistic of the two NLL samples
+    members = torch.arange(0, data.num_train, 10)
+    x_e, y_e = data.x_train[members], data.y_train[members]
+    columns = experiment.mia(gp, likelihood, x_e, y_e, data, repeats=1)
+    nll_e, _ = experiment.per_example_nll(gp, likelihood, x_e, y_e)
+    pairs = nll.unsqueeze(0) - nll_e.unsqueeze(1)
+    mann_whitney = float((pairs > 0).double().mean() + 0.5 * (pairs == 0).double().mean())
+    assert columns["mia_auc"] == pytest.approx(mann_whitney, abs=1e-9)
+    # 20 inducing points on 3600 flights memorise nothing: near chance
+    assert abs(columns["mia_accuracy"] - 0.5) < 0.1 and abs(columns["mia_auc"] - 0.5) < 0.1

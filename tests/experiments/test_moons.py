@@ -281,3 +281,45 @@ def test_run_reports_both_variants(both_run, data):
     retrained = experiment.predictive_surface(model, posteriors["retrained"], grid, 2000)
     assert full_p[0] > 0.85 and retrained[0] < full_p[0] - 0.2
     assert abs(float(full_p[1] - retrained[1])) < 0.05
+
+
+# -- membership inference -----------------------------------------------------------------------
+@pytest.mark.parametrize("scenario", ["sorted", "random", "full"])
+def test_mia_nonmembers_are_fresh_points_picked_by_the_erasure_rule(scenario):
+    data = pu.datasets.moons(scenario)
+    groups = experiment.mia_nonmembers(data, 100, seed=0)
+    x, y = groups["matched"]
+    px, py = groups["population"]
+    assert x.shape == px.shape == (100, 2) and x.dtype == data.x.dtype
+    cut = data.x[data.erased, 0].min()
+    if scenario == "random":
+        assert torch.equal(x, px) and torch.equal(y, py)
+    else:
+        assert bool((x[:, 0] >= cut).all()) and not bool((px[:, 0] >= cut).all())
+    if scenario == "full":
+        assert bool((y == 1).all())
+    # fresh draws, not the training points; labels the generator's
+    assert torch.cdist(torch.cat([x, px]), data.x).min() > 1e-6
+    assert set(py.tolist()) == {0.0, 1.0}
+    again = experiment.mia_nonmembers(data, 100, seed=0)["matched"][0]
+    assert torch.equal(again, x)
+    assert not torch.equal(experiment.mia_nonmembers(data, 100, seed=1)["matched"][0], x)
+
+
+def test_quick_run_membership_inference(quick_run):
+    rows = {(r["method"], r["lam"]): r for r in quick_run["rows"]}
+    retrained = quick_run["mia"]["mvn"]["retrained"]
+    columns = ("accuracy", "auc", "logistic_accuracy", "logistic_auc")
+    for row in [*rows.values(), retrained]:
+        for prefix in ("mia", "mia_population"):
+            assert all(0.0 <= row[f"{prefix}_{c}"] <= 1.0 for c in columns)
+    assert quick_run["settings"]["mia_nonmembers"] == {"matched": 200, "population": 200}
+    # matched non-members: the retrained posterior (which never saw D_e) cannot tell them from
+    # D_e (chance up to the noise of 20 members: the AUC's sd is about 0.07) ...
+    assert abs(retrained["mia_auc"] - 0.5) < 0.25
+    # ... while against the whole population, D_e's region, forgotten, has the higher losses
+    full, rkl = rows[("full", 1.0)], rows[("rkl", 0.0)]
+    assert retrained["mia_population_auc"] < 0.35 < full["mia_population_auc"]
+    # and the rKL at λ = 0 forgets it as retraining did
+    gap = abs(rkl["mia_population_auc"] - retrained["mia_population_auc"])
+    assert gap < abs(full["mia_population_auc"] - retrained["mia_population_auc"]) / 2
