@@ -112,3 +112,17 @@ def test_reproduce_sine_quick_writes_table_figures_and_strict_json(tmp_path, cap
     assert rows[("laplace-ggn_diag", "lbun", 1.0)]["kl_gap"] is None
     for scheme in ("laplace-ggn_diag", "vi"):
         assert (tmp_path / f"sine_{scheme}.png").stat().st_size > 10_000
+
+
+def test_reproduce_moons_gpytorch_variant_writes_its_own_figures(tmp_path, capsys, monkeypatch):
+    from pyro_unlearn.experiments import moons
+
+    tiny = dict(lambdas=(0.0,), retrain_steps=20, retrain_particles=8, unlearn_steps=5)
+    tiny |= dict(num_particles=16, num_eval_samples=100, mia_repeats=1)
+    monkeypatch.setattr(moons, "QUICK", tiny)  # the wiring and file names, not the numbers
+    args = ["reproduce", "moons", "--model", "both", "--quick", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mvn: q(u|D)" in out and "gpytorch: q(u|D)" in out
+    for name in ("sorted_kl", "sorted_surfaces", "sorted_gpytorch_kl", "sorted_gpytorch_surfaces"):
+        assert (tmp_path / f"moons_{name}.png").stat().st_size > 10_000
