@@ -502,9 +502,13 @@ class VariationalEUBO(_Objective):
     .. math:: U(q_u) = \mathbb{E}_{q_u}[\log p_\mathrm{adj}(D_e|u)] + \mathrm{KL}(q_u \| q(u|D))
 
     over mini-batches ``x_b, y_b`` of D_e (scaled by |D_e|/batch: unbiased). The KL is exact; the
-    expected log-likelihood is GPyTorch's closed form or quadrature on ``model(x_b)``; for λ > 0,
-    ``num_samples`` draws u ~ q_u remove, by Monte Carlo, the part where log q(u|D) ≤ log λ +
-    log q*, where p_adj is 1 (this needs ``inputs``).
+    expected log-likelihood is GPyTorch's closed form or quadrature on ``model(x_b)`` at λ = 0.
+    For λ > 0 it is E[log p̃; inside], "inside" where log q(u|D) > log λ + log q* (p_adj is 1
+    elsewhere), from ``num_samples`` draws u ~ q_u (this needs ``inputs``), as
+    c·(closed form − MC of the outside part) + (1 − c)·(MC of the inside part), c the fraction
+    of an independent set of draws that falls inside: each part is unbiased, and the mix is
+    exact at both ends (all draws inside, or none), where either part alone would carry the
+    whole likelihood's Monte-Carlo noise of thousands of points.
 
     Arguments:
         likelihood, model: the GP being unlearned (its q(u) is what the optimiser should train:
@@ -538,7 +542,12 @@ class VariationalEUBO(_Objective):
             per_u = erased_log_likelihood(self.model, self.likelihood, u, inputs, target)
             log_q = self._log_q_data(u).detach()
             kept = adjusted_log_likelihood(per_u, log_q, self.log_threshold)
-            log_lik = log_lik - (per_u - kept).mean()  # E[p_adj] = E[log p̃] − E[log p̃; outside]
+            with torch.no_grad():  # independent draws: the weight leaves both parts unbiased
+                fresh = q_u.sample(torch.Size([self.num_samples]))
+                c = (self._log_q_data(fresh) > self.log_threshold).to(per_u.dtype).mean()
+            # E[log p̃; inside] two ways: closed form minus the outside part (exact when every
+            # draw is inside), or the inside part directly (exact when none is)
+            log_lik = c * (log_lik - (per_u - kept).mean()) + (1 - c) * kept.mean()
         return -(scale * log_lik + kl) / self.num_erased
 
 

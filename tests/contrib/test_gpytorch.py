@@ -262,19 +262,42 @@ def test_pyro_and_mlls_paths_reach_the_same_q(data, method):
     assert float(pug.inducing_kl(svgp.gp, gp_mll)) < 0.15
 
 
-def test_eubo_threshold_part_is_unbiased(data):
-    """At λ = 1 the adjusted likelihood is 0 everywhere, so at q_u = q(u|D) the objective is 0 in
-    expectation: the closed-form expected log-likelihood and its Monte-Carlo removal agree, i.e.
-    our p(f|u) integrates to GPyTorch's q(f)."""
+def test_monte_carlo_likelihood_of_u_integrates_to_gpytorchs_closed_form(data):
+    """E_{q(u)}[log p̃(D_e|u)] by sampling u equals GPyTorch's expected_log_prob on q(f): our
+    p(f|u) is GPyTorch's (the EUBO's λ > 0 estimator relies on it)."""
     x, y, erased, _ = data
     gp, likelihood = _trained(x, y), _likelihood()
-    eubo = pug.VariationalEUBO(likelihood, gp, pug.freeze(gp), len(erased), lam=1.0)
-    eubo.num_samples = 20000
     with torch.no_grad():
-        value = float(eubo(gp(x[erased]), y[erased], inputs=x[erased]))
-        at_zero = pug.VariationalEUBO(likelihood, gp, pug.freeze(gp), len(erased), lam=0.0)
-        scale = abs(float(at_zero(gp(x[erased]), y[erased])))
-    assert abs(value) < 0.01 * scale
+        closed = float(likelihood.expected_log_prob(y[erased], gp(x[erased])).sum())
+        u = pug.inducing_distribution(pug.freeze(gp)).sample(torch.Size([20000]))
+        per_u = pug.erased_log_likelihood(gp, likelihood, u, x[erased], y[erased])
+    assert abs(float(per_u.mean()) - closed) < 3 * float(per_u.std()) / 20000**0.5 + 1e-9
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.3, 1e-2])
+def test_eubo_threshold_estimator_is_unbiased_and_exact_when_no_draw_is_inside(data, lam):
+    """The λ > 0 likelihood term, E_q[log p̃; log q(u|D) > log λ + log q*], against a brute-force
+    average over 10⁵ draws; at λ = 1 no draw is inside and the term is exactly 0."""
+    x, y, erased, _ = data
+    gp, likelihood = _trained(x, y), _likelihood()
+    posterior = pug.freeze(gp)
+    eubo = pug.VariationalEUBO(likelihood, gp, posterior, len(erased), lam=lam, num_samples=64)
+    q = pug.inducing_distribution(posterior)
+    with torch.no_grad():
+        # at q_u = q(u|D) the KL is 0: the value is −(log-likelihood term)/|D_e|
+        values = torch.stack(
+            [-eubo(gp(x[erased]), y[erased], inputs=x[erased]) * len(erased) for _ in range(200)]
+        )
+        u = q.sample(torch.Size([100_000]))
+        per_u = pug.erased_log_likelihood(gp, likelihood, u, x[erased], y[erased])
+        inside = eubo._log_q_data(u) > eubo.log_threshold
+        target = float(torch.where(inside, per_u, torch.zeros_like(per_u)).mean())
+    if lam == 1.0:
+        assert not bool(inside.any()) and bool((values == 0).all())
+    else:
+        assert 0.0 < float(inside.double().mean()) < 1.0
+        error = abs(float(values.mean()) - target)
+        assert error < 4 * float(values.std()) / 200**0.5 + 1e-9, (float(values.mean()), target)
 
 
 def test_name_prefix_collision_is_an_error(data):
