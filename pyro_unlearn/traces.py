@@ -12,6 +12,7 @@ __all__ = [
     "latent_sites",
     "max_plate_nesting",
     "particle_dim_of",
+    "subsampled_plates",
     "sum_per_particle",
     "sum_sites_per_particle",
 ]
@@ -27,6 +28,19 @@ def latent_sites(trace: Trace) -> list[str]:
     ]
     auxiliary = [name for name in latent if trace.nodes[name]["infer"].get("is_auxiliary")]
     return auxiliary or latent
+
+
+def subsampled_plates(trace: Trace) -> list[str]:
+    """Names of the plates that subsample in ``trace`` (size below full size), sorted."""
+    return sorted(
+        {
+            frame.name
+            for site in trace.nodes.values()
+            if site["type"] == "sample"
+            for frame in site["cond_indep_stack"]
+            if frame.full_size is not None and frame.size != frame.full_size
+        }
+    )
 
 
 def max_plate_nesting(trace: Trace) -> int:

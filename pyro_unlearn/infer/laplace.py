@@ -28,6 +28,7 @@ from torch.func import grad, grad_and_value, hessian, jvp, vjp, vmap
 from ..exact import NotNormalizableError
 from ..handlers import ERASED, erased_log_likelihood, unlearn
 from ..posterior import FrozenPosterior
+from ..traces import subsampled_plates
 
 __all__ = ["LaplaceUnlearnResult", "laplace_unlearn"]
 
@@ -181,16 +182,10 @@ class _ErasedLogLikelihood:
             for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
         ]
-        subsampled = {
-            frame.name
-            for site in trace.nodes.values()
-            if site["type"] == "sample"
-            for frame in site["cond_indep_stack"]
-            if frame.full_size is not None and frame.size != frame.full_size
-        }
+        subsampled = subsampled_plates(trace)
         if subsampled:
             raise ValueError(
-                f"plate(s) {sorted(subsampled)} subsample: L-BUN needs log p(D_e|θ) as a "
+                f"plate(s) {subsampled} subsample: L-BUN needs log p(D_e|θ) as a "
                 "deterministic function of θ; pass the full data without subsampling, or the "
                 "erased data alone (erased=None)"
             )

@@ -19,7 +19,7 @@ from torch.func import grad_and_value, vmap
 from tqdm.auto import tqdm
 
 from ..handlers import ERASED, erased_log_likelihood, unlearn
-from ..traces import max_plate_nesting, sum_per_particle
+from ..traces import max_plate_nesting, subsampled_plates, sum_per_particle
 from .reverse_kl import effective_sample_size
 
 if TYPE_CHECKING:
@@ -221,15 +221,7 @@ class _Model:
                 f"samples have no draws of the model's latent site(s) {missing} (got "
                 f"{sorted(draws)}): log p(D_e|θ) needs every latent site"
             )
-        subsampled = sorted(
-            {
-                frame.name
-                for site in trace.nodes.values()
-                if site["type"] == "sample"
-                for frame in site["cond_indep_stack"]
-                if frame.full_size is not None and frame.size != frame.full_size
-            }
-        )
+        subsampled = subsampled_plates(trace)
         if subsampled:
             raise ValueError(
                 f"plate(s) {subsampled} subsample: reweighting needs log p(D_e|θ_s) exactly; "

@@ -26,6 +26,7 @@ from pyro_unlearn.exact import (
 )
 from pyro_unlearn.experiments.linear_regression import linear_model
 from pyro_unlearn.metrics import guide_moments
+from tests.gaussians import hold_gaussian
 
 F64 = torch.float64
 # 100 points, the first 10 (an informative cluster) erased
@@ -49,14 +50,7 @@ def mvn_guide(loc, precision):
     """A live AutoMultivariateNormal holding N(loc, precision⁻¹) in its parameters."""
     guide = AutoMultivariateNormal(model)
     guide(DATA.x, DATA.y)
-    chol = torch.linalg.cholesky(torch.linalg.inv(precision))
-    with torch.no_grad():
-        guide.loc.copy_(loc)
-    guide.scale = chol.diagonal().clone()
-    guide.scale_tril = (chol / chol.diagonal()[:, None]).clone()
-    held_loc, held_cov = guide_moments(guide)
-    assert torch.allclose(held_loc, loc) and torch.allclose(held_cov.inverse(), precision)
-    return guide
+    return hold_gaussian(guide, loc, precision)
 
 
 def unlearn_linear(guide, **kwargs):
