@@ -16,7 +16,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 from torch.func import grad_and_value, vmap
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..handlers import ERASED, erased_log_likelihood, unlearn
 from ..traces import max_plate_nesting, subsampled_plates, sum_per_particle
