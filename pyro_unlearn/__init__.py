@@ -1,6 +1,6 @@
 """Bayesian machine unlearning for Pyro: forget data from a variational posterior."""
 
-from . import datasets, exact, metrics
+from . import codec, datasets, exact, lcodec, metrics
 from .forget import ForgetResult, forget
 from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
@@ -40,6 +40,7 @@ __all__ = [
     "Trace_EUBO",
     "UnlearnMessenger",
     "adjusted_log_likelihood",
+    "codec",
     "datasets",
     "erased_log_likelihood",
     "exact",
@@ -48,6 +49,7 @@ __all__ = [
     "influence_unlearn",
     "lambda_sweep",
     "laplace_unlearn",
+    "lcodec",
     "mcmc_unlearn",
     "metrics",
     "retrain",
