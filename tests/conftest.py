@@ -1,4 +1,5 @@
 import logging
+import os
 
 import pyro
 import pytest
@@ -19,6 +20,10 @@ def pytest_configure(config):
     if device.type != "cpu":  # a default-device mode costs every op a Python call: only if needed
         torch.set_default_device(device)
     logging.getLogger("pyro").setLevel(logging.WARNING)  # "Guessed max_plate_nesting" chatter
+    if "OMP_NUM_THREADS" not in os.environ:
+        # The test models are tiny: one intra-op thread is faster than two on CI's 2 cores, and
+        # far faster when anything else runs (the GPyTorch tests took 10× longer with 2).
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
