@@ -42,7 +42,7 @@ import pyro_unlearn as pu
 
 from ..datasets import LinearRegressionData, linear_regression
 from ..forget import has_converged
-from ..metrics import gaussian_kl, guide_moments
+from ..metrics import gaussian_kl, guide_moments, membership_attack
 
 __all__ = [
     "GUIDES",
@@ -270,6 +270,7 @@ def run(
     seed: int = 0,
     progress: bool = True,
     trace_blocks: int = 50,
+    nonmembers: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """Train q(θ|D) and the retrained reference, unlearn with EUBO and rKL over ``lambdas``.
 
@@ -288,7 +289,12 @@ def run(
       ``kl_exact`` (to the exact p(θ|D_r)), ``kl_erased_mean``/``kl_remaining_mean`` (the
       papers' predictive KL[q_retrained(y|x) ‖ q(y|x)] averaged over D_e / D_r), ``seconds``,
       ``ess`` (rKL's last step), ``converged`` (the last quarter of the loss trace no lower
-      than the quarter before, up to its noise: :func:`~pyro_unlearn.forget.has_converged`);
+      than the quarter before, up to its noise: :func:`~pyro_unlearn.forget.has_converged`),
+      and membership inference on D_e (``mia_accuracy``, ``mia_auc``...:
+      :func:`~pyro_unlearn.metrics.membership_attack` on the exact predictive NLL; 0.5 is
+      chance) against ``nonmembers`` ``(x, y)`` — by default the erased clusters of 20
+      independent draws of the default data (seeds ``seed + 1``…), when their shape matches;
+    * ``mia``: the same attack on the retrained and on the exact p(θ|D_r) posteriors;
     * ``posteriors``: ``{label: {"loc", "cov"}}`` of full, retrained, exact (p(θ|D_r)), target,
       the loss optima and every unlearned posterior (``"eubo λ=1e-05"``...), for
       :func:`plot_predictive_samples`;
@@ -336,10 +342,29 @@ def run(
     except pu.exact.NotNormalizableError as e:
         optima, target, not_normalizable = {}, None, str(e)
 
+    if nonmembers is None:
+        source = clustered_line if guide == "diagonal" else linear_regression
+        fresh = [source(seed=seed + 1 + k, device=x.device, dtype=x.dtype) for k in range(20)]
+        fresh_x = torch.cat([d.x[d.erased] for d in fresh])
+        if fresh_x.shape[1:] == x.shape[1:]:
+            nonmembers = fresh_x, torch.cat([d.y[d.erased] for d in fresh])
+    member_features = features[erased]
+    outside = None if nonmembers is None else (_features(nonmembers[0]), nonmembers[1])
+
+    def mia(m, c) -> dict[str, float]:
+        if outside is None:
+            return {}
+        f = torch.cat([member_features, outside[0]])
+        t = torch.cat([y[erased], outside[1]])
+        mean, var = f @ m, ((f @ c) * f).sum(-1) + noise**2
+        nll = 0.5 * ((t - mean).square() / var + var.log() + math.log(2 * math.pi))
+        attack = membership_attack(nll[: len(erased)], nll[len(erased) :], repeats=5, seed=seed)
+        return attack.columns("mia")
+
     def kls(m, c) -> dict[str, float]:
         pred = _predictive_kl(ref, (m, c), features, noise)
         kl_target = math.nan if target is None else float(gaussian_kl(m, c, *target))
-        return {
+        return mia(m, c) | {
             "kl_target": kl_target,
             "kl_retrained": float(gaussian_kl(m, c, *ref)),
             "kl_exact": float(gaussian_kl(m, c, *exact_r)),
@@ -396,6 +421,7 @@ def run(
     }
     return {
         "rows": rows,
+        "mia": {"retrained": mia(*ref), "exact": mia(*exact_r)},
         "train_seconds": train_seconds,
         "retrain_seconds": retrain_seconds,
         "target": None if target is None else _listed(*target),

@@ -20,7 +20,10 @@ predictive (Monte-Carlo draws from a diagonal Laplace posterior of a network put
 of 2–3 everywhere on this data: useless), for VI moment-matched Monte-Carlo network draws, each
 plus the noise variance; ``kl_gap`` is the mean of KL[retrained ‖ unlearned]
 over the test grid inside the gap (the deleted region), ``rmse_gap`` the RMS difference of the
-means there, and ``kl_remaining`` the mean KL at D_r's inputs.
+means there, and ``kl_remaining`` the mean KL at D_r's inputs. Membership inference
+(:func:`~pyro_unlearn.metrics.membership_attack`, not in the paper): the per-point predictive
+NLL of D_e against the 200 central points of an independent draw (the same region), ``mia_*``
+columns; 0.5 is chance.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from ..datasets import SineData, sine
 from ..exact import NotNormalizableError
 from ..infer.laplace import _ErasedLogLikelihood, _func, _ggn, _hessian_diagonal, _read_gaussian
 from ..infer.laplace import _gaussian_guide as _buffered_gaussian
+from ..metrics import membership_attack
 from . import json_safe
 
 __all__ = [
@@ -67,6 +71,8 @@ __all__ = [
 LAPLACE_LAMBDAS = (100.0, 30.0, 10.0, 1.0)
 #: λ of the EUBO and rKL (the adjusted likelihood's threshold).
 VI_LAMBDAS = (1e-3, 1e-9, 0.0)
+#: The membership-inference columns of every row (``MembershipAttack.columns``).
+MIA_COLUMNS = ("mia_accuracy", "mia_auc", "mia_logistic_accuracy", "mia_logistic_auc")
 #: Settings of ``--quick`` and of the tutorial's smoke mode.
 QUICK = dict(
     curvatures=("ggn_diag",),
@@ -264,11 +270,11 @@ def _gaussian_kl(m_p, v_p, m_q, v_q) -> torch.Tensor:
     return 0.5 * (torch.log(v_q / v_p) + (v_p + (m_p - m_q) ** 2) / v_q - 1)
 
 
-def _compare(moments, reference, gap_mask, n_grid) -> dict[str, float]:
+def _compare(moments, reference, gap_mask, n_grid, n_keep) -> dict[str, float]:
     m, v = moments
     m_r, v_r = reference
     kl = _gaussian_kl(m_r, v_r, m, v)
-    grid, train = kl[:n_grid], kl[n_grid:]
+    grid, train = kl[:n_grid], kl[n_grid : n_grid + n_keep]
     return {
         "kl_gap": float(grid[gap_mask].mean()),
         "rmse_gap": float((m - m_r)[:n_grid][gap_mask].square().mean().sqrt()),
@@ -344,8 +350,12 @@ def run(
     lo, hi = data.gap
     grid = data.x_test
     gap_mask = (grid[:, 0] >= lo) & (grid[:, 0] <= hi)
-    inputs = torch.cat([grid, x[keep]])  # where predictives are compared
-    n_grid = len(grid)
+    # membership inference: D_e against the central points of an independent draw (same region)
+    fresh = sine(len(y), len(erased), data.noise_scale, seed=seed + 1, device=x.device)
+    outside_x, outside_y = (t.to(x.dtype) for t in (fresh.x[fresh.erased], fresh.y[fresh.erased]))
+    inputs = torch.cat([grid, x[keep], x[erased], outside_x])  # where predictives are evaluated
+    n_grid, n_keep, n_erased = len(grid), len(keep), len(erased)
+    targets = torch.cat([y[erased], outside_y])
     rows, curves = [], {}
 
     def predict(scheme, guide):
@@ -357,9 +367,14 @@ def run(
         row = dict(scheme=scheme, method=method, lam=lam, seconds=seconds, failed=failed, **extra)
         if guide is None:
             row.update(kl_gap=math.nan, rmse_gap=math.nan, kl_remaining=math.nan)
+            row.update(dict.fromkeys(MIA_COLUMNS, math.nan))
         else:
             moments = predict(scheme, guide)
-            row.update(_compare(moments, reference or moments, gap_mask, n_grid))
+            row.update(_compare(moments, reference or moments, gap_mask, n_grid, n_keep))
+            m, v = (t[n_grid + n_keep :] for t in moments)
+            losses = 0.5 * ((targets - m).square() / v + v.log() + math.log(2 * math.pi))
+            attack = membership_attack(losses[:n_erased], losses[n_erased:], seed=seed)
+            row.update(attack.columns("mia"))
             m, v = (t[:n_grid] for t in moments)
             curves[curve_key(scheme, method, lam)] = {"mean": m.tolist(), "sd": v.sqrt().tolist()}
         rows.append(row)

@@ -152,6 +152,9 @@ def test_run_with_the_diagonal_guide_unlearns_towards_retraining(data):
     )
     rows = {r["method"]: r for r in results["rows"]}
     assert set(rows) == {"full", "eubo", "rkl"}
+    # membership inference on D_e for every posterior, the retrained one included
+    for columns in [*rows.values(), results["mia"]["retrained"]]:
+        assert 0.0 <= columns["mia_accuracy"] <= 1.0 and 0.0 <= columns["mia_auc"] <= 1.0
     # both move towards the retrained posterior at λ = 0, on θ and on the predictive over D_e
     for method in ("eubo", "rkl"):
         assert rows[method]["kl_retrained"] < rows["full"]["kl_retrained"]

@@ -137,6 +137,8 @@ def test_vi_branch_records_every_method_and_lambda():
     assert [m for m, _ in vi] == ["retrained", "full", "eubo", "rkl"]
     full = next(r for r in results["rows"] if r["scheme"] == "vi" and r["method"] == "full")
     assert math.isfinite(full["kl_gap"]) and full["kl_gap"] > 0
+    for row in results["rows"]:  # membership inference on D_e, for every posterior
+        assert 0.0 <= row["mia_accuracy"] <= 1.0 and 0.0 <= row["mia_auc"] <= 1.0
     assert len(results["curves"]["vi/rkl/0"]["mean"]) == len(results["data"]["grid"])
     fig = study.plot_predictives(results, "vi")
     assert len(fig.axes) == 3  # full, eubo, rkl
