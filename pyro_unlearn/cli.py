@@ -438,6 +438,8 @@ def reproduce_lcodec(args: argparse.Namespace) -> dict:
                     "acc_validation": "acc. validation",
                     "residual_grad_norm": "‖∇F_r‖",
                     "distance_to_retrained": "‖w − w_retrained‖",
+                    "mia_accuracy": "MIA acc",
+                    "mia_auc": "MIA AUC",
                     "seconds_per_removal": "s / removal",
                 },
             )

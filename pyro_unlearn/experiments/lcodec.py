@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..lcodec import remove_sequentially
+from ..metrics import membership_attack
 from . import json_safe
 from .machine import machine_info
 
@@ -262,6 +263,13 @@ def _evaluate(
             acc_validation=accuracy(split.x_val, split.y_val),
             loss_removed=float(_loss(model(split.x[removed]), split.y[removed]).mean()),
             residual_grad_norm=float(torch.sqrt(sum(g.square().sum() for g in grads))),
+            # membership inference: the removed samples (their training labels) against the
+            # validation samples; matched only for random removals (mislabelled ones differ)
+            **membership_attack(
+                _loss(model(split.x[removed]), split.y[removed]),
+                _loss(model(split.x_val), split.y_val),
+                folds=min(5, len(removed) // 2),
+            ).columns("mia"),
         )
 
 

@@ -42,6 +42,8 @@ def test_foci_forgets_more_than_a_random_block_of_the_same_size(results):
 def test_results_are_json_and_plot(results):
     json.dumps(results, allow_nan=False)
     assert results["settings"]["num_removals"] == experiment.QUICK["num_removals"]
+    for row in results["rows"]:  # membership inference: removed against validation samples
+        assert 0.0 <= row["mia_accuracy"] <= 1.0 and 0.0 <= row["mia_auc"] <= 1.0
     fig = experiment.plot(results)
     assert len(fig.axes) == 6  # one group (digits, mlp, mislabelled) × 6 panels
     import matplotlib.pyplot as plt
