@@ -214,8 +214,9 @@ def vi_posterior(
     ClippedAdam with the learning rate decaying tenfold), its mean started at ``init`` (flat θ,
     e.g. the Laplace MAP of the same data)."""
     q = _layout(net, x, y)
-    values = {s.name: s.transform(init[s.start : s.stop].reshape(s.shape)) for s in q.sites}
-    guide = AutoDiagonalNormal(net, init_loc_fn=init_to_value(values=values), init_scale=init_scale)
+    guide = AutoDiagonalNormal(
+        net, init_loc_fn=init_to_value(values=q.values(init)), init_scale=init_scale
+    )
     optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps)})
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(net, guide, optim, elbo)
@@ -256,8 +257,7 @@ def linearized_moments(net: SineNet, guide: AutoDiagonalNormal, x: torch.Tensor)
     q = _layout(net, x, dummy)
 
     def f(theta):
-        values = {s.name: s.transform(theta[s.start : s.stop].reshape(s.shape)) for s in q.sites}
-        return pyro.poutine.condition(net, data=values)(x, dummy)
+        return pyro.poutine.condition(net, data=q.values(theta))(x, dummy)
 
     with torch.no_grad(), pyro.validation_enabled(False):
         loc, scale = guide.loc.detach(), guide.scale.detach()

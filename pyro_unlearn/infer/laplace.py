@@ -114,6 +114,10 @@ class _Gaussian:
     def precision_times(self, v: torch.Tensor) -> torch.Tensor:
         return self.precision @ v if self.dense else self.precision * v
 
+    def values(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's site values (constrained) of a flat unconstrained θ in this layout."""
+        return {s.name: s.transform(theta[s.start : s.stop].reshape(s.shape)) for s in self.sites}
+
 
 def _read_gaussian(guide: Any) -> _Gaussian:
     if isinstance(guide, FrozenPosterior):
@@ -159,14 +163,11 @@ class _ErasedLogLikelihood:
 
     def __init__(self, model, q: _Gaussian, args, kwargs, erased, plate) -> None:
         self.model = unlearn(model, erased=erased, plate=plate)
-        self.sites, self.args, self.kwargs = q.sites, args, kwargs
-
-    def values(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {s.name: s.transform(theta[s.start : s.stop].reshape(s.shape)) for s in self.sites}
+        self.q, self.args, self.kwargs = q, args, kwargs
 
     def trace(self, theta: torch.Tensor) -> Trace:
         # condition outside unlearn: unlearn sees the latents before they become observed
-        conditioned = poutine.condition(self.model, data=self.values(theta))
+        conditioned = poutine.condition(self.model, data=self.q.values(theta))
         trace = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
         trace.compute_log_prob(site_filter=lambda _, site: site["infer"].get(ERASED) is not None)
         return trace
