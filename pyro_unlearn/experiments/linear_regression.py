@@ -36,6 +36,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoGuide, AutoMultivariateNormal
+from torch.distributions import kl_divergence
 from tqdm import tqdm
 
 import pyro_unlearn as pu
@@ -240,11 +241,17 @@ def _predictive_kl(
 ) -> torch.Tensor:
     """KL[p(y|x) ‖ q(y|x)] per row of ``features``: the predictive of N(m, C) over θ is
     N(fᵀm, fᵀCf + σ²) exactly (no Monte Carlo)."""
-    (mp, cp), (mq, cq) = p, q
-    var_p = (features @ cp * features).sum(-1) + noise_scale**2
-    var_q = (features @ cq * features).sum(-1) + noise_scale**2
-    diff = features @ (mp - mq)
-    return 0.5 * (var_p / var_q + diff**2 / var_q - 1 + var_q.log() - var_p.log())
+    return kl_divergence(
+        _predictive(*p, features, noise_scale), _predictive(*q, features, noise_scale)
+    )
+
+
+def _predictive(
+    loc: torch.Tensor, cov: torch.Tensor, features: torch.Tensor, noise_scale: float
+) -> torch.distributions.Normal:
+    """p(y|x) per row of ``features`` under θ ~ N(loc, cov): N(fᵀloc, fᵀ cov f + σ²)."""
+    var = (features @ cov * features).sum(-1) + noise_scale**2
+    return torch.distributions.Normal(features @ loc, var.sqrt())
 
 
 def _block_means(values: Sequence[float], blocks: int) -> list[float]:
@@ -355,9 +362,7 @@ def run(
         if outside is None:
             return {}
         f = torch.cat([member_features, outside[0]])
-        t = torch.cat([y[erased], outside[1]])
-        mean, var = f @ m, ((f @ c) * f).sum(-1) + noise**2
-        nll = 0.5 * ((t - mean).square() / var + var.log() + math.log(2 * math.pi))
+        nll = -_predictive(m, c, f, noise).log_prob(torch.cat([y[erased], outside[1]]))
         attack = membership_attack(nll[: len(erased)], nll[len(erased) :], repeats=5, seed=seed)
         return attack.columns("mia")
 

@@ -39,6 +39,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, init_to_value
 from pyro.nn import PyroModule, PyroSample
+from torch.distributions import Normal, kl_divergence
 from tqdm import tqdm
 
 import pyro_unlearn as pu
@@ -265,15 +266,10 @@ def linearized_moments(net: SineNet, guide: AutoDiagonalNormal, x: torch.Tensor)
     return mean, (jacobian * scale).square().sum(-1) + net.noise_scale**2
 
 
-def _gaussian_kl(m_p, v_p, m_q, v_q) -> torch.Tensor:
-    """KL[N(m_p, v_p) ‖ N(m_q, v_q)], elementwise."""
-    return 0.5 * (torch.log(v_q / v_p) + (v_p + (m_p - m_q) ** 2) / v_q - 1)
-
-
 def _compare(moments, reference, gap_mask, n_grid, n_keep) -> dict[str, float]:
     m, v = moments
     m_r, v_r = reference
-    kl = _gaussian_kl(m_r, v_r, m, v)
+    kl = kl_divergence(Normal(m_r, v_r.sqrt()), Normal(m, v.sqrt()))
     grid, train = kl[:n_grid], kl[n_grid : n_grid + n_keep]
     return {
         "kl_gap": float(grid[gap_mask].mean()),
@@ -372,7 +368,7 @@ def run(
             moments = predict(scheme, guide)
             row.update(_compare(moments, reference or moments, gap_mask, n_grid, n_keep))
             m, v = (t[n_grid + n_keep :] for t in moments)
-            losses = 0.5 * ((targets - m).square() / v + v.log() + math.log(2 * math.pi))
+            losses = -Normal(m, v.sqrt()).log_prob(targets)
             attack = membership_attack(losses[:n_erased], losses[n_erased:], seed=seed)
             row.update(attack.columns("mia"))
             m, v = (t[:n_grid] for t in moments)
