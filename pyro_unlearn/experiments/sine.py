@@ -359,14 +359,14 @@ def run(
             return predictive_moments(net, guide, inputs, num_samples, seed)
         return linearized_moments(net, guide, inputs)
 
-    def record(scheme, method, lam, guide, reference, seconds, failed=None, **extra):
+    def record(scheme, method, lam, guide, reference, seconds, failed=None, moments=None, **extra):
         row = dict(scheme=scheme, method=method, lam=lam, seconds=seconds, failed=failed, **extra)
         if guide is None:
             row.update(kl_gap=math.nan, rmse_gap=math.nan, kl_remaining=math.nan)
             row.update(dict.fromkeys(MIA_COLUMNS, math.nan))
         else:
-            moments = predict(scheme, guide)
-            row.update(_compare(moments, reference or moments, gap_mask, n_grid, n_keep))
+            moments = predict(scheme, guide) if moments is None else moments
+            row.update(_compare(moments, reference, gap_mask, n_grid, n_keep))
             m, v = (t[n_grid + n_keep :] for t in moments)
             losses = -Normal(m, v.sqrt()).log_prob(targets)
             attack = membership_attack(losses[:n_erased], losses[n_erased:], seed=seed)
@@ -400,7 +400,7 @@ def run(
         ret, t_ret = fitted(laplace_posterior, net, x[keep], y[keep], curvature, maps["D_r"])
         t_full, t_ret = t_full + t_map, t_ret + t_map_r
         reference = predict(scheme, ret)
-        record(scheme, "retrained", math.nan, ret, reference, t_ret)
+        record(scheme, "retrained", math.nan, ret, reference, t_ret, moments=reference)
         record(scheme, "full", math.nan, full, reference, t_full)
         for lam in laplace_lambdas:
             start = time.perf_counter()
@@ -418,7 +418,7 @@ def run(
                 num_particles=num_particles, progress=progress, desc="VI on D_r",
             )  # fmt: skip
             reference = predict("vi", ret)
-            record("vi", "retrained", math.nan, ret, reference, t_ret)
+            record("vi", "retrained", math.nan, ret, reference, t_ret, moments=reference)
         pyro.set_rng_seed(seed)
         full, t_full = fitted(
             vi_posterior, net, x, y, maps["D"], vi_steps,
