@@ -406,23 +406,32 @@ def kl_to(gp: SVGP, target: gpytorch.distributions.MultivariateNormal) -> float:
 
 
 @torch.no_grad()
+def _predictive_moments(
+    gp: SVGP, likelihood, x: torch.Tensor, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of GPyTorch's predictive ``likelihood(gp(x))`` per row, in chunks."""
+    gp.eval(), likelihood.eval()
+    means, variances = [], []
+    for start in range(0, len(x), chunk_size):  # chunks of rows
+        pred = likelihood(gp(x[start : start + chunk_size]))
+        means.append(pred.mean)
+        variances.append(pred.variance)
+    gp.train(), likelihood.train()
+    return torch.cat(means), torch.cat(variances)
+
+
+def _gaussian_nll(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (torch.log(2 * math.pi * var) + (y - mean).square() / var)
+
+
+@torch.no_grad()
 def evaluate(gp: SVGP, likelihood, data: FlightsData, chunk_size: int = 8192) -> dict[str, float]:
     """Test RMSE (minutes) of the predictive mean and test NLL (nats per flight, delay in
     minutes: the standardised NLL plus log y_std) of GPyTorch's predictive likelihood(gp(x))."""
-    gp.eval(), likelihood.eval()
-    sq, nll = data.y_test.new_zeros(()), data.y_test.new_zeros(())
-    for start in range(0, len(data.y_test), chunk_size):  # chunks of the test set
-        x = data.x_test[start : start + chunk_size]
-        y = data.y_test[start : start + chunk_size]
-        pred = likelihood(gp(x))
-        mean, var = pred.mean, pred.variance
-        sq = sq + (mean - y).square().sum()
-        nll = nll + 0.5 * (torch.log(2 * math.pi * var) + (y - mean).square() / var).sum()
-    gp.train(), likelihood.train()
-    n = len(data.y_test)
+    mean, var = _predictive_moments(gp, likelihood, data.x_test, chunk_size)
     return {
-        "rmse": float((sq / n).sqrt()) * data.y_std,
-        "nll": float(nll / n) + math.log(data.y_std),
+        "rmse": float((mean - data.y_test).square().mean().sqrt()) * data.y_std,
+        "nll": float(_gaussian_nll(data.y_test, mean, var).mean()) + math.log(data.y_std),
     }
 
 
@@ -440,16 +449,8 @@ def per_example_nll(
         >>> nll.shape, bool(torch.allclose(nll, 0.5 * (log_var + math.log(2 * math.pi))))
         (torch.Size([2]), True)
     """
-    gp.eval(), likelihood.eval()
-    nll, log_var = [], []
-    for start in range(0, len(y), chunk_size):  # chunks of rows
-        pred = likelihood(gp(x[start : start + chunk_size]))
-        var = pred.variance
-        yc = y[start : start + chunk_size]
-        nll.append(0.5 * (torch.log(2 * math.pi * var) + (yc - pred.mean).square() / var))
-        log_var.append(var.log())
-    gp.train(), likelihood.train()
-    return torch.cat(nll), torch.cat(log_var)
+    mean, var = _predictive_moments(gp, likelihood, x, chunk_size)
+    return _gaussian_nll(y, mean, var), var.log()
 
 
 def mia(
