@@ -52,7 +52,7 @@ from pyro.nn import PyroModule
 from torch.distributions import constraints
 
 from ..infer.adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
-from ..infer.reverse_kl import effective_sample_size
+from ..infer.reverse_kl import check_proposal, importance_weights
 from ..posterior import FrozenPosterior
 from ..posterior import freeze as freeze_guide
 
@@ -490,9 +490,12 @@ class _Objective(MarginalLogLikelihood):
             log_q_max = self._log_q_data(self.q_data.mean.unsqueeze(0))[0]
         self.log_threshold = log_threshold(self.lam, log_q_max)
 
+    def _sum_batch(self, log_prob: torch.Tensor) -> torch.Tensor:
+        """A batch GP's log-density of u: summed over its independent outputs."""
+        return log_prob.sum(self._batch_dims) if self._batch_dims else log_prob
+
     def _log_q_data(self, u: torch.Tensor) -> torch.Tensor:
-        log_q = self.q_data.log_prob(u)
-        return log_q.sum(self._batch_dims) if self._batch_dims else log_q
+        return self._sum_batch(self.q_data.log_prob(u))
 
 
 class VariationalEUBO(_Objective):
@@ -560,14 +563,39 @@ class VariationalReverseKL(_Objective):
     ``inputs`` tensor comes back: M × |D_e| numbers).
     Call it as ``loss = -rkl(None, y_e, inputs=x_e)`` (``output`` is not needed: the samples come
     from q(u|D), not from the GP). :attr:`ess` is the last step's effective sample size.
+
+    ``proposal="current"`` draws u_s from the current q_v (detached) instead, with weights
+    w_s ∝ q(u_s|D) / (p_adj(D_e|u_s) q_v(u_s)): the same objective and the same self-normalised
+    estimator of its gradient (the wake-phase q update of reweighted wake-sleep), but the
+    proposal follows q_v towards p̃. Use it when D_e is too informative for q(u|D) to propose
+    (an ESS of a few draws from the start): q(u|D) is narrower than p̃, which removed data.
+    ``anneal=f`` (with ``proposal="current"``) also tempers the target, p̃_β ∝ q(u|D) /
+    p_adj(D_e|u)^β, raising β from 0 each step as far as the weights keep an ESS of f·S
+    (:func:`~pyro_unlearn.infer.reverse_kl.next_temperature`); the loss is the rKL once
+    :attr:`temperature` reaches 1, and a loop should not stop before. Thousands of erased
+    points move log p(D_e|u) by tens of nats across draws, and no proposal survives that in
+    one step.
     """
+
+    temperature: torch.Tensor | None = None
 
     ess: torch.Tensor | None = None
 
     def __init__(
-        self, likelihood, model, posterior, num_erased, lam=0.0, num_samples=256, chunk_size=4096
+        self,
+        likelihood,
+        model,
+        posterior,
+        num_erased,
+        lam=0.0,
+        num_samples=256,
+        chunk_size=4096,
+        proposal="posterior",
+        anneal=None,
     ):
         super().__init__(likelihood, model, posterior, num_erased, lam, num_samples)
+        self.proposal, self.anneal = check_proposal(proposal, anneal)
+        self.temperature = torch.zeros(()) if anneal is not None else torch.ones(())
         self.chunk_size = int(chunk_size)
         self._cache: tuple | None = None  # (key of the inputs, their chunks' p(f|u) algebra)
 
@@ -589,8 +617,10 @@ class VariationalReverseKL(_Objective):
                 f"VariationalReverseKL needs all of D_e each step (its weights are normalised over "
                 f"it): got {target.shape[-1]} points, num_erased is {self.num_erased}"
             )
+        q_v = self.strategy._variational_distribution()
         with torch.no_grad():
-            u = self.q_data.sample(torch.Size([self.num_samples]))
+            source = self.q_data if self.proposal == "posterior" else q_v
+            u = source.sample(torch.Size([self.num_samples]))
             log_lik = erased_log_likelihood(
                 self.model,
                 self.likelihood,
@@ -600,10 +630,10 @@ class VariationalReverseKL(_Objective):
                 self.chunk_size,
                 self._projections_of(inputs),
             )
-            log_lik = adjusted_log_likelihood(log_lik, self._log_q_data(u), self.log_threshold)
-            weights = log_lik.numel() * torch.softmax(-log_lik, dim=0)
-            self.ess = effective_sample_size(weights)
-        log_q = self.strategy._variational_distribution().log_prob(u)
-        if self._batch_dims:
-            log_q = log_q.sum(self._batch_dims)
-        return (weights * log_q).mean() / self.num_erased
+            log_q_data = self._log_q_data(u)
+            log_lik = adjusted_log_likelihood(log_lik, log_q_data, self.log_threshold)
+        log_q_v = self._sum_batch(q_v.log_prob(u))
+        weights, self.ess, self.temperature = importance_weights(
+            log_lik, log_q_data, log_q_v.detach(), self.proposal, self.anneal, self.temperature
+        )
+        return (weights * log_q_v).mean() / self.num_erased

@@ -10,12 +10,39 @@ from ..traces import latent_sites, sum_sites_per_particle
 from .base import UnlearningLoss
 from .eubo import check_sites_match
 
-__all__ = ["ReverseKL", "effective_sample_size"]
+__all__ = ["ReverseKL", "effective_sample_size", "next_temperature"]
 
 
 def effective_sample_size(weights: torch.Tensor) -> torch.Tensor:
     """ESS = (Σw)² / Σw², between 1 (one particle carries all weight) and the particle count."""
     return weights.sum() ** 2 / (weights**2).sum()
+
+
+def next_temperature(
+    log_base: torch.Tensor, log_lik: torch.Tensor, temperature, min_ess: float
+) -> torch.Tensor:
+    r"""The next temperature β' ∈ [β, 1] of an annealed importance-sampling target
+    p̃_β ∝ q(θ|D) / p(D_e|θ)^β: the largest β' whose weights log w_s = ``log_base`` − β'·ℓ_s keep
+    an ESS of at least ``min_ess`` (a fraction of the S particles); β itself if none does.
+    ``log_base`` is log q(θ_s|D) − log r(θ_s) for the proposal r, ``log_lik`` ℓ_s = log
+    p(D_e|θ_s). All candidates (β + (1 − β)·t, t on a log grid from 1e-4 to 1) are scored in one
+    tensor op, on the input's device.
+
+        >>> log_lik = torch.randn(256) * 10.0  # ℓ varies by ±10 nats: β = 1 collapses the ESS
+        >>> beta = next_temperature(torch.zeros(256), log_lik, 0.0, 0.5)
+        >>> 0.0 < float(beta) < 1.0
+        True
+        >>> float(next_temperature(torch.zeros(256), torch.zeros(256), 0.0, 0.5))  # flat: done
+        1.0
+    """
+    beta = torch.as_tensor(temperature, dtype=log_lik.dtype, device=log_lik.device)
+    steps = torch.logspace(-4, 0, 129, dtype=log_lik.dtype, device=log_lik.device)
+    candidates = torch.cat([beta.reshape(1), beta + (1 - beta) * steps])
+    log_w = log_base - candidates.unsqueeze(-1) * log_lik  # (candidates, S)
+    log_ess = 2 * torch.logsumexp(log_w, -1) - torch.logsumexp(2 * log_w, -1)
+    ok = log_ess >= torch.log(torch.as_tensor(min_ess * log_lik.numel(), dtype=log_w.dtype))
+    ok[0] = True  # β itself is always allowed: the step then refines q_v at β
+    return candidates[ok].max()
 
 
 class ReverseKL(UnlearningLoss):
@@ -30,15 +57,36 @@ class ReverseKL(UnlearningLoss):
     collapsing ESS means D_e is too informative to importance-sample from q(θ|D).
 
     The guide need not be reparameterised. Arguments and usage are those of
-    :class:`~pyro_unlearn.Trace_EUBO`.
+    :class:`~pyro_unlearn.Trace_EUBO`, plus:
+
+    Arguments:
+        proposal: ``"posterior"`` (the paper's: θ_s ~ q(θ|D)) or ``"current"``: θ_s ~ q_v
+            (detached), weights w_s ∝ q(θ_s|D) / (p_adj(D_e|θ_s) q_v(θ_s)), the loss
+            −mean_s[(w_s − 1) · log q_v(θ_s)] (the − 1 is a control variate: E_{q_v}[∇ log q_v]
+            = 0). The proposal follows q_v towards p̃, for erasures too informative to propose
+            from q(θ|D), which is narrower than p̃.
+        anneal: with ``proposal="current"``, an ESS fraction f ∈ (0, 1): the target is tempered,
+            p̃_β ∝ q(θ|D)/p_adj(D_e|θ)^β, and each training step (gradients enabled) raises
+            β (:attr:`temperature`) as far as the weights keep an ESS of f·S
+            (:func:`next_temperature`). The loss is the rKL once β = 1; do not stop before.
 
     Attributes:
         ess: effective sample size (a 0-dim tensor) of the last evaluated step.
+        temperature: β of the annealed target (1 without ``anneal``).
     """
 
     ess: torch.Tensor | None = None
 
+    def __init__(self, posterior, lam=0.0, *, proposal="posterior", anneal=None, **kwargs):
+        super().__init__(posterior, lam, **kwargs)
+        self.proposal, self.anneal = check_proposal(proposal, anneal)
+        self.temperature = torch.tensor(0.0 if anneal is not None else 1.0)
+
     def _particles(self, model, guide, posterior, args, kwargs, particle_dim, num_particles):
+        if self.proposal == "current":
+            return self._particles_from_guide(
+                model, guide, posterior, args, kwargs, particle_dim, num_particles
+            )
         with poutine.block():
             post_trace = poutine.trace(posterior).get_trace(*args, **kwargs)
             model_trace = poutine.trace(poutine.replay(model, trace=post_trace)).get_trace(
@@ -59,8 +107,77 @@ class ReverseKL(UnlearningLoss):
             "log_q_v": sum_sites_per_particle(guide_trace, sites, particle_dim, num_particles),
         }
 
+    def _particles_from_guide(
+        self, model, guide, posterior, args, kwargs, particle_dim, num_particles
+    ):
+        with poutine.block(), torch.no_grad():
+            draw = poutine.trace(guide).get_trace(*args, **kwargs)
+        guide_trace = poutine.trace(poutine.replay(guide, trace=draw)).get_trace(*args, **kwargs)
+        with poutine.block():
+            post_trace = poutine.trace(poutine.replay(posterior, trace=draw)).get_trace(
+                *args, **kwargs
+            )
+            model_trace = poutine.trace(poutine.replay(model, trace=draw)).get_trace(
+                *args, **kwargs
+            )
+        sites = latent_sites(guide_trace)
+        check_sites_match(sites, self.posterior.sites)
+        post_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
+        guide_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
+        model_trace.compute_log_prob(site_filter=lambda _, site: ERASED in site["infer"])
+        return {
+            "log_lik": erased_log_likelihood(model_trace, particle_dim, num_particles).detach(),
+            "log_q": sum_sites_per_particle(post_trace, sites, particle_dim, num_particles),
+            "log_q_v": sum_sites_per_particle(guide_trace, sites, particle_dim, num_particles),
+        }
+
     def _objective(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        log_lik = self._adjusted(terms["log_lik"], terms["log_q"])
-        weights = log_lik.numel() * torch.softmax(-log_lik, dim=0)
-        self.ess = effective_sample_size(weights).detach()
-        return -(weights.detach() * terms["log_q_v"]).mean()
+        log_lik = self._adjusted(terms["log_lik"], terms["log_q"]).detach()
+        weights, self.ess, self.temperature = importance_weights(
+            log_lik,
+            terms["log_q"].detach(),
+            terms["log_q_v"].detach(),
+            self.proposal,
+            self.anneal,
+            self.temperature,
+        )
+        return -(weights * terms["log_q_v"]).mean()
+
+
+def check_proposal(proposal: str, anneal: float | None) -> tuple[str, float | None]:
+    """Validate the reverse KL's ``proposal`` and ``anneal`` arguments; return them."""
+    if proposal not in ("posterior", "current"):
+        raise ValueError(f"proposal must be 'posterior' or 'current', got {proposal!r}")
+    if anneal is not None and not (proposal == "current" and 0.0 < anneal < 1.0):
+        raise ValueError(
+            f"anneal is the ESS fraction kept while tempering, in (0, 1), and needs "
+            f"proposal='current' (tempering from a fixed q(θ|D) never reaches β = 1); got "
+            f"anneal={anneal!r}, proposal={proposal!r}"
+        )
+    return proposal, anneal
+
+
+def importance_weights(
+    log_lik: torch.Tensor,
+    log_q: torch.Tensor,
+    log_q_v: torch.Tensor,
+    proposal: str,
+    anneal: float | None,
+    temperature: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reverse KL's weights (no gradient) for the loss −mean_s[w_s · log q_v(θ_s)]: from
+    q(θ|D) w_s = S·softmax(−ℓ_s); from q_v (``proposal="current"``) S·softmax(log q(θ_s|D) −
+    log q_v(θ_s) − β ℓ_s) − 1, β advanced by :func:`next_temperature` on training steps
+    (gradients enabled) when ``anneal`` is set. Returns ``(weights, ess, temperature)``."""
+    training = torch.is_grad_enabled()  # a loss evaluated for monitoring does not anneal
+    with torch.no_grad():
+        log_base = log_q - log_q_v if proposal == "current" else torch.zeros_like(log_lik)
+        temperature = temperature.to(log_lik)
+        if anneal is not None and training:
+            temperature = next_temperature(log_base, log_lik, temperature, anneal)
+        log_weights = log_base - temperature * log_lik
+        weights = log_weights.numel() * torch.softmax(log_weights, dim=0)
+        ess = effective_sample_size(weights)
+        if proposal == "current":  # E_{q_v}[∇ log q_v(θ)] = 0: a free control variate
+            weights = weights - 1.0
+    return weights, ess, temperature

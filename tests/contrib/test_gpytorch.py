@@ -409,3 +409,60 @@ def test_reverse_kl_computes_the_erased_kernel_algebra_once_per_inputs(data):
     rkl(None, y_e, inputs=x_e)
     assert rkl._cache[1] is not first
     assert not torch.allclose(rkl._cache[1][0].a, first[0].a)
+
+
+def test_annealed_reverse_kl_unlearns_the_cluster_importance_sampling_from_qD_cannot(data):
+    """The 12-point cluster moves log p̃(D_e|u) by tens of nats across draws of q(u|D): drawn
+    from q(u|D) the weights collapse (ESS of a few) and the rKL stays far from the closed-form
+    q(u|D_r). Drawn from the current q_v, with the target tempered as the ESS allows, β reaches
+    1 and q(u) lands on it (natural parameters, GPyTorch's NGD)."""
+    x, y, erased, keep = data
+    kls = {}
+    for proposal, anneal in [("posterior", None), ("current", 0.5)]:
+        torch.manual_seed(0)
+        gp = GP(x[::6].clone(), kind=KINDS["natural"]).double()
+        gp(x)
+        pug.set_inducing_distribution(gp, *_mean_cov(_optimal(gp, x, y)))
+        target = _optimal(gp, x[keep], y[keep])
+        full = _kl_to(gp, *target)
+        rkl = pug.VariationalReverseKL(
+            _likelihood(), gp, pug.freeze(gp), len(erased), proposal=proposal, anneal=anneal
+        )
+        optimizer = gpytorch.optim.NGD(gp.variational_parameters(), num_data=len(erased), lr=0.05)
+        for _ in range(150):
+            optimizer.zero_grad()
+            (-rkl(None, y[erased], inputs=x[erased])).backward()
+            optimizer.step()
+        kls[proposal] = _kl_to(gp, *target)
+        assert float(rkl.temperature) == 1.0
+    assert full > 2.0
+    assert kls["current"] < 0.02
+    assert kls["posterior"] > 0.5
+
+
+def test_reverse_kl_from_the_current_q_is_the_same_estimator_at_q_of_D(data):
+    """At q_v = q(u|D) the two proposals are one distribution: the same draws and weights; the
+    current one subtracts its control variate, mean_s log q_v(u_s)/|D_e|."""
+    x, y, erased, _ = data
+    gp, likelihood = _trained(x, y), _likelihood()
+    posterior = pug.freeze(gp)
+    values = []
+    for proposal in ("posterior", "current"):
+        torch.manual_seed(3)
+        rkl = pug.VariationalReverseKL(
+            likelihood, gp, posterior, len(erased), num_samples=64, proposal=proposal
+        )
+        values.append((rkl(None, y[erased], inputs=x[erased]).item(), float(rkl.ess)))
+    torch.manual_seed(3)
+    q = pug.inducing_distribution(gp)
+    control = float(q.log_prob(q.sample(torch.Size([64]))).mean()) / len(erased)
+    assert values[1][1] == pytest.approx(values[0][1], rel=1e-9)  # ESS
+    assert values[1][0] == pytest.approx(values[0][0] - control, rel=1e-9)
+    with pytest.raises(ValueError, match="proposal must be"):
+        pug.VariationalReverseKL(likelihood, gp, posterior, len(erased), proposal="prior")
+    with pytest.raises(ValueError, match="needs proposal='current'"):
+        pug.VariationalReverseKL(likelihood, gp, posterior, len(erased), anneal=0.5)
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        pug.VariationalReverseKL(
+            likelihood, gp, posterior, len(erased), proposal="current", anneal=1.5
+        )

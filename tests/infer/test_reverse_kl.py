@@ -7,7 +7,7 @@ import torch
 from pyro import poutine
 
 import pyro_unlearn as pu
-from pyro_unlearn.infer.reverse_kl import effective_sample_size
+from pyro_unlearn.infer.reverse_kl import effective_sample_size, next_temperature
 
 from .test_eubo import Y, model, trained_and_moved
 
@@ -46,3 +46,61 @@ def test_ess_collapses_when_erased_data_are_informative():
     mild = float(loss.ess)
     loss.loss(pu.unlearn(model), guide, Y.repeat(40))  # 120 points that q(θ|D) never saw
     assert 1 <= float(loss.ess) < 0.2 * mild <= 256
+
+
+def test_next_temperature_is_the_largest_step_that_keeps_the_ess():
+    """β' is on the candidate grid, keeps the ESS at or above the bound, and the next grid
+    point does not; it never goes down, and is 1 once the weights allow it."""
+    g = torch.Generator().manual_seed(0)
+    log_lik = 20.0 * torch.randn(512, generator=g, dtype=torch.float64)
+    log_base = 0.1 * torch.randn(512, generator=g, dtype=torch.float64)
+
+    def ess(beta):
+        return float(effective_sample_size(torch.softmax(log_base - beta * log_lik, 0)))
+
+    beta = float(next_temperature(log_base, log_lik, 0.0, 0.5))
+    assert 0.0 < beta < 1.0
+    assert ess(beta) >= 0.5 * 512
+    grid = torch.logspace(-4, 0, 129, dtype=torch.float64).tolist()
+    above = min(t for t in grid if t > beta * (1 + 1e-9))
+    assert ess(above) < 0.5 * 512
+    again = float(next_temperature(log_base, log_lik, beta, 0.5))
+    assert again >= beta  # from β it moves up, or stays
+    assert float(next_temperature(log_base, log_lik, 0.9, 0.99)) == pytest.approx(0.9)
+    assert float(next_temperature(log_base, 1e-3 * log_lik, 0.0, 0.5)) == 1.0
+    out = next_temperature(log_base.float(), log_lik.float(), 0.0, 0.5)
+    assert out.dtype == torch.float32 and out.shape == ()
+
+
+def test_reverse_kl_from_the_current_guide_lands_on_the_exact_posterior_of_D_r():
+    """Bayesian linear regression, a 10-point cluster erased from the exact posterior: drawing
+    from the current guide with an annealed target, the rKL reaches the exact p(θ|D_r), with
+    nearly uniform weights at β = 1. Evaluating the loss (no gradients) does not anneal."""
+    from pyro.infer import SVI
+
+    from pyro_unlearn.metrics import guide_moments
+    from tests.infer.test_influence import D_E, FULL, REMAINING, mvn_guide
+    from tests.infer.test_influence import model as linear
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = mvn_guide(*FULL)
+    posterior = pu.freeze(guide)
+    loss = pu.ReverseKL(
+        posterior, 0.0, num_particles=256, vectorize_particles=True, max_plate_nesting=1,
+        proposal="current", anneal=0.5,
+    )  # fmt: skip
+    loss.loss(pu.unlearn(linear), guide, *D_E)
+    assert float(loss.temperature) == 0.0  # monitoring does not anneal
+    svi = SVI(pu.unlearn(linear), guide, pyro.optim.Adam({"lr": 0.01}), loss)
+    for _ in range(150):
+        svi.step(*D_E)
+    assert float(loss.temperature) == 1.0 and float(loss.ess) > 0.9 * 256
+    loc, cov = guide_moments(guide)
+    unlearned = torch.distributions.MultivariateNormal(loc, cov)
+    exact = torch.distributions.MultivariateNormal(REMAINING[0], precision_matrix=REMAINING[1])
+    full = torch.distributions.MultivariateNormal(FULL[0], precision_matrix=FULL[1])
+    assert float(torch.distributions.kl_divergence(full, exact)) > 0.5
+    assert float(torch.distributions.kl_divergence(unlearned, exact)) < 1e-3
+    with pytest.raises(ValueError, match="needs proposal='current'"):
+        pu.ReverseKL(posterior, anneal=0.5)
