@@ -122,10 +122,16 @@ def forget(
 
 
 def run_until_flat(
-    step: Callable[[], float], num_steps: int, window: int, desc: str, progress: bool
+    step: Callable[[], float],
+    num_steps: int,
+    window: int,
+    desc: str,
+    progress: bool,
+    ready: Callable[[], bool] | None = None,
 ) -> tuple[list[float], bool, float]:
     """Call ``step`` (one SVI step, returning its loss) up to ``num_steps`` times under a tqdm
-    bar, stopping once :func:`has_converged` over ``window`` steps. Returns ``(losses,
+    bar, stopping once :func:`has_converged` over ``window`` steps (and ``ready()``, if given:
+    an annealed loss is not the objective before its temperature reaches 1). Returns ``(losses,
     converged, seconds)``: the one loop of :func:`forget` and :func:`~pyro_unlearn.retrain`."""
     losses: list[float] = []
     converged = False
@@ -136,7 +142,7 @@ def run_until_flat(
             bar.update()
             if len(losses) % window == 0:  # not bar.n: a disabled bar does not count
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
-                if has_converged(losses, window):
+                if (ready is None or ready()) and has_converged(losses, window):
                     converged = True
                     break
     return losses, converged, time.perf_counter() - start

@@ -90,9 +90,9 @@ def test_reproduce_flights_quick_writes_strict_json_with_finetune_seconds(tmp_pa
         full = rows[(erasure, "full", 1.0)]
         # EUBO at λ = 0 lands much closer to the exact optimum on D_r than q(u|D)
         assert rows[(erasure, "eubo", 0.0)]["kl_exact"] < 0.2 * full["kl_exact"]
-        # the rKL (importance sampling from q(u|D), natural gradients) also gets closer
-        assert rows[(erasure, "rkl", 0.0)]["kl_exact"] < full["kl_exact"]
-        assert rows[(erasure, "rkl", 0.0)]["ess"] >= 1.0
+        # the rKL (importance sampling from the current q(u), annealed) gets most of the way
+        assert rows[(erasure, "rkl", 0.0)]["kl_exact"] < 0.3 * full["kl_exact"]
+        assert rows[(erasure, "rkl", 0.0)]["temperature"] == 1.0
         assert results["finetune_seconds"][erasure] > 0
         assert results["retrain_q_seconds"][erasure] > 0
     assert (tmp_path / "flights_seconds.png").stat().st_size > 10_000
