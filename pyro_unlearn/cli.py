@@ -176,12 +176,41 @@ def demo(args: argparse.Namespace) -> dict:
     return reproduce_moons(args, demo_settings=True)
 
 
+def _banknote_membership_study(args, experiment, device, out) -> dict:
+    """``reproduce banknote --mia-study``: paired membership inference over seeds."""
+    settings = experiment.MIA_STUDY_QUICK if _quick(args) else {}
+    study = experiment.membership_study(**settings, device=device, progress=not args.no_progress)
+    print(
+        f"Banknote membership inference: D_e against {study['settings']['mia_holdout']} held-out "
+        f"rows, {len(study['settings']['seeds'])} seeds, Gaussian guide, quadrature losses"
+    )
+    columns = {
+        "posterior": "posterior",
+        "mia_accuracy_mean": "MIA acc",
+        "mia_auc_mean": "MIA AUC",
+        "mia_logistic_auc_mean": "logistic AUC",
+        "loss_gap_mean": "loss gap",
+    }
+    print(_table(study["summary"], columns))
+    columns = {
+        "posterior": "unlearned",
+        "metric": "metric",
+        "closer_seeds": "closer to retrained (seeds)",
+        "closer_on_means": "closer (means)",
+        "gap_over_noise": "|full − retrained| / noise",
+    }
+    print(_table(study["comparisons"], columns))
+    return study
+
+
 def reproduce_banknote(args: argparse.Namespace) -> dict:
     """Logistic regression on banknote, Gaussian and MAF guides (EXPERIMENTS.md §5, Fig. 5)."""
     from .experiments import banknote as experiment
     from .plots import PAPER_PANELS, plot_kl_against_lambda
 
     device, out = _device(args.device), _out_dir(args)
+    if args.mia_study:
+        return _banknote_membership_study(args, experiment, device, out)
     settings = experiment.QUICK if _quick(args) else {}
     results = experiment.run(
         seed=args.seed, device=device, progress=not args.no_progress, **settings
@@ -500,6 +529,12 @@ def main(argv: list[str] | None = None) -> int:
         default="mvn",
         help="linear-regression only: full-covariance guide (mvn) or Appendix C's independent "
         "Gaussians on 1-D clustered data (diagonal)",
+    )
+    p.add_argument(
+        "--mia-study",
+        action="store_true",
+        help="banknote only: paired membership inference over 5 seeds (full / retrained / "
+        "unlearned) instead of the paper's figure",
     )
     _common_options(p)
     args = parser.parse_args(argv)

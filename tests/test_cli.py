@@ -126,3 +126,14 @@ def test_reproduce_moons_gpytorch_variant_writes_its_own_figures(tmp_path, capsy
     assert "mvn: q(u|D)" in out and "gpytorch: q(u|D)" in out
     for name in ("sorted_kl", "sorted_surfaces", "sorted_gpytorch_kl", "sorted_gpytorch_surfaces"):
         assert (tmp_path / f"moons_{name}.png").stat().st_size > 10_000
+
+
+def test_reproduce_banknote_mia_study_quick_prints_both_tables(tmp_path, capsys):
+    path = tmp_path / "mia.json"
+    args = ["reproduce", "banknote", "--mia-study", "--quick", "--no-progress", "--json", str(path)]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Banknote membership inference" in out and "closer to retrained (seeds)" in out
+    study = json.loads(path.read_text(), parse_constant=_reject_constant)
+    posteriors = {row["posterior"] for row in study["summary"]}
+    assert {"full", "retrained", "retrained again", "rkl λ=0"} <= posteriors

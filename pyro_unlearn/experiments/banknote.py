@@ -22,6 +22,13 @@ to 1372 − k rows and D_e has 412 − k. Every number then differs a little fro
 protocol, which is why the default is k = 0: the ``mia_*`` columns are NaN and ``"mia"`` says
 why. With 5 parameters and 1372 rows, logistic regression memorises little: expect attacks near
 chance for every posterior.
+
+:func:`membership_study` makes that comparison measurable: over several seeds (each its own
+held-out rows and its own training), the per-example losses of the Gaussian guide's posteriors
+come from the Gauss–Hermite predictive (:func:`quadrature_predictive`), exact to ~1e-6 instead
+of Monte-Carlo noise, so every attack score is a deterministic function of the posterior and
+full, retrained and unlearned compare *paired*, on the same members and non-members; a second
+retraining from another random stream measures what the optimiser's noise alone moves.
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ import math
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoLaplaceApproximation, AutoMultivariateNormal, init_to_mean
+from tqdm import tqdm
 
 import pyro_unlearn as pu
 
@@ -44,6 +53,7 @@ from ..metrics import (
     gaussian_kl,
     guide_moments,
     mean_and_std,
+    membership_attack,
     membership_inference,
     predictive_kl,
 )
@@ -51,7 +61,17 @@ from ..sweep import FLOW_LAMBDAS, LAMBDAS
 from . import json_safe
 from .machine import machine_info
 
-__all__ = ["GUIDES", "QUICK", "logistic_model", "mia_holdout_rows", "run", "train_full_posterior"]
+__all__ = [
+    "GUIDES",
+    "MIA_STUDY_QUICK",
+    "QUICK",
+    "logistic_model",
+    "membership_study",
+    "mia_holdout_rows",
+    "quadrature_predictive",
+    "run",
+    "train_full_posterior",
+]
 
 #: The row columns of membership inference (NaN without held-out rows).
 MIA_COLUMNS = ("mia_accuracy", "mia_auc", "mia_logistic_accuracy", "mia_logistic_auc")
@@ -112,6 +132,16 @@ def mia_holdout_rows(data: BanknoteData, num: int, seed: int = 0) -> torch.Tenso
         share = round(num * len(rows) / len(erased))
         picked.append(rows[torch.randperm(len(rows), generator=generator)[:share].to(rows.device)])
     return torch.cat(picked).sort().values
+
+
+def _split(data: BanknoteData, mia_holdout: int, seed: int) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """``(x, y)`` of D without the held-out rows, D_e without them, D_r and the held-out rows
+    (:func:`mia_holdout_rows`); held-out rows are in neither D_e nor D_r: never trained on."""
+    holdout = mia_holdout_rows(data, mia_holdout, seed)
+    keep = torch.ones(len(data.y), dtype=torch.bool, device=data.y.device)
+    keep[holdout] = False
+    erased = data.erased[keep[data.erased]]
+    return tuple((data.x[rows], data.y[rows]) for rows in (keep, erased, data.remaining, holdout))
 
 
 def _make_guide(name: str, model, flow_transforms: int, flow_hidden: Sequence[int]):
@@ -245,14 +275,7 @@ def run(
     lambdas = {**GUIDES, **(lambdas or {})}
     lr = {"mvn": 0.01, "maf": 0.002, **(lr or {})}
     data = data or banknote(device=device)
-    holdout = mia_holdout_rows(data, mia_holdout, seed)
-    keep = torch.ones(len(data.y), dtype=torch.bool, device=data.y.device)
-    keep[holdout] = False  # held-out rows are in neither D_e nor D_r: never trained on
-    x, y = data.x[keep], data.y[keep]
-    erased = data.erased[keep[data.erased]]
-    x_e, y_e = data.x[erased], data.y[erased]
-    x_r, y_r = data.x[data.remaining], data.y[data.remaining]
-    x_out, y_out = data.x[holdout], data.y[holdout]
+    (x, y), (x_e, y_e), (x_r, y_r), (x_out, y_out) = _split(data, mia_holdout, seed)
     train_particles = num_particles // 8  # the ELBO needs far fewer than the unlearning losses
     rows, retrain_seconds, training, noise_floor, posteriors, mia_results = [], {}, {}, {}, {}, {}
 
@@ -339,7 +362,7 @@ def run(
             "guides": list(guides),
             "lambdas": {g: list(lambdas[g]) for g in guides},
             "num_data": len(y),
-            "num_erased": len(erased),
+            "num_erased": len(y_e),
             "mia_holdout": mia_holdout,
             "mia_repeats": mia_repeats,
             "map_steps": map_steps,
@@ -362,6 +385,290 @@ def run(
         "mia": mia_results
         if mia_holdout
         else {"note": "no non-members: run(mia_holdout=k) holds k rows of D_e out of D"},
+    }
+    if keep_posteriors:
+        results["posteriors"] = posteriors
+    return results
+
+
+# -- membership inference, paired and without Monte-Carlo noise ----------------------------------
+#: Settings of a short :func:`membership_study` (``--quick``, the tests and the notebook's smoke
+#: mode): the same pipeline, far fewer steps.
+MIA_STUDY_QUICK = dict(
+    seeds=(0, 1),
+    map_steps=100,
+    train_steps=300,
+    retrain_steps=300,
+    unlearn_steps=200,
+    window=20,
+    num_particles=128,
+    mia_repeats=2,
+)
+
+#: The scores :func:`membership_study` compares: the four attack columns and the loss gap.
+MIA_STUDY_METRICS = (*MIA_COLUMNS, "loss_gap")
+
+
+def quadrature_predictive(posterior, x: torch.Tensor, *, num_nodes: int = 64) -> torch.Tensor:
+    r"""log p(y|x) for y = 0, 1 under the posterior predictive of :func:`logistic_model` with a
+    Gaussian q(θ) (AutoMultivariateNormal or another Gaussian AutoGuide, live or frozen), by
+    ``num_nodes``-point Gauss–Hermite quadrature instead of Monte Carlo: the logit
+    a = w·x + b is N(m, s²) with m = x̃·μ, s² = x̃ᵀΣx̃ (x̃ = (x, 1)), so
+
+    .. math:: p(y=1|x) = E[σ(a)] ≈ \frac{1}{\sqrt π} \sum_i ω_i\, σ(m + \sqrt2\, s\, t_i)
+
+    with nodes t_i and weights ω_i, evaluated in log space (logsumexp of log σ): −log p(y|x) is
+    then a deterministic function of (μ, Σ), accurate where a 10⁵-draw Monte-Carlo predictive
+    is not. Returns a tensor of shape ``(len(x), 2)`` in ``x``'s dtype and device.
+
+    Example::
+
+        >>> x, y = torch.tensor([[0.0, 0.0, 0.0, 0.0]]), torch.tensor([1.0])
+        >>> guide = AutoMultivariateNormal(logistic_model, init_loc_fn=init_to_mean)
+        >>> q = pu.freeze(guide, x, y)  # θ ~ N(0, 0.1² I): p(y=1|x) = ½ by symmetry
+        >>> quadrature_predictive(q, x).exp()
+        tensor([[0.5000, 0.5000]])
+    """
+    if not 1 <= num_nodes <= 300:  # NumPy's hermgauss overflows beyond ~350 nodes
+        raise ValueError(f"num_nodes must be in [1, 300], got {num_nodes}")
+    loc, cov = guide_moments(posterior)  # TypeError for a flow: use per_example_loss instead
+    if x.dim() != 2 or loc.shape != (x.shape[-1] + 1,):
+        raise ValueError(
+            f"x must be (points, {len(loc) - 1}) for a posterior over {len(loc)} parameters "
+            f"(w, b), got shape {tuple(x.shape)}"
+        )
+    loc, cov = loc.to(x), cov.to(x)
+    x1 = torch.cat([x, x.new_ones(len(x), 1)], -1)
+    mean = x1 @ loc
+    sd = ((x1 @ cov) * x1).sum(-1).clamp_min(0).sqrt()
+    nodes, weights = np.polynomial.hermite.hermgauss(num_nodes)
+    nodes = x.new_tensor(nodes) * math.sqrt(2)
+    log_weights = x.new_tensor(weights).log() - 0.5 * math.log(math.pi)
+    logits = mean.unsqueeze(-1) + sd.unsqueeze(-1) * nodes  # (points, nodes)
+    logits = torch.stack([-logits, logits], -2)  # y = 0, 1: log σ(∓a)
+    return torch.logsumexp(torch.nn.functional.logsigmoid(logits) + log_weights, -1)
+
+
+def _loss_and_entropy(posterior, x, y, num_nodes) -> tuple[torch.Tensor, torch.Tensor]:
+    """−log p(y_n|x_n) and the entropy of each predictive, by :func:`quadrature_predictive` in
+    float64: in float32, rounding (~3e-6) would be the largest error left in the losses."""
+    with torch.no_grad():
+        log_p = quadrature_predictive(posterior, x.double(), num_nodes=num_nodes)
+    loss = -log_p.gather(-1, y.long().unsqueeze(-1)).squeeze(-1)
+    return loss, -(log_p.exp() * log_p).sum(-1)
+
+
+def _closer(seed_rows: list[dict], name: str, metric: str) -> dict:
+    """Over the seeds: |u − r| against |u − f| (and the noise floor |r' − r|) for one metric."""
+    by = {r["posterior"]: [] for r in seed_rows}
+    for r in seed_rows:
+        by[r["posterior"]].append(r[metric])
+    u, r, f, again = (np.array(by[k]) for k in (name, "retrained", "full", "retrained again"))
+    closer = np.abs(u - r) < np.abs(u - f)
+    return {
+        "posterior": name,
+        "metric": metric,
+        "closer_seeds": int(closer.sum()),
+        "num_seeds": len(u),
+        "closer_on_means": bool(abs(u.mean() - r.mean()) < abs(u.mean() - f.mean())),
+        "mean_unlearned": float(u.mean()),
+        "mean_retrained": float(r.mean()),
+        "mean_full": float(f.mean()),
+        "abs_unlearned_minus_retrained": float(np.abs(u - r).mean()),
+        "abs_unlearned_minus_full": float(np.abs(u - f).mean()),
+        "abs_full_minus_retrained": float(np.abs(f - r).mean()),
+        "abs_retrained_again_minus_retrained": float(np.abs(again - r).mean()),
+        # how far the full-vs-retrained gap stands above the optimiser's noise (≫ 1: resolved)
+        "gap_over_noise": float(np.abs(f - r).mean() / max(np.abs(again - r).mean(), 1e-12)),
+    }
+
+
+def membership_study(
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    *,
+    mia_holdout: int = 100,
+    lambdas: Sequence[float] = (1e-3, 0.0),
+    methods: Sequence[str] = ("eubo", "rkl"),
+    data: BanknoteData | None = None,
+    map_steps: int = 500,
+    train_steps: int = 10000,
+    retrain_steps: int = 10000,
+    unlearn_steps: int = 3000,
+    window: int = 200,
+    num_particles: int = 512,
+    lr: float = 0.01,
+    num_nodes: int = 64,
+    mia_repeats: int = 10,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    keep_posteriors: bool = False,
+) -> dict:
+    """Membership inference on D_e for the Gaussian guide, paired and over several seeds.
+
+    Per seed s: hold ``mia_holdout`` rows of D_e out as non-members (:func:`mia_holdout_rows`
+    with seed s), fit q(θ|D ∖ held-out) ("full", :func:`train_full_posterior`), retrain on D_r
+    from it twice, from two random streams ("retrained", and "retrained again": the optimiser's
+    noise floor), and unlearn D_e with every method at every λ (:func:`~pyro_unlearn.lambda_sweep`,
+    as :func:`run` does). Every posterior's per-example loss −log p(y|x) on the members (D_e) and
+    non-members comes from :func:`quadrature_predictive`, so the scores are deterministic
+    given the posterior; :func:`~pyro_unlearn.metrics.membership_attack` then runs on the same
+    members, non-members and folds (seeded by s) for every posterior: paired.
+
+    Returns ``{"rows", "summary", "comparisons", "settings"}``: ``rows`` one per (seed,
+    posterior) with the ``mia_*`` columns, ``loss_gap`` = mean loss of the non-members − that of
+    the members (> 0: members fit better), ``loss_to_retrained`` and ``loss_to_full``
+    (mean |ℓ − ℓ_retrained| and |ℓ − ℓ_full| over D_e, paired per example), and the fit's
+    ``seconds``, ``steps``, ``converged``; ``summary`` their mean and std over seeds per
+    posterior; ``comparisons`` per unlearned posterior and metric: on how many seeds
+    |u − r| < |u − f|, whether it holds for the seed means, and the mean absolute differences
+    |u − r|, |u − f|, |f − r| and |r' − r| (the noise floor) and their ratio ``gap_over_noise``
+    = |f − r| / |r' − r|: the ordering means something only where it is well above 1.
+    ``keep_posteriors=True`` adds
+    ``"posteriors"`` (per seed, the frozen posteriors; not JSON-serialisable).
+
+    Example (``tests/experiments/test_banknote.py`` runs a tiny one)::
+
+        study = membership_study(**MIA_STUDY_QUICK)
+        pd.DataFrame(study["comparisons"])
+    """
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed")
+    if mia_holdout < 5:
+        raise ValueError(
+            f"mia_holdout must be at least 5 (non-members to attack), got {mia_holdout}"
+        )
+    start = time.perf_counter()
+    data = data or banknote(device=device)
+    train_particles = num_particles // 8  # as in run(): the ELBO needs far fewer
+    rows, posteriors = [], {}
+    for seed in tqdm(seeds, desc="membership study (seeds)", disable=not progress):
+        (x, y), (x_e, y_e), (x_r, y_r), (x_out, y_out) = _split(data, mia_holdout, seed)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        guide, fit = train_full_posterior(
+            "mvn",
+            x,
+            y,
+            map_steps=map_steps,
+            train_steps=train_steps,
+            window=window,
+            num_particles=train_particles,
+            progress=False,
+        )
+        posterior = pu.freeze(guide, x_e, y_e)
+        retrain = dict(
+            init="posterior",
+            num_steps=retrain_steps,
+            window=window,
+            lr=lr,
+            num_particles=train_particles,
+            progress=False,
+        )
+        references = [pu.retrain(logistic_model, guide, x_r, y_r, **retrain) for _ in range(2)]
+        sweep = pu.lambda_sweep(
+            logistic_model,
+            guide,
+            x_e,
+            y_e,
+            evaluate=lambda q: {},
+            lambdas=lambdas,
+            methods=methods,
+            posterior=posterior,
+            guide_name="mvn",
+            progress=False,
+            num_particles=num_particles,
+            lr=lr,
+            num_steps=unlearn_steps,
+            window=window,
+            max_plate_nesting=1,
+        )
+        fits = {
+            "full": (fit["seconds"], fit["steps"], fit["converged"]),
+            **{
+                name: (ref.seconds, len(ref.losses), ref.converged)
+                for name, ref in zip(("retrained", "retrained again"), references, strict=True)
+            },
+        }
+        for row in sweep.table.to_dict("records")[1:]:
+            fits[f"{row['method']} λ={row['lam']:g}"] = (
+                row["seconds"],
+                row["steps"],
+                row["converged"],
+            )
+        chosen = {
+            "full": posterior,
+            "retrained": references[0].posterior,
+            "retrained again": references[1].posterior,
+            **{k: v for k, v in sweep.posteriors.items() if k != "full"},
+        }
+        scored = {
+            name: (
+                _loss_and_entropy(q, x_e, y_e, num_nodes),
+                _loss_and_entropy(q, x_out, y_out, num_nodes),
+            )
+            for name, q in chosen.items()
+        }
+        loss_r, loss_f = scored["retrained"][0][0], scored["full"][0][0]
+        for name, ((loss_m, h_m), (loss_n, h_n)) in scored.items():
+            attack = membership_attack(
+                loss_m, loss_n, features=(h_m, h_n), repeats=mia_repeats, seed=seed
+            )
+            seconds, steps, converged = fits[name]
+            rows.append(
+                {
+                    "seed": seed,
+                    "posterior": name,
+                    **attack.columns(),
+                    "loss_gap": float(loss_n.mean() - loss_m.mean()),
+                    "loss_to_retrained": float((loss_m - loss_r).abs().mean()),
+                    "loss_to_full": float((loss_m - loss_f).abs().mean()),
+                    "seconds": seconds,
+                    "steps": steps,
+                    "converged": bool(converged),
+                }
+            )
+        posteriors[seed] = chosen
+    names = list(chosen)
+    columns = [*MIA_STUDY_METRICS, "loss_to_retrained", "loss_to_full"]
+    summary = []
+    for name in names:
+        values = np.array([[r[c] for c in columns] for r in rows if r["posterior"] == name])
+        sd = values.std(0, ddof=1) if len(values) > 1 else np.zeros(len(columns))
+        summary.append(
+            {
+                "posterior": name,
+                **{f"{c}_mean": float(m) for c, m in zip(columns, values.mean(0), strict=True)},
+                **{f"{c}_std": float(v) for c, v in zip(columns, sd, strict=True)},
+            }
+        )
+    unlearned = [n for n in names if n not in ("full", "retrained", "retrained again")]
+    comparisons = [_closer(rows, n, m) for n in unlearned for m in MIA_STUDY_METRICS]
+    results = {
+        "rows": rows,
+        "summary": summary,
+        "comparisons": comparisons,
+        "settings": {
+            "seeds": list(seeds),
+            "guide": "mvn",
+            "mia_holdout": mia_holdout,
+            "num_members": len(data.erased) - mia_holdout,
+            "lambdas": list(lambdas),
+            "methods": list(methods),
+            "map_steps": map_steps,
+            "train_steps": train_steps,
+            "retrain_steps": retrain_steps,
+            "unlearn_steps": unlearn_steps,
+            "window": window,
+            "num_particles": num_particles,
+            "train_particles": train_particles,
+            "lr": lr,
+            "num_nodes": num_nodes,
+            "mia_repeats": mia_repeats,
+            "device": str(data.x.device),
+            "dtype": str(data.x.dtype),
+            "machine": machine_info(data.x.device, data.x.dtype),
+            "seconds": time.perf_counter() - start,
+        },
     }
     if keep_posteriors:
         results["posteriors"] = posteriors

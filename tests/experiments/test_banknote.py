@@ -6,9 +6,11 @@ import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_unlearn as pu
 from pyro_unlearn.experiments import banknote as experiment
+from pyro_unlearn.metrics import predictive_distribution
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +89,60 @@ def test_run_holds_rows_out_for_membership_inference(data):
     assert results["settings"]["num_data"] == 1372
     assert all(row[k] is None for row in results["rows"] for k in experiment.MIA_COLUMNS)
     assert "mia_holdout" in results["mia"]["note"]
+
+
+def test_quadrature_predictive_checks_its_input(data):
+    q = pu.freeze(AutoMultivariateNormal(experiment.logistic_model), data.x[:3], data.y[:3])
+    with pytest.raises(ValueError, match=r"x must be \(points, 4\) for a posterior over 5"):
+        experiment.quadrature_predictive(q, data.x[:3, :3])
+    with pytest.raises(ValueError, match=r"num_nodes must be in \[1, 300\], got 0"):
+        experiment.quadrature_predictive(q, data.x[:3], num_nodes=0)
+    flow = pu.freeze(pu.AutoZukoFlow(experiment.logistic_model, "maf"), data.x[:3], data.y[:3])
+    with pytest.raises(TypeError, match="Gaussian AutoGuide"):
+        experiment.quadrature_predictive(flow, data.x[:3])
+    with pytest.raises(ValueError, match="seeds is empty"):
+        experiment.membership_study(seeds=())
+
+
+def test_membership_study_is_paired_and_free_of_monte_carlo_noise(data):
+    lambdas = (1e-3, 0.0)
+    study = experiment.membership_study(
+        seeds=(0,),
+        mia_holdout=50,
+        lambdas=lambdas,
+        map_steps=100,
+        train_steps=0,  # q(θ|D) is the Laplace approximation
+        retrain_steps=300,
+        unlearn_steps=300,
+        window=50,
+        num_particles=128,
+        mia_repeats=1,
+        progress=False,
+        keep_posteriors=True,
+    )
+    rows = {r["posterior"]: r for r in study["rows"]}
+    unlearned = [f"{m} λ={lam:g}" for lam in lambdas for m in ("eubo", "rkl")]
+    assert list(rows) == ["full", "retrained", "retrained again", *unlearned]
+    for row in rows.values():
+        assert all(0.0 <= row[k] <= 1.0 for k in experiment.MIA_COLUMNS)
+    assert rows["full"]["loss_to_full"] == rows["retrained"]["loss_to_retrained"] == 0.0
+    comparisons = {(c["posterior"], c["metric"]) for c in study["comparisons"]}
+    assert comparisons == {(u, m) for u in unlearned for m in experiment.MIA_STUDY_METRICS}
+    assert [s["posterior"] for s in study["summary"]] == list(rows)
+
+    # the quadrature predictive is the Monte-Carlo one without its noise (10⁵ draws: ~1e-4)
+    posteriors = study["posteriors"][0]
+    x = data.x[data.erased][:100]
+    for name in ("full", "rkl λ=0"):
+        pyro.set_rng_seed(0)
+        mc = predictive_distribution(
+            experiment.logistic_model, posteriors[name], x, site="y", num_samples=100_000
+        ).probs
+        exact = experiment.quadrature_predictive(posteriors[name], x)[:, 1].exp()
+        assert torch.allclose(exact, mc, atol=1e-3, rtol=0)
+
+    # paired, per example on D_e: unlearning moves the losses towards the retrained posterior's
+    full = rows["full"]["loss_to_retrained"]
+    assert full > 2 * rows["retrained again"]["loss_to_retrained"]  # resolved above VI noise
+    for name in ("eubo λ=0.001", "rkl λ=0.001", "rkl λ=0"):
+        assert rows[name]["loss_to_retrained"] < full, name
