@@ -392,7 +392,10 @@ def test_batch_gp_through_pyro_and_mlls(data):
     assert value.shape == () and torch.isfinite(value)
     rkl = pug.VariationalReverseKL(likelihood, gp, posterior, len(erased))
     assert torch.isfinite(rkl(None, y2[:, erased], inputs=x[erased]))
-    assert 1.0 <= float(rkl.ess) <= rkl.num_samples
+    assert float(rkl.ess) < 0.9 * rkl.num_samples  # λ = 0: the cluster skews the weights
+    untouched = pug.VariationalReverseKL(likelihood, gp, posterior, len(erased), lam=1.0)
+    untouched(None, y2[:, erased], inputs=x[erased])  # λ = 1: p_adj = 1, uniform weights
+    assert float(untouched.ess) == pytest.approx(untouched.num_samples, rel=1e-6)
 
 
 def test_reverse_kl_computes_the_erased_kernel_algebra_once_per_inputs(data):
