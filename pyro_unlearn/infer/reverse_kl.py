@@ -83,35 +83,11 @@ class ReverseKL(UnlearningLoss):
         self.temperature = torch.tensor(0.0 if anneal is not None else 1.0)
 
     def _particles(self, model, guide, posterior, args, kwargs, particle_dim, num_particles):
-        if self.proposal == "current":
-            return self._particles_from_guide(
-                model, guide, posterior, args, kwargs, particle_dim, num_particles
-            )
-        with poutine.block():
-            post_trace = poutine.trace(posterior).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=post_trace)).get_trace(
-                *args, **kwargs
-            )
-        guide_trace = poutine.trace(poutine.replay(guide, trace=post_trace)).get_trace(
-            *args, **kwargs
-        )
-        sites = latent_sites(guide_trace)
-        check_sites_match(sites, self.posterior.sites)
-        # Score only what is read: the latent sites and the flagged observations.
-        post_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
-        guide_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
-        model_trace.compute_log_prob(site_filter=lambda _, site: ERASED in site["infer"])
-        return {
-            "log_lik": erased_log_likelihood(model_trace, particle_dim, num_particles).detach(),
-            "log_q": sum_sites_per_particle(post_trace, sites, particle_dim, num_particles),
-            "log_q_v": sum_sites_per_particle(guide_trace, sites, particle_dim, num_particles),
-        }
-
-    def _particles_from_guide(
-        self, model, guide, posterior, args, kwargs, particle_dim, num_particles
-    ):
+        # θ_s from the frozen q(θ|D) (the paper's), or from the current guide without gradient;
+        # the other two programs are replayed at θ_s.
+        source = guide if self.proposal == "current" else posterior
         with poutine.block(), torch.no_grad():
-            draw = poutine.trace(guide).get_trace(*args, **kwargs)
+            draw = poutine.trace(source).get_trace(*args, **kwargs)
         guide_trace = poutine.trace(poutine.replay(guide, trace=draw)).get_trace(*args, **kwargs)
         with poutine.block():
             post_trace = poutine.trace(poutine.replay(posterior, trace=draw)).get_trace(
@@ -122,6 +98,7 @@ class ReverseKL(UnlearningLoss):
             )
         sites = latent_sites(guide_trace)
         check_sites_match(sites, self.posterior.sites)
+        # Score only what is read: the latent sites and the flagged observations.
         post_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
         guide_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
         model_trace.compute_log_prob(site_filter=lambda _, site: ERASED in site["infer"])
