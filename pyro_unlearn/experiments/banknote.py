@@ -60,6 +60,7 @@ from ..metrics import (
 from ..sweep import FLOW_LAMBDAS, LAMBDAS
 from . import json_safe
 from .machine import machine_info
+from .membership import compare, loss_and_entropy, summarise
 
 __all__ = [
     "GUIDES",
@@ -454,33 +455,7 @@ def _loss_and_entropy(posterior, x, y, num_nodes) -> tuple[torch.Tensor, torch.T
     float64: in float32, rounding (~3e-6) would be the largest error left in the losses."""
     with torch.no_grad():
         log_p = quadrature_predictive(posterior, x.double(), num_nodes=num_nodes)
-    loss = -log_p.gather(-1, y.long().unsqueeze(-1)).squeeze(-1)
-    return loss, -(log_p.exp() * log_p).sum(-1)
-
-
-def _closer(seed_rows: list[dict], name: str, metric: str) -> dict:
-    """Over the seeds: |u − r| against |u − f| (and the noise floor |r' − r|) for one metric."""
-    by = {r["posterior"]: [] for r in seed_rows}
-    for r in seed_rows:
-        by[r["posterior"]].append(r[metric])
-    u, r, f, again = (np.array(by[k]) for k in (name, "retrained", "full", "retrained again"))
-    closer = np.abs(u - r) < np.abs(u - f)
-    return {
-        "posterior": name,
-        "metric": metric,
-        "closer_seeds": int(closer.sum()),
-        "num_seeds": len(u),
-        "closer_on_means": bool(abs(u.mean() - r.mean()) < abs(u.mean() - f.mean())),
-        "mean_unlearned": float(u.mean()),
-        "mean_retrained": float(r.mean()),
-        "mean_full": float(f.mean()),
-        "abs_unlearned_minus_retrained": float(np.abs(u - r).mean()),
-        "abs_unlearned_minus_full": float(np.abs(u - f).mean()),
-        "abs_full_minus_retrained": float(np.abs(f - r).mean()),
-        "abs_retrained_again_minus_retrained": float(np.abs(again - r).mean()),
-        # how far the full-vs-retrained gap stands above the optimiser's noise (≫ 1: resolved)
-        "gap_over_noise": float(np.abs(f - r).mean() / max(np.abs(again - r).mean(), 1e-12)),
-    }
+    return loss_and_entropy(log_p, y)
 
 
 def membership_study(
@@ -630,19 +605,9 @@ def membership_study(
         posteriors[seed] = chosen
     names = list(chosen)
     columns = [*MIA_STUDY_METRICS, "loss_to_retrained", "loss_to_full"]
-    summary = []
-    for name in names:
-        values = np.array([[r[c] for c in columns] for r in rows if r["posterior"] == name])
-        sd = values.std(0, ddof=1) if len(values) > 1 else np.zeros(len(columns))
-        summary.append(
-            {
-                "posterior": name,
-                **{f"{c}_mean": float(m) for c, m in zip(columns, values.mean(0), strict=True)},
-                **{f"{c}_std": float(v) for c, v in zip(columns, sd, strict=True)},
-            }
-        )
+    summary = summarise(rows, names, columns)
     unlearned = [n for n in names if n not in ("full", "retrained", "retrained again")]
-    comparisons = [_closer(rows, n, m) for n in unlearned for m in MIA_STUDY_METRICS]
+    comparisons = [compare(rows, n, m) for n in unlearned for m in MIA_STUDY_METRICS]
     results = {
         "rows": rows,
         "summary": summary,
