@@ -147,11 +147,65 @@ def _report_moons(results: dict, out: Path, device: torch.device) -> None:
     print("figures: " + ", ".join(str(out / name) for name in written))
 
 
+def _moons_membership_study(args, experiment, device, out) -> dict:
+    """``reproduce moons --mia-study``: paired membership inference over non-member draws."""
+    from .datasets import moons
+
+    if args.scenario == "all" or args.model != "mvn":
+        raise SystemExit("pyro-unlearn: --mia-study takes one --scenario and --model mvn")
+    settings = experiment.MIA_STUDY_QUICK if _quick(args) else {}
+    study = experiment.membership_study(
+        **settings,
+        data=moons(args.scenario, seed=args.seed, device=device),
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    s = study["settings"]
+    print(
+        f"Moons membership inference ({s['scenario']} erasure): D_e ({s['num_members']} points) "
+        f"against {s['num_nonmembers']['matched']} matched and "
+        f"{s['num_nonmembers']['population']} population non-members per draw, "
+        f"{len(s['seeds'])} draws, quadrature losses"
+    )
+    columns = {
+        "posterior": "posterior",
+        "mia_accuracy_mean": "MIA acc",
+        "mia_auc_mean": "MIA AUC",
+        "mia_population_accuracy_mean": "MIA acc (pop.)",
+        "mia_population_auc_mean": "MIA AUC (pop.)",
+    }
+    print(_table(study["summary"], columns))
+    columns = {
+        "posterior": "unlearned",
+        "metric": "metric",
+        "closer_seeds": "closer to retrained (draws)",
+        "closer_on_means": "closer (means)",
+        "full_minus_retrained_mean": "full − retrained",
+        "full_minus_retrained_std": "± sd (draws)",
+        "gap_over_noise": "|full − retrained| / noise",
+    }
+    print(_table(study["comparisons"], columns))
+    columns = {
+        "posterior": "posterior",
+        "loss_to_retrained": "|ℓ − ℓ_retrained| on D_e",
+        "loss_to_full": "|ℓ − ℓ_full|",
+        "kl_from_retrained": "KL on D_e",
+        "closer_examples": "closer examples",
+    }
+    print(_table(study["per_example"], columns))
+    fig = experiment.plot_membership_study(study)
+    fig.savefig(out / "moons_mia.png", dpi=120)
+    print(f"figure: {out / 'moons_mia.png'}")
+    return study
+
+
 def reproduce_moons(args: argparse.Namespace, demo_settings: bool = False) -> dict:
     """Sparse-GP classification on the moons (EXPERIMENTS.md §4, Fig. 2, Appendix F)."""
     from .experiments import moons as experiment
 
     device, out = _device(args.device), _out_dir(args)
+    if getattr(args, "mia_study", False):
+        return _moons_membership_study(args, experiment, device, out)
     if _quick(args):
         settings = experiment.QUICK
     else:
@@ -533,8 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--mia-study",
         action="store_true",
-        help="banknote only: paired membership inference over 5 seeds (full / retrained / "
-        "unlearned) instead of the paper's figure",
+        help="banknote and moons: paired membership inference (full / retrained / unlearned; "
+        "banknote over 5 training seeds, moons over 10 non-member draws) instead of the paper's "
+        "figures",
     )
     _common_options(p)
     args = parser.parse_args(argv)

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from pyro_unlearn.cli import main
 
 
@@ -137,3 +139,14 @@ def test_reproduce_banknote_mia_study_quick_prints_both_tables(tmp_path, capsys)
     study = json.loads(path.read_text(), parse_constant=_reject_constant)
     posteriors = {row["posterior"] for row in study["summary"]}
     assert {"full", "retrained", "retrained again", "rkl λ=0"} <= posteriors
+
+
+def test_reproduce_moons_mia_study_quick_prints_tables_and_figure(tmp_path, capsys):
+    args = ["reproduce", "moons", "--mia-study", "--quick", "--no-progress", "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Moons membership inference (sorted erasure)" in out
+    assert "closer to retrained (draws)" in out and "|ℓ − ℓ_retrained| on D_e" in out
+    assert (tmp_path / "moons_mia.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="one --scenario"):
+        main(["reproduce", "moons", "--mia-study", "--scenario", "all", "--quick"])

@@ -80,6 +80,7 @@ from gpytorch.variational import CholeskyVariationalDistribution, VariationalStr
 from linear_operator.operators import DiagLinearOperator
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
+from tqdm import tqdm
 
 import pyro_unlearn as pu
 
@@ -89,6 +90,7 @@ from ..metrics import (
     gaussian_kl,
     guide_moments,
     mean_and_std,
+    membership_attack,
     membership_inference,
     predictive_distribution,
     predictive_kl,
@@ -97,11 +99,14 @@ from ..posterior import FrozenPosterior
 from ..sweep import LAMBDAS
 from . import json_safe
 from .machine import machine_info
+from .membership import compare, loss_and_entropy, summarise
 
 __all__ = [
     "AUTHORS",
     "DEMO",
     "MODELS",
+    "MIA_STUDY_METRICS",
+    "MIA_STUDY_QUICK",
     "QUICK",
     "LogisticBernoulliLikelihood",
     "ModelVariant",
@@ -112,11 +117,14 @@ __all__ = [
     "gaussian_entropy",
     "gaussian_vi",
     "kernel",
+    "membership_study",
     "mia_nonmembers",
     "plot_data",
     "plot_kl",
+    "plot_membership_study",
     "plot_surfaces",
     "predictive_surface",
+    "quadrature_predictive",
     "run",
     "run_scenarios",
     "train_full_posterior",
@@ -822,6 +830,362 @@ def run_scenarios(scenarios: Sequence[str] = MOONS_SCENARIOS, **kwargs) -> dict:
         "settings": {**first["settings"], "scenario": list(scenarios)},
         "scenarios": runs,
     }
+
+
+# -- membership inference, paired and without Monte-Carlo noise ----------------------------------
+#: Settings of a short :func:`membership_study` (``--quick``, the tests and the notebook's smoke
+#: mode): the same pipeline, far fewer steps.
+MIA_STUDY_QUICK = dict(
+    seeds=(0, 1),
+    retrain_steps=800,
+    retrain_particles=64,
+    unlearn_steps=200,
+    num_particles=128,
+    mia_repeats=2,
+)
+
+#: The columns of one attack (:meth:`~pyro_unlearn.metrics.MembershipAttack.columns`).
+_ATTACK = ("accuracy", "auc", "logistic_accuracy", "logistic_auc")
+
+#: The scores :func:`membership_study` compares: the attacks against the matched non-members
+#: (``mia_*``) and the loss gap, then the same against the population (``mia_population_*``).
+MIA_STUDY_METRICS = (
+    *(f"mia_{c}" for c in _ATTACK),
+    "loss_gap",
+    *(f"mia_population_{c}" for c in _ATTACK),
+    "population_loss_gap",
+)
+
+#: The posteriors that are not unlearned ones, in the order of the study's rows.
+_REFERENCES = ("full", "retrained", "retrained again", "retrained (exact)")
+
+
+def _quadrature_log_predictive(
+    model: SparseGPClassifier, loc: torch.Tensor, cov: torch.Tensor, x: torch.Tensor, num_nodes
+) -> torch.Tensor:
+    """log p(y|x), y = 0, 1, for q(u) = N(loc, cov): f(x) = a_x·u ~ N(a_x·loc, a_xᵀ cov a_x)."""
+    a = model.projection(x)
+    loc, cov = loc.to(a), cov.to(a)
+    mean = a @ loc
+    sd = ((a @ cov) * a).sum(-1).clamp_min(0).sqrt()
+    nodes, weights = np.polynomial.hermite.hermgauss(num_nodes)
+    nodes = a.new_tensor(nodes) * math.sqrt(2)
+    log_weights = a.new_tensor(weights).log() - 0.5 * math.log(math.pi)
+    logits = mean.unsqueeze(-1) + sd.unsqueeze(-1) * nodes  # (points, nodes)
+    logits = torch.stack([-logits, logits], -2)  # y = 0, 1: log σ(∓f)
+    return torch.logsumexp(torch.nn.functional.logsigmoid(logits) + log_weights, -1)
+
+
+def quadrature_predictive(
+    model: SparseGPClassifier, posterior, x: torch.Tensor, *, num_nodes: int = 64
+) -> torch.Tensor:
+    r"""log p(y|x) for y = 0, 1 under the posterior predictive of the authors' model
+    (:class:`SparseGPClassifier`) with a Gaussian q(u) (an ``AutoMultivariateNormal``, live or
+    frozen), by ``num_nodes``-point Gauss–Hermite quadrature instead of Monte Carlo: the logit
+    f(x) = a_x·u (a_x the row of K_xu K_uu⁻¹) is N(m, s²) with m = a_x·μ, s² = a_xᵀΣa_x, so
+
+    .. math:: p(y=1|x) = E[σ(f)] ≈ \frac{1}{\sqrt π} \sum_i ω_i\, σ(m + \sqrt2\, s\, t_i)
+
+    evaluated in log space. −log p(y|x) is then a deterministic function of (μ, Σ): every
+    posterior's per-example loss without Monte-Carlo noise. Returns a tensor of shape
+    ``(len(x), 2)`` in the model's dtype and device.
+
+    Example::
+
+        >>> data = pu.datasets.moons()
+        >>> model = SparseGPClassifier(data.inducing)
+        >>> guide = AutoMultivariateNormal(model, init_loc_fn=pyro.infer.autoguide.init_to_mean)
+        >>> q = pu.freeze(guide, data.x, data.y)  # u ~ N(0, 0.1² I): p(y=1|x) = ½ by symmetry
+        >>> quadrature_predictive(model, q, data.x[:2]).exp()
+        tensor([[0.5000, 0.5000],
+                [0.5000, 0.5000]], dtype=torch.float64)
+    """
+    if not isinstance(model, SparseGPClassifier):
+        raise TypeError(
+            "quadrature_predictive needs the authors' model (SparseGPClassifier), got "
+            f"{type(model).__name__}"
+        )
+    if not 1 <= num_nodes <= 300:  # NumPy's hermgauss overflows beyond ~350 nodes
+        raise ValueError(f"num_nodes must be in [1, 300], got {num_nodes}")
+    dims = model.inducing.shape[-1]
+    if x.dim() != 2 or x.shape[-1] != dims:
+        raise ValueError(f"x must be (points, {dims}), got shape {tuple(x.shape)}")
+    loc, cov = guide_moments(posterior)  # TypeError for a guide that is not Gaussian
+    return _quadrature_log_predictive(model, loc, cov, x, num_nodes)
+
+
+def membership_study(
+    seeds: Sequence[int] = tuple(range(10)),
+    *,
+    lambdas: Sequence[float] = (1e-9, 0.0),
+    methods: Sequence[str] = ("eubo", "rkl"),
+    data: MoonsData | None = None,
+    retrain_steps: int = DEMO["retrain_steps"],
+    retrain_particles: int = 128,
+    retrain_lr: float = 0.05,
+    retrain_decay: float = 0.01,
+    unlearn_steps: int = DEMO["unlearn_steps"],
+    num_particles: int = DEMO["num_particles"],
+    lr: float = DEMO["lr"],
+    num_nodes: int = 64,
+    mia_nonmembers_per_group: int = 200,
+    mia_repeats: int = 10,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    keep_posteriors: bool = False,
+) -> dict:
+    """Membership inference on D_e for the authors' model, paired and over several draws of
+    non-members.
+
+    D_e is fixed by the erasure (the sorted one by default, ``data``), so the posteriors are
+    fitted once, with ``seed`` and :func:`run`'s protocol at the demo's settings (:data:`DEMO`):
+    q(u|D) the exact Gaussian-VI optimum ("full"), retrained on D_r from it twice from two
+    random streams ("retrained", the reference, and "retrained again": the optimiser's noise
+    floor), the exact Gaussian-VI optimum on D_r ("retrained (exact)"), and D_e unlearned with
+    every method at every λ (:func:`~pyro_unlearn.lambda_sweep`). Every posterior's per-example
+    loss −log p(y|x) and predictive entropy come from :func:`quadrature_predictive`: the scores
+    are deterministic given the posterior. Then, per seed s, fresh non-members
+    (:func:`mia_nonmembers` with seed s, ``mia_nonmembers_per_group`` per group: matched to D_e's
+    selection rule, and the unfiltered population) are attacked with
+    :func:`~pyro_unlearn.metrics.membership_attack` on the same members, non-members and folds
+    (seeded by s) for every posterior: paired. The seeds' spread is the non-members' draw only.
+
+    Returns ``{"rows", "summary", "comparisons", "per_example", "settings"}``, laid out as
+    :func:`pyro_unlearn.experiments.banknote.membership_study`'s: ``rows`` one per (seed,
+    posterior) with the ``mia_*`` (matched) and ``mia_population_*`` columns, ``loss_gap`` and
+    ``population_loss_gap`` (mean loss of the non-members − that of the members; > 0: members
+    fit better), ``loss_to_retrained`` and ``loss_to_full`` (mean |ℓ − ℓ_retrained| and
+    |ℓ − ℓ_full| over D_e, paired per example; the same for every seed) and the fit's
+    ``seconds``, ``steps``, ``converged``; ``summary`` their mean and sd over seeds per
+    posterior; ``comparisons`` per unlearned posterior and metric of :data:`MIA_STUDY_METRICS`:
+    on how many seeds |u − r| < |u − f|, whether it holds for the seed means, the mean absolute
+    differences, ``gap_over_noise`` = |f − r| / |r' − r| (r' "retrained again"; None where
+    r' = r on every seed) and the signed paired f − r and u − r (mean, sd); ``per_example`` per
+    posterior, on D_e: ``loss_to_retrained``, ``loss_to_full``, ``kl_from_retrained`` and
+    ``kl_from_full`` (the paper's averaged predictive KL[p_ref(y|x) ‖ p(y|x)], exact) and on
+    how many examples |ℓ_u − ℓ_r| < |ℓ_u − ℓ_f| (``closer_examples``). The full fit's
+    ``steps`` are L-BFGS iterations; the exact D_r optimum has none. ``keep_posteriors=True``
+    adds ``"posteriors"`` (the frozen ones; not JSON-serialisable) and ``"model"``.
+
+    Example (``tests/experiments/test_moons.py`` runs a tiny one)::
+
+        study = membership_study(**MIA_STUDY_QUICK)
+        pd.DataFrame(study["comparisons"])
+    """
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed")
+    if min(seeds) < 0:  # mia_nonmembers draws random_state = s + 1; the data's is 0
+        raise ValueError(f"seeds must be non-negative (seed −1 would redraw the data), got {seeds}")
+    start = time.perf_counter()
+    data = data or moons("sorted", device=device)
+    x, y = data.x, data.y
+    x_e, y_e = x[data.erased], y[data.erased]
+    x_r, y_r = x[data.remaining], y[data.remaining]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    model = SparseGPClassifier(data.inducing)
+    guide, fit = train_full_posterior(model, x, y)
+    posterior = pu.freeze(guide, x_e, y_e)
+    references = [
+        pu.retrain(
+            model,
+            guide,
+            x_r,
+            y_r,
+            init="posterior",
+            num_steps=retrain_steps,
+            window=max(retrain_steps // 2, 1),
+            optim=pyro.optim.ClippedAdam(
+                {"lr": retrain_lr, "lrd": retrain_decay ** (1 / max(retrain_steps, 1))}
+            ),
+            num_particles=retrain_particles,
+            progress=progress,
+        )
+        for _ in range(2)  # the second continues the random stream: the optimiser's noise
+    ]
+    loc, cov = guide_moments(guide)
+    exact_loc, exact_cov = _plain_optimum(model, x_r, y_r, loc, cov)
+    sweep = pu.lambda_sweep(
+        model,
+        guide,
+        x_e,
+        y_e,
+        evaluate=lambda q: {},
+        lambdas=lambdas,
+        methods=methods,
+        posterior=posterior,
+        guide_name="mvn",
+        progress=progress,
+        num_particles=num_particles,
+        lr=lr,
+        num_steps=unlearn_steps,
+        window=max(unlearn_steps // 2, 1),
+        max_plate_nesting=1,
+    )
+    fits = {
+        "full": (fit["seconds"], fit["iterations"], fit["converged"]),
+        **{
+            name: (ref.seconds, len(ref.losses), ref.converged)
+            for name, ref in zip(("retrained", "retrained again"), references, strict=True)
+        },
+        "retrained (exact)": (None, None, None),
+    }
+    for row in sweep.table.to_dict("records")[1:]:
+        fits[f"{row['method']} λ={row['lam']:g}"] = (row["seconds"], row["steps"], row["converged"])
+    chosen = {
+        "full": posterior,
+        "retrained": references[0].posterior,
+        "retrained again": references[1].posterior,
+        **{k: v for k, v in sweep.posteriors.items() if k != "full"},
+    }
+    moments = {name: guide_moments(q) for name, q in chosen.items()}
+    moments["retrained (exact)"] = (exact_loc, exact_cov)
+    names = [*_REFERENCES, *(n for n in chosen if n not in _REFERENCES)]
+    groups = {s: mia_nonmembers(data, mia_nonmembers_per_group, s) for s in seeds}
+
+    def log_predictive(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        # float64: in float32, rounding (~3e-6) would be the largest error left in the losses
+        return {
+            n: _quadrature_log_predictive(model, *moments[n], inputs.double(), num_nodes)
+            for n in names
+        }
+
+    def scores(inputs: torch.Tensor, labels: torch.Tensor) -> dict:
+        return {n: loss_and_entropy(log_p, labels) for n, log_p in log_predictive(inputs).items()}
+
+    log_p_e = log_predictive(x_e)
+    members = {n: loss_and_entropy(log_p, y_e) for n, log_p in log_p_e.items()}
+    loss_r, loss_f = members["retrained"][0], members["full"][0]
+    rows = []
+    for s in tqdm(seeds, desc="membership study (non-member draws)", disable=not progress):
+        outside = {group: scores(*xy) for group, xy in groups[s].items()}
+        for name in names:
+            loss_m, h_m = members[name]
+            columns = {}
+            for group, prefix, gap in (
+                ("matched", "mia", "loss_gap"),
+                ("population", "mia_population", "population_loss_gap"),
+            ):
+                loss_n, h_n = outside[group][name]
+                attack = membership_attack(
+                    loss_m, loss_n, features=(h_m, h_n), repeats=mia_repeats, seed=s
+                )
+                columns |= attack.columns(prefix)
+                columns[gap] = float(loss_n.mean() - loss_m.mean())
+            seconds, steps, converged = fits[name]
+            rows.append(
+                {
+                    "seed": s,
+                    "posterior": name,
+                    **columns,
+                    "loss_to_retrained": float((loss_m - loss_r).abs().mean()),
+                    "loss_to_full": float((loss_m - loss_f).abs().mean()),
+                    "seconds": seconds,
+                    "steps": steps,
+                    "converged": None if converged is None else bool(converged),
+                }
+            )
+    per_example = []
+    for name in names:
+        loss = members[name][0]
+        to_r, to_f = (loss - loss_r).abs(), (loss - loss_f).abs()
+        kl = {  # the paper's metric on D_e, exact: KL[p_ref(y|x) ‖ p(y|x)] averaged over D_e
+            ref: float((log_p_e[ref].exp() * (log_p_e[ref] - log_p_e[name])).sum(-1).mean())
+            for ref in ("retrained", "full")
+        }
+        per_example.append(
+            {
+                "posterior": name,
+                "loss_to_retrained": float(to_r.mean()),
+                "loss_to_full": float(to_f.mean()),
+                "kl_from_retrained": kl["retrained"],
+                "kl_from_full": kl["full"],
+                "closer_examples": int((to_r < to_f).sum()),
+                "num_examples": len(loss),
+            }
+        )
+    columns = [*MIA_STUDY_METRICS, "loss_to_retrained", "loss_to_full"]
+    unlearned = [n for n in names if n not in _REFERENCES]
+    results = {
+        "rows": rows,
+        "summary": summarise(rows, names, columns),
+        "comparisons": [compare(rows, n, m) for n in unlearned for m in MIA_STUDY_METRICS],
+        "per_example": per_example,
+        "settings": {
+            "seeds": list(seeds),
+            "scenario": data.scenario,
+            "model": "mvn",
+            "num_members": len(y_e),
+            "num_nonmembers": {g: len(v[1]) for g, v in groups[seeds[0]].items()},
+            "lambdas": list(lambdas),
+            "methods": list(methods),
+            "retrain_steps": retrain_steps,
+            "retrain_particles": retrain_particles,
+            "retrain_lr": retrain_lr,
+            "retrain_decay": retrain_decay,
+            "unlearn_steps": unlearn_steps,
+            "num_particles": num_particles,
+            "lr": lr,
+            "num_nodes": num_nodes,
+            "mia_repeats": mia_repeats,
+            "seed": seed,
+            "retrain_kl_to_exact": {
+                name: float(gaussian_kl(*moments[name], exact_loc, exact_cov))
+                for name in ("retrained", "retrained again")
+            },
+            "device": str(x.device),
+            "dtype": str(x.dtype),
+            "machine": machine_info(x.device, x.dtype),
+            "seconds": time.perf_counter() - start,
+        },
+    }
+    if keep_posteriors:
+        results["posteriors"] = chosen
+        results["model"] = model
+    return results
+
+
+#: The scores :func:`plot_membership_study` draws by default.
+_PLOTTED = (
+    "mia_accuracy",
+    "mia_auc",
+    "mia_logistic_auc",
+    "loss_gap",
+    "mia_population_auc",
+    "population_loss_gap",
+)
+
+
+def plot_membership_study(study: dict, metrics: Sequence[str] | None = None, columns: int = 3):
+    """Each posterior's score minus the retrained posterior's, per non-member draw (dots; the
+    same draw for every posterior) and their mean (bars), one panel per metric (default: the
+    matched attacks' accuracy and AUC, the logistic attack's AUC and the loss gap, then the
+    population's AUC and loss gap). Returns the figure."""
+    metrics = list(metrics or _PLOTTED)
+    names = [s["posterior"] for s in study["summary"]]
+    by = {(r["seed"], r["posterior"]): r for r in study["rows"]}
+    seeds = study["settings"]["seeds"]
+    rows = math.ceil(len(metrics) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.6 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for i, name in enumerate(names):
+            paired = np.array([by[s, name][metric] - by[s, "retrained"][metric] for s in seeds])
+            color = "C3" if name == "full" else "C2" if name.startswith("retrained") else "C0"
+            ax.plot([i] * len(paired), paired, "o", color=color, alpha=0.4, ms=4)
+            ax.plot(i, paired.mean(), "_", color="k", ms=14, mew=2)
+        ax.axhline(0, color="C2", lw=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(f"{metric} − retrained", fontsize=9)
+    for ax in axes.flat[len(metrics) :]:
+        ax.axis("off")
+    fig.suptitle(
+        f"moons, {study['settings']['scenario']} erasure: each posterior minus the retrained one, "
+        f"per non-member draw (dots) and mean (bars), {len(seeds)} draws",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
 
 
 # -- figures ------------------------------------------------------------------------------------

@@ -2,12 +2,15 @@
 that fits q(u|D), and a short run of the whole protocol against the paper's findings; the CLI
 is exercised by tests/test_cli.py and the full run by tutorials/moons.ipynb."""
 
+import json
+
 import gpytorch
 import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_unlearn as pu
 from pyro_unlearn.experiments import moons as experiment
@@ -323,3 +326,96 @@ def test_quick_run_membership_inference(quick_run):
     # and the rKL at λ = 0 forgets it as retraining did
     gap = abs(rkl["mia_population_auc"] - retrained["mia_population_auc"])
     assert gap < abs(full["mia_population_auc"] - retrained["mia_population_auc"]) / 2
+
+
+# -- the membership study ------------------------------------------------------------------------
+def test_quadrature_predictive_checks_its_input(model, data):
+    q = pu.freeze(AutoMultivariateNormal(model), data.x[:3], data.y[:3])
+    with pytest.raises(ValueError, match=r"x must be \(points, 2\), got shape \(3, 3\)"):
+        experiment.quadrature_predictive(model, q, torch.zeros(3, 3, dtype=data.x.dtype))
+    with pytest.raises(ValueError, match=r"num_nodes must be in \[1, 300\], got 0"):
+        experiment.quadrature_predictive(model, q, data.x, num_nodes=0)
+    svgp = experiment.SVGPClassifier(data.inducing)
+    with pytest.raises(TypeError, match="needs the authors' model .* got SVGPClassifier"):
+        experiment.quadrature_predictive(svgp, q, data.x)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        experiment.membership_study(seeds=())
+    with pytest.raises(ValueError, match="seeds must be non-negative"):
+        experiment.membership_study(seeds=(0, -1))
+
+
+@pytest.fixture(scope="module")
+def study():
+    return experiment.membership_study(
+        seeds=(0, 1),
+        lambdas=(0.0,),
+        retrain_steps=400,
+        retrain_particles=64,
+        unlearn_steps=200,
+        num_particles=128,
+        mia_repeats=1,
+        progress=False,
+        keep_posteriors=True,
+    )
+
+
+def test_membership_study_shape(study):
+    names = ["full", "retrained", "retrained again", "retrained (exact)", "eubo λ=0", "rkl λ=0"]
+    assert [r["posterior"] for r in study["rows"]] == names * 2
+    assert [r["seed"] for r in study["rows"]] == [0] * 6 + [1] * 6
+    assert (
+        [s["posterior"] for s in study["summary"]]
+        == [p["posterior"] for p in study["per_example"]]
+        == names
+    )
+    comparisons = {(c["posterior"], c["metric"]) for c in study["comparisons"]}
+    assert comparisons == {(u, m) for u in names[4:] for m in experiment.MIA_STUDY_METRICS}
+    for row in study["rows"]:
+        assert all(
+            0.0 <= row[f"{p}_{c}"] <= 1.0
+            for p in ("mia", "mia_population")
+            for c in ("accuracy", "auc", "logistic_accuracy", "logistic_auc")
+        )
+    assert study["settings"]["num_members"] == 20
+    assert study["settings"]["num_nonmembers"] == {"matched": 200, "population": 200}
+    study = {k: v for k, v in study.items() if k not in ("posteriors", "model")}
+    json.dumps(study, allow_nan=False)  # strict JSON
+
+
+def test_membership_study_losses_are_exact_and_paired(study, data):
+    rows = {(r["seed"], r["posterior"]): r for r in study["rows"]}
+    posteriors, model = study["posteriors"], study["model"]
+    # the quadrature predictive is the Monte-Carlo one without its noise (50 000 draws: ~1e-3)
+    x = data.x[data.erased]
+    for name in ("full", "rkl λ=0"):
+        pyro.set_rng_seed(0)
+        mc = pu.metrics.predictive_distribution(
+            model, posteriors[name], x, site="y", num_samples=50_000
+        ).probs
+        exact = experiment.quadrature_predictive(model, posteriors[name], x)[:, 1].exp()
+        assert torch.allclose(exact, mc, atol=3e-3, rtol=0)
+    # D_e is fixed: its per-example losses, and so their distances, are the same for every draw
+    for name in ("full", "rkl λ=0"):
+        assert rows[0, name]["loss_to_retrained"] == rows[1, name]["loss_to_retrained"]
+    assert rows[0, "full"]["loss_to_full"] == rows[0, "retrained"]["loss_to_retrained"] == 0.0
+    # paired, per example on D_e: the rKL at λ = 0 moves the losses towards the retrained
+    # posterior's, and its predictive far towards it by the paper's KL; the EUBO at λ = 0
+    # overshoots, past q(u|D)'s distance (at the demo's settings: 0.22 and 0.054, full 0.43
+    # and 0.38, EUBO λ = 0 6.5 and 3.7)
+    per_example = {p["posterior"]: p for p in study["per_example"]}
+    full, rkl, eubo = (per_example[n] for n in ("full", "rkl λ=0", "eubo λ=0"))
+    assert full["loss_to_retrained"] > 10 * per_example["retrained again"]["loss_to_retrained"]
+    assert rkl["loss_to_retrained"] < 0.75 * full["loss_to_retrained"]
+    assert rkl["kl_from_retrained"] < 0.4 * full["kl_from_retrained"]
+    assert eubo["loss_to_retrained"] > 2 * full["loss_to_retrained"]
+    assert eubo["kl_from_retrained"] > 2 * full["kl_from_retrained"]
+    # against the population, the retrained posterior's losses on D_e (its forgotten region)
+    # are the higher ones (AUC well below ½), q(u|D)'s are not; the rKL at λ = 0 is with the
+    # retrained posterior on every draw, far above the optimiser's noise
+    comparison = next(
+        c
+        for c in study["comparisons"]
+        if (c["posterior"], c["metric"]) == ("rkl λ=0", "mia_population_auc")
+    )
+    assert comparison["mean_retrained"] < 0.35 < comparison["mean_full"]
+    assert comparison["closer_seeds"] == 2 and comparison["gap_over_noise"] > 5
