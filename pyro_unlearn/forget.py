@@ -74,6 +74,7 @@ def forget(
     num_steps: int = 2000,
     window: int = 100,
     progress: bool = True,
+    loss_options: dict | None = None,
     **kwargs,
 ) -> ForgetResult:
     """Unlearn the erased data from a trained guide without retraining.
@@ -84,7 +85,10 @@ def forget(
     for at most ``num_steps`` steps, stopping once the loss is flat (:func:`has_converged` over
     ``window`` steps). The default optimiser is ClippedAdam with ``lr`` decaying tenfold over
     ``num_steps``. ``*args, **kwargs`` go to the model and guide: the erased data alone
-    (``erased=None``) or the full data with ``erased`` rows of ``plate``.
+    (``erased=None``) or the full data with ``erased`` rows of ``plate``. ``loss_options`` go
+    to the loss, e.g. ``{"proposal": "current", "anneal": 0.8}`` for the rKL on an erasure too
+    informative for q(θ|D) (:class:`~pyro_unlearn.ReverseKL`); an annealed run never counts as
+    converged before its temperature reaches 1.
 
     Example (``tests/test_forget.py`` runs it)::
 
@@ -103,6 +107,7 @@ def forget(
         num_particles=num_particles,
         vectorize_particles=vectorize_particles,
         max_plate_nesting=max_plate_nesting,
+        **(loss_options or {}),
     )
     if optim is None:
         optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / max(num_steps, 1))})
@@ -115,8 +120,11 @@ def forget(
             result.ess.append(float(loss.ess))
         return value
 
+    def annealed() -> bool:
+        return float(getattr(loss, "temperature", 1.0)) == 1.0
+
     result.losses, result.converged, result.seconds = run_until_flat(
-        step, num_steps, window, f"unlearning ({method}, λ={lam:g})", progress
+        step, num_steps, window, f"unlearning ({method}, λ={lam:g})", progress, annealed
     )
     return result
 

@@ -63,3 +63,30 @@ def test_run_until_flat_tests_convergence_once_per_window(progress):
     losses = iter(falling + [2.7 + (0.1 if i % 2 else -0.1) for i in range(1000)])
     result, converged, _ = run_until_flat(lambda: next(losses), 1000, 50, "flat", progress)
     assert converged and len(result) % 50 == 0
+
+
+def test_run_until_flat_waits_until_ready():
+    """A flat trace does not stop the loop while ``ready()`` is False (an annealed loss before
+    its temperature reaches 1)."""
+    calls = []
+    result, converged, _ = run_until_flat(
+        lambda: calls.append(1) or 1.0, 1000, 50, "flat", False, lambda: len(calls) >= 300
+    )
+    assert converged and len(result) == 300
+
+
+def test_forget_passes_loss_options_to_the_annealed_reverse_kl(
+    linreg, model, trained, exact_target
+):
+    guide = trained(AutoMultivariateNormal)
+    loc, cov = exact_target(guide)
+    before = float(gaussian_kl(*guide_moments(guide), loc, cov))
+    result = pu.forget(
+        model, guide, linreg.x, linreg.y, erased=linreg.erased, plate="data", num_particles=256,
+        num_steps=300, window=50, lr=0.02, progress=False,
+        loss_options={"proposal": "current", "anneal": 0.5},
+    )  # fmt: skip
+    assert float(gaussian_kl(*guide_moments(guide), loc, cov)) < 0.05 * before
+    assert min(result.ess) >= 0.3 * 256  # annealing keeps the weights alive throughout
+    with pytest.raises(ValueError, match="needs proposal='current'"):
+        pu.forget(model, guide, linreg.x, linreg.y, loss_options={"anneal": 0.5}, progress=False)
