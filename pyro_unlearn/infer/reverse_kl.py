@@ -10,12 +10,19 @@ from ..traces import latent_sites, sum_sites_per_particle
 from .base import UnlearningLoss
 from .eubo import check_sites_match
 
-__all__ = ["ReverseKL", "effective_sample_size", "next_temperature"]
+__all__ = ["ReverseKL", "effective_sample_size", "next_temperature", "temperature_steps"]
 
 
 def effective_sample_size(weights: torch.Tensor) -> torch.Tensor:
     """ESS = (Σw)² / Σw², between 1 (one particle carries all weight) and the particle count."""
     return weights.sum() ** 2 / (weights**2).sum()
+
+
+def temperature_steps(dtype=None, device=None) -> torch.Tensor:
+    """The fractions t of the remaining way to β = 1 that :func:`next_temperature` tries: 20
+    per decade from 1e-8 to 1. The adjusted likelihood can make ℓ jump by 10⁴ nats between draws
+    inside and outside its threshold, so a useful first step may be that small."""
+    return torch.logspace(-8, 0, 161, dtype=dtype, device=device)
 
 
 def next_temperature(
@@ -25,7 +32,7 @@ def next_temperature(
     p̃_β ∝ q(θ|D) / p(D_e|θ)^β: the largest β' whose weights log w_s = ``log_base`` − β'·ℓ_s keep
     an ESS of at least ``min_ess`` (a fraction of the S particles); β itself if none does.
     ``log_base`` is log q(θ_s|D) − log r(θ_s) for the proposal r, ``log_lik`` ℓ_s = log
-    p(D_e|θ_s). All candidates (β + (1 − β)·t, t on a log grid from 1e-4 to 1) are scored in one
+    p(D_e|θ_s). All candidates (β + (1 − β)·t, t from :func:`temperature_steps`) are scored in one
     tensor op, on the input's device.
 
         >>> log_lik = torch.randn(256) * 10.0  # ℓ varies by ±10 nats: β = 1 collapses the ESS
@@ -36,7 +43,7 @@ def next_temperature(
         1.0
     """
     beta = torch.as_tensor(temperature, dtype=log_lik.dtype, device=log_lik.device)
-    steps = torch.logspace(-4, 0, 129, dtype=log_lik.dtype, device=log_lik.device)
+    steps = temperature_steps(log_lik.dtype, log_lik.device)
     candidates = torch.cat([beta.reshape(1), beta + (1 - beta) * steps])
     log_w = log_base - candidates.unsqueeze(-1) * log_lik  # (candidates, S)
     log_ess = 2 * torch.logsumexp(log_w, -1) - torch.logsumexp(2 * log_w, -1)

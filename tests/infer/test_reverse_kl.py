@@ -7,7 +7,11 @@ import torch
 from pyro import poutine
 
 import pyro_unlearn as pu
-from pyro_unlearn.infer.reverse_kl import effective_sample_size, next_temperature
+from pyro_unlearn.infer.reverse_kl import (
+    effective_sample_size,
+    next_temperature,
+    temperature_steps,
+)
 
 from .test_eubo import Y, model, trained_and_moved
 
@@ -61,7 +65,7 @@ def test_next_temperature_is_the_largest_step_that_keeps_the_ess():
     beta = float(next_temperature(log_base, log_lik, 0.0, 0.5))
     assert 0.0 < beta < 1.0
     assert ess(beta) >= 0.5 * 512
-    grid = torch.logspace(-4, 0, 129, dtype=torch.float64).tolist()
+    grid = temperature_steps(torch.float64).tolist()
     above = min(t for t in grid if t > beta * (1 + 1e-9))
     assert ess(above) < 0.5 * 512
     again = float(next_temperature(log_base, log_lik, beta, 0.5))
