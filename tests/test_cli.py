@@ -130,7 +130,12 @@ def test_reproduce_moons_gpytorch_variant_writes_its_own_figures(tmp_path, capsy
         assert (tmp_path / f"moons_{name}.png").stat().st_size > 10_000
 
 
-def test_reproduce_banknote_mia_study_quick_prints_both_tables(tmp_path, capsys):
+def test_reproduce_banknote_mia_study_quick_prints_both_tables(tmp_path, capsys, monkeypatch):
+    from pyro_unlearn.experiments import banknote
+
+    tiny = dict(seeds=(0,), map_steps=20, train_steps=40, retrain_steps=40, unlearn_steps=20)
+    tiny |= dict(window=10, num_particles=16, mia_repeats=1)
+    monkeypatch.setattr(banknote, "MIA_STUDY_QUICK", tiny)  # the wiring, not the numbers
     path = tmp_path / "mia.json"
     args = ["reproduce", "banknote", "--mia-study", "--quick", "--no-progress", "--json", str(path)]
     assert main([*args, "--out", str(tmp_path)]) == 0
@@ -141,7 +146,12 @@ def test_reproduce_banknote_mia_study_quick_prints_both_tables(tmp_path, capsys)
     assert {"full", "retrained", "retrained again", "rkl λ=0"} <= posteriors
 
 
-def test_reproduce_moons_mia_study_quick_prints_tables_and_figure(tmp_path, capsys):
+def test_reproduce_moons_mia_study_quick_prints_tables_and_figure(tmp_path, capsys, monkeypatch):
+    from pyro_unlearn.experiments import moons
+
+    tiny = dict(seeds=(0, 1), retrain_steps=20, retrain_particles=8, unlearn_steps=10)
+    tiny |= dict(num_particles=16, mia_repeats=1)
+    monkeypatch.setattr(moons, "MIA_STUDY_QUICK", tiny)  # the wiring, not the numbers
     args = ["reproduce", "moons", "--mia-study", "--quick", "--no-progress", "--out", str(tmp_path)]
     assert main(args) == 0
     out = capsys.readouterr().out
