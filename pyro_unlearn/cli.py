@@ -321,7 +321,7 @@ def reproduce_linear_regression(args: argparse.Namespace) -> dict:
         data = experiment.clustered_line(seed=args.seed, device=device, dtype=torch.float64)
     else:
         data = linear_regression(seed=args.seed, device=device)
-    settings = dict(train_steps=1000, unlearn_steps=200, num_particles=512) if _quick(args) else {}
+    settings = dict(train_steps=1000, unlearn_steps=100, num_particles=512) if _quick(args) else {}
     results = experiment.run(
         data=data, guide=args.guide, seed=args.seed, progress=not args.no_progress, **settings
     )
