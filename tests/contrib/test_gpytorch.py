@@ -234,7 +234,8 @@ def test_pyro_and_mlls_paths_reach_the_same_q(data, method):
 
     The reverse KL gets a spread-out erasure: the cluster is so informative that even 200 000
     draws from q(u|D) leave an effective sample size of 58 and a moment-matched KL of 1.6 to the
-    target (the method's known limit, not the implementation's)."""
+    target: the limit of the paper's proposal (``proposal="current", anneal=...`` lifts it, see
+    test_annealed_reverse_kl_unlearns_the_cluster_importance_sampling_from_qD_cannot)."""
     x, y, erased, _ = data
     if method == "rkl":
         erased = torch.arange(2, 60, 5)
