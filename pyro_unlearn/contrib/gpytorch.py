@@ -52,7 +52,7 @@ from pyro.nn import PyroModule
 from torch.distributions import constraints
 
 from ..infer.adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
-from ..infer.reverse_kl import check_proposal, importance_weights
+from ..infer.reverse_kl import ImportanceWeights
 from ..posterior import FrozenPosterior
 from ..posterior import freeze as freeze_guide
 
@@ -577,10 +577,6 @@ class VariationalReverseKL(_Objective):
     one step.
     """
 
-    temperature: torch.Tensor | None = None
-
-    ess: torch.Tensor | None = None
-
     def __init__(
         self,
         likelihood,
@@ -594,8 +590,7 @@ class VariationalReverseKL(_Objective):
         anneal=None,
     ):
         super().__init__(likelihood, model, posterior, num_erased, lam, num_samples)
-        self.proposal, self.anneal = check_proposal(proposal, anneal)
-        self.temperature = torch.zeros(()) if anneal is not None else torch.ones(())
+        self.weights = ImportanceWeights(proposal, anneal)
         self.chunk_size = int(chunk_size)
         self._cache: tuple | None = None  # (key of the inputs, their chunks' p(f|u) algebra)
 
@@ -619,7 +614,7 @@ class VariationalReverseKL(_Objective):
             )
         q_v = self.strategy._variational_distribution()
         with torch.no_grad():
-            source = self.q_data if self.proposal == "posterior" else q_v
+            source = self.q_data if self.weights.proposal == "posterior" else q_v
             u = source.sample(torch.Size([self.num_samples]))
             log_lik = erased_log_likelihood(
                 self.model,
@@ -633,7 +628,14 @@ class VariationalReverseKL(_Objective):
             log_q_data = self._log_q_data(u)
             log_lik = adjusted_log_likelihood(log_lik, log_q_data, self.log_threshold)
         log_q_v = self._sum_batch(q_v.log_prob(u))
-        weights, self.ess, self.temperature = importance_weights(
-            log_lik, log_q_data, log_q_v.detach(), self.proposal, self.anneal, self.temperature
-        )
-        return (weights * log_q_v).mean() / self.num_erased
+        return (self.weights(log_lik, log_q_data, log_q_v) * log_q_v).mean() / self.num_erased
+
+    @property
+    def ess(self) -> torch.Tensor | None:
+        """The last step's effective sample size."""
+        return self.weights.ess
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """β of the annealed target (1 without ``anneal``)."""
+        return self.weights.temperature

@@ -10,7 +10,13 @@ from ..traces import latent_sites, sum_sites_per_particle
 from .base import UnlearningLoss
 from .eubo import check_sites_match
 
-__all__ = ["ReverseKL", "effective_sample_size", "next_temperature", "temperature_steps"]
+__all__ = [
+    "ImportanceWeights",
+    "ReverseKL",
+    "effective_sample_size",
+    "next_temperature",
+    "temperature_steps",
+]
 
 
 def effective_sample_size(weights: torch.Tensor) -> torch.Tensor:
@@ -82,17 +88,22 @@ class ReverseKL(UnlearningLoss):
         temperature: β of the annealed target (1 without ``anneal``).
     """
 
-    ess: torch.Tensor | None = None
-
     def __init__(self, posterior, lam=0.0, *, proposal="posterior", anneal=None, **kwargs):
         super().__init__(posterior, lam, **kwargs)
-        self.proposal, self.anneal = check_proposal(proposal, anneal)
-        self.temperature = torch.tensor(0.0 if anneal is not None else 1.0)
+        self.weights = ImportanceWeights(proposal, anneal)
+
+    @property
+    def ess(self) -> torch.Tensor | None:
+        return self.weights.ess
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.weights.temperature
 
     def _particles(self, model, guide, posterior, args, kwargs, particle_dim, num_particles):
         # θ_s from the frozen q(θ|D) (the paper's), or from the current guide without gradient;
         # the other two programs are replayed at θ_s.
-        source = guide if self.proposal == "current" else posterior
+        source = guide if self.weights.proposal == "current" else posterior
         with poutine.block(), torch.no_grad():
             draw = poutine.trace(source).get_trace(*args, **kwargs)
         guide_trace = poutine.trace(poutine.replay(guide, trace=draw)).get_trace(*args, **kwargs)
@@ -116,52 +127,49 @@ class ReverseKL(UnlearningLoss):
         }
 
     def _objective(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        log_lik = self._adjusted(terms["log_lik"], terms["log_q"]).detach()
-        weights, self.ess, self.temperature = importance_weights(
-            log_lik,
-            terms["log_q"].detach(),
-            terms["log_q_v"].detach(),
-            self.proposal,
-            self.anneal,
-            self.temperature,
-        )
+        log_lik = self._adjusted(terms["log_lik"], terms["log_q"])
+        weights = self.weights(log_lik, terms["log_q"], terms["log_q_v"])
         return -(weights * terms["log_q_v"]).mean()
 
 
-def check_proposal(proposal: str, anneal: float | None) -> tuple[str, float | None]:
-    """Validate the reverse KL's ``proposal`` and ``anneal`` arguments; return them."""
-    if proposal not in ("posterior", "current"):
-        raise ValueError(f"proposal must be 'posterior' or 'current', got {proposal!r}")
-    if anneal is not None and not (proposal == "current" and 0.0 < anneal < 1.0):
-        raise ValueError(
-            f"anneal is the ESS fraction kept while tempering, in (0, 1), and needs "
-            f"proposal='current' (tempering from a fixed q(θ|D) never reaches β = 1); got "
-            f"anneal={anneal!r}, proposal={proposal!r}"
-        )
-    return proposal, anneal
+class ImportanceWeights:
+    """The reverse KL's self-normalised importance weights and the state they carry between
+    steps: the ``proposal`` (``"posterior"``: θ_s ~ q(θ|D), or ``"current"``: θ_s ~ q_v), the
+    annealing :attr:`temperature` β (1 without ``anneal``) and the last step's :attr:`ess`.
+    Shared by :class:`ReverseKL` and the GPyTorch objective.
 
+    Calling it with ℓ_s = log p_adj(D_e|θ_s), log q(θ_s|D) and log q_v(θ_s) returns the weights
+    (no gradient) of the loss −mean_s[w_s · log q_v(θ_s)]: from q(θ|D) w_s = S·softmax(−ℓ_s);
+    from q_v S·softmax(log q(θ_s|D) − log q_v(θ_s) − β ℓ_s) − 1 (the − 1 a control variate:
+    E_{q_v}[∇ log q_v] = 0), β first advanced by :func:`next_temperature` when ``anneal`` is
+    set and gradients are enabled (a loss evaluated for monitoring does not anneal).
+    """
 
-def importance_weights(
-    log_lik: torch.Tensor,
-    log_q: torch.Tensor,
-    log_q_v: torch.Tensor,
-    proposal: str,
-    anneal: float | None,
-    temperature: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The reverse KL's weights (no gradient) for the loss −mean_s[w_s · log q_v(θ_s)]: from
-    q(θ|D) w_s = S·softmax(−ℓ_s); from q_v (``proposal="current"``) S·softmax(log q(θ_s|D) −
-    log q_v(θ_s) − β ℓ_s) − 1, β advanced by :func:`next_temperature` on training steps
-    (gradients enabled) when ``anneal`` is set. Returns ``(weights, ess, temperature)``."""
-    training = torch.is_grad_enabled()  # a loss evaluated for monitoring does not anneal
-    with torch.no_grad():
-        log_base = log_q - log_q_v if proposal == "current" else torch.zeros_like(log_lik)
-        temperature = temperature.to(log_lik)
-        if anneal is not None and training:
-            temperature = next_temperature(log_base, log_lik, temperature, anneal)
-        log_weights = log_base - temperature * log_lik
-        weights = log_weights.numel() * torch.softmax(log_weights, dim=0)
-        ess = effective_sample_size(weights)
-        if proposal == "current":  # E_{q_v}[∇ log q_v(θ)] = 0: a free control variate
-            weights = weights - 1.0
-    return weights, ess, temperature
+    def __init__(self, proposal: str = "posterior", anneal: float | None = None) -> None:
+        if proposal not in ("posterior", "current"):
+            raise ValueError(f"proposal must be 'posterior' or 'current', got {proposal!r}")
+        if anneal is not None and not (proposal == "current" and 0.0 < anneal < 1.0):
+            raise ValueError(
+                f"anneal is the ESS fraction kept while tempering, in (0, 1), and needs "
+                f"proposal='current' (tempering from a fixed q(θ|D) never reaches β = 1); got "
+                f"anneal={anneal!r}, proposal={proposal!r}"
+            )
+        self.proposal, self.anneal = proposal, anneal
+        self.temperature = torch.tensor(0.0 if anneal is not None else 1.0)
+        self.ess: torch.Tensor | None = None
+
+    def __call__(
+        self, log_lik: torch.Tensor, log_q: torch.Tensor, log_q_v: torch.Tensor
+    ) -> torch.Tensor:
+        training = torch.is_grad_enabled()
+        with torch.no_grad():
+            log_lik, log_q, log_q_v = log_lik.detach(), log_q.detach(), log_q_v.detach()
+            current = self.proposal == "current"
+            log_base = log_q - log_q_v if current else torch.zeros_like(log_lik)
+            temperature = self.temperature.to(log_lik)
+            if self.anneal is not None and training:
+                temperature = next_temperature(log_base, log_lik, temperature, self.anneal)
+            log_weights = log_base - temperature * log_lik
+            weights = log_weights.numel() * torch.softmax(log_weights, dim=0)
+            self.ess, self.temperature = effective_sample_size(weights), temperature
+        return weights - 1.0 if current else weights
