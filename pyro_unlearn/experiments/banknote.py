@@ -37,7 +37,6 @@ import math
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -60,7 +59,13 @@ from ..metrics import (
 from ..sweep import FLOW_LAMBDAS, LAMBDAS
 from . import json_safe
 from .machine import machine_info
-from .membership import compare, loss_and_entropy, summarise
+from .membership import (
+    compare,
+    compared_posteriors,
+    logistic_log_predictive,
+    loss_and_entropy,
+    summarise,
+)
 
 __all__ = [
     "GUIDES",
@@ -430,8 +435,6 @@ def quadrature_predictive(posterior, x: torch.Tensor, *, num_nodes: int = 64) ->
         >>> quadrature_predictive(q, x).exp()
         tensor([[0.5000, 0.5000]])
     """
-    if not 1 <= num_nodes <= 300:  # NumPy's hermgauss overflows beyond ~350 nodes
-        raise ValueError(f"num_nodes must be in [1, 300], got {num_nodes}")
     loc, cov = guide_moments(posterior)  # TypeError for a flow: use per_example_loss instead
     if x.dim() != 2 or loc.shape != (x.shape[-1] + 1,):
         raise ValueError(
@@ -442,12 +445,7 @@ def quadrature_predictive(posterior, x: torch.Tensor, *, num_nodes: int = 64) ->
     x1 = torch.cat([x, x.new_ones(len(x), 1)], -1)
     mean = x1 @ loc
     sd = ((x1 @ cov) * x1).sum(-1).clamp_min(0).sqrt()
-    nodes, weights = np.polynomial.hermite.hermgauss(num_nodes)
-    nodes = x.new_tensor(nodes) * math.sqrt(2)
-    log_weights = x.new_tensor(weights).log() - 0.5 * math.log(math.pi)
-    logits = mean.unsqueeze(-1) + sd.unsqueeze(-1) * nodes  # (points, nodes)
-    logits = torch.stack([-logits, logits], -2)  # y = 0, 1: log σ(∓a)
-    return torch.logsumexp(torch.nn.functional.logsigmoid(logits) + log_weights, -1)
+    return logistic_log_predictive(mean, sd, num_nodes)
 
 
 def _loss_and_entropy(posterior, x, y, num_nodes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -557,25 +555,8 @@ def membership_study(
             window=window,
             max_plate_nesting=1,
         )
-        fits = {
-            "full": (fit["seconds"], fit["steps"], fit["converged"]),
-            **{
-                name: (ref.seconds, len(ref.losses), ref.converged)
-                for name, ref in zip(("retrained", "retrained again"), references, strict=True)
-            },
-        }
-        for row in sweep.table.to_dict("records")[1:]:
-            fits[f"{row['method']} λ={row['lam']:g}"] = (
-                row["seconds"],
-                row["steps"],
-                row["converged"],
-            )
-        chosen = {
-            "full": posterior,
-            "retrained": references[0].posterior,
-            "retrained again": references[1].posterior,
-            **{k: v for k, v in sweep.posteriors.items() if k != "full"},
-        }
+        full_fit = (fit["seconds"], fit["steps"], fit["converged"])
+        chosen, fits = compared_posteriors(posterior, full_fit, references, sweep)
         scored = {
             name: (
                 _loss_and_entropy(q, x_e, y_e, num_nodes),

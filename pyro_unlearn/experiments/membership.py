@@ -8,12 +8,41 @@ and one value per metric, one row per posterior and seed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["compare", "loss_and_entropy", "summarise"]
+__all__ = [
+    "compare",
+    "compared_posteriors",
+    "logistic_log_predictive",
+    "loss_and_entropy",
+    "summarise",
+]
+
+
+def logistic_log_predictive(mean: torch.Tensor, sd: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    r"""log p(y|x) for y = 0, 1 when the logit is a ~ N(``mean``, ``sd``²) per point: by
+    ``num_nodes``-point Gauss–Hermite quadrature, in log space,
+
+    .. math:: p(y=1|x) = E[σ(a)] ≈ \frac{1}{\sqrt π} \sum_i ω_i\, σ(m + \sqrt2\, s\, t_i).
+
+    Returns shape ``(*mean.shape, 2)`` in ``mean``'s dtype and device.
+
+        >>> logp = logistic_log_predictive(torch.zeros(1), torch.ones(1), 64)
+        >>> logp.exp().tolist()  # symmetric around 0: ½ each
+        [[0.5, 0.5]]
+    """
+    if not 1 <= num_nodes <= 300:  # NumPy's hermgauss overflows beyond ~350 nodes
+        raise ValueError(f"num_nodes must be in [1, 300], got {num_nodes}")
+    nodes, weights = np.polynomial.hermite.hermgauss(num_nodes)
+    nodes = mean.new_tensor(nodes) * math.sqrt(2)
+    log_weights = mean.new_tensor(weights).log() - 0.5 * math.log(math.pi)
+    logits = mean.unsqueeze(-1) + sd.unsqueeze(-1) * nodes  # (points, nodes)
+    logits = torch.stack([-logits, logits], -2)  # y = 0, 1: log σ(∓a)
+    return torch.logsumexp(torch.nn.functional.logsigmoid(logits) + log_weights, -1)
 
 
 def loss_and_entropy(log_p: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,3 +117,18 @@ def summarise(rows: list[dict], names: Sequence[str], columns: Sequence[str]) ->
             }
         )
     return summary
+
+
+def compared_posteriors(full, full_fit: tuple, references: Sequence, sweep) -> tuple[dict, dict]:
+    """The posteriors a membership study compares, by name, and each one's fit ``(seconds,
+    steps, converged)``: ``"full"`` (``full``, fitted as ``full_fit`` says), ``"retrained"`` and
+    ``"retrained again"`` (two :func:`~pyro_unlearn.retrain` results from different random
+    streams) and every unlearned posterior of a :func:`~pyro_unlearn.lambda_sweep` result."""
+    posteriors, fits = {"full": full}, {"full": full_fit}
+    for name, ref in zip(("retrained", "retrained again"), references, strict=True):
+        posteriors[name], fits[name] = ref.posterior, (ref.seconds, len(ref.losses), ref.converged)
+    unlearned = list(sweep.posteriors.items())[1:]  # after "full", in the table's row order
+    for (name, q), row in zip(unlearned, sweep.table.to_dict("records")[1:], strict=True):
+        posteriors[name] = q
+        fits[name] = (row["seconds"], row["steps"], row["converged"])
+    return posteriors, fits

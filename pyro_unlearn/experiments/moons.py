@@ -99,7 +99,13 @@ from ..posterior import FrozenPosterior
 from ..sweep import LAMBDAS
 from . import json_safe
 from .machine import machine_info
-from .membership import compare, loss_and_entropy, summarise
+from .membership import (
+    compare,
+    compared_posteriors,
+    logistic_log_predictive,
+    loss_and_entropy,
+    summarise,
+)
 
 __all__ = [
     "AUTHORS",
@@ -868,12 +874,7 @@ def _quadrature_log_predictive(
     loc, cov = loc.to(a), cov.to(a)
     mean = a @ loc
     sd = ((a @ cov) * a).sum(-1).clamp_min(0).sqrt()
-    nodes, weights = np.polynomial.hermite.hermgauss(num_nodes)
-    nodes = a.new_tensor(nodes) * math.sqrt(2)
-    log_weights = a.new_tensor(weights).log() - 0.5 * math.log(math.pi)
-    logits = mean.unsqueeze(-1) + sd.unsqueeze(-1) * nodes  # (points, nodes)
-    logits = torch.stack([-logits, logits], -2)  # y = 0, 1: log σ(∓f)
-    return torch.logsumexp(torch.nn.functional.logsigmoid(logits) + log_weights, -1)
+    return logistic_log_predictive(mean, sd, num_nodes)
 
 
 def quadrature_predictive(
@@ -905,8 +906,6 @@ def quadrature_predictive(
             "quadrature_predictive needs the authors' model (SparseGPClassifier), got "
             f"{type(model).__name__}"
         )
-    if not 1 <= num_nodes <= 300:  # NumPy's hermgauss overflows beyond ~350 nodes
-        raise ValueError(f"num_nodes must be in [1, 300], got {num_nodes}")
     dims = model.inducing.shape[-1]
     if x.dim() != 2 or x.shape[-1] != dims:
         raise ValueError(f"x must be (points, {dims}), got shape {tuple(x.shape)}")
@@ -1023,22 +1022,9 @@ def membership_study(
         window=max(unlearn_steps // 2, 1),
         max_plate_nesting=1,
     )
-    fits = {
-        "full": (fit["seconds"], fit["iterations"], fit["converged"]),
-        **{
-            name: (ref.seconds, len(ref.losses), ref.converged)
-            for name, ref in zip(("retrained", "retrained again"), references, strict=True)
-        },
-        "retrained (exact)": (None, None, None),
-    }
-    for row in sweep.table.to_dict("records")[1:]:
-        fits[f"{row['method']} λ={row['lam']:g}"] = (row["seconds"], row["steps"], row["converged"])
-    chosen = {
-        "full": posterior,
-        "retrained": references[0].posterior,
-        "retrained again": references[1].posterior,
-        **{k: v for k, v in sweep.posteriors.items() if k != "full"},
-    }
+    full_fit = (fit["seconds"], fit["iterations"], fit["converged"])
+    chosen, fits = compared_posteriors(posterior, full_fit, references, sweep)
+    fits["retrained (exact)"] = (None, None, None)
     moments = {name: guide_moments(q) for name, q in chosen.items()}
     moments["retrained (exact)"] = (exact_loc, exact_cov)
     names = [*_REFERENCES, *(n for n in chosen if n not in _REFERENCES)]
