@@ -690,15 +690,19 @@ class MembershipAttack:
     folds: int
     repeats: int
 
+    @staticmethod
+    def column_names(prefix: str = "mia") -> tuple[str, ...]:
+        """The names :meth:`columns` gives the four scores: ``{prefix}_accuracy`` and
+        ``{prefix}_auc`` (the threshold attack), ``{prefix}_logistic_accuracy`` and
+        ``{prefix}_logistic_auc``."""
+        scores = ("accuracy", "auc", "logistic_accuracy", "logistic_auc")
+        return tuple(f"{prefix}_{score}" for score in scores)
+
     def columns(self, prefix: str = "mia") -> dict[str, float]:
-        """The four scores as table columns: ``{prefix}_accuracy`` and ``{prefix}_auc`` (the
-        threshold attack), ``{prefix}_logistic_accuracy`` and ``{prefix}_logistic_auc``."""
-        return {
-            f"{prefix}_accuracy": self.threshold_accuracy,
-            f"{prefix}_auc": self.threshold_auc,
-            f"{prefix}_logistic_accuracy": self.logistic_accuracy,
-            f"{prefix}_logistic_auc": self.logistic_auc,
-        }
+        """The four scores as table columns, named by :meth:`column_names`."""
+        scores = (self.threshold_accuracy, self.threshold_auc)
+        scores += (self.logistic_accuracy, self.logistic_auc)
+        return dict(zip(self.column_names(prefix), scores, strict=True))
 
 
 def _as_array(name: str, values: Any, ndim: int) -> np.ndarray:

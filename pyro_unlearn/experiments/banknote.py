@@ -49,6 +49,7 @@ import pyro_unlearn as pu
 from ..datasets import BanknoteData, banknote
 from ..forget import run_until_flat
 from ..metrics import (
+    MembershipAttack,
     gaussian_kl,
     guide_moments,
     mean_and_std,
@@ -80,7 +81,7 @@ __all__ = [
 ]
 
 #: The row columns of membership inference (NaN without held-out rows).
-MIA_COLUMNS = ("mia_accuracy", "mia_auc", "mia_logistic_accuracy", "mia_logistic_auc")
+MIA_COLUMNS = MembershipAttack.column_names()
 
 #: The guides of the paper's Fig. 5 and the λ grid each is swept over.
 GUIDES = {"mvn": LAMBDAS, "maf": FLOW_LAMBDAS}

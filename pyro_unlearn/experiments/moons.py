@@ -87,6 +87,7 @@ import pyro_unlearn as pu
 from ..contrib.gpytorch import PyroSVGP, inducing_distribution, set_inducing_distribution
 from ..datasets import MOONS_SCENARIOS, MoonsData, moons
 from ..metrics import (
+    MembershipAttack,
     gaussian_kl,
     guide_moments,
     mean_and_std,
@@ -850,15 +851,13 @@ MIA_STUDY_QUICK = dict(
     mia_repeats=2,
 )
 
-#: The columns of one attack (:meth:`~pyro_unlearn.metrics.MembershipAttack.columns`).
-_ATTACK = ("accuracy", "auc", "logistic_accuracy", "logistic_auc")
 
 #: The scores :func:`membership_study` compares: the attacks against the matched non-members
 #: (``mia_*``) and the loss gap, then the same against the population (``mia_population_*``).
 MIA_STUDY_METRICS = (
-    *(f"mia_{c}" for c in _ATTACK),
+    *MembershipAttack.column_names("mia"),
     "loss_gap",
-    *(f"mia_population_{c}" for c in _ATTACK),
+    *MembershipAttack.column_names("mia_population"),
     "population_loss_gap",
 )
 

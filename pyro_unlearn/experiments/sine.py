@@ -48,7 +48,7 @@ from ..datasets import SineData, sine
 from ..exact import NotNormalizableError
 from ..infer.laplace import _ErasedLogLikelihood, _func, _ggn, _hessian_diagonal, _read_gaussian
 from ..infer.laplace import _gaussian_guide as _buffered_gaussian
-from ..metrics import membership_attack
+from ..metrics import MembershipAttack, membership_attack
 from . import json_safe
 
 __all__ = [
@@ -73,7 +73,7 @@ LAPLACE_LAMBDAS = (100.0, 30.0, 10.0, 1.0)
 #: λ of the EUBO and rKL (the adjusted likelihood's threshold).
 VI_LAMBDAS = (1e-3, 1e-9, 0.0)
 #: The membership-inference columns of every row (``MembershipAttack.columns``).
-MIA_COLUMNS = ("mia_accuracy", "mia_auc", "mia_logistic_accuracy", "mia_logistic_auc")
+MIA_COLUMNS = MembershipAttack.column_names()
 #: Settings of ``--quick`` and of the tutorial's smoke mode.
 QUICK = dict(
     curvatures=("ggn_diag",),
