@@ -106,12 +106,16 @@ def test_reproduce_sine_quick_writes_table_figures_and_strict_json(tmp_path, cap
     assert main([*args, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "Sine regression, 300 points, the 200 central ones erased" in out
-    assert "KL in gap" in out and "L-BUN λ_L=1: " in out  # the exact division fails, reported
+    assert "KL in gap" in out and "L-BUN λ_L=1: " in out
     results = json.loads(path.read_text(), parse_constant=_reject_constant)
     rows = {(r["scheme"], r["method"], r["lam"]): r for r in results["rows"]}
     full = rows[("laplace-ggn_diag", "full", None)]["kl_gap"]
     assert rows[("laplace-ggn_diag", "lbun", 100.0)]["kl_gap"] < full
-    assert rows[("laplace-ggn_diag", "lbun", 1.0)]["kl_gap"] is None
+    # at λ_L = 1 the exact division may fail or succeed depending on the CPU's rounding (it
+    # failed on AMD, gave 4.06 on an AVX-512 Xeon); what must hold is that the row says which
+    weak = rows[("laplace-ggn_diag", "lbun", 1.0)]
+    assert weak["kl_gap"] is not None or weak["failed"]  # no number without the reason
+    assert weak["kl_gap"] is None or weak["failed"] is None or weak["repaired"]
     for scheme in ("laplace-ggn_diag", "vi"):
         assert (tmp_path / f"sine_{scheme}.png").stat().st_size > 10_000
 
