@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/pyro-unlearn: setup.cfg constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,experiments]"
 	touch $@
 
 demo: $(BIN)/pyro-unlearn

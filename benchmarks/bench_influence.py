@@ -1,11 +1,11 @@
 """BIF (influence-function forgetting) against the EUBO route and retraining, as |D_r| grows.
 
-Conjugate Bayesian linear regression (``pyro_unlearn.datasets.linear_regression``: 2 features,
-noise 0.5, an informative erased cluster of ``--num-erased`` rows; ``linear_model``'s N(0, 10²)
-prior), |D_e| fixed and |D_r| growing. At every size the guide is an ``AutoMultivariateNormal``
+Conjugate Bayesian linear regression (``pyro_unlearn.experiments.datasets.linear_regression``: 2
+features, noise 0.5, an informative erased cluster of ``--num-erased`` rows; ``linear_model``'s N(0,
+10²) prior), |D_e| fixed and |D_r| growing. At every size the guide is an ``AutoMultivariateNormal``
 set to the **exact** p(θ|D), so every method starts from the same, exact q(θ|D) and the exact
-p(θ|D_r) is the target of all of them (with λ = 0 the EUBO's optimum is exactly p(θ|D_r) too).
-Timed in one process, on the same device:
+p(θ|D_r) is the target of all of them (with λ = 0 the EUBO's optimum is exactly p(θ|D_r) too). Timed
+in one process, on the same device:
 
 * ``bif``: ``pu.influence_unlearn`` (one Newton step, CG, ``--particles`` antithetic particles),
   D_r as one tuple (``--batch-size B``: mini-batches of B through a subsampling data plate,
@@ -38,8 +38,8 @@ import torch
 from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_unlearn as pu
-from pyro_unlearn.datasets import linear_regression
 from pyro_unlearn.exact import gaussian_linear_posterior
+from pyro_unlearn.experiments.datasets import linear_regression
 from pyro_unlearn.experiments.machine import machine_info
 from pyro_unlearn.infer.influence import influence_unlearn
 from pyro_unlearn.metrics import gaussian_kl, guide_moments

@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 
 from pyro_unlearn.contrib.gpytorch import freeze
-from pyro_unlearn.datasets import flights
 from pyro_unlearn.experiments import flights as experiment
+from pyro_unlearn.experiments.datasets import flights
 from pyro_unlearn.experiments.machine import machine_info
 
 

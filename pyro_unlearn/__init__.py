@@ -1,6 +1,6 @@
 """Bayesian machine unlearning for Pyro: forget data from a variational posterior."""
 
-from . import codec, datasets, exact, lcodec, metrics
+from . import codec, exact, lcodec, metrics
 from .forget import ForgetResult, forget
 from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
@@ -41,7 +41,6 @@ __all__ = [
     "UnlearnMessenger",
     "adjusted_log_likelihood",
     "codec",
-    "datasets",
     "erased_log_likelihood",
     "exact",
     "forget",

@@ -5,15 +5,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from tqdm import tqdm
 
 from .forget import forget
 from .posterior import FrozenPosterior, freeze
 
-__all__ = ["LAMBDAS", "FLOW_LAMBDAS", "SweepResult", "lambda_sweep"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "FLOW_LAMBDAS",
+    "LAMBDAS",
+    "PAPER_PANELS",
+    "SweepResult",
+    "lambda_sweep",
+    "plot_kl_against_lambda",
+]
 
 #: The λ grid of the papers' common protocol (Gaussian guides) and the one used for flows.
 LAMBDAS = (0.5, 0.1, 1e-3, 1e-5, 1e-9, 0.0)
@@ -25,30 +34,38 @@ class SweepResult:
     """What :func:`lambda_sweep` returns.
 
     Attributes:
-        table: one row per (method, λ), plus ``method="full"`` (q(θ|D), no unlearning): columns
+        rows: one dict per (method, λ), plus ``method="full"`` (q(θ|D), no unlearning): keys
             ``guide, method, lam`` (1.0 for full: λ = 1 unlearns nothing), the ``evaluate``
-            columns, ``seconds``, ``steps``, ``converged`` and ``ess`` (the last step's, rKL only).
+            keys, ``seconds``, ``steps``, ``converged`` and ``ess`` (the last step's, rKL only).
         posteriors: the frozen q(θ|D) (``"full"``) and each unlearned posterior
             (``"eubo λ=1e-05"``...), e.g. for :func:`pyro_unlearn.metrics.to_inference_data`.
     """
 
-    table: pd.DataFrame
+    rows: list[dict[str, Any]]
     posteriors: dict[str, FrozenPosterior] = field(default_factory=dict)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """:attr:`rows` as a tidy pandas table (needs pandas: ``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError as error:  # pragma: no cover - pandas is in the experiments extra
+            raise ImportError("SweepResult.table needs pandas: pip install pandas") from error
+        return pd.DataFrame(self.rows)
 
     def plot(self, panels: dict[str, str] | None = None, title: str = ""):
         """The papers' figure: log-scale KL against λ, a line per method and ``full`` dashed,
         one panel per ``{column: axis label}`` (default: the averaged predictive KL on D_e and
         on D_r, columns ``kl_erased_mean`` and ``kl_remaining_mean``). Returns the figure."""
-        from .plots import PAPER_PANELS, plot_kl_against_lambda
-
         panels = panels or PAPER_PANELS
-        missing = sorted(set(panels) - set(self.table.columns))
+        columns = list(self.rows[0]) if self.rows else []
+        missing = sorted(set(panels) - set(columns))
         if missing:
             raise ValueError(
                 f"the table has no column {missing}; pass panels={{column: label}} naming "
-                f"columns that evaluate returned: {list(self.table.columns)}"
+                f"columns that evaluate returned: {columns}"
             )
-        return plot_kl_against_lambda(self.table.to_dict("records"), panels, title)
+        return plot_kl_against_lambda(self.rows, panels, title)
 
 
 def lambda_sweep(
@@ -121,4 +138,50 @@ def lambda_sweep(
             }
         )
     posterior.restore(guide)
-    return SweepResult(pd.DataFrame(rows), posteriors)
+    return SweepResult(rows, posteriors)
+
+
+#: The panels of the papers' λ figures: averaged predictive KL to the retrained posterior.
+PAPER_PANELS = {
+    "kl_erased_mean": "averaged KL on $D_e$",
+    "kl_remaining_mean": "averaged KL on $D_r$",
+}
+
+_ZERO = 1e-12  # where λ = 0 sits on the log axis
+
+
+def plot_kl_against_lambda(rows: Sequence[dict], panels: dict[str, str], title: str = ""):
+    """Log-scale KL against λ, one line per method and a dashed line for ``full`` (no
+    unlearning), one panel per ``{column: label}`` in ``panels``. λ = 0 is drawn at the left end.
+    Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    methods = sorted({r["method"] for r in rows} - {"full"})
+    lams = sorted({r["lam"] for r in rows if r["method"] != "full"})
+    for ax, (column, label) in zip(axes[0], panels.items(), strict=True):
+        for method in methods:
+            sel = sorted((r for r in rows if r["method"] == method), key=lambda r: r["lam"])
+            ax.plot([r["lam"] or _ZERO for r in sel], [r[column] for r in sel], "o-", label=method)
+        full = [r[column] for r in rows if r["method"] == "full"]
+        if full:
+            ax.axhline(full[0], color="k", ls="--", label="full (no unlearning)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ticks = [lam or _ZERO for lam in lams]
+        ax.set_xticks(
+            ticks,
+            [
+                "0" if t == _ZERO else f"$10^{{{round(math.log10(t))}}}$" if t < 0.1 else f"{t:g}"
+                for t in ticks
+            ],
+            fontsize=8,
+        )
+        ax.set_xlabel("λ")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

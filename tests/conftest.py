@@ -5,7 +5,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_unlearn.datasets import linear_regression
+from pyro_unlearn.experiments.datasets import linear_regression
 from pyro_unlearn.experiments.linear_regression import linear_model
 
 

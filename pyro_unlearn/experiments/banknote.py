@@ -46,7 +46,6 @@ from tqdm import tqdm
 
 import pyro_unlearn as pu
 
-from ..datasets import BanknoteData, banknote
 from ..forget import run_until_flat
 from ..metrics import (
     MembershipAttack,
@@ -59,6 +58,7 @@ from ..metrics import (
 )
 from ..sweep import FLOW_LAMBDAS, LAMBDAS
 from . import json_safe
+from .datasets import BanknoteData, banknote
 from .machine import machine_info
 from .membership import (
     compare,

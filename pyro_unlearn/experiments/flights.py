@@ -69,10 +69,10 @@ from ..contrib.gpytorch import (
     inducing_kl,
     set_inducing_distribution,
 )
-from ..datasets import FlightsData, flights
 from ..forget import run_until_flat
 from ..metrics import MembershipAttack, membership_attack
 from . import json_safe
+from .datasets import FlightsData, flights
 from .machine import machine_info
 
 __all__ = [

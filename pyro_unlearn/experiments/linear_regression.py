@@ -41,9 +41,9 @@ from tqdm import tqdm
 
 import pyro_unlearn as pu
 
-from ..datasets import LinearRegressionData, linear_regression
 from ..forget import has_converged
 from ..metrics import gaussian_kl, guide_moments, membership_attack
+from .datasets import LinearRegressionData, linear_regression
 
 __all__ = [
     "GUIDES",
@@ -282,7 +282,7 @@ def run(
     """Train q(θ|D) and the retrained reference, unlearn with EUBO and rKL over ``lambdas``.
 
     ``guide`` is the family of every posterior (:data:`GUIDES`): ``"mvn"`` (full covariance;
-    default data :func:`pyro_unlearn.datasets.linear_regression`, the CLI's) or ``"diagonal"``
+    default data :func:`.datasets.linear_regression`, the CLI's) or ``"diagonal"``
     (independent Gaussians, Appendix C; default data :func:`clustered_line`). Each unlearning run
     starts from q(θ|D) and takes ``unlearn_steps`` ClippedAdam steps (``lr`` decaying a
     hundredfold); q(θ|D) and the reference (VI on D_r from the guide's initialisation) take

@@ -85,7 +85,6 @@ from tqdm import tqdm
 import pyro_unlearn as pu
 
 from ..contrib.gpytorch import PyroSVGP, inducing_distribution, set_inducing_distribution
-from ..datasets import MOONS_SCENARIOS, MoonsData, moons
 from ..metrics import (
     MembershipAttack,
     gaussian_kl,
@@ -99,6 +98,7 @@ from ..metrics import (
 from ..posterior import FrozenPosterior
 from ..sweep import LAMBDAS
 from . import json_safe
+from .datasets import MOONS_SCENARIOS, MoonsData, moons
 from .machine import machine_info
 from .membership import (
     compare,
@@ -588,7 +588,7 @@ MODELS: dict[str, ModelVariant] = {
 }
 
 
-#: The moons' noise, as :func:`~pyro_unlearn.datasets.moons` draws them.
+#: The moons' noise, as :func:`~pyro_unlearn.experiments.datasets.moons` draws them.
 MOONS_NOISE = 0.2
 
 
@@ -656,7 +656,7 @@ def run(
     progress: bool = True,
     keep_posteriors: bool = False,
 ) -> dict:
-    """The moons reproduction for one erasure ``scenario`` (:func:`~pyro_unlearn.datasets.moons`).
+    """The moons reproduction for one erasure ``scenario`` (:func:`.datasets.moons`).
 
     Returns the shared JSON shape ``{"rows", "retrain_seconds", "settings", ...}``: one row per
     (model variant, method, λ) with the averaged predictive KL to the retrained posterior on D_e
@@ -1272,7 +1272,7 @@ def plot_surfaces(
 
 
 def plot_kl(rows: Sequence[dict], title: str = "", authors: bool = True):
-    """The paper's Fig. 2 panels (:func:`~pyro_unlearn.plots.plot_kl_against_lambda`: averaged
+    """The paper's Fig. 2 panels (:func:`~pyro_unlearn.sweep.plot_kl_against_lambda`: averaged
     KL on D_e and on D_r against λ), with the authors' numbers (:data:`AUTHORS`, sorted erasure)
     overlaid as dotted lines of the same colours when ``authors``. Returns the figure."""
     from ..plots import PAPER_PANELS, plot_kl_against_lambda

@@ -44,12 +44,12 @@ from tqdm import tqdm
 
 import pyro_unlearn as pu
 
-from ..datasets import SineData, sine
 from ..exact import NotNormalizableError
 from ..infer.laplace import _ErasedLogLikelihood, _func, _ggn, _hessian_diagonal, _read_gaussian
 from ..infer.laplace import _gaussian_guide as _buffered_gaussian
 from ..metrics import MembershipAttack, membership_attack
 from . import json_safe
+from .datasets import SineData, sine
 
 __all__ = [
     "LAPLACE_LAMBDAS",
@@ -173,7 +173,7 @@ def laplace_posterior(
 
     Example::
 
-        >>> from pyro_unlearn.datasets import sine
+        >>> from pyro_unlearn.experiments.datasets import sine
         >>> data, net = sine(num_data=20, num_erased=10), SineNet(hidden=4)
         >>> guide = laplace_posterior(net, data.x, data.y, "ggn_diag", steps=50)
         >>> guide.loc.shape, bool((guide.scale > 0).all())

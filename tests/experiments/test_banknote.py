@@ -10,12 +10,13 @@ from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_unlearn as pu
 from pyro_unlearn.experiments import banknote as experiment
+from pyro_unlearn.experiments import datasets
 from pyro_unlearn.metrics import predictive_distribution
 
 
 @pytest.fixture(scope="module")
 def data():
-    return pu.datasets.banknote()
+    return datasets.banknote()
 
 
 def test_logistic_model_vectorises_over_particles(data):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pyro_unlearn.contrib.gpytorch import inducing_kl
-from pyro_unlearn.datasets import flights
 from pyro_unlearn.experiments import flights as experiment
+from pyro_unlearn.experiments.datasets import flights
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,14 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_unlearn as pu
+from pyro_unlearn.experiments import datasets
 from pyro_unlearn.experiments import moons as experiment
 from pyro_unlearn.metrics import guide_moments
 
 
 @pytest.fixture(scope="module")
 def data():
-    return pu.datasets.moons()
+    return datasets.moons()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_entropy_reduction_of_an_informative_erasure(model, data):
         _, cov_r, _ = experiment.gaussian_vi(model, d.x[r], d.y[r])
         return experiment.gaussian_entropy(cov_r) - experiment.gaussian_entropy(cov)
 
-    sorted_, random = reduction(data), reduction(pu.datasets.moons("random"))
+    sorted_, random = reduction(data), reduction(datasets.moons("random"))
     assert sorted_ > random > 0
     assert sorted_ > 0.5
 
@@ -128,7 +129,7 @@ def test_quick_run_shape_and_figures(quick_run, data):
     fig = experiment.plot_surfaces(model, posteriors, data, resolution=20, num_samples=50)
     titled = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titled == list(posteriors)  # one panel each (the colour bar aside)
-    fig = experiment.plot_data(pu.datasets.moons("full"))
+    fig = experiment.plot_data(datasets.moons("full"))
     assert fig.axes[0].get_title().startswith("moons, full erasure: 50 of 100")
 
 
@@ -289,7 +290,7 @@ def test_run_reports_both_variants(both_run, data):
 # -- membership inference -----------------------------------------------------------------------
 @pytest.mark.parametrize("scenario", ["sorted", "random", "full"])
 def test_mia_nonmembers_are_fresh_points_picked_by_the_erasure_rule(scenario):
-    data = pu.datasets.moons(scenario)
+    data = datasets.moons(scenario)
     groups = experiment.mia_nonmembers(data, 100, seed=0)
     x, y = groups["matched"]
     px, py = groups["population"]

@@ -11,8 +11,8 @@ import torch
 from torch.func import hessian, jacrev
 
 import pyro_unlearn as pu
-from pyro_unlearn.datasets import sine
 from pyro_unlearn.experiments import sine as study
+from pyro_unlearn.experiments.datasets import sine
 
 F64 = torch.float64
 

@@ -5,8 +5,8 @@ import torch
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
 import pyro_unlearn as pu
-from pyro_unlearn.datasets import linear_regression
 from pyro_unlearn.exact import gaussian_linear_posterior
+from pyro_unlearn.experiments.datasets import linear_regression
 from pyro_unlearn.experiments.linear_regression import linear_model
 from pyro_unlearn.infer.influence import IndefiniteHessianError, influence_unlearn
 from pyro_unlearn.metrics import guide_moments

@@ -18,12 +18,12 @@ from pyro.nn import PyroModule, PyroSample
 from torch.func import hessian, jacrev
 
 import pyro_unlearn as pu
-from pyro_unlearn.datasets import linear_regression
 from pyro_unlearn.exact import (
     NotNormalizableError,
     gaussian_linear_posterior,
     gaussian_linear_unlearn,
 )
+from pyro_unlearn.experiments.datasets import linear_regression
 from pyro_unlearn.experiments.linear_regression import linear_model
 from pyro_unlearn.metrics import guide_moments
 from tests.gaussians import hold_gaussian

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import pyro_unlearn as pu
-from pyro_unlearn.datasets import linear_regression
 from pyro_unlearn.exact import (
     beta_binomial_posterior,
     gaussian_linear_posterior,
     normal_normal_posterior,
 )
+from pyro_unlearn.experiments.datasets import linear_regression
 from pyro_unlearn.infer.mcmc import LowESSWarning, MCMCUnlearnResult, mcmc_unlearn
 
 F64 = torch.float64

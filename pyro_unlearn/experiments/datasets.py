@@ -171,7 +171,7 @@ def banknote(
         >>> data.x.shape, len(data.erased), len(data.remaining), int(data.y.sum())
         (torch.Size([1372, 4]), 412, 960, 610)
     """
-    path = resources.files("pyro_unlearn") / "data" / "data_banknote_authentication.txt"
+    path = resources.files("pyro_unlearn.experiments") / "data" / "data_banknote_authentication.txt"
     with resources.as_file(path) as f:
         table = np.loadtxt(f, delimiter=",")
     idx = np.arange(len(table))

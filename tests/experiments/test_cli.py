@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pyro_unlearn.cli import main
+from pyro_unlearn.experiments.cli import main
 
 
 def _reject_constant(name):

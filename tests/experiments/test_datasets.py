@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyro_unlearn.datasets import linear_regression
+from pyro_unlearn.experiments.datasets import linear_regression
 
 
 def test_linear_regression_is_reproducible_and_split():
@@ -23,10 +23,10 @@ def test_banknote_is_the_shipped_uci_file_with_the_papers_split():
 
     import numpy as np
 
-    from pyro_unlearn.datasets import banknote
+    from pyro_unlearn.experiments.datasets import banknote
 
     raw = (
-        resources.files("pyro_unlearn") / "data" / "data_banknote_authentication.txt"
+        resources.files("pyro_unlearn.experiments") / "data" / "data_banknote_authentication.txt"
     ).read_bytes()
     assert hashlib.sha256(raw).hexdigest() == (
         "d0539aaed2139ba7a587b3e34fb345ce503ff7d5d33dbf9912d8e195ce425cb9"
@@ -42,7 +42,7 @@ def test_banknote_is_the_shipped_uci_file_with_the_papers_split():
 
 
 def test_flights_has_the_complete_rows_standardised_with_carrier_and_month():
-    from pyro_unlearn.datasets import FLIGHTS_FEATURES, flights
+    from pyro_unlearn.experiments.datasets import FLIGHTS_FEATURES, flights
 
     data = flights()
     assert data.num_train + len(data.y_test) == 273_853
@@ -59,7 +59,7 @@ def test_flights_has_the_complete_rows_standardised_with_carrier_and_month():
 
 
 def test_flights_subset_is_seeded():
-    from pyro_unlearn.datasets import flights
+    from pyro_unlearn.experiments.datasets import flights
 
     a, b, c = flights(subset=1000, seed=1), flights(subset=1000, seed=1), flights(subset=1000)
     assert torch.equal(a.x_train, b.x_train) and a.x_train.shape == (900, 8)
@@ -71,7 +71,7 @@ def test_flights_subset_is_seeded():
 def test_moons_is_sklearns_sorted_with_the_papers_sorted_split():
     from sklearn.datasets import make_moons
 
-    from pyro_unlearn.datasets import moons
+    from pyro_unlearn.experiments.datasets import moons
 
     data = moons()
     x, y = make_moons(100, noise=0.2, random_state=0)
@@ -90,7 +90,7 @@ def test_moons_is_sklearns_sorted_with_the_papers_sorted_split():
 
 @pytest.mark.parametrize("scenario, size", [("partial", 30), ("large", 40), ("full", 50)])
 def test_moons_class_one_scenarios_erase_the_rightmost_of_class_one(scenario, size):
-    from pyro_unlearn.datasets import moons
+    from pyro_unlearn.experiments.datasets import moons
 
     data = moons(scenario, dtype=torch.float32)
     assert data.scenario == scenario and data.x.dtype == torch.float32
@@ -103,7 +103,7 @@ def test_moons_class_one_scenarios_erase_the_rightmost_of_class_one(scenario, si
 
 
 def test_moons_random_scenario_is_seeded():
-    from pyro_unlearn.datasets import moons
+    from pyro_unlearn.experiments.datasets import moons
 
     a, b, c = moons("random"), moons("random"), moons("random", seed=1)
     assert len(a.erased) == 20 and torch.equal(a.erased, b.erased)

