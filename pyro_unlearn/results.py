@@ -4,6 +4,7 @@ and whether the method vouches for it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 __all__ = ["UnlearningResult"]
 
 
@@ -13,9 +14,10 @@ class UnlearningResult:
     :func:`~pyro_unlearn.laplace_unlearn`, :func:`~pyro_unlearn.influence_unlearn` and
     :func:`~pyro_unlearn.mcmc_unlearn`.
 
-    Every subclass has a ``posterior`` (a field or a property): the posterior the method produced, in a form that can be
-    sampled and compared with any other (a :class:`~pyro_unlearn.FrozenPosterior`, or weighted
-    draws for :func:`~pyro_unlearn.mcmc_unlearn`).
+    Every subclass has a ``posterior`` (a field or a property): the posterior the method
+    produced, in a form that can be sampled and compared with any other (a
+    :class:`~pyro_unlearn.FrozenPosterior`, or weighted draws for
+    :func:`~pyro_unlearn.mcmc_unlearn`).
 
     Attributes:
         seconds: wall time of the method.
