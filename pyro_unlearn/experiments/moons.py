@@ -1275,7 +1275,7 @@ def plot_kl(rows: Sequence[dict], title: str = "", authors: bool = True):
     """The paper's Fig. 2 panels (:func:`~pyro_unlearn.sweep.plot_kl_against_lambda`: averaged
     KL on D_e and on D_r against λ), with the authors' numbers (:data:`AUTHORS`, sorted erasure)
     overlaid as dotted lines of the same colours when ``authors``. Returns the figure."""
-    from ..plots import PAPER_PANELS, plot_kl_against_lambda
+    from ..sweep import PAPER_PANELS, plot_kl_against_lambda
 
     fig = plot_kl_against_lambda(rows, PAPER_PANELS, title=title)
     if not authors:
