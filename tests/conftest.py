@@ -119,3 +119,13 @@ def exact_posterior(linreg):
         return dist.MultivariateNormal(loc, precision_matrix=prec)
 
     return posterior
+
+
+@pytest.fixture(scope="session")
+def moons_quick_run():
+    """The moons reproduction's quick run (sorted erasure), run once for the session: the
+    experiment's tests and the ``pyro-unlearn demo`` wiring test share it."""
+    from pyro_unlearn.experiments import moons
+
+    pyro.clear_param_store()
+    return moons.run(progress=False, keep_posteriors=True, **moons.QUICK)

