@@ -13,7 +13,13 @@ from pyro_unlearn.exact import (
     normal_normal_posterior,
 )
 from pyro_unlearn.experiments.datasets import linear_regression
-from pyro_unlearn.infer.mcmc import LowESSWarning, MCMCUnlearnResult, mcmc_unlearn
+from pyro_unlearn.infer.mcmc import (
+    MIN_ACCEPTANCE,
+    LowESSWarning,
+    MCMCUnlearnResult,
+    mcmc_unlearn,
+)
+from pyro_unlearn.results import UnlearningResult
 
 F64 = torch.float64
 DEVICE = torch.get_default_device()
@@ -139,6 +145,7 @@ def test_ess_matches_closed_form_and_warns_below_threshold():
     assert result.ess_fraction == pytest.approx(expected, rel=0.05)
     assert result.indices is None and result.resampling is None
     torch.testing.assert_close(result.samples["theta"], draws["theta"])
+    assert result.converged and result.posterior is result.samples  # ESS/S above 0.1
     # an informative erasure: the weights collapse and a LowESSWarning names ESS and threshold
     erased = list(range(10, 20))
     mean_r, var_r = normal_posterior(y[:10])
@@ -146,6 +153,7 @@ def test_ess_matches_closed_form_and_warns_below_threshold():
     with pytest.warns(LowESSWarning, match=r"effective sample size .* ess_threshold = 0\.1"):
         result = mcmc_unlearn(normal_model, draws, y, erased=erased, plate="data")
     assert result.ess_fraction < 0.1 and expected < 0.1
+    assert not result.converged  # the warning's verdict
     assert issubclass(LowESSWarning, UserWarning)
 
 
@@ -261,6 +269,8 @@ def test_rejuvenation_restores_diversity_and_keeps_the_target(target):
             rejuvenate=rejuvenate,
         )
     assert result.rejuvenated and result.num_moves == 4
+    assert isinstance(result, UnlearningResult) and result.posterior is result.samples
+    assert not result.converged  # ESS/S ≈ 0.09 < ess_threshold = 0.1, however well HMC mixed
     assert result.num_unique < 0.5 * 3000  # duplicates after resampling...
     theta = packed(result.samples)
     assert torch.unique(theta, dim=0).shape[0] == 3000  # ...all distinct after the moves
@@ -268,6 +278,25 @@ def test_rejuvenation_restores_diversity_and_keeps_the_target(target):
     target_mean, target_cov = exact_linear(KEEP)
     centred = theta - theta.mean(0)
     assert_moments(theta.mean(0), centred.T @ centred / 3000, target_mean, target_cov, result.ess)
+
+
+def test_rejuvenation_that_rejects_its_moves_does_not_converge():
+    y = torch.linspace(-1.0, 3.0, 20, dtype=F64, device=DEVICE)
+    mean_d, var_d = normal_posterior(y)
+    draws = {"theta": mean_d + math.sqrt(var_d) * torch.randn(2000, dtype=F64, device=DEVICE)}
+    kwargs = {"erased": [19], "plate": "data", "seed": 0}
+    good = mcmc_unlearn(normal_model, draws, y, rejuvenate={"num_moves": 3}, **kwargs)
+    assert good.acceptance_rate > MIN_ACCEPTANCE and good.converged
+    # one leapfrog step of 50 whitened standard deviations: every proposal is rejected
+    bad = mcmc_unlearn(
+        normal_model,
+        draws,
+        y,
+        rejuvenate={"num_moves": 1, "step_size": 50.0, "max_leapfrog": 1},
+        **kwargs,
+    )
+    assert bad.ess_fraction > 0.1 and bad.acceptance_rate < MIN_ACCEPTANCE
+    assert not bad.converged
 
 
 def beta_model(y):
