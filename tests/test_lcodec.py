@@ -1,5 +1,5 @@
-"""L-CODEC block Newton unlearning (pyro_unlearn/lcodec.py), against retraining and against the
-formula of DESIGN.md §1 computed independently with torch.autograd.functional.hessian."""
+"""L-CODEC block Newton unlearning (pyro_unlearn/lcodec/), against retraining and against the
+Newton formula computed independently with torch.autograd.functional.hessian."""
 
 import copy
 import math
@@ -106,7 +106,8 @@ def test_full_update_lands_near_the_retrained_minimiser(problem):
     # Newton from the minimiser on D: error O(1/n²) against the O(1/n) the sample moved w
     assert gap_unlearned < 0.05 * gap_original, (gap_unlearned, gap_original)
     assert out.block_size == 18 and out.selected == [] and out.hessian_shift == 0.0
-    # the update is the formula of DESIGN.md §1 (sign included)
+    assert out.converged  # kept, and a Newton step on a positive definite H'_P
+    # the update is the formula of Mehta et al. (2022) (sign included)
     expected = newton_by_hand(net, x, y, 7)
     got = torch.cat([out.model.weight.detach().reshape(-1), out.model.bias.detach()])
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
@@ -214,6 +215,7 @@ def test_sequential_removal_chains_single_removals(problem):
         net, loss_fn, (x, y), [3, 9], weight_decay=WD, selection="all", progress=False
     )
     assert seq.removed == [3, 9] and seq.skipped == [] and not seq.retrain_advised
+    assert seq.converged
     first = remove(net, loss_fn, (x, y), 3, weight_decay=WD, selection="all")
     keep = torch.arange(300) != 3
     second = remove(first.model, loss_fn, (x[keep], y[keep]), 8, weight_decay=WD, selection="all")
@@ -240,6 +242,7 @@ def test_removal_with_a_large_validation_drop_is_skipped(problem):
         progress=False,
     )
     assert out.skipped == [3, 9] and out.removed == [] and out.retrain_advised
+    assert not out.converged and not any(s.converged for s in out.steps)
     assert all(s.retrain_advised and not s.applied for s in out.steps)
     assert all(s.removed_loss[0] == s.removed_loss[1] for s in out.steps)
     assert torch.equal(flat(out.model), start)  # unchanged
@@ -310,7 +313,7 @@ def test_indefinite_hessian_is_shifted():
     with torch.no_grad():
         net[0].weight.mul_(3.0)
     out = remove(net, loss_fn, (x, y), 0, selection="all")
-    assert out.hessian_shift > 0
+    assert out.hessian_shift > 0 and out.applied and not out.converged
     assert torch.isfinite(flat(out.model)).all()
 
 
