@@ -1,0 +1,219 @@
+"""q(u) of a sparse variational GP: its Pyro guide, the frozen q(u|D), reading and writing q(u)."""
+
+from __future__ import annotations
+
+import gpytorch
+import pyro
+import torch
+from gpytorch.distributions import MultivariateNormal
+from gpytorch.variational import (
+    CholeskyVariationalDistribution,
+    MeanFieldVariationalDistribution,
+    NaturalVariationalDistribution,
+    VariationalStrategy,
+)
+from pyro.nn import PyroModule
+
+from ...posterior import FrozenPosterior, freeze
+from .strategy import clear_caches, variational_strategy
+
+__all__ = [
+    "InducingGuide",
+    "freeze_inducing",
+    "inducing_distribution",
+    "inducing_kl",
+    "set_inducing_distribution",
+]
+
+
+class InducingGuide(PyroModule):
+    """A Pyro guide ``<prefix>.u ~ q(u)``: the GP's variational distribution, whose parameters
+    (only) it registers in Pyro's param store as ``<prefix>.q_u$$$<name>``.
+
+    Registration is checked: if the store already holds those names for *another* GP (Pyro's
+    ``pyro.module`` keeps the first tensor registered under a name, so the second GP would
+    silently never train), it raises instead of training the wrong tensors.
+
+    Arguments:
+        strategy: the GP's (supported) variational strategy.
+        name_prefix: the prefix of its site and parameter names.
+    """
+
+    def __init__(self, strategy: VariationalStrategy, name_prefix: str) -> None:
+        super().__init__()
+        # Not a submodule: PyroModule would register all of its parameters (inducing inputs too).
+        object.__setattr__(self, "strategy", strategy)
+        self.name_prefix = name_prefix
+
+    def _clear_cache(self) -> None:
+        """Drop the GP's cached tensors (a deepcopy, as :func:`~pyro_unlearn.freeze` makes,
+        refuses them)."""
+        clear_caches(self.strategy.model)
+
+    @property
+    def site(self) -> str:
+        """The name of the sample site of u."""
+        return f"{self.name_prefix}.u"
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        variational = self.strategy._variational_distribution
+        for name, param in variational.named_parameters():
+            if not param.requires_grad:  # a frozen copy: nothing to train
+                continue
+            full_name = f"{self.name_prefix}.q_u$$${name}"
+            if pyro.param(full_name, param) is not param:
+                raise RuntimeError(
+                    f"Pyro's param store already holds {full_name!r} from another GP, so this "
+                    f"GP's q(u) would silently never train: call pyro.clear_param_store() or give "
+                    f"this GP a distinct name_prefix (now {self.name_prefix!r})"
+                )
+        q = variational()  # a fresh distribution: the strategy's cached one holds a stale graph
+        return pyro.sample(self.site, q.to_event(len(q.batch_shape)))
+
+
+def freeze_inducing(gp: gpytorch.models.ApproximateGP, name_prefix: str = "gp") -> FrozenPosterior:
+    """Snapshot a trained GP's q(u|D) as the immutable posterior the unlearning objectives start
+    from: :func:`~pyro_unlearn.freeze` of its :class:`InducingGuide`.
+
+    The snapshot is an independent copy, so later training of ``gp`` never changes it.
+
+    Arguments:
+        gp: a trained, supported ``ApproximateGP``.
+        name_prefix: the prefix of the guide's site ``<prefix>.u`` (that of a :class:`PyroSVGP`
+            using the same GP).
+
+    Returns:
+        The frozen q(u|D), a :class:`~pyro_unlearn.FrozenPosterior`.
+
+    Raises:
+        ValueError: if the GP's q(u) was never initialised (GPyTorch would re-initialise it from
+            the prior on the next call).
+
+    Example::
+
+        >>> import gpytorch, torch
+        >>> from pyro_unlearn.contrib.gpytorch import freeze_inducing, inducing_kl
+        >>> class GP(gpytorch.models.ApproximateGP):
+        ...     def __init__(self, z):
+        ...         q = gpytorch.variational.CholeskyVariationalDistribution(len(z))
+        ...         super().__init__(gpytorch.variational.VariationalStrategy(self, z, q))
+        ...         self.mean_module = gpytorch.means.ZeroMean()
+        ...         self.covar_module = gpytorch.kernels.RBFKernel()
+        ...     def forward(self, x):
+        ...         return gpytorch.distributions.MultivariateNormal(
+        ...             self.mean_module(x), self.covar_module(x))
+        >>> x = torch.linspace(0, 1, 10).unsqueeze(-1)
+        >>> gp = GP(x[::3].clone())
+        >>> _ = gp(x)  # (train it here; GPyTorch initialises q(u) on the first call)
+        >>> posterior = freeze_inducing(gp)
+        >>> round(float(inducing_kl(posterior, gp)), 6)  # the snapshot is q(u|D) itself
+        0.0
+    """
+    strategy = variational_strategy(gp)
+    if not bool(strategy.variational_params_initialized.item()):
+        raise ValueError(
+            "this GP's q(u) was never initialised (variational_params_initialized is 0): train it "
+            "first, or copy a trained GP with load_state_dict (copying only the variational "
+            "distribution leaves the flag 0, and GPyTorch re-initialises q(u) from the prior)"
+        )
+    return freeze(InducingGuide(strategy, name_prefix))
+
+
+def inducing_distribution(
+    source: gpytorch.models.ApproximateGP | FrozenPosterior,
+) -> MultivariateNormal:
+    """q(u) as a (detached) GPyTorch ``MultivariateNormal``, of a GP or of a frozen q(u|D)
+    (:func:`freeze_inducing`), in the strategy's space (whitened for ``VariationalStrategy``).
+
+    Arguments:
+        source: a supported ``ApproximateGP`` or a frozen posterior of one.
+
+    Returns:
+        q(u), with the GP's batch shape (a batch GP's outputs) as its batch shape.
+    """
+    if isinstance(source, FrozenPosterior):
+        if not isinstance(source.guide, InducingGuide):
+            raise TypeError("this FrozenPosterior was not frozen from a GPyTorch GP")
+        with source.context(), torch.no_grad():
+            q = source.guide.strategy._variational_distribution()
+    else:
+        with torch.no_grad():
+            q = variational_strategy(source)._variational_distribution()
+    return MultivariateNormal(q.mean.detach(), q.lazy_covariance_matrix.detach())
+
+
+@torch.no_grad()
+def set_inducing_distribution(
+    gp: gpytorch.models.ApproximateGP, mean: torch.Tensor, covariance: torch.Tensor
+) -> None:
+    """Set a GP's q(u) in place to N(mean, covariance), in its strategy's space, in any of the
+    four parameterisations (a mean-field q(u) takes the diagonal), and mark it initialised.
+
+    Arguments:
+        gp: a supported ``ApproximateGP``.
+        mean: ``(*batch, M)``.
+        covariance: ``(*batch, M, M)``, positive definite.
+
+    Example: installing a closed-form optimum ::
+
+        >>> import gpytorch, torch
+        >>> from pyro_unlearn.contrib.gpytorch import (inducing_distribution,
+        ...                                            set_inducing_distribution)
+        >>> class GP(gpytorch.models.ApproximateGP):
+        ...     def __init__(self, z):
+        ...         q = gpytorch.variational.NaturalVariationalDistribution(len(z))
+        ...         super().__init__(gpytorch.variational.VariationalStrategy(self, z, q))
+        ...         self.mean_module = gpytorch.means.ZeroMean()
+        ...         self.covar_module = gpytorch.kernels.RBFKernel()
+        ...     def forward(self, x):
+        ...         return gpytorch.distributions.MultivariateNormal(
+        ...             self.mean_module(x), self.covar_module(x))
+        >>> gp = GP(torch.linspace(0, 1, 3).unsqueeze(-1))
+        >>> set_inducing_distribution(gp, torch.ones(3), 0.5 * torch.eye(3))
+        >>> q = inducing_distribution(gp)
+        >>> q.mean.round(decimals=4).tolist(), q.variance.round(decimals=4).tolist()
+        ([1.0, 1.0, 1.0], [0.5, 0.5, 0.5])
+    """
+    strategy = variational_strategy(gp)
+    variational = strategy._variational_distribution
+    param = next(variational.parameters())
+    mean, covariance = mean.to(param), covariance.to(param)
+    if isinstance(variational, CholeskyVariationalDistribution):
+        variational.variational_mean.copy_(mean)
+        variational.chol_variational_covar.copy_(torch.linalg.cholesky(covariance))
+    elif isinstance(variational, MeanFieldVariationalDistribution):
+        variational.variational_mean.copy_(mean)
+        variational._variational_stddev.copy_(covariance.diagonal(dim1=-2, dim2=-1).sqrt())
+    else:
+        chol = torch.linalg.cholesky(covariance)
+        precision = torch.cholesky_inverse(chol)
+        variational.natural_vec.copy_((precision @ mean.unsqueeze(-1)).squeeze(-1))
+        if isinstance(variational, NaturalVariationalDistribution):
+            variational.natural_mat.copy_(-0.5 * precision)
+        else:  # TrilNatural: natural_tril_mat = L⁻¹ with L Lᵀ = covariance
+            eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
+            variational.natural_tril_mat.copy_(
+                torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+            )
+    strategy.variational_params_initialized.fill_(1)
+    clear_caches(gp)
+
+
+def inducing_kl(
+    p: gpytorch.models.ApproximateGP | FrozenPosterior,
+    q: gpytorch.models.ApproximateGP | FrozenPosterior,
+) -> torch.Tensor:
+    """KL(q_p(u) ‖ q_q(u)) in closed form, summed over a batch GP's outputs: the distance between
+    an unlearned and a retrained q(u) reported by Nguyen et al. (2020).
+
+    Arguments:
+        p, q: two GPs or frozen posteriors of the same shape (:func:`inducing_distribution`).
+
+    Returns:
+        A 0-dim tensor.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+    """
+    kl = torch.distributions.kl_divergence(inducing_distribution(p), inducing_distribution(q))
+    return kl.sum()

@@ -1,0 +1,172 @@
+"""A Pyro model and guide for a GPyTorch sparse variational GP, y depending on the sampled u."""
+
+from __future__ import annotations
+
+import gpytorch
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+from ...posterior import FrozenPosterior
+from .conditional import expected_log_prob, project
+from .inducing import InducingGuide, freeze_inducing
+from .strategy import NATURAL_DISTRIBUTIONS, variational_strategy
+
+__all__ = ["ExpectedLogLikelihood", "PyroSVGP"]
+
+
+class ExpectedLogLikelihood(dist.TorchDistribution):
+    """y's distribution given u, scored as the SVGP bound scores it: log_prob(y) =
+    E_{p(f|u)}[log p(y|f)] per point. A batch GP's batch dims (its outputs) are moved to the right
+    and summed as the event, so the data plate is dim −1.
+
+    Arguments:
+        likelihood: the GP's GPyTorch likelihood.
+        mean, var: E[f|u] and Var[f|u], ``(..., *batch, N)``.
+        num_outputs_dims: the number of the GP's batch dims.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real
+
+    def __init__(
+        self,
+        likelihood: gpytorch.likelihoods.Likelihood,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        num_outputs_dims: int,
+        validate_args: bool | None = None,
+    ) -> None:
+        self.likelihood, self.mean_f, self.var_f = likelihood, mean, var.expand_as(mean)
+        self.k = num_outputs_dims
+        shape = mean.movedim(tuple(range(-self.k - 1, -1)), tuple(range(-self.k, 0))).shape
+        super().__init__(shape[: len(shape) - self.k], shape[len(shape) - self.k :], False)
+
+    def _to_gpytorch(self, value: torch.Tensor) -> torch.Tensor:
+        """(..., N, *batch) → (..., *batch, N)."""
+        return value.movedim(tuple(range(-self.k, 0)), tuple(range(-self.k - 1, -1)))
+
+    def _from_gpytorch(self, value: torch.Tensor) -> torch.Tensor:
+        return value.movedim(tuple(range(-self.k - 1, -1)), tuple(range(-self.k, 0)))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        log_p = expected_log_prob(
+            self.likelihood, self._to_gpytorch(value), self.mean_f, self.var_f
+        )
+        log_p = self._from_gpytorch(log_p)
+        return log_p.sum(tuple(range(-self.k, 0))) if self.k else log_p
+
+    def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+        sample_shape = torch.Size(sample_shape)
+        with torch.no_grad():
+            f = torch.distributions.Normal(self.mean_f, self.var_f.sqrt()).sample(sample_shape)
+            return self._from_gpytorch(self.likelihood(f).sample())
+
+    def expand(self, batch_shape: torch.Size, _instance=None) -> ExpectedLogLikelihood:
+        batch_shape = torch.Size(batch_shape)
+        n = batch_shape[-1:]
+        shape = batch_shape[:-1] + self.mean_f.shape[-self.k - 1 : -1] + n
+        return ExpectedLogLikelihood(
+            self.likelihood, self.mean_f.expand(shape), self.var_f.expand(shape), self.k
+        )
+
+
+class PyroSVGP:
+    r"""A Pyro model and guide for a trained GPyTorch ``ApproximateGP`` that unlearning can use.
+
+    ``model(x, y, num_data=None)`` samples ``<prefix>.u ~ p(u)`` and observes ``<prefix>.y`` in
+    the plate ``<prefix>.data`` (dim −1) with
+
+    .. math:: \log \tilde p(y_i|u) = \mathbb{E}_{p(f_i|u)}[\log p(y_i|f_i)],
+
+    ``num_data`` being the size of the data set when ``x`` is a mini-batch (Pyro scales the batch
+    by num_data/len(x)). ``guide`` (an :class:`InducingGuide`) samples ``<prefix>.u ~ q(u)``.
+    Trained with :class:`~pyro.infer.Trace_ELBO`, the pair is GPyTorch's variational ELBO
+    (Hensman et al., 2015); unlearned with :func:`~pyro_unlearn.forget`, it is the sparse GP
+    unlearning of Nguyen et al. (2020). GPyTorch's own ``PyroGP.model`` draws f from q(f),
+    independently of u: enough for the ELBO, but it leaves the unlearning losses nothing to
+    reweight. Outputs of a batch GP (``batch_shape``) are the event dims of y, which comes as
+    ``(N, *batch)``.
+
+    Arguments:
+        gp: a supported ``ApproximateGP`` with a Cholesky or mean-field q(u) (Pyro's optimisers
+            would take a natural-parameter q(u)'s natural gradients for plain ones).
+        likelihood: its GPyTorch likelihood.
+        name_prefix: the prefix of the site, plate and parameter names.
+
+    References:
+        - J. Hensman, A. Matthews, Z. Ghahramani. Scalable Variational Gaussian Process
+          Classification. AISTATS 2015.
+        - Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+
+    Example::
+
+        >>> import gpytorch, torch, pyro
+        >>> import pyro_unlearn as pu
+        >>> from pyro_unlearn.contrib.gpytorch import PyroSVGP
+        >>> class GP(gpytorch.models.ApproximateGP):
+        ...     def __init__(self, z):
+        ...         q = gpytorch.variational.CholeskyVariationalDistribution(len(z))
+        ...         super().__init__(gpytorch.variational.VariationalStrategy(self, z, q))
+        ...         self.mean_module = gpytorch.means.ZeroMean()
+        ...         self.covar_module = gpytorch.kernels.RBFKernel()
+        ...     def forward(self, x):
+        ...         return gpytorch.distributions.MultivariateNormal(
+        ...             self.mean_module(x), self.covar_module(x))
+        >>> x = torch.linspace(0, 1, 30).unsqueeze(-1); y = torch.sin(6 * x).squeeze(-1)
+        >>> gp, likelihood = GP(x[::6].clone()), gpytorch.likelihoods.GaussianLikelihood()
+        >>> _ = gp(x)  # (train it here; GPyTorch initialises q(u) on the first call)
+        >>> svgp = PyroSVGP(gp, likelihood)
+        >>> posterior = svgp.freeze()
+        >>> result = pu.forget(svgp.model, svgp.guide, x, y, erased=range(5), plate=svgp.plate,
+        ...                    posterior=posterior, num_steps=20, progress=False)
+    """
+
+    def __init__(
+        self,
+        gp: gpytorch.models.ApproximateGP,
+        likelihood: gpytorch.likelihoods.Likelihood,
+        name_prefix: str = "gp",
+    ) -> None:
+        strategy = variational_strategy(gp)
+        if isinstance(strategy._variational_distribution, NATURAL_DISTRIBUTIONS):
+            raise TypeError(
+                f"{type(strategy._variational_distribution).__name__} is for gpytorch.optim.NGD: "
+                "Pyro's optimisers would take its natural gradients for plain ones. Through Pyro, "
+                "use CholeskyVariationalDistribution; with NGD, use VariationalEUBO or "
+                "VariationalReverseKL"
+            )
+        self.gp, self.likelihood, self.name_prefix = gp, likelihood, name_prefix
+        self.guide = InducingGuide(strategy, name_prefix)
+
+    @property
+    def plate(self) -> str:
+        """The data plate's name, for ``unlearn(..., plate=svgp.plate)``."""
+        return f"{self.name_prefix}.data"
+
+    @property
+    def site(self) -> str:
+        """The observed site's name."""
+        return f"{self.name_prefix}.y"
+
+    def model(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None
+    ) -> torch.Tensor:
+        """The generative model: u ~ p(u), then y_i with log p̃(y_i|u) in the data plate."""
+        strategy = self.guide.strategy
+        proj = project(strategy, x)
+        k = len(strategy._variational_distribution.batch_shape)
+        u = pyro.sample(self.guide.site, proj.prior().to_event(k))
+        if u.dim() > k + 1:  # batch dims of u (particles) end with the data plate's dim, size 1
+            u = u.squeeze(-k - 2)
+        n = x.shape[-2]
+        size = n if num_data is None else int(num_data)
+        subsample = None if size == n else torch.arange(n, device=x.device)
+        fn = ExpectedLogLikelihood(self.likelihood, proj.f_mean(u), proj.var, k)
+        with pyro.plate(self.plate, size, subsample=subsample, dim=-1):
+            return pyro.sample(self.site, fn, obs=y)
+
+    def freeze(self) -> FrozenPosterior:
+        """q(u|D): :func:`freeze_inducing` of this GP under this prefix."""
+        return freeze_inducing(self.gp, self.name_prefix)
