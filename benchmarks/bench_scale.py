@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_unlearn.contrib.gpytorch import freeze
+from pyro_unlearn.contrib.gpytorch import freeze_inducing
 from pyro_unlearn.experiments import flights as experiment
 from pyro_unlearn.experiments.datasets import flights
 from pyro_unlearn.experiments.machine import machine_info
@@ -72,7 +72,7 @@ def one_size(x, y, args) -> dict:
     keep = torch.ones(len(y), dtype=torch.bool, device=y.device)
     keep[erased] = False
     x_e, y_e, x_r, y_r = x[erased], y[erased], x[keep], y[keep]
-    posterior = freeze(gp)
+    posterior = freeze_inducing(gp)
     row = {"num_data": len(y), "num_erased": len(erased), "train_steps": info["steps"]}
 
     _sync(x.device)

@@ -64,7 +64,7 @@ from ..contrib.gpytorch import (
     VariationalEUBO,
     VariationalReverseKL,
     clone,
-    freeze,
+    freeze_inducing,
     inducing_distribution,
     inducing_kl,
     set_inducing_distribution,
@@ -598,7 +598,7 @@ def run(
         progress=progress,
     )
     gp, likelihood, training = train_svgp(x, y, **train)
-    posterior = freeze(gp)
+    posterior = freeze_inducing(gp)
     full_metrics = evaluate(gp, likelihood, data)
     training.update({f"full_{k}": v for k, v in full_metrics.items()})
     chosen = erasures(data, erase_fraction, carrier, seed)

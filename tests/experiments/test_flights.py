@@ -41,12 +41,12 @@ def test_eubo_at_lam_zero_reaches_the_exact_retrained_q(trained):
     keep[erased] = False
     optimum = experiment.optimal_q(gp, likelihood, data.x_train[keep], data.y_train[keep])
     full = experiment.kl_to(gp, optimum)
-    from pyro_unlearn.contrib.gpytorch import freeze
+    from pyro_unlearn.contrib.gpytorch import freeze_inducing
 
     model, info = experiment.unlearn(
         gp,
         likelihood,
-        freeze(gp),
+        freeze_inducing(gp),
         data.x_train[erased],
         data.y_train[erased],
         "eubo",
