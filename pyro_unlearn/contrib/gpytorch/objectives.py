@@ -82,7 +82,8 @@ class _UnlearningObjective(_ApproximateMarginalLogLikelihood):
         return self._sum_batch(self.q_data.log_prob(u))
 
     def _kl_term(self) -> torch.Tensor:
-        return torch.zeros(self.q_data.batch_shape, dtype=self.q_data.mean.dtype)
+        mean = self.q_data.mean
+        return torch.zeros(self.q_data.batch_shape, dtype=mean.dtype, device=mean.device)
 
     def forward(
         self,
@@ -99,7 +100,7 @@ class _UnlearningObjective(_ApproximateMarginalLogLikelihood):
         num_batch = target.shape[-1]
         data_term = self._log_likelihood_term(output, target, inputs=inputs, **kwargs)
         data_term = data_term.div(num_batch)
-        kl_term = self._kl_term().to(data_term).div(self.num_data / self.beta)
+        kl_term = self._kl_term().div(self.num_data / self.beta)
         if self.combine_terms:
             return data_term - kl_term
         return data_term, kl_term
