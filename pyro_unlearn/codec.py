@@ -26,6 +26,13 @@ T_n(Y, Z_j | selected), stop when the best value is ≤ 0.
 Nearest neighbours come from ``torch.cdist`` in row chunks (``chunk_size`` rows at a time, so
 memory is O(chunk · n) per candidate), with the distances computed by differences (not the
 matrix-product shortcut) so that equal points are at distance exactly 0 and ties are exact.
+
+References:
+    M. Azadkia, S. Chatterjee. A Simple Measure of Conditional Dependence. Annals of Statistics,
+    2021.
+
+    R. Mehta, S. Pal, V. Singh, S. N. Ravi. Deep Unlearning via Randomized Conditionally
+    Independent Hessians. CVPR 2022.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["FOCIResult", "codec", "foci", "lcodec"]
+__all__ = ["FOCIResult", "codec", "foci", "lcodec", "nearest_neighbors"]
 
 _METHODS = ("codec", "lcodec")
 _BUDGET = 1 << 19  # elements of a (candidates, chunk, n) distance block (cache-sized)
@@ -166,6 +173,36 @@ def _nearest(
     return torch.cat(out, dim=-1)
 
 
+def nearest_neighbors(
+    points: torch.Tensor,
+    *,
+    random_ties: bool = True,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The nearest neighbour (Euclidean, other than itself) of every row of ``points``, as CODEC
+    reads it: ties broken uniformly at random, or by the first index (``random_ties=False``).
+
+    Arguments:
+        points: (n, d) the points.
+        random_ties: break ties uniformly at random (CODEC) or by the smallest index (L-CODEC,
+            whose jittered data have no ties).
+        generator: the random tie-breaking's generator (on the points' device).
+        chunk_size: rows of the distance matrix at a time.
+
+    Returns:
+        (n,) int64 indices N(i) ≠ i.
+
+    Example:
+        >>> nearest_neighbors(torch.tensor([[0.0], [1.0], [1.5], [5.0]]))
+        tensor([1, 2, 1, 2])
+    """
+    points = _matrix(points, None, "points")
+    return _nearest(
+        points, None, exact_ties=random_ties, generator=generator, chunk_size=chunk_size
+    )[0]
+
+
 def _statistic(
     y: torch.Tensor,
     z: torch.Tensor,
@@ -218,6 +255,11 @@ def codec(
     """The CODEC estimate T_n(Y, Z | X) (or T_n(Y, Z) when ``x`` is None), nearest-neighbour ties
     broken uniformly at random, as Azadkia and Chatterjee define it.
 
+    .. math:: T_n(Y, Z | X) = \\frac{Σ_i [\\min(R_i, R_{M(i)}) − \\min(R_i, R_{N(i)})]}
+              {Σ_i [R_i − \\min(R_i, R_{N(i)})]}
+
+    with R_i the rank of Y_i, N(i) the nearest neighbour of X_i and M(i) that of (X_i, Z_i).
+
     Arguments:
         y: (n,) the response.
         z: (n,) or (n, q) the variables whose extra explanatory power is measured.
@@ -230,6 +272,10 @@ def codec(
     Returns:
         a 0-dim tensor on the data's device: ≈ 0 when Y ⊥ Z | X, ≈ 1 when Y is a function of
         (X, Z); NaN when Y is constant or already a function of X on the sample.
+
+    References:
+        M. Azadkia, S. Chatterjee. A Simple Measure of Conditional Dependence. Annals of
+        Statistics, 2021.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -263,8 +309,15 @@ def lcodec(
 ) -> torch.Tensor:
     """L-CODEC: :func:`codec` on (X + ξ, Z + ξ'), the jitter ξ ~ N(0, s²) with s = ``jitter`` ×
     the smallest nonzero gap between values of a coordinate, so that ties disappear and nearest
-    neighbours are plain ``argmin`` s (Mehta et al. 2022, eq. 8). Same arguments as
-    :func:`codec`; ``generator`` draws the jitter.
+    neighbours are plain ``argmin`` s. Same arguments as :func:`codec`; ``generator`` draws the
+    jitter.
+
+    Returns:
+        a 0-dim tensor, as :func:`codec`.
+
+    References:
+        R. Mehta, S. Pal, V. Singh, S. N. Ravi. Deep Unlearning via Randomized Conditionally
+        Independent Hessians. CVPR 2022 (eq. 8).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -328,6 +381,13 @@ def foci(
             most dependent with Y).
         method: "lcodec" (jittered, plain argmin) or "codec" (random tie-breaking).
         generator, standardize, jitter, chunk_size: as for :func:`lcodec`.
+
+    Returns:
+        a :class:`FOCIResult`.
+
+    References:
+        M. Azadkia, S. Chatterjee. A Simple Measure of Conditional Dependence. Annals of
+        Statistics, 2021 (FOCI).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)

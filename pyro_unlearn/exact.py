@@ -1,11 +1,17 @@
 """Closed-form unlearning for conjugate models: the exact targets the approximate methods chase.
 
 Each ``*_posterior`` is Bayes' rule p(θ|D) ∝ p(θ) p(D|θ); each ``*_unlearn`` divides a posterior
-by the likelihood of the erased data, q(θ|D) / p(D_e|θ) (DESIGN.md §1), and raises
+by the likelihood of the erased data, q(θ|D) / p(D_e|θ) (Nguyen et al. 2020), and raises
 :class:`NotNormalizableError`, naming the condition that failed, when the quotient is not a
 distribution. Parameters are returned in the order of ``torch.distributions``:
 ``Beta(*beta_binomial_unlearn(...))``, ``Gamma(*gamma_poisson_unlearn(...))``,
 ``MultivariateNormal(loc, precision_matrix=precision)``. Data sums run over the leading dimension.
+
+References:
+    Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+
+    A. Gelman, J. B. Carlin, H. S. Stern, D. B. Dunson, A. Vehtari, D. B. Rubin. Bayesian Data
+    Analysis, 3rd edition. CRC Press, 2013 (the conjugate updates, chapters 2, 3 and 14).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from pyro_unlearn.codec import _nearest, codec, foci, lcodec
+from pyro_unlearn.codec import codec, foci, lcodec, nearest_neighbors
 
 N = 2000
 
@@ -83,16 +83,14 @@ def test_random_tie_breaking_is_uniform(device):
     # 1-D points 0, 1, 1, 1, 5: point 0's nearest neighbour is one of the three tied at 1.
     points = torch.tensor([[0.0], [1.0], [1.0], [1.0], [5.0]], device=device)
     g = _gen(3, device)
-    picks = torch.stack(
-        [_nearest(points, None, exact_ties=True, generator=g, chunk_size=2)[0] for _ in range(600)]
-    )
+    picks = torch.stack([nearest_neighbors(points, generator=g, chunk_size=2) for _ in range(600)])
     counts = torch.bincount(picks[:, 0], minlength=5).tolist()
     assert counts[0] == counts[4] == 0
     assert all(150 < c < 250 for c in counts[1:4]), counts  # 200 ± 4.2 sd
     # and a duplicate's neighbour is another duplicate (distance 0), never itself
     assert set(picks[:, 1].tolist()) == {2, 3}
     # without random tie-breaking: the first index
-    assert _nearest(points, None, exact_ties=False, generator=g, chunk_size=2)[0, 0] == 1
+    assert nearest_neighbors(points, random_ties=False, generator=g, chunk_size=2)[0] == 1
 
 
 def test_chunking_does_not_change_the_result(device):
