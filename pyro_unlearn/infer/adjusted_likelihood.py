@@ -10,7 +10,22 @@ __all__ = ["adjusted_log_likelihood", "check_lam", "log_threshold"]
 
 
 def check_lam(lam: float) -> float:
-    """Validate λ ∈ [0, 1] and return it as a float."""
+    """Validate the adjusted likelihood's λ and return it as a float.
+
+    Arguments:
+        lam: λ ∈ [0, 1] (a number, or anything ``float`` accepts).
+
+    Returns:
+        ``float(lam)``.
+
+    Raises:
+        TypeError: when ``lam`` is not a number.
+        ValueError: when it is outside [0, 1] (or nan).
+
+    Example:
+        >>> check_lam(1e-3)
+        0.001
+    """
     try:
         lam = float(lam)
     except (TypeError, ValueError):
@@ -21,7 +36,19 @@ def check_lam(lam: float) -> float:
 
 
 def log_threshold(lam: float, log_q_max: torch.Tensor) -> torch.Tensor:
-    """log λ + log q*; −∞ for λ = 0 (the plain likelihood)."""
+    """The adjusted likelihood's threshold on log q(θ|D): log λ + log q*.
+
+    Arguments:
+        lam: λ ∈ [0, 1].
+        log_q_max: log q* = max_θ log q(θ|D), a tensor.
+
+    Returns:
+        A tensor like ``log_q_max``; −∞ for λ = 0 (the plain likelihood).
+
+    Example:
+        >>> log_threshold(0.0, torch.tensor(-1.0))
+        tensor(-inf)
+    """
     if lam == 0.0:
         return torch.full_like(log_q_max, -math.inf)
     return log_q_max + math.log(lam)
@@ -30,12 +57,26 @@ def log_threshold(lam: float, log_q_max: torch.Tensor) -> torch.Tensor:
 def adjusted_log_likelihood(
     log_lik: torch.Tensor, log_q: torch.Tensor, threshold: torch.Tensor
 ) -> torch.Tensor:
-    r"""log p_adj(D_e|θ; λ) per particle, as one tensor op over the particle dim:
+    r"""The adjusted log-likelihood log p_adj(D_e|θ; λ) per particle, one tensor op:
 
     .. math:: \log p_\mathrm{adj} = \begin{cases} \log p(D_e|θ) & \log q(θ|D) > \log λ + \log q^*
               \\ 0 & \text{otherwise} \end{cases}
 
-    Example::
+    Unlearning is curbed where q(θ|D) is small, where VI's q(θ|D) is least reliable.
+
+    Arguments:
+        log_lik: log p(D_e|θ_s), shape ``(S,)``.
+        log_q: log q(θ_s|D), shape ``(S,)``.
+        threshold: log λ + log q* (:func:`log_threshold`).
+
+    Returns:
+        A tensor of shape ``(S,)``.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
+        (Sec. 3.3.1, eq. 6).
+
+    Example:
 
         >>> adjusted_log_likelihood(torch.tensor([-3.0, -5.0]), torch.tensor([-1.0, -9.0]),
         ...                         torch.tensor(-4.0))

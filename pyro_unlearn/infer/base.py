@@ -1,30 +1,96 @@
-"""What the unlearning losses share: λ, the frozen posterior, particles, and the loss contract."""
+"""The contract the unlearning losses share: λ, the frozen posterior, particles, diagnostics."""
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
+from collections.abc import Callable
 
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
-from pyro.infer.util import torch_item
+from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.poutine import Trace
+from pyro.util import warn_if_inf, warn_if_nan
 
 from ..posterior import FrozenPosterior
-from ..traces import particle_dim_of
+from ..traces import latent_sites, particle_dim_of
 from .adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
 
-__all__ = ["UnlearningLoss"]
+__all__ = ["UnlearningLoss", "check_sites_match"]
+
+#: What a non-finite loss most often means, appended to Pyro's NaN / inf warnings.
+NOT_NORMALISABLE = (
+    "the unlearning loss: the target q(θ|D)/p_adj(D_e|θ) may not be normalisable here (erased "
+    "data too informative for q(θ|D)); try a larger lam, ReverseKL, or more particles"
+)
+
+
+def check_sites_match(guide_sites: list[str], posterior_sites: list[str]) -> None:
+    """Raise unless the frozen posterior scores exactly the sites the guide samples.
+
+    Arguments:
+        guide_sites: the latent (auxiliary) sites of a guide trace
+            (:func:`~pyro_unlearn.traces.latent_sites`).
+        posterior_sites: :attr:`FrozenPosterior.sites <pyro_unlearn.FrozenPosterior>`.
+
+    Raises:
+        ValueError: when the two sets differ.
+
+    Example:
+        >>> check_sites_match(["mu"], ["mu"])
+        >>> check_sites_match(["mu"], ["sigma"])
+        Traceback (most recent call last):
+        ...
+        ValueError: the frozen posterior cannot score this guide: ...
+    """
+    if set(guide_sites) != set(posterior_sites):
+        raise ValueError(
+            "the frozen posterior cannot score this guide: the guide's sites "
+            f"{sorted(guide_sites)} differ from the posterior's {sorted(posterior_sites)}; "
+            "freeze a trained guide of the same structure (same class, model and name)"
+        )
 
 
 class UnlearningLoss(ELBO):
-    """Base of :class:`~pyro_unlearn.Trace_EUBO` and :class:`~pyro_unlearn.ReverseKL`.
+    r"""Base of :class:`~pyro_unlearn.Trace_EUBO` and :class:`~pyro_unlearn.ReverseKL`.
 
     A drop-in loss for :class:`pyro.infer.SVI`: ``loss``, ``loss_and_grads`` and
     ``differentiable_loss`` behave as Pyro's, with ``num_particles``, ``vectorize_particles``,
     ``max_plate_nesting`` and ``retain_graph`` as in :class:`pyro.infer.Trace_ELBO`. The model's
-    own parameters are hidden from the optimiser; only the guide's are trained. Subclasses
-    compute per-particle terms (:meth:`_particles`) and combine them (:meth:`_objective`).
+    own parameters are hidden from the optimiser; only the guide's are trained. The model must be
+    wrapped by :func:`~pyro_unlearn.unlearn`, which flags the erased observations D_e.
+
+    Both losses move a guide q_u, started at q(θ|D), towards
+
+    .. math:: \tilde p_\mathrm{adj}(θ) \propto q(θ|D) \,/\, p_\mathrm{adj}(D_e|θ; λ),
+
+    the approximate posterior of the remaining data D_r, where the adjusted likelihood
+    (:func:`~pyro_unlearn.adjusted_log_likelihood`) is 1 where q(θ|D) ≤ λ·max q.
+
+    The contract, as in Pyro's losses:
+
+    * ``_get_trace(model, guide, args, kwargs)`` (Pyro's hook) returns the traces of one
+      particle, or of all vectorised particles: ``(model_trace, guide_trace,
+      posterior_trace)``, the model, the guide and the frozen posterior run at the same θ. A
+      subclass draws θ and runs the three programs in :meth:`_trace_programs`.
+    * Checks that cost a little every step (the guide's sites against the posterior's, the
+      subclass's own in :meth:`_check_traces`) run only under
+      :func:`pyro.infer.util.is_validation_enabled` (on by default, off with
+      ``pyro.enable_validation(False)`` for speed).
+    * A NaN or infinite loss is reported as Pyro reports it, with a warning
+      (:func:`pyro.util.warn_if_nan`, :func:`pyro.util.warn_if_inf`; also on the gradients).
+    * :meth:`diagnostics` reports the last step's per-step diagnostics by name.
+
+    Arguments:
+        posterior: the frozen q(θ|D) from :func:`pyro_unlearn.freeze`.
+        lam: λ ∈ [0, 1]; 0 is the plain likelihood, 1 unlearns nothing.
+        num_particles: draws of θ per step.
+        vectorize_particles: draw them in one vectorised plate instead of a Python loop.
+        max_plate_nesting: as in Pyro's losses (guessed on the first step when infinite).
+        retain_graph: passed to ``backward`` in :meth:`loss_and_grads`.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
     """
 
     def __init__(
@@ -58,6 +124,21 @@ class UnlearningLoss(ELBO):
         """log λ + log q*, the adjusted likelihood's threshold on log q(θ|D)."""
         return log_threshold(self.lam, self.posterior.log_q_max)
 
+    def diagnostics(self) -> dict[str, float]:
+        """The per-step diagnostics of the last evaluated step, by name.
+
+        A loss reports what its estimator needs watched; :func:`~pyro_unlearn.forget` records
+        every key at every step without knowing the loss's class. Names with a shared meaning:
+
+        * ``"ess"``: the effective sample size of self-normalised importance weights;
+        * ``"temperature"``: β of an annealed target; the loss is its objective only at β = 1,
+          and :func:`~pyro_unlearn.forget` does not count a run as converged before.
+
+        Returns:
+            A dict of floats; empty for a loss without diagnostics (the EUBO).
+        """
+        return {}
+
     def _adjusted(self, log_lik: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
         """log p_adj(D_e|θ; λ) per particle. λ = 0 is the plain likelihood: no threshold, so
         log q* is never needed (a flow posterior's numeric mode search is skipped)."""
@@ -65,54 +146,84 @@ class UnlearningLoss(ELBO):
             return log_lik
         return adjusted_log_likelihood(log_lik, log_q, self.log_threshold)
 
-    # ELBO dispatches particles (loop or vectorised plate) through these two.
-    def _get_trace(self, model, guide, args, kwargs):
-        return self._particles(model, guide, self.posterior, args, kwargs, None, 1)
+    # -- Pyro's hooks: ELBO._get_traces dispatches particles (loop or vectorised plate) ---------
+    def _get_trace(self, model, guide, args, kwargs) -> tuple[Trace, Trace, Trace]:
+        """The traces of one particle: ``(model_trace, guide_trace, posterior_trace)``."""
+        return self._checked_traces(model, guide, self.posterior, args, kwargs)
 
-    def _get_vectorized_trace(self, model, guide, args, kwargs):
+    def _get_vectorized_trace(self, model, guide, args, kwargs) -> tuple[Trace, Trace, Trace]:
+        """The traces of all particles at once, each program inside the particle plate."""
         wrap = self._vectorized_num_particles
-        dim = particle_dim_of(self.num_particles, True, self.max_plate_nesting)
-        return self._particles(
-            wrap(model), wrap(guide), wrap(self.posterior), args, kwargs, dim, self.num_particles
-        )
+        return self._checked_traces(wrap(model), wrap(guide), wrap(self.posterior), args, kwargs)
+
+    def _checked_traces(self, model, guide, posterior, args, kwargs):
+        traces = self._trace_programs(model, guide, posterior, args, kwargs)
+        if is_validation_enabled():
+            self._check_traces(*traces)
+        return traces
+
+    def _check_traces(self, model_trace: Trace, guide_trace: Trace, posterior_trace: Trace):
+        """Per-step checks, run under validation only; subclasses add theirs (call super)."""
+        check_sites_match(latent_sites(guide_trace), self.posterior.sites)
 
     @abstractmethod
-    def _particles(self, model, guide, posterior, args, kwargs, particle_dim, num_particles):
-        """Return a dict of per-particle tensors of shape ``(num_particles,)``."""
+    def _trace_programs(
+        self, model: Callable, guide: Callable, posterior: Callable, args, kwargs
+    ) -> tuple[Trace, Trace, Trace]:
+        """Draw θ and run the model, the guide and the frozen posterior at it; ``log_prob`` must
+        be computed on what :meth:`_particle_terms` reads (the sites of ``self.posterior``, the
+        model's erased observations)."""
+
+    @abstractmethod
+    def _particle_terms(
+        self,
+        model_trace: Trace,
+        guide_trace: Trace,
+        posterior_trace: Trace,
+        particle_dim: int | None,
+        num_particles: int,
+    ) -> dict[str, torch.Tensor]:
+        """The per-particle terms of one ``_get_trace`` result, tensors of shape
+        ``(num_particles,)``."""
 
     @abstractmethod
     def _objective(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """Combine the per-particle terms of all particles into the differentiable loss."""
 
+    # -- the loss -------------------------------------------------------------------------------
     def _terms(self, model, guide, args, kwargs) -> dict[str, torch.Tensor]:
         model = poutine.block(model, hide_types=["param"])  # never train the model's params
-        particles = list(self._get_traces(model, guide, args, kwargs))
+        particles = []
+        for traces in self._get_traces(model, guide, args, kwargs):
+            # after the first yield: ELBO has guessed max_plate_nesting by then, if it had to
+            particles.append(self._particle_terms(*traces, *self._particle_layout()))
         return {k: torch.cat([p[k] for p in particles]) for k in particles[0]}
 
+    def _particle_layout(self) -> tuple[int | None, int]:
+        """(the batch dim that indexes particles or ``None``, particles per trace)."""
+        if not self.vectorize_particles:
+            return None, 1
+        dim = particle_dim_of(self.num_particles, True, self.max_plate_nesting)
+        return dim, self.num_particles
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        loss = self._objective(self._terms(model, guide, args, kwargs))
-        _check_finite(torch_item(loss))
-        return loss
+        """The loss as a differentiable tensor (Pyro's ``differentiable_loss``)."""
+        return _warn_if_not_finite(self._objective(self._terms(model, guide, args, kwargs)))
 
     def loss(self, model, guide, *args, **kwargs) -> float:
+        """The loss as a float, without gradients (nor annealing: see ``ReverseKL``)."""
         with torch.no_grad():
-            return _check_finite(
-                torch_item(self._objective(self._terms(model, guide, args, kwargs)))
-            )
+            loss = self._objective(self._terms(model, guide, args, kwargs))
+        return _warn_if_not_finite(torch_item(loss))
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """The loss as a float, after ``backward`` on it (what :class:`pyro.infer.SVI` calls)."""
         loss = self._objective(self._terms(model, guide, args, kwargs))
-        value = _check_finite(torch_item(loss))
         if loss.requires_grad:
             loss.backward(retain_graph=self.retain_graph)
-        return value
+        return _warn_if_not_finite(torch_item(loss))
 
 
-def _check_finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(
-            f"the unlearning loss is {value}: the target q(θ|D)/p_adj(D_e|θ) may not be "
-            "normalisable here (erased data too informative for q(θ|D)); try a larger lam, "
-            "ReverseKL, or more particles"
-        )
-    return value
+def _warn_if_not_finite(loss):
+    # Pyro's convention: warn (and register the same check on the gradient), never raise.
+    return warn_if_inf(warn_if_nan(loss, NOT_NORMALISABLE), NOT_NORMALISABLE)

@@ -13,16 +13,6 @@ from .base import UnlearningLoss
 __all__ = ["Trace_EUBO"]
 
 
-def check_sites_match(guide_sites: list[str], posterior_sites: list[str]) -> None:
-    """The frozen posterior must score exactly the sites the guide samples."""
-    if set(guide_sites) != set(posterior_sites):
-        raise ValueError(
-            "the frozen posterior cannot score this guide: the guide's sites "
-            f"{sorted(guide_sites)} differ from the posterior's {sorted(posterior_sites)}; "
-            "freeze a trained guide of the same structure (same class, model and name)"
-        )
-
-
 class Trace_EUBO(UnlearningLoss):
     r"""Unlearning by minimising the evidence upper bound over q_u, started at q(θ|D):
 
@@ -32,13 +22,22 @@ class Trace_EUBO(UnlearningLoss):
     mean_s [log p_adj(D_e|θ_s) + log q_u(θ_s) − log q(θ_s|D)], densities in the guide's
     unconstrained space. Minimising U minimises KL(q_u ‖ p̃_adj) with p̃_adj ∝ q(θ|D)/p_adj(D_e|θ):
     mode-seeking, and with λ → 0 on informative erasures it can unlearn catastrophically
-    (prefer :class:`~pyro_unlearn.ReverseKL` there). Needs a reparameterised guide.
+    (prefer :class:`~pyro_unlearn.ReverseKL` there). Needs a reparameterised guide (checked
+    under validation). :meth:`diagnostics` is empty.
 
     Arguments:
         posterior: the frozen q(θ|D) from :func:`pyro_unlearn.freeze`.
         lam: λ ∈ [0, 1]; 0 is the plain likelihood, 1 unlearns nothing.
+        num_particles: draws of θ per step.
+        vectorize_particles: draw them in one vectorised plate instead of a Python loop.
+        max_plate_nesting: as in Pyro's losses (guessed on the first step when infinite).
+        retain_graph: passed to ``backward`` in ``loss_and_grads``.
 
-    Example::
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
+        (Sec. 3.3.1: the EUBO with the adjusted likelihood, eqs. 6 and 8).
+
+    Example:
 
         >>> import pyro, torch, pyro.distributions as dist
         >>> from pyro.infer import SVI
@@ -58,10 +57,21 @@ class Trace_EUBO(UnlearningLoss):
         >>> loss = svi.step(y[:5])  # y[:5] is the erased data D_e
     """
 
-    def _particles(self, model, guide, posterior, args, kwargs, particle_dim, num_particles):
+    def _trace_programs(self, model, guide, posterior, args, kwargs):
+        # θ ~ q_u, reparameterised: Pyro's importance trace (its own checks under validation).
         model_trace, guide_trace = get_importance_trace(
             "flat", self.max_plate_nesting, model, guide, args, kwargs
         )
+        with poutine.block():
+            posterior_trace = poutine.trace(poutine.replay(posterior, trace=guide_trace)).get_trace(
+                *args, **kwargs
+            )
+        sites = self.posterior.sites
+        posterior_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
+        return model_trace, guide_trace, posterior_trace
+
+    def _check_traces(self, model_trace, guide_trace, posterior_trace):
+        super()._check_traces(model_trace, guide_trace, posterior_trace)
         sites = latent_sites(guide_trace)
         not_reparam = [n for n in sites if not guide_trace.nodes[n]["fn"].has_rsample]
         if not_reparam:
@@ -69,16 +79,13 @@ class Trace_EUBO(UnlearningLoss):
                 f"Trace_EUBO needs a reparameterised guide; sites {not_reparam} are not "
                 "(use ReverseKL, which never differentiates through samples)"
             )
-        check_sites_match(sites, self.posterior.sites)
-        with poutine.block():
-            scored = poutine.trace(poutine.replay(posterior, trace=guide_trace)).get_trace(
-                *args, **kwargs
-            )
-        scored.compute_log_prob(site_filter=lambda name, _: name in sites)  # only what is read
+
+    def _particle_terms(self, model_trace, guide_trace, posterior_trace, particle_dim, n):
+        sites = self.posterior.sites
         return {
-            "log_lik": erased_log_likelihood(model_trace, particle_dim, num_particles),
-            "log_q": sum_sites_per_particle(scored, sites, particle_dim, num_particles),
-            "log_q_u": sum_sites_per_particle(guide_trace, sites, particle_dim, num_particles),
+            "log_lik": erased_log_likelihood(model_trace, particle_dim, n),
+            "log_q": sum_sites_per_particle(posterior_trace, sites, particle_dim, n),
+            "log_q_u": sum_sites_per_particle(guide_trace, sites, particle_dim, n),
         }
 
     def _objective(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro.poutine as poutine
 import torch
 
 from ..handlers import ERASED, erased_log_likelihood
-from ..traces import latent_sites, sum_sites_per_particle
+from ..posterior import FrozenPosterior
+from ..traces import sum_sites_per_particle
 from .base import UnlearningLoss
-from .eubo import check_sites_match
 
 __all__ = [
     "ImportanceWeights",
@@ -20,27 +22,83 @@ __all__ = [
 
 
 def effective_sample_size(weights: torch.Tensor) -> torch.Tensor:
-    """ESS = (Σw)² / Σw², between 1 (one particle carries all weight) and the particle count."""
+    r"""The effective sample size of importance weights:
+
+    .. math:: \mathrm{ESS} = \Big(\sum_s w_s\Big)^2 \Big/ \sum_s w_s^2,
+
+    between 1 (one particle carries all the weight) and the particle count (uniform weights).
+
+    Arguments:
+        weights: non-negative weights, shape ``(S,)``, normalised or not.
+
+    Returns:
+        A 0-dim tensor on the weights' device.
+
+    References:
+        A. Kong, J. S. Liu, W. H. Wong. Sequential Imputations and Bayesian Missing Data
+        Problems. Journal of the American Statistical Association, 1994.
+
+    Example:
+        >>> effective_sample_size(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+        tensor(4.)
+        >>> effective_sample_size(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+        tensor(1.)
+    """
     return weights.sum() ** 2 / (weights**2).sum()
 
 
-def temperature_steps(dtype=None, device=None) -> torch.Tensor:
-    """The fractions t of the remaining way to β = 1 that :func:`next_temperature` tries: 20
-    per decade from 1e-8 to 1. The adjusted likelihood can make ℓ jump by 10⁴ nats between draws
-    inside and outside its threshold, so a useful first step may be that small."""
+def temperature_steps(
+    dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The fractions t of the remaining way to β = 1 that :func:`next_temperature` tries.
+
+    20 per decade from 1e-8 to 1: the adjusted likelihood can make ℓ jump by 10⁴ nats between
+    draws inside and outside its threshold, so a useful first step may be that small.
+
+    Arguments:
+        dtype: the dtype of the result.
+        device: its device.
+
+    Returns:
+        A tensor of shape ``(161,)``, increasing, ending at 1.
+
+    Example:
+        >>> t = temperature_steps(torch.float64)
+        >>> t.shape, float(t[0]), float(t[20]), float(t[-1])
+        (torch.Size([161]), 1e-08, 1e-07, 1.0)
+    """
     return torch.logspace(-8, 0, 161, dtype=dtype, device=device)
 
 
 def next_temperature(
-    log_base: torch.Tensor, log_lik: torch.Tensor, temperature, min_ess: float
+    log_base: torch.Tensor,
+    log_lik: torch.Tensor,
+    temperature: float | torch.Tensor,
+    min_ess: float,
 ) -> torch.Tensor:
     r"""The next temperature β' ∈ [β, 1] of an annealed importance-sampling target
-    p̃_β ∝ q(θ|D) / p(D_e|θ)^β: the largest β' whose weights log w_s = ``log_base`` − β'·ℓ_s keep
-    an ESS of at least ``min_ess`` (a fraction of the S particles); β itself if none does.
-    ``log_base`` is log q(θ_s|D) − log r(θ_s) for the proposal r, ``log_lik`` ℓ_s = log
-    p(D_e|θ_s). All candidates (β + (1 − β)·t, t from :func:`temperature_steps`) are scored in one
-    tensor op, on the input's device.
+    p̃_β ∝ q(θ|D) / p(D_e|θ)^β.
 
+    β' is the largest candidate whose weights log w_s = ``log_base`` − β'·ℓ_s keep an ESS of at
+    least ``min_ess``·S; β itself if none does. All candidates (β + (1 − β)·t, t from
+    :func:`temperature_steps`) are scored in one tensor op, on the input's device: the adaptive
+    tempering of sequential Monte Carlo, with the ESS as the criterion.
+
+    Arguments:
+        log_base: log q(θ_s|D) − log r(θ_s) for the proposal r (zeros when r = q(θ|D)), ``(S,)``.
+        log_lik: ℓ_s = log p_adj(D_e|θ_s), ``(S,)``.
+        temperature: the current β.
+        min_ess: the fraction of the S particles the ESS must keep, in (0, 1).
+
+    Returns:
+        β' as a 0-dim tensor of ``log_lik``'s dtype and device.
+
+    References:
+        A. Jasra, D. A. Stephens, A. Doucet, T. Tsagaris. Inference for Lévy-Driven Stochastic
+        Volatility Models via Adaptive Sequential Monte Carlo. Scandinavian Journal of
+        Statistics, 2011.
+
+    Example:
         >>> log_lik = torch.randn(256) * 10.0  # ℓ varies by ±10 nats: β = 1 collapses the ESS
         >>> beta = next_temperature(torch.zeros(256), log_lik, 0.0, 0.5)
         >>> 0.0 < float(beta) < 1.0
@@ -59,20 +117,22 @@ def next_temperature(
 
 
 class ReverseKL(UnlearningLoss):
-    r"""Unlearning by minimising KL(p̃_adj ‖ q_v) over q_v, started at q(θ|D), where
-    p̃_adj(θ) ∝ q(θ|D) / p_adj(D_e|θ; λ).
+    r"""Unlearning by minimising the reverse KL divergence over q_v, started at q(θ|D):
+
+    .. math:: \mathrm{KL}(\tilde p_\mathrm{adj} \,\|\, q_v), \qquad
+              \tilde p_\mathrm{adj}(θ) \propto q(θ|D) \,/\, p_\mathrm{adj}(D_e|θ; λ).
 
     θ_s ~ q(θ|D) is drawn from the *frozen* posterior (no gradient), ℓ_s = log p_adj(D_e|θ_s),
     and the self-normalised weights w_s = S·softmax_s(−ℓ_s) (mean 1) give the loss
     −mean_s[w_s · log q_v(θ_s)] (the cross-entropy; no entropy term). Samples never come from
     where q(θ|D) is small, which curbs unlearning there even at λ = 0. The estimator is biased by
-    O(1/num_particles); watch :attr:`ess` (the effective sample size of the last step): a
-    collapsing ESS means D_e is too informative to importance-sample from q(θ|D).
-
-    The guide need not be reparameterised. Arguments and usage are those of
-    :class:`~pyro_unlearn.Trace_EUBO`, plus:
+    O(1/num_particles); watch the effective sample size (:meth:`diagnostics`, :attr:`ess`): a
+    collapsing ESS means D_e is too informative to importance-sample from q(θ|D). The guide need
+    not be reparameterised.
 
     Arguments:
+        posterior: the frozen q(θ|D) from :func:`pyro_unlearn.freeze`.
+        lam: λ ∈ [0, 1]; 0 is the plain likelihood, 1 unlearns nothing.
         proposal: ``"posterior"`` (the paper's: θ_s ~ q(θ|D)) or ``"current"``: θ_s ~ q_v
             (detached), weights w_s ∝ q(θ_s|D) / (p_adj(D_e|θ_s) q_v(θ_s)), the loss
             −mean_s[(w_s − 1) · log q_v(θ_s)] (the − 1 is a control variate: E_{q_v}[∇ log q_v]
@@ -82,25 +142,64 @@ class ReverseKL(UnlearningLoss):
             p̃_β ∝ q(θ|D)/p_adj(D_e|θ)^β, and each training step (gradients enabled) raises
             β (:attr:`temperature`) as far as the weights keep an ESS of f·S
             (:func:`next_temperature`). The loss is the rKL once β = 1; do not stop before.
+        kwargs: ``num_particles``, ``vectorize_particles``, ``max_plate_nesting``,
+            ``retain_graph``, as for :class:`~pyro_unlearn.Trace_EUBO`.
 
     Attributes:
         ess: effective sample size (a 0-dim tensor) of the last evaluated step.
         temperature: β of the annealed target (1 without ``anneal``).
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
+        (Sec. 3.3.2: the reverse KL, eq. 9).
+
+    Example:
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> import pyro_unlearn as pu
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> guide = AutoNormal(model)
+        >>> y = torch.randn(20)
+        >>> guide(y)  # (train it with Trace_ELBO here)  # doctest: +ELLIPSIS
+        {...}
+        >>> loss = pu.ReverseKL(pu.freeze(guide), num_particles=64, vectorize_particles=True)
+        >>> svi = pyro.infer.SVI(pu.unlearn(model), guide, pyro.optim.Adam({"lr": 0.01}), loss)
+        >>> _ = svi.step(y[:5])  # y[:5] is the erased data D_e
+        >>> sorted(loss.diagnostics())
+        ['ess', 'temperature']
     """
 
-    def __init__(self, posterior, lam=0.0, *, proposal="posterior", anneal=None, **kwargs):
+    def __init__(
+        self,
+        posterior: FrozenPosterior,
+        lam: float = 0.0,
+        *,
+        proposal: str = "posterior",
+        anneal: float | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(posterior, lam, **kwargs)
         self.weights = ImportanceWeights(proposal, anneal)
 
     @property
     def ess(self) -> torch.Tensor | None:
+        """The effective sample size of the last evaluated step (``None`` before the first)."""
         return self.weights.ess
 
     @property
     def temperature(self) -> torch.Tensor:
+        """β of the annealed target (1 without ``anneal``)."""
         return self.weights.temperature
 
-    def _particles(self, model, guide, posterior, args, kwargs, particle_dim, num_particles):
+    def diagnostics(self) -> dict[str, float]:
+        """``{"ess": ..., "temperature": ...}`` of the last evaluated step (see
+        :meth:`ImportanceWeights.diagnostics`)."""
+        return self.weights.diagnostics()
+
+    def _trace_programs(self, model, guide, posterior, args, kwargs):
         # θ_s from the frozen q(θ|D) (the paper's), or from the current guide without gradient;
         # the other two programs are replayed at θ_s.
         source = guide if self.weights.proposal == "current" else posterior
@@ -108,22 +207,25 @@ class ReverseKL(UnlearningLoss):
             draw = poutine.trace(source).get_trace(*args, **kwargs)
         guide_trace = poutine.trace(poutine.replay(guide, trace=draw)).get_trace(*args, **kwargs)
         with poutine.block():
-            post_trace = poutine.trace(poutine.replay(posterior, trace=draw)).get_trace(
+            posterior_trace = poutine.trace(poutine.replay(posterior, trace=draw)).get_trace(
                 *args, **kwargs
             )
             model_trace = poutine.trace(poutine.replay(model, trace=draw)).get_trace(
                 *args, **kwargs
             )
-        sites = latent_sites(guide_trace)
-        check_sites_match(sites, self.posterior.sites)
         # Score only what is read: the latent sites and the flagged observations.
-        post_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
+        sites = self.posterior.sites
+        posterior_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
         guide_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
         model_trace.compute_log_prob(site_filter=lambda _, site: ERASED in site["infer"])
+        return model_trace, guide_trace, posterior_trace
+
+    def _particle_terms(self, model_trace, guide_trace, posterior_trace, particle_dim, n):
+        sites = self.posterior.sites
         return {
-            "log_lik": erased_log_likelihood(model_trace, particle_dim, num_particles).detach(),
-            "log_q": sum_sites_per_particle(post_trace, sites, particle_dim, num_particles),
-            "log_q_v": sum_sites_per_particle(guide_trace, sites, particle_dim, num_particles),
+            "log_lik": erased_log_likelihood(model_trace, particle_dim, n).detach(),
+            "log_q": sum_sites_per_particle(posterior_trace, sites, particle_dim, n),
+            "log_q_v": sum_sites_per_particle(guide_trace, sites, particle_dim, n),
         }
 
     def _objective(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -133,16 +235,40 @@ class ReverseKL(UnlearningLoss):
 
 
 class ImportanceWeights:
-    """The reverse KL's self-normalised importance weights and the state they carry between
-    steps: the ``proposal`` (``"posterior"``: θ_s ~ q(θ|D), or ``"current"``: θ_s ~ q_v), the
-    annealing :attr:`temperature` β (1 without ``anneal``) and the last step's :attr:`ess`.
-    Shared by :class:`ReverseKL` and the GPyTorch objective.
+    r"""The reverse KL's self-normalised importance weights and the state they carry between
+    steps; shared by :class:`ReverseKL` and the GPyTorch objective.
 
-    Calling it with ℓ_s = log p_adj(D_e|θ_s), log q(θ_s|D) and log q_v(θ_s) returns the weights
-    (no gradient) of the loss −mean_s[w_s · log q_v(θ_s)]: from q(θ|D) w_s = S·softmax(−ℓ_s);
-    from q_v S·softmax(log q(θ_s|D) − log q_v(θ_s) − β ℓ_s) − 1 (the − 1 a control variate:
-    E_{q_v}[∇ log q_v] = 0), β first advanced by :func:`next_temperature` when ``anneal`` is
-    set and gradients are enabled (a loss evaluated for monitoring does not anneal).
+    Called with ℓ_s = log p_adj(D_e|θ_s), log q(θ_s|D) and log q_v(θ_s), it returns the weights
+    (no gradient) of the loss −mean_s[w_s · log q_v(θ_s)]:
+
+    .. math:: w_s = S\,\mathrm{softmax}_s(−ℓ_s) \quad (θ_s \sim q(θ|D)), \qquad
+              w_s = S\,\mathrm{softmax}_s(\log q(θ_s|D) − \log q_v(θ_s) − β ℓ_s) − 1
+              \quad (θ_s \sim q_v),
+
+    the − 1 a control variate (E_{q_v}[∇ log q_v] = 0). With ``anneal``, β is first advanced by
+    :func:`next_temperature` when gradients are enabled (a loss evaluated for monitoring does
+    not anneal). Every call records the ESS of the weights.
+
+    Arguments:
+        proposal: ``"posterior"`` (θ_s ~ q(θ|D)) or ``"current"`` (θ_s ~ q_v).
+        anneal: the ESS fraction in (0, 1) kept while tempering (``proposal="current"`` only), or
+            ``None``: no tempering, β = 1.
+
+    Attributes:
+        proposal: as given.
+        anneal: as given.
+        temperature: β, a 0-dim tensor (0 at the start with ``anneal``, else 1).
+        ess: the ESS of the last call (a 0-dim tensor), ``None`` before the first.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+
+    Example:
+        >>> weights = ImportanceWeights()
+        >>> weights(torch.zeros(4), torch.zeros(4), torch.zeros(4))  # ℓ constant: uniform
+        tensor([1., 1., 1., 1.])
+        >>> weights.diagnostics()
+        {'ess': 4.0, 'temperature': 1.0}
     """
 
     def __init__(self, proposal: str = "posterior", anneal: float | None = None) -> None:
@@ -173,3 +299,9 @@ class ImportanceWeights:
             weights = log_weights.numel() * torch.softmax(log_weights, dim=0)
             self.ess, self.temperature = effective_sample_size(weights), temperature
         return weights - 1.0 if current else weights
+
+    def diagnostics(self) -> dict[str, float]:
+        """The last call's ``{"ess": ESS, "temperature": β}`` as floats (ESS nan before the
+        first call): the keys every importance-weighted objective reports."""
+        ess = math.nan if self.ess is None else float(self.ess)
+        return {"ess": ess, "temperature": float(self.temperature)}

@@ -15,7 +15,9 @@ from pyro.infer.autoguide import (
 )
 
 import pyro_unlearn as pu
-from pyro_unlearn.metrics import gaussian_kl, guide_moments
+from pyro_unlearn.guides import read_gaussian
+from pyro_unlearn.infer import base
+from pyro_unlearn.metrics import gaussian_kl
 
 LOSSES = [pu.Trace_EUBO, pu.ReverseKL]
 
@@ -28,7 +30,7 @@ def unlearn_steps(model, guide, loss, args, steps, lr=0.02, **unlearn_kwargs):
 
 
 def kl_to(guide, loc, cov):
-    m, c = guide_moments(guide)
+    m, c = read_gaussian(guide)
     return float(gaussian_kl(m, c, loc, cov))
 
 
@@ -75,7 +77,7 @@ def moved(loss_cls, lam, guide, model, linreg, posterior, start, steps=300):
 def test_larger_lambda_moves_less(loss_cls, linreg, model, trained):
     guide = trained(AutoMultivariateNormal)
     posterior = pu.freeze(guide)
-    start = tuple(t.clone() for t in guide_moments(guide))
+    start = tuple(t.clone() for t in read_gaussian(guide))
     kl = {
         lam: moved(loss_cls, lam, guide, model, linreg, posterior, start)
         for lam in (0.0, 1e-3, 0.5, 1.0)
@@ -189,13 +191,59 @@ def test_model_without_unlearn(loss_cls, linreg, model):
         loss.loss(model, guide, *erased_data(linreg))
 
 
-def test_non_finite_loss_is_reported(linreg, model):
+@pytest.mark.parametrize("loss_cls", LOSSES)
+def test_non_finite_loss_is_reported_as_pyro_does(loss_cls, linreg, model):
+    """As Pyro's losses: a warning (``warn_if_nan`` / ``warn_if_inf``), which says why."""
+    guide = AutoNormal(model)
+    guide(linreg.x, linreg.y)
+    loss = loss_cls(pu.freeze(guide), num_particles=4, vectorize_particles=True)
+    x, y = erased_data(linreg)
+    with pytest.warns(UserWarning, match="Encountered .*normalisable"):
+        value = loss.loss(pu.unlearn(model), guide, x, torch.full_like(y, math.inf))
+    assert not math.isfinite(value)
+
+
+@pytest.mark.parametrize("loss_cls", LOSSES)
+def test_site_checks_run_only_under_validation(loss_cls, linreg, model, monkeypatch):
+    """The per-step check of the guide's sites against the posterior's is Pyro-style validation:
+    on under ``pyro.enable_validation(True)``, skipped (for speed) without."""
+    calls = []
+    monkeypatch.setattr(base, "check_sites_match", lambda *sites: calls.append(sites))
+    guide = AutoNormal(model)
+    guide(linreg.x, linreg.y)
+    loss = loss_cls(pu.freeze(guide), num_particles=4, max_plate_nesting=1)
+    loss.loss(pu.unlearn(model), guide, *erased_data(linreg))
+    assert len(calls) == 4  # once per (sequential) particle
+    with pyro.validation_enabled(False):
+        loss.loss(pu.unlearn(model), guide, *erased_data(linreg))
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("loss_cls", LOSSES)
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_get_trace_returns_the_traces_of_a_particle(loss_cls, vectorize, linreg, model):
+    """Pyro's hook keeps Pyro's meaning: ``_get_traces`` yields traces (model, guide and frozen
+    posterior, run at the same θ), one per particle or one for all vectorised particles."""
+    guide = AutoNormal(model)
+    guide(linreg.x, linreg.y)
+    posterior = pu.freeze(guide)
+    loss = loss_cls(posterior, num_particles=3, vectorize_particles=vectorize, max_plate_nesting=1)
+    traces = list(loss._get_traces(pu.unlearn(model), guide, erased_data(linreg), {}))
+    assert len(traces) == (1 if vectorize else 3)
+    for model_trace, guide_trace, posterior_trace in traces:
+        assert model_trace.nodes["y"]["infer"]["erased"] is True
+        for site in posterior.sites:
+            theta = guide_trace.nodes[site]["value"]
+            assert not vectorize or theta.shape[0] == 3  # the particle dim leads
+            assert torch.equal(posterior_trace.nodes[site]["value"], theta)
+
+
+def test_diagnostics_of_the_eubo_are_empty(linreg, model):
     guide = AutoNormal(model)
     guide(linreg.x, linreg.y)
     loss = pu.Trace_EUBO(pu.freeze(guide), num_particles=4, vectorize_particles=True)
-    x, y = erased_data(linreg)
-    with pytest.raises(ValueError, match="normalisable"):
-        loss.loss(pu.unlearn(model), guide, x, torch.full_like(y, math.inf))
+    loss.loss(pu.unlearn(model), guide, *erased_data(linreg))
+    assert loss.diagnostics() == {}
 
 
 @pytest.mark.parametrize("loss_cls", LOSSES)

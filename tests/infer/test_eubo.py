@@ -63,3 +63,5 @@ def test_needs_reparameterised_guide():
         loss.loss(pu.unlearn(model), guide, Y)
     rkl = pu.ReverseKL(pu.freeze(guide, Y), num_particles=2, vectorize_particles=True)
     assert math.isfinite(rkl.loss(pu.unlearn(model), guide, Y))  # rKL does not need it
+    with pyro.validation_enabled(False):  # a per-step check, as Pyro's: validation only
+        assert math.isfinite(loss.loss(pu.unlearn(model), guide, Y))

@@ -36,6 +36,7 @@ def test_matches_hand_written_estimator():
         float(expected.detach()), rel=1e-5
     )
     assert float(loss.ess) == pytest.approx(float(w.sum() ** 2 / (w**2).sum()), rel=1e-5)
+    assert loss.diagnostics() == {"ess": pytest.approx(float(loss.ess)), "temperature": 1.0}
 
 
 def test_effective_sample_size_bounds():
@@ -82,7 +83,7 @@ def test_reverse_kl_from_the_current_guide_lands_on_the_exact_posterior_of_D_r()
     nearly uniform weights at β = 1. Evaluating the loss (no gradients) does not anneal."""
     from pyro.infer import SVI
 
-    from pyro_unlearn.metrics import guide_moments
+    from pyro_unlearn.guides import read_gaussian
     from tests.infer.test_influence import D_E, FULL, REMAINING, mvn_guide
     from tests.infer.test_influence import model as linear
 
@@ -94,13 +95,15 @@ def test_reverse_kl_from_the_current_guide_lands_on_the_exact_posterior_of_D_r()
         posterior, 0.0, num_particles=256, vectorize_particles=True, max_plate_nesting=1,
         proposal="current", anneal=0.5,
     )  # fmt: skip
+    assert math.isnan(loss.diagnostics()["ess"])  # no step evaluated yet
     loss.loss(pu.unlearn(linear), guide, *D_E)
     assert float(loss.temperature) == 0.0  # monitoring does not anneal
     svi = SVI(pu.unlearn(linear), guide, pyro.optim.Adam({"lr": 0.01}), loss)
     for _ in range(150):
         svi.step(*D_E)
     assert float(loss.temperature) == 1.0 and float(loss.ess) > 0.9 * 256
-    loc, cov = guide_moments(guide)
+    assert loss.diagnostics()["temperature"] == 1.0
+    loc, cov = read_gaussian(guide)
     unlearned = torch.distributions.MultivariateNormal(loc, cov)
     exact = torch.distributions.MultivariateNormal(REMAINING[0], precision_matrix=REMAINING[1])
     full = torch.distributions.MultivariateNormal(FULL[0], precision_matrix=FULL[1])
