@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,48 +14,135 @@ from pyro.infer import SVI
 from tqdm import tqdm
 
 from .handlers import unlearn
-from .infer import ReverseKL, Trace_EUBO
+from .infer import ReverseKL, Trace_EUBO, UnlearningLoss
 from .posterior import FrozenPosterior, freeze
+from .results import UnlearningResult
 
-__all__ = ["ForgetResult", "forget", "has_converged", "run_until_flat"]
+__all__ = ["METHODS", "ForgetResult", "forget", "has_converged", "run_until_flat"]
 
-_METHODS = {"eubo": Trace_EUBO, "rkl": ReverseKL}
+#: The losses :func:`forget` runs, by the name its ``method`` argument takes.
+METHODS: dict[str, type[UnlearningLoss]] = {"eubo": Trace_EUBO, "rkl": ReverseKL}
 
 
-@dataclass
-class ForgetResult:
+@dataclass(kw_only=True)
+class ForgetResult(UnlearningResult):
     """What :func:`forget` returns.
 
     Attributes:
         guide: the unlearned guide (the live guide, trained in place).
-        posterior: the frozen original q(θ|D), untouched; reuse it for later requests.
+        posterior: the unlearned posterior, frozen at the end of the run: an independent
+            :class:`~pyro_unlearn.FrozenPosterior`, unchanged when the live guide moves on.
+        original: the frozen q(θ|D) the run started from, untouched: pass it as
+            ``forget(..., posterior=result.original)`` to serve a later request from q(θ|D).
         losses: the loss of every step.
-        ess: the effective sample size of every step (``method="rkl"``; empty for the EUBO).
-        seconds: wall time of the optimisation.
+        diagnostics: the loss's per-step diagnostics (its ``diagnostics()``), one list per name,
+            one value per step: ``"ess"`` and ``"temperature"`` for the reverse KL, none for
+            the EUBO.
+        seconds: wall time of the optimisation (freezing the result is not counted).
         converged: whether the convergence rule stopped the run before ``num_steps``.
+
+    Example:
+        >>> result = ForgetResult(guide=print, posterior=None, original=None, losses=[2.0, 1.0],
+        ...                       diagnostics={"ess": [60.0, 50.0]})
+        >>> result.num_steps, result.ess
+        (2, [60.0, 50.0])
     """
 
     guide: Callable
     posterior: FrozenPosterior
+    original: FrozenPosterior
     losses: list[float] = field(default_factory=list)
-    ess: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    converged: bool = False
+    diagnostics: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def ess(self) -> list[float]:
+        """The effective sample size of every step (``diagnostics["ess"]``; empty when the loss
+        reports none, as the EUBO)."""
+        return self.diagnostics.get("ess", [])
 
     @property
     def num_steps(self) -> int:
+        """The number of SVI steps taken."""
         return len(self.losses)
 
 
 def has_converged(losses: list[float], window: int) -> bool:
-    """True when the mean loss of the last ``window`` steps is no lower than that of the window
-    before, by more than two standard errors: the loss trace is flat up to its noise."""
+    r"""The convergence rule of :func:`forget` and :func:`~pyro_unlearn.retrain`: the loss is
+    flat up to its noise.
+
+    With m₁, m₂ the mean losses of the last ``window`` steps and of the ``window`` before, and
+    s₁², s₂² their variances, the run has converged when
+
+    .. math:: m_2 - m_1 \le 2 \sqrt{(s_1^2 + s_2^2) / \mathrm{window}},
+
+    i.e. the last window is no lower than the one before by more than two standard errors.
+
+    Arguments:
+        losses: the loss of every step so far.
+        window: steps per window.
+
+    Returns:
+        ``False`` while fewer than ``2 * window`` losses are known.
+
+    Example:
+        >>> has_converged([5.0 - 0.01 * i for i in range(200)], window=50)  # still falling
+        False
+        >>> has_converged([1.0 + 0.1 * (-1) ** i for i in range(200)], window=50)  # noise
+        True
+    """
     if len(losses) < 2 * window:
         return False
     last = torch.tensor(losses[-window:], dtype=torch.float64)
     before = torch.tensor(losses[-2 * window : -window], dtype=torch.float64)
     stderr = torch.sqrt((last.var() + before.var()) / window)
     return bool(before.mean() - last.mean() <= 2 * stderr)
+
+
+def run_until_flat(
+    step: Callable[[], float],
+    num_steps: int,
+    window: int,
+    desc: str,
+    progress: bool,
+    ready: Callable[[], bool] | None = None,
+) -> tuple[list[float], bool, float]:
+    """Call ``step`` up to ``num_steps`` times under a tqdm bar, stopping once the loss is flat.
+
+    The loop of :func:`forget` and :func:`~pyro_unlearn.retrain`: at the end of every
+    ``window`` steps, stop if ``ready()`` (when given; e.g. an annealed loss is not its
+    objective before its temperature reaches 1) and :func:`has_converged`.
+
+    Arguments:
+        step: one optimisation step (e.g. ``svi.step``), returning its loss.
+        num_steps: the most steps to take.
+        window: steps per convergence window.
+        desc: the progress bar's label.
+        progress: whether to show the bar.
+        ready: an extra condition for stopping, checked with the rule.
+
+    Returns:
+        ``(losses, converged, seconds)``: the loss of every step, whether the rule stopped the
+        run, and its wall time.
+
+    Example:
+        >>> losses = iter([3.0, 2.0] + [1.0] * 100)
+        >>> trace, converged, _ = run_until_flat(lambda: next(losses), 100, 10, "", False)
+        >>> converged, len(trace)
+        (True, 20)
+    """
+    losses: list[float] = []
+    converged = False
+    start = time.perf_counter()
+    with tqdm(total=num_steps, desc=desc, disable=not progress) as bar:
+        for _ in range(num_steps):
+            losses.append(step())
+            bar.update()
+            if len(losses) % window == 0:  # not bar.n: a disabled bar does not count
+                bar.set_postfix(loss=f"{losses[-1]:.4g}")
+                if (ready is None or ready()) and has_converged(losses, window):
+                    converged = True
+                    break
+    return losses, converged, time.perf_counter() - start
 
 
 def forget(
@@ -74,34 +162,63 @@ def forget(
     num_steps: int = 2000,
     window: int = 100,
     progress: bool = True,
-    loss_options: dict | None = None,
+    loss_options: dict[str, Any] | None = None,
     **kwargs,
 ) -> ForgetResult:
     """Unlearn the erased data from a trained guide without retraining.
 
     Freezes ``guide`` as q(θ|D) (or uses ``posterior``, writing it back into ``guide`` first: the
-    lazy way to serve a new request from the original posterior), then runs SVI with
-    ``method`` ("rkl", the robust default, or "eubo") on ``unlearn(model, erased=..., plate=...)``
-    for at most ``num_steps`` steps, stopping once the loss is flat (:func:`has_converged` over
-    ``window`` steps). The default optimiser is ClippedAdam with ``lr`` decaying tenfold over
-    ``num_steps``. ``*args, **kwargs`` go to the model and guide: the erased data alone
-    (``erased=None``) or the full data with ``erased`` rows of ``plate``. ``loss_options`` go
-    to the loss, e.g. ``{"proposal": "current", "anneal": 0.8}`` for the rKL on an erasure too
-    informative for q(θ|D) (:class:`~pyro_unlearn.ReverseKL`); an annealed run never counts as
-    converged before its temperature reaches 1.
+    lazy way to serve a new request from the original posterior), then runs SVI with the loss
+    ``method`` names on ``unlearn(model, erased=..., plate=...)`` for at most ``num_steps``
+    steps, stopping once the loss is flat (:func:`has_converged` over ``window`` steps) and,
+    for an annealed loss, its ``"temperature"`` diagnostic has reached 1. Every diagnostic the
+    loss reports (``loss.diagnostics()``) is recorded per step. A step whose loss is not finite
+    stops the run with a ``ValueError``.
+
+    Arguments:
+        model: the model, as trained (not yet wrapped by :func:`~pyro_unlearn.unlearn`).
+        guide: the trained guide; trained in place.
+        args: the model's and guide's arguments: the erased data alone (``erased=None``) or the
+            full data with ``erased`` rows of ``plate``.
+        erased: the erased rows, as :func:`~pyro_unlearn.unlearn` takes them.
+        plate: the plate the rows index.
+        method: ``"rkl"`` (:class:`~pyro_unlearn.ReverseKL`, the robust default) or ``"eubo"``
+            (:class:`~pyro_unlearn.Trace_EUBO`); the keys of :data:`METHODS`.
+        lam: the adjusted likelihood's λ ∈ [0, 1].
+        posterior: the frozen q(θ|D) to start from (default: ``freeze(guide, *args)``).
+        num_particles: draws of θ per step.
+        vectorize_particles: draw them in one vectorised plate.
+        max_plate_nesting: as in Pyro's losses.
+        optim: a Pyro optimiser (default: ClippedAdam, ``lr`` decaying tenfold over
+            ``num_steps``).
+        lr: the default optimiser's learning rate.
+        num_steps: the most SVI steps.
+        window: steps per convergence window.
+        progress: show a progress bar.
+        loss_options: more arguments of the loss, e.g. ``{"proposal": "current", "anneal":
+            0.8}`` for the rKL on an erasure too informative for q(θ|D).
+        kwargs: more keyword arguments of the model and guide.
+
+    Returns:
+        A :class:`ForgetResult`: ``posterior`` the unlearned posterior (frozen), ``original``
+        q(θ|D), the losses and diagnostics of every step.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
 
     Example (``tests/test_forget.py`` runs it)::
 
         result = forget(model, guide, x, y, erased=idx, plate="data", method="rkl")
-        result.guide, result.seconds, result.ess[-1]
+        result.posterior, result.seconds, result.ess[-1]
+        later = forget(model, guide, x, y, erased=other, plate="data", posterior=result.original)
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     if posterior is None:
         posterior = freeze(guide, *args, **kwargs)
     else:
         posterior.restore(guide)
-    loss = _METHODS[method](
+    loss = METHODS[method](
         posterior,
         lam,
         num_particles=num_particles,
@@ -112,45 +229,42 @@ def forget(
     if optim is None:
         optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / max(num_steps, 1))})
     svi = SVI(unlearn(model, erased=erased, plate=plate), guide, optim, loss)
-    result = ForgetResult(guide=guide, posterior=posterior)
+    step, diagnostics = _recording_step(svi, loss, args, kwargs)
+    losses, converged, seconds = run_until_flat(
+        step,
+        num_steps,
+        window,
+        f"unlearning ({method}, λ={lam:g})",
+        progress,
+        lambda: diagnostics.get("temperature", [1.0])[-1] >= 1.0,
+    )
+    return ForgetResult(
+        guide=guide,
+        posterior=freeze(guide, *args, **kwargs),
+        original=posterior,
+        losses=losses,
+        diagnostics=diagnostics,
+        seconds=seconds,
+        converged=converged,
+    )
+
+
+def _recording_step(
+    svi: SVI, loss: UnlearningLoss, args: tuple, kwargs: dict
+) -> tuple[Callable[[], float], dict[str, list[float]]]:
+    """One SVI step that appends the loss's diagnostics to a record, and that record."""
+    record: dict[str, list[float]] = {}
 
     def step() -> float:
         value = svi.step(*args, **kwargs)
-        if method == "rkl":
-            result.ess.append(float(loss.ess))
+        if not math.isfinite(value):
+            raise ValueError(
+                f"the unlearning loss is {value}: the target q(θ|D)/p_adj(D_e|θ) may not be "
+                "normalisable here (erased data too informative for q(θ|D)); try a larger lam, "
+                "ReverseKL, or more particles"
+            )
+        for name, diagnostic in loss.diagnostics().items():
+            record.setdefault(name, []).append(diagnostic)
         return value
 
-    def annealed() -> bool:
-        return float(getattr(loss, "temperature", 1.0)) == 1.0
-
-    result.losses, result.converged, result.seconds = run_until_flat(
-        step, num_steps, window, f"unlearning ({method}, λ={lam:g})", progress, annealed
-    )
-    return result
-
-
-def run_until_flat(
-    step: Callable[[], float],
-    num_steps: int,
-    window: int,
-    desc: str,
-    progress: bool,
-    ready: Callable[[], bool] | None = None,
-) -> tuple[list[float], bool, float]:
-    """Call ``step`` (one SVI step, returning its loss) up to ``num_steps`` times under a tqdm
-    bar, stopping once :func:`has_converged` over ``window`` steps (and ``ready()``, if given:
-    an annealed loss is not the objective before its temperature reaches 1). Returns ``(losses,
-    converged, seconds)``: the one loop of :func:`forget` and :func:`~pyro_unlearn.retrain`."""
-    losses: list[float] = []
-    converged = False
-    start = time.perf_counter()
-    with tqdm(total=num_steps, desc=desc, disable=not progress) as bar:
-        for _ in range(num_steps):
-            losses.append(step())
-            bar.update()
-            if len(losses) % window == 0:  # not bar.n: a disabled bar does not count
-                bar.set_postfix(loss=f"{losses[-1]:.4g}")
-                if (ready is None or ready()) and has_converged(losses, window):
-                    converged = True
-                    break
-    return losses, converged, time.perf_counter() - start
+    return step, record

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from .forget import forget
+from .forget import METHODS, forget
 from .posterior import FrozenPosterior, freeze
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
 __all__ = [
     "FLOW_LAMBDAS",
@@ -53,7 +54,7 @@ class SweepResult:
             raise ImportError("SweepResult.table needs pandas: pip install pandas") from error
         return pd.DataFrame(self.rows)
 
-    def plot(self, panels: dict[str, str] | None = None, title: str = ""):
+    def plot(self, panels: dict[str, str] | None = None, title: str = "") -> Figure:
         """The papers' figure: log-scale KL against λ, a line per method and ``full`` dashed,
         one panel per ``{column: axis label}`` (default: the averaged predictive KL on D_e and
         on D_r, columns ``kl_erased_mean`` and ``kl_remaining_mean``). Returns the figure."""
@@ -80,14 +81,34 @@ def lambda_sweep(
     progress: bool = True,
     **forget_kwargs,
 ) -> SweepResult:
-    """Unlearn with every method at every λ, each run from q(θ|D), and evaluate each result.
+    """Unlearn with every method at every λ, each run from q(θ|D), and evaluate each result:
+    the papers' λ-sweep.
 
-    ``evaluate(posterior)`` returns the metrics of one posterior as a dict of numbers (e.g. the
-    averaged predictive KL to the retrained posterior on D_e and on D_r, see
-    :mod:`pyro_unlearn.metrics`); it is called on q(θ|D) (the ``full`` row) and on every
-    unlearned posterior. ``*args`` and ``forget_kwargs`` (``erased``, ``plate``, ``num_steps``,
-    ``num_particles``, ``lr``...) go to :func:`~pyro_unlearn.forget`. The live ``guide`` is left
-    holding q(θ|D).
+    ``evaluate(posterior)`` is called on q(θ|D) (the ``full`` row) and on every unlearned
+    posterior (:attr:`ForgetResult.posterior <pyro_unlearn.ForgetResult>`). The live ``guide``
+    is left holding q(θ|D).
+
+    Arguments:
+        model: the model, as trained.
+        guide: the trained guide.
+        args: the model's arguments, as :func:`~pyro_unlearn.forget` takes them.
+        evaluate: the metrics of one posterior as a dict of numbers (e.g. the averaged
+            predictive KL to the retrained posterior on D_e and on D_r, see
+            :mod:`pyro_unlearn.metrics`).
+        lambdas: the λ grid.
+        methods: names of :data:`pyro_unlearn.forget.METHODS` (``"eubo"``, ``"rkl"``).
+        posterior: the frozen q(θ|D) (default: ``freeze(guide, *args)``).
+        guide_name: the ``guide`` column of the rows.
+        progress: show a progress bar over the runs.
+        forget_kwargs: more arguments of :func:`~pyro_unlearn.forget` (``erased``, ``plate``,
+            ``num_steps``, ``num_particles``, ``lr``...).
+
+    Returns:
+        A :class:`SweepResult`: a row per (method, λ) plus ``full``, and the posteriors.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
+        (Figs. 3 and 5: the unlearned posteriors over λ).
 
     Example (``tests/test_sweep.py`` runs it)::
 
@@ -95,8 +116,8 @@ def lambda_sweep(
         result.table.pivot(index="lam", columns="method", values="kl")
     """
     for method in methods:
-        if method not in ("eubo", "rkl"):
-            raise ValueError(f"methods must be 'eubo' or 'rkl', got {method!r}")
+        if method not in METHODS:
+            raise ValueError(f"methods must be among {sorted(METHODS)}, got {method!r}")
     posterior = posterior if posterior is not None else freeze(guide, *args)
     rows = [
         {
@@ -123,7 +144,7 @@ def lambda_sweep(
             progress=False,
             **forget_kwargs,
         )
-        unlearned = freeze(result.guide, *args)
+        unlearned = result.posterior
         posteriors[f"{method} λ={lam:g}"] = unlearned
         rows.append(
             {
@@ -150,10 +171,26 @@ PAPER_PANELS = {
 _ZERO = 1e-12  # where λ = 0 sits on the log axis
 
 
-def plot_kl_against_lambda(rows: Sequence[dict], panels: dict[str, str], title: str = ""):
-    """Log-scale KL against λ, one line per method and a dashed line for ``full`` (no
-    unlearning), one panel per ``{column: label}`` in ``panels``. λ = 0 is drawn at the left end.
-    Returns the figure."""
+def plot_kl_against_lambda(
+    rows: Sequence[dict[str, Any]], panels: dict[str, str], title: str = ""
+) -> Figure:
+    """The papers' figure: log-scale KL against λ.
+
+    One line per method and a dashed line for ``full`` (no unlearning); λ = 0 is drawn at the
+    left end.
+
+    Arguments:
+        rows: :attr:`SweepResult.rows`.
+        panels: ``{column: axis label}``, one panel each.
+        title: the figure's title.
+
+    Returns:
+        The matplotlib figure.
+
+    Example::
+
+        fig = plot_kl_against_lambda(sweep.rows, PAPER_PANELS, title="banknote")
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)

@@ -1,15 +1,21 @@
+import math
+
 import pytest
+import torch
 from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_unlearn as pu
 from pyro_unlearn.forget import has_converged, run_until_flat
-from pyro_unlearn.metrics import gaussian_kl, guide_moments
+from pyro_unlearn.guides import read_gaussian
+from pyro_unlearn.metrics import gaussian_kl
+from pyro_unlearn.results import UnlearningResult
 
 
 def test_forget_unlearns_and_reports(linreg, model, trained, exact_target):
     guide = trained(AutoMultivariateNormal)
     loc, cov = exact_target(guide)
-    before = float(gaussian_kl(*guide_moments(guide), loc, cov))
+    start = tuple(t.clone() for t in read_gaussian(guide))
+    before = float(gaussian_kl(*start, loc, cov))
     result = pu.forget(
         model,
         guide,
@@ -23,10 +29,16 @@ def test_forget_unlearns_and_reports(linreg, model, trained, exact_target):
         lr=0.02,
         progress=False,
     )
-    after = float(gaussian_kl(*guide_moments(guide), loc, cov))
+    after = float(gaussian_kl(*read_gaussian(guide), loc, cov))
     assert after < 0.1 * before
     assert result.guide is guide and len(result.losses) == len(result.ess) == result.num_steps
-    assert all(1 <= e <= 512 for e in result.ess) and result.seconds > 0
+    assert all(1 <= e <= 512 for e in result.ess)
+    assert result.diagnostics["temperature"] == [1.0] * result.num_steps  # no annealing
+    # posterior: the unlearned posterior, frozen; original: q(θ|D), as every result has them
+    assert isinstance(result, UnlearningResult)
+    assert float(gaussian_kl(*read_gaussian(result.posterior), loc, cov)) == pytest.approx(after)
+    assert torch.allclose(read_gaussian(result.original)[0], start[0])
+    unlearned = read_gaussian(result.posterior)[0].clone()
     # A second request from the original q(θ|D): the guide is restored first (lazy unlearning).
     again = pu.forget(
         model,
@@ -35,12 +47,14 @@ def test_forget_unlearns_and_reports(linreg, model, trained, exact_target):
         linreg.y,
         erased=linreg.erased[:5],
         plate="data",
-        posterior=result.posterior,
+        posterior=result.original,
         method="eubo",
         num_steps=5,
         progress=False,
     )
-    assert again.posterior is result.posterior and again.ess == []
+    assert again.original is result.original and again.ess == [] and again.diagnostics == {}
+    assert torch.equal(read_gaussian(result.posterior)[0], unlearned)  # an independent copy
+    assert not torch.allclose(read_gaussian(again.posterior)[0], unlearned, atol=1e-2)
 
 
 def test_forget_rejects_unknown_method(linreg, model, trained):
@@ -80,13 +94,23 @@ def test_forget_passes_loss_options_to_the_annealed_reverse_kl(
 ):
     guide = trained(AutoMultivariateNormal)
     loc, cov = exact_target(guide)
-    before = float(gaussian_kl(*guide_moments(guide), loc, cov))
+    before = float(gaussian_kl(*read_gaussian(guide), loc, cov))
     result = pu.forget(
         model, guide, linreg.x, linreg.y, erased=linreg.erased, plate="data", num_particles=256,
         num_steps=300, window=50, lr=0.02, progress=False,
         loss_options={"proposal": "current", "anneal": 0.5},
     )  # fmt: skip
-    assert float(gaussian_kl(*guide_moments(guide), loc, cov)) < 0.05 * before
+    assert float(gaussian_kl(*read_gaussian(guide), loc, cov)) < 0.05 * before
     assert min(result.ess) >= 0.3 * 256  # annealing keeps the weights alive throughout
+    beta = result.diagnostics["temperature"]  # recorded every step, never decreasing, up to 1
+    assert len(beta) == result.num_steps and beta[0] < 1.0 == beta[-1]
+    assert all(a <= b for a, b in zip(beta, beta[1:], strict=False))
     with pytest.raises(ValueError, match="needs proposal='current'"):
         pu.forget(model, guide, linreg.x, linreg.y, loss_options={"anneal": 0.5}, progress=False)
+
+
+def test_forget_stops_on_a_non_finite_loss(linreg, model, trained):
+    guide = trained(AutoMultivariateNormal)
+    y = torch.full_like(linreg.y, math.inf)
+    with pytest.warns(UserWarning, match="Encountered"), pytest.raises(ValueError, match="normal"):
+        pu.forget(model, guide, linreg.x, y, erased=linreg.erased, plate="data", progress=False)
