@@ -70,7 +70,20 @@ class UnlearnMessenger(Messenger):
     The handler only annotates ``msg["infer"]`` and never changes a distribution, a prior or a
     scale, so the model behaves exactly as before under any other inference algorithm.
 
-    Example::
+    Arguments:
+        erased: ``None`` (every observation), rows of ``plate`` (indices or a boolean mask over
+            its full size), or ``{site: rows or None}``.
+        plate: the name of the plate the rows index, or ``{site: plate name}``.
+
+    Raises:
+        ValueError: on an empty, duplicated or negative row set, rows without a plate, and (on
+            leaving the handler) a named site or plate the model never ran.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
+        (the erased data D_e ⊂ D whose likelihood the losses divide out).
+
+    Example:
 
         >>> import pyro, torch, pyro.distributions as dist
         >>> def model(y):
@@ -205,8 +218,24 @@ def unlearn(
 ) -> UnlearnMessenger | Callable:
     """Annotate a model with the observations to forget; see :class:`UnlearnMessenger`.
 
-    Use as a wrapper, ``unlearn(model, erased=idx, plate="data")``, or as a context manager,
-    ``with unlearn(erased=idx, plate="data"): ...``.
+    Arguments:
+        fn: the model; ``None`` returns the handler, for use as a context manager.
+        erased: which observations are erased (:class:`UnlearnMessenger`).
+        plate: the plate their rows index.
+
+    Returns:
+        The wrapped model, or the handler when ``fn`` is ``None``.
+
+    Example:
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> def model(y):
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+        >>> with unlearn(erased=[1], plate="data"):
+        ...     trace = pyro.poutine.trace(model).get_trace(torch.zeros(3))
+        >>> trace.nodes["y"]["infer"]["erased"].tolist()
+        [False, True, False]
+        >>> wrapped = unlearn(model)  # every observation in the call is erased
     """
     messenger = UnlearnMessenger(erased=erased, plate=plate)
     return messenger if fn is None else messenger(fn)
@@ -218,8 +247,30 @@ def erased_log_likelihood(
     """log p(D_e|θ) per particle, summed over the sites flagged by :func:`unlearn`.
 
     Reads ``site["log_prob"]`` (so a subsampling plate's N/B scale is included: an unbiased
-    estimate over D_e), masked to the erased rows. ``model_trace.compute_log_prob()`` must have
-    run. Returns shape ``(num_particles,)``, or ``(1,)`` when particles are not vectorised.
+    estimate over D_e), masked to the erased rows. Priors and ``pyro.factor`` sites are never
+    part of it.
+
+    Arguments:
+        model_trace: a trace of the wrapped model; ``compute_log_prob()`` must have run.
+        particle_dim: the batch dim that indexes vectorised particles, or ``None``.
+        num_particles: how many particles that dim holds.
+
+    Returns:
+        A tensor of shape ``(num_particles,)``, or ``(1,)`` when ``particle_dim`` is ``None``.
+
+    Raises:
+        ValueError: when no site is flagged (the model was not wrapped by :func:`unlearn`).
+
+    Example:
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> def model(y):
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+        >>> trace = pyro.poutine.trace(unlearn(model, erased=[0], plate="data")).get_trace(
+        ...     torch.zeros(3))
+        >>> trace.compute_log_prob()
+        >>> erased_log_likelihood(trace)  # log N(0; 0, 1) of the one erased row
+        tensor([-0.9189])
     """
     total = None
     for site in model_trace.nodes.values():

@@ -1,4 +1,4 @@
-"""Per-particle log densities read off Pyro traces."""
+"""Per-particle log densities and plate facts read off Pyro traces."""
 
 from __future__ import annotations
 
@@ -19,8 +19,22 @@ __all__ = [
 
 
 def latent_sites(trace: Trace) -> list[str]:
-    """Names of the sites a guide is scored on: its auxiliary (unconstrained) sites when it has
-    any (every AutoGuide), otherwise all of its latent sample sites (a plain guide function)."""
+    """Names of the sites a guide is scored on.
+
+    Arguments:
+        trace: a guide trace.
+
+    Returns:
+        Its auxiliary (unconstrained) sites when it has any (every AutoGuide), otherwise all of
+        its latent sample sites (a plain guide function), in trace order.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> guide = AutoNormal(lambda: pyro.sample("mu", dist.Normal(0.0, 1.0)))
+        >>> latent_sites(pyro.poutine.trace(guide).get_trace())
+        ['mu_unconstrained']
+    """
     latent = [
         name
         for name, site in trace.nodes.items()
@@ -31,7 +45,14 @@ def latent_sites(trace: Trace) -> list[str]:
 
 
 def subsampled_plates(trace: Trace) -> list[str]:
-    """Names of the plates that subsample in ``trace`` (size below full size), sorted."""
+    """Names of the plates that subsample in ``trace`` (size below full size), sorted.
+
+    Arguments:
+        trace: a model trace.
+
+    Returns:
+        The plate names, sorted.
+    """
     return sorted(
         {
             frame.name
@@ -44,7 +65,14 @@ def subsampled_plates(trace: Trace) -> list[str]:
 
 
 def max_plate_nesting(trace: Trace) -> int:
-    """How many batch dims the vectorised plates of a trace's sample sites use (Pyro's count)."""
+    """How many batch dims the vectorised plates of a trace's sample sites use (Pyro's count).
+
+    Arguments:
+        trace: a model or guide trace.
+
+    Returns:
+        ``-min(frame.dim)`` over the vectorised plates, 0 without any.
+    """
     dims = [
         frame.dim
         for site in trace.nodes.values()
@@ -56,7 +84,20 @@ def max_plate_nesting(trace: Trace) -> int:
 
 
 def particle_dim_of(num_particles: int, vectorize: bool, max_plate_nesting: float) -> int | None:
-    """The batch dim that indexes particles, or ``None`` when particles are not vectorised."""
+    """The batch dim that indexes particles, as Pyro's ``ELBO`` places the particle plate.
+
+    Arguments:
+        num_particles: particles per step.
+        vectorize: whether they are vectorised.
+        max_plate_nesting: the loss's ``max_plate_nesting`` (the particle plate included).
+
+    Returns:
+        ``-max_plate_nesting``, or ``None`` when particles are not vectorised (or only one).
+
+    Example:
+        >>> particle_dim_of(8, True, 2), particle_dim_of(8, False, 2)
+        (-2, None)
+    """
     if not vectorize or num_particles == 1:
         return None
     return -int(max_plate_nesting)
@@ -67,7 +108,18 @@ def sum_per_particle(
 ) -> torch.Tensor:
     """Sum a site's ``log_prob`` over every batch dim but the particle dim.
 
-    Returns a tensor of shape ``(num_particles,)`` (``(1,)`` when ``particle_dim`` is ``None``).
+    Arguments:
+        log_prob: a site's ``log_prob``.
+        particle_dim: the batch dim that indexes particles, or ``None``.
+        num_particles: how many particles that dim holds.
+
+    Returns:
+        A tensor of shape ``(num_particles,)`` (``(1,)`` when ``particle_dim`` is ``None``); a
+        ``log_prob`` without the particle dim is constant across particles.
+
+    Example:
+        >>> sum_per_particle(torch.ones(3, 4), -2, 3)  # dims (particles, data)
+        tensor([4., 4., 4.])
     """
     if particle_dim is None:
         return log_prob.sum().reshape(1)
@@ -84,7 +136,20 @@ def sum_per_particle(
 def sum_sites_per_particle(
     trace: Trace, names: Iterable[str], particle_dim: int | None, num_particles: int
 ) -> torch.Tensor:
-    """Sum the ``log_prob`` of the named sites per particle (``compute_log_prob`` must have run)."""
+    """Sum the ``log_prob`` of the named sites per particle.
+
+    Arguments:
+        trace: a trace on which ``compute_log_prob`` has run (for the named sites at least).
+        names: the sites to sum.
+        particle_dim: the batch dim that indexes particles, or ``None``.
+        num_particles: how many particles that dim holds.
+
+    Returns:
+        A tensor of shape ``(num_particles,)`` (``(1,)`` when ``particle_dim`` is ``None``).
+
+    Raises:
+        ValueError: when ``names`` is empty.
+    """
     total = None
     for name in names:
         term = sum_per_particle(trace.nodes[name]["log_prob"], particle_dim, num_particles)
