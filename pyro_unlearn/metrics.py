@@ -1,7 +1,8 @@
 """Comparing posteriors: the evaluation toolkit of the unlearning experiments.
 
-- over θ: :func:`param_kl` (closed form :func:`gaussian_kl` on :func:`guide_moments` for Gaussian
-  guides, Monte Carlo otherwise), in the guides' unconstrained (auxiliary) space;
+- over θ: :func:`param_kl` (closed form :func:`gaussian_kl` on
+  :func:`~pyro_unlearn.guides.read_gaussian` for Gaussian guides, Monte Carlo otherwise), in
+  the guides' unconstrained (auxiliary) space;
 - over y: the Monte-Carlo posterior predictive :func:`predictive_distribution`
   p(y|x) = (1/S) Σ_s p(y|x, θ_s), θ_s ~ q(θ), and :func:`predictive_kl`, the papers' metric
   KL[q_retrained(y|x) ‖ q_unlearned(y|x)] per data point; :func:`accuracy`,
@@ -33,16 +34,10 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
-from pyro.infer.autoguide import (
-    AutoContinuous,
-    AutoDiagonalNormal,
-    AutoLowRankMultivariateNormal,
-    AutoMultivariateNormal,
-    AutoNormal,
-)
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 
+from .guides.gaussian import GAUSSIAN_GUIDES, read_gaussian
 from .posterior import FrozenPosterior
 from .traces import latent_sites, max_plate_nesting, sum_sites_per_particle
 
@@ -53,7 +48,6 @@ __all__ = [
     "MembershipAttack",
     "accuracy",
     "gaussian_kl",
-    "guide_moments",
     "log_predictive_density",
     "mean_and_std",
     "membership_attack",
@@ -65,13 +59,6 @@ __all__ = [
     "to_inference_data",
 ]
 
-# The guides whose q(θ) is Gaussian in the unconstrained space (closed-form moments and KL).
-_GAUSSIAN_GUIDES = (
-    AutoNormal,
-    AutoDiagonalNormal,
-    AutoMultivariateNormal,
-    AutoLowRankMultivariateNormal,
-)
 _SUPPORTED = "Bernoulli, Categorical, Normal"
 _WRAPPERS = (torch.distributions.Independent, MaskedDistribution, ExpandedDistribution)
 # Elements of one (y-draws × points × θ-samples) block in the Monte-Carlo predictive KL.
@@ -94,43 +81,6 @@ def gaussian_kl(
     p = torch.distributions.MultivariateNormal(loc_p, covariance_matrix=cov_p)
     q = torch.distributions.MultivariateNormal(loc_q, covariance_matrix=cov_q)
     return torch.distributions.kl_divergence(p, q)
-
-
-def guide_moments(
-    guide: AutoContinuous | AutoNormal | FrozenPosterior,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and covariance of a Gaussian AutoGuide in its unconstrained latent space, flattened
-    in the order of the model's latent sites (AutoNormal, AutoDiagonalNormal,
-    AutoMultivariateNormal, AutoLowRankMultivariateNormal), live or frozen (a
-    :class:`~pyro_unlearn.posterior.FrozenPosterior` of one of them: its own parameters are
-    read, never the live guide's)."""
-    if isinstance(guide, FrozenPosterior):
-        with guide.context():
-            loc, cov = guide_moments(guide.guide)
-        return loc.clone(), cov.clone()
-    if isinstance(guide, AutoNormal):
-        locs, scales = [], []
-        for name, _ in guide.prototype_trace.iter_stochastic_nodes():
-            loc, scale = guide._get_loc_and_scale(name)
-            locs.append(loc.detach().reshape(-1))
-            scales.append(scale.detach().reshape(-1))
-        return torch.cat(locs), torch.diag_embed(torch.cat(scales) ** 2)
-    if not isinstance(guide, AutoContinuous):
-        raise TypeError(f"guide_moments needs a Gaussian AutoGuide, got {type(guide).__name__}")
-    posterior = guide.get_posterior()
-    while isinstance(posterior, torch.distributions.Independent):
-        posterior = posterior.base_dist
-    if isinstance(posterior, torch.distributions.Normal):
-        return posterior.mean.detach(), torch.diag_embed(posterior.variance.detach())
-    if isinstance(
-        posterior,
-        (torch.distributions.MultivariateNormal, torch.distributions.LowRankMultivariateNormal),
-    ):
-        return posterior.mean.detach(), posterior.covariance_matrix.detach()
-    raise TypeError(
-        f"guide_moments needs a Gaussian AutoGuide, got {type(guide).__name__} whose posterior "
-        f"is a {type(posterior).__name__}"
-    )
 
 
 # -- vectorised θ-samples ------------------------------------------------------------------------
@@ -497,8 +447,8 @@ def param_kl(
 ) -> torch.Tensor:
     r"""KL(p ‖ q) between two posteriors over θ in the guides' unconstrained (auxiliary) space.
 
-    ``method="closed_form"``: :func:`gaussian_kl` on :func:`guide_moments`, for Gaussian
-    AutoGuides (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal,
+    ``method="closed_form"``: :func:`gaussian_kl` on :func:`~pyro_unlearn.guides.read_gaussian`,
+    for Gaussian AutoGuides (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal,
     AutoLowRankMultivariateNormal; live or frozen). ``method="monte_carlo"``:
 
     .. math:: \mathrm{KL}(p‖q) ≈ \frac1S \sum_s [\log p(θ_s) − \log q(θ_s)],\qquad θ_s \sim p
@@ -532,15 +482,15 @@ def param_kl(
             f"{_name(q)}: {sites_q}, as name: shape); param_kl compares posteriors of the same "
             "guide structure"
         )
-    gaussian = all(isinstance(_unwrap(g), _GAUSSIAN_GUIDES) for g in (p, q))
+    gaussian = all(isinstance(_unwrap(g), GAUSSIAN_GUIDES) for g in (p, q))
     if method == "closed_form" and not gaussian:
         raise TypeError(
             f"the closed form needs two Gaussian AutoGuides (live or frozen), got {_name(p)} and "
             f"{_name(q)}; use method='monte_carlo'"
         )
     if method != "monte_carlo" and gaussian:
-        loc_p, cov_p = guide_moments(p)
-        loc_q, cov_q = guide_moments(q)
+        loc_p, cov_p = read_gaussian(p)
+        loc_q, cov_q = read_gaussian(q)
         if loc_p.shape != loc_q.shape:
             raise ValueError(
                 f"the two posteriors' latent spaces differ: dimensions {tuple(loc_p.shape)} and "

@@ -24,15 +24,10 @@ from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
+from .guides.gaussian import GAUSSIAN_DISTRIBUTIONS
 from .traces import latent_sites, max_plate_nesting, sum_sites_per_particle
 
 __all__ = ["FrozenPosterior", "freeze", "independent_copy", "register_in_empty_store"]
-
-_GAUSSIANS = (
-    torch.distributions.Normal,
-    torch.distributions.MultivariateNormal,
-    torch.distributions.LowRankMultivariateNormal,
-)
 
 
 def _base_distribution(fn: Any) -> Any:
@@ -116,7 +111,7 @@ class FrozenPosterior:
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
         """Inside it, the global param store holds exactly the frozen parameters, so code that
-        reads the frozen guide's parameters directly (e.g. ``guide_moments(posterior.guide)``)
+        reads the frozen guide's parameters directly (e.g. ``read_gaussian(posterior.guide)``)
         sees q(θ|D) and nothing it registers leaks into the live store."""
         params, constraints = dict(self._state["params"]), dict(self._state["constraints"])
         names = dict(self._names)  # the tensors never change identity: map derived once
@@ -181,7 +176,7 @@ class FrozenPosterior:
     def _find_mode(self, args, kwargs, *, samples: int, starts: int, steps: int, lr: float) -> None:
         trace = self.sample(*args, **kwargs)
         fns = {name: _base_distribution(trace.nodes[name]["fn"]) for name in self.sites}
-        if all(isinstance(fn, _GAUSSIANS) for fn in fns.values()):
+        if all(isinstance(fn, GAUSSIAN_DISTRIBUTIONS) for fn in fns.values()):
             mode = {name: fn.mean.detach() for name, fn in fns.items()}
             with poutine.block():
                 scored = poutine.trace(poutine.condition(self, data=mode)).get_trace(

@@ -87,10 +87,10 @@ def trained(linreg, model, _trained_states):
 def exact_target(linreg):
     """``exact_target(guide)``: (loc, cov) of q(θ|D)/p(D_e|θ) from the guide's own moments."""
     from pyro_unlearn.exact import gaussian_linear_unlearn
-    from pyro_unlearn.metrics import guide_moments
+    from pyro_unlearn.guides import read_gaussian
 
     def target(guide):
-        loc, cov = (t.clone() for t in guide_moments(guide))
+        loc, cov = (t.clone() for t in read_gaussian(guide))
         x, y = linreg.x[linreg.erased], linreg.y[linreg.erased]
         features = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)
         t_loc, t_prec = gaussian_linear_unlearn(

@@ -8,16 +8,17 @@ import torch
 from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_unlearn as pu
-from pyro_unlearn.metrics import gaussian_kl, guide_moments
+from pyro_unlearn.guides import read_gaussian
+from pyro_unlearn.metrics import gaussian_kl
 
 
 def test_sweep_table_and_the_exact_target(linreg, model, trained, exact_target):
     guide = trained(AutoMultivariateNormal)
     loc, cov = exact_target(guide)
-    start = tuple(t.clone() for t in guide_moments(guide))
+    start = tuple(t.clone() for t in read_gaussian(guide))
 
     def evaluate(posterior):
-        return {"kl_target": float(gaussian_kl(*guide_moments(posterior), loc, cov))}
+        return {"kl_target": float(gaussian_kl(*read_gaussian(posterior), loc, cov))}
 
     erased = linreg.x[linreg.erased], linreg.y[linreg.erased]
     result = pu.lambda_sweep(
@@ -50,7 +51,7 @@ def test_sweep_table_and_the_exact_target(linreg, model, trained, exact_target):
     assert table.lam[0] == 1.0  # the full row: λ = 1 unlearns nothing
     assert math.isnan(table.ess[0]) and table[table.method == "rkl"].ess.notna().all()
     # the live guide holds q(θ|D) again
-    assert torch.allclose(guide_moments(guide)[0], start[0])
+    assert torch.allclose(read_gaussian(guide)[0], start[0])
 
 
 def test_sweep_rejects_an_unknown_method(model, linreg, trained):

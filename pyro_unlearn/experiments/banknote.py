@@ -47,10 +47,10 @@ from tqdm import tqdm
 import pyro_unlearn as pu
 
 from ..forget import run_until_flat
+from ..guides import read_gaussian
 from ..metrics import (
     MembershipAttack,
     gaussian_kl,
-    guide_moments,
     mean_and_std,
     membership_attack,
     membership_inference,
@@ -203,7 +203,7 @@ def train_full_posterior(
     laplace_guide = AutoLaplaceApproximation(model, init_loc_fn=init_to_mean)
     map_seconds, map_loss = _find_map(laplace_guide, x, y, map_steps)
     laplace = laplace_guide.laplace_approximation(x, y)
-    laplace_loc, laplace_cov = (t.detach().clone() for t in guide_moments(laplace))
+    laplace_loc, laplace_cov = (t.detach().clone() for t in read_gaussian(laplace))
     guide = _make_guide(name, model, flow_transforms, flow_hidden)
     guide(x, y)  # build its parameters, then start them at the Laplace approximation
     cholesky = torch.linalg.cholesky(laplace_cov)
@@ -224,7 +224,7 @@ def train_full_posterior(
     )
     with torch.no_grad():
         if not isinstance(guide, pu.AutoZukoFlow):
-            loc, cov = guide_moments(guide)
+            loc, cov = read_gaussian(guide)
         else:  # a flow's moments by Monte Carlo over its packed latent vector (w, b)
             draws = guide.get_posterior().sample(torch.Size([20000]))
             loc, cov = draws.mean(0), draws.T.cov()
@@ -436,7 +436,7 @@ def quadrature_predictive(posterior, x: torch.Tensor, *, num_nodes: int = 64) ->
         >>> quadrature_predictive(q, x).exp()
         tensor([[0.5000, 0.5000]])
     """
-    loc, cov = guide_moments(posterior)  # TypeError for a flow: use per_example_loss instead
+    loc, cov = read_gaussian(posterior)  # TypeError for a flow: use per_example_loss instead
     if x.dim() != 2 or loc.shape != (x.shape[-1] + 1,):
         raise ValueError(
             f"x must be (points, {len(loc) - 1}) for a posterior over {len(loc)} parameters "

@@ -42,7 +42,8 @@ from tqdm import tqdm
 import pyro_unlearn as pu
 
 from ..forget import has_converged
-from ..metrics import gaussian_kl, guide_moments, membership_attack
+from ..guides import read_gaussian
+from ..metrics import gaussian_kl, membership_attack
 from .datasets import LinearRegressionData, linear_regression
 
 __all__ = [
@@ -333,10 +334,10 @@ def run(
         retrained, retrain_seconds = train(
             model, x[keep], y[keep], train_steps, progress, guide, train_lr
         )
-        ref = tuple(t.clone() for t in guide_moments(retrained))
+        ref = tuple(t.clone() for t in read_gaussian(retrained))
     q_guide, train_seconds = train(model, x, y, train_steps, progress, guide, train_lr)
     posterior = pu.freeze(q_guide)
-    full = tuple(t.clone() for t in guide_moments(q_guide))
+    full = tuple(t.clone() for t in read_gaussian(q_guide))
     features = _features(x)
     exact_d, exact_r = exact_posterior(x, y, noise), exact_posterior(x[keep], y[keep], noise)
 
@@ -401,7 +402,7 @@ def run(
         trace = [svi.step(x[erased], y[erased]) for _ in range(unlearn_steps)]
         seconds = time.perf_counter() - start
         label = f"{method} λ={lam:g}"
-        moments = tuple(t.clone() for t in guide_moments(q_guide))
+        moments = tuple(t.clone() for t in read_gaussian(q_guide))
         posteriors[label] = moments
         traces[label] = _block_means(trace, trace_blocks)
         rows.append(
@@ -473,7 +474,7 @@ def _gaussian(posterior: Any) -> tuple[torch.Tensor, torch.Tensor]:
                 f"a posterior given as a pair must be (loc, cov), got {len(posterior)}"
             )
         return torch.as_tensor(posterior[0]), torch.as_tensor(posterior[1])
-    return guide_moments(posterior)
+    return read_gaussian(posterior)
 
 
 def predictive_lines(

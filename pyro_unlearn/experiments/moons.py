@@ -85,10 +85,10 @@ from tqdm import tqdm
 import pyro_unlearn as pu
 
 from ..contrib.gpytorch import PyroSVGP, inducing_distribution, set_inducing_distribution
+from ..guides import read_gaussian, write_gaussian
 from ..metrics import (
     MembershipAttack,
     gaussian_kl,
-    guide_moments,
     mean_and_std,
     membership_attack,
     membership_inference,
@@ -329,15 +329,6 @@ def gaussian_entropy(cov: torch.Tensor) -> float:
     return 0.5 * float(torch.logdet(2 * math.pi * math.e * cov))
 
 
-def _set_gaussian(guide: AutoMultivariateNormal, loc: torch.Tensor, cov: torch.Tensor) -> None:
-    # AutoMultivariateNormal holds L = diag(scale) · (unit lower-triangular scale_tril)
-    cholesky = torch.linalg.cholesky(cov)
-    with torch.no_grad():
-        guide.loc.copy_(loc)
-    guide.scale = cholesky.diagonal().clone()
-    guide.scale_tril = cholesky / cholesky.diagonal().unsqueeze(-1)
-
-
 def train_full_posterior(
     model: SparseGPClassifier,
     x: torch.Tensor,
@@ -352,7 +343,7 @@ def train_full_posterior(
     loc, cov, info = gaussian_vi(model, x, y, num_nodes=num_nodes)
     guide = AutoMultivariateNormal(model)
     guide(x, y)
-    _set_gaussian(guide, loc, cov)
+    write_gaussian(guide, loc, cov)
     elbo = Trace_ELBO(num_particles=check_particles, vectorize_particles=True, max_plate_nesting=1)
     with torch.no_grad():
         info["mc_negative_elbo"] = float(elbo.loss(model, guide, x, y))
@@ -558,7 +549,7 @@ class ModelVariant:
     fit: Callable[..., tuple[torch.nn.Module, dict]]
     optimum: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     site: str = "u"
-    moments: Callable[..., tuple[torch.Tensor, torch.Tensor]] = guide_moments
+    moments: Callable[..., tuple[torch.Tensor, torch.Tensor]] = read_gaussian
     predictive: Callable[[Callable], Callable] | None = None
 
 
@@ -908,7 +899,7 @@ def quadrature_predictive(
     dims = model.inducing.shape[-1]
     if x.dim() != 2 or x.shape[-1] != dims:
         raise ValueError(f"x must be (points, {dims}), got shape {tuple(x.shape)}")
-    loc, cov = guide_moments(posterior)  # TypeError for a guide that is not Gaussian
+    loc, cov = read_gaussian(posterior)  # TypeError for a guide that is not Gaussian
     return _quadrature_log_predictive(model, loc, cov, x, num_nodes)
 
 
@@ -1002,7 +993,7 @@ def membership_study(
         )
         for _ in range(2)  # the second continues the random stream: the optimiser's noise
     ]
-    loc, cov = guide_moments(guide)
+    loc, cov = read_gaussian(guide)
     exact_loc, exact_cov = _plain_optimum(model, x_r, y_r, loc, cov)
     sweep = pu.lambda_sweep(
         model,
@@ -1024,7 +1015,7 @@ def membership_study(
     full_fit = (fit["seconds"], fit["iterations"], fit["converged"])
     chosen, fits = compared_posteriors(posterior, full_fit, references, sweep)
     fits["retrained (exact)"] = (None, None, None)
-    moments = {name: guide_moments(q) for name, q in chosen.items()}
+    moments = {name: read_gaussian(q) for name, q in chosen.items()}
     moments["retrained (exact)"] = (exact_loc, exact_cov)
     names = [*_REFERENCES, *(n for n in chosen if n not in _REFERENCES)]
     groups = {s: mia_nonmembers(data, mia_nonmembers_per_group, s) for s in seeds}

@@ -45,8 +45,8 @@ from tqdm import tqdm
 import pyro_unlearn as pu
 
 from ..exact import NotNormalizableError
-from ..infer.laplace import _ErasedLogLikelihood, _func, _ggn, _hessian_diagonal, _read_gaussian
-from ..infer.laplace import _gaussian_guide as _buffered_gaussian
+from ..guides import LatentLayout, latent_layout, read_gaussian, write_gaussian
+from ..infer.curvature import ErasedLogLikelihood
 from ..metrics import MembershipAttack, membership_attack
 from . import json_safe
 from .datasets import SineData, sine
@@ -136,19 +136,19 @@ def map_estimate(
 ) -> torch.Tensor:
     """θ_MAP (flat, unconstrained: the AutoDiagonalNormal layout) by L-BFGS on
     −log p(y|θ) − log p(θ) from θ₀ ~ N(0, 1) (seeded)."""
-    q = _layout(net, x, y)
-    loglik = _ErasedLogLikelihood(net, q, (x, y), {}, erased=None, plate=None)
+    layout, loc = _layout(net, x, y)
+    loglik = ErasedLogLikelihood(net, layout, x, y)  # erased=None: all of (x, y)
     prior_precision = net.prior_scale**-2
     g = torch.Generator().manual_seed(seed)
-    theta = torch.randn(q.loc.shape, generator=g, dtype=torch.float64)
-    theta = theta.to(q.loc).requires_grad_(True)
+    theta = torch.randn(loc.shape, generator=g, dtype=torch.float64)
+    theta = theta.to(loc).requires_grad_(True)
     optim = torch.optim.LBFGS(
         [theta], max_iter=steps, tolerance_grad=1e-7, history_size=50, line_search_fn="strong_wolfe"
     )
 
     def closure():
         with torch.no_grad():
-            gradient, value = _func(torch.func.grad_and_value(loglik), theta.detach())
+            value, gradient = loglik.value_and_grad(theta.detach())
         theta.grad = prior_precision * theta.detach() - gradient
         return 0.5 * prior_precision * theta.detach().square().sum() - value
 
@@ -181,14 +181,11 @@ def laplace_posterior(
     """
     if curvature not in ("diag", "ggn_diag"):
         raise ValueError(f"curvature must be 'diag' or 'ggn_diag', got {curvature!r}")
-    q = _layout(net, x, y)
+    layout, _ = _layout(net, x, y)
     theta = map_estimate(net, x, y, steps, seed) if theta_map is None else theta_map
-    loglik = _ErasedLogLikelihood(net, q, (x, y), {}, erased=None, plate=None)
+    loglik = ErasedLogLikelihood(net, layout, x, y)  # erased=None: all of (x, y)
     with torch.no_grad():
-        if curvature == "diag":
-            h = -_hessian_diagonal(loglik, theta, None, 64)
-        else:
-            h = _ggn(loglik, theta, True, 64)
+        h = loglik.curvature(theta, curvature)  # of −log p(y|θ), diagonal
         precision = net.prior_scale**-2 + h
         if not bool((precision > 0).all()):
             raise NotNormalizableError(
@@ -196,7 +193,9 @@ def laplace_posterior(
                 f"at θ_MAP (curvature={curvature!r}): the MAP search did not reach a minimum; "
                 "use curvature='ggn_diag', which is positive by construction"
             )
-        return _buffered_gaussian(q, theta, precision, (x, y), {})
+        guide = AutoDiagonalNormal(net)
+        guide._setup_prototype(x, y)  # Pyro's set-up, without reading the parameters
+        return write_gaussian(guide, theta, scale=precision.rsqrt(), buffers=True)
 
 
 def vi_posterior(
@@ -214,9 +213,9 @@ def vi_posterior(
     """Mean-field VI: an ``AutoDiagonalNormal`` trained by ``Trace_ELBO`` (vectorised particles,
     ClippedAdam with the learning rate decaying tenfold), its mean started at ``init`` (flat θ,
     e.g. the Laplace MAP of the same data)."""
-    q = _layout(net, x, y)
+    layout, _ = _layout(net, x, y)
     guide = AutoDiagonalNormal(
-        net, init_loc_fn=init_to_value(values=q.values(init)), init_scale=init_scale
+        net, init_loc_fn=init_to_value(values=layout.values(init)), init_scale=init_scale
     )
     optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps)})
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
@@ -226,13 +225,14 @@ def vi_posterior(
     return guide
 
 
-def _layout(net: SineNet, x: torch.Tensor, y: torch.Tensor):
-    """The flat unconstrained layout of ``net``'s latents (an untrained AutoDiagonalNormal's,
-    read in a scope of its own: its parameters never reach the param store)."""
+def _layout(net: SineNet, x: torch.Tensor, y: torch.Tensor) -> tuple[LatentLayout, torch.Tensor]:
+    """The flat unconstrained layout of ``net``'s latents and an untrained AutoDiagonalNormal's
+    loc (its dtype and device), read in a scope of its own: its parameters never reach the
+    param store."""
     with pyro.get_param_store().scope():
         guide = AutoDiagonalNormal(net)
         guide._setup_prototype(x, y)
-        return _read_gaussian(guide)
+        return latent_layout(guide), read_gaussian(guide, diagonal=True)[0]
 
 
 # -- predictives and their comparison -----------------------------------------------------------
@@ -255,10 +255,10 @@ def linearized_moments(net: SineNet, guide: AutoDiagonalNormal, x: torch.Tensor)
     The predictive a Laplace approximation is meant for (Immer et al., 2021): Monte-Carlo
     draws from a diagonal Laplace posterior of a network underfit badly."""
     dummy = x.new_zeros(x.shape[-2])  # observed, so that f draws no random numbers
-    q = _layout(net, x, dummy)
+    layout, _ = _layout(net, x, dummy)
 
     def f(theta):
-        return pyro.poutine.condition(net, data=q.values(theta))(x, dummy)
+        return pyro.poutine.condition(net, data=layout.values(theta))(x, dummy)
 
     with torch.no_grad(), pyro.validation_enabled(False):
         loc, scale = guide.loc.detach(), guide.scale.detach()
@@ -283,7 +283,7 @@ def _lbun(net, full, x, y, erased, lam: float, curvature: str, steps: int) -> tu
     ``failed`` (the NotNormalizableError's message), ``repaired`` (a retry with
     ``repair="clip"`` succeeded: a stand-in, not the division), ``warnings`` (their messages,
     e.g. L-BFGS short of a stationary point) and ``converged``."""
-    kwargs = dict(erased=erased, plate="data", lam=lam, curvature=curvature, steps=steps)
+    kwargs = dict(erased=erased, plate="data", retention=lam, curvature=curvature, steps=steps)
     outcome = dict(failed=None, repaired=False, converged=False, warnings=[])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -16,7 +16,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal
 import pyro_unlearn as pu
 from pyro_unlearn.experiments import datasets
 from pyro_unlearn.experiments import moons as experiment
-from pyro_unlearn.metrics import guide_moments
+from pyro_unlearn.guides import read_gaussian, write_gaussian
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +64,10 @@ def test_q_u_given_d_is_the_elbo_optimum(model, data):
     # Pyro's own Monte-Carlo ELBO at the optimum agrees with the quadrature's
     assert info["mc_negative_elbo"] == pytest.approx(info["negative_elbo"], abs=0.05)
     # and no Gaussian nearby does better: moving the mean or shrinking the covariance
-    loc, cov = (t.clone() for t in guide_moments(guide))
+    loc, cov = (t.clone() for t in read_gaussian(guide))
     elbo = Trace_ELBO(num_particles=20000, vectorize_particles=True, max_plate_nesting=1)
     for shift, scale in ((0.3, 1.0), (0.0, 0.7)):
-        experiment._set_gaussian(guide, loc + shift * cov.diagonal().sqrt(), scale * cov)
+        write_gaussian(guide, loc + shift * cov.diagonal().sqrt(), scale * cov)
         with torch.no_grad():
             assert elbo.loss(model, guide, data.x, data.y) > info["negative_elbo"] + 0.1
     # and L-BFGS from elsewhere (shifted mean, the prior's covariance) finds the same optimum

@@ -25,8 +25,8 @@ from pyro_unlearn.exact import (
 )
 from pyro_unlearn.experiments.datasets import linear_regression
 from pyro_unlearn.experiments.linear_regression import linear_model
-from pyro_unlearn.metrics import guide_moments
-from tests.gaussians import hold_gaussian
+from pyro_unlearn.guides import read_gaussian, write_gaussian
+from pyro_unlearn.results import UnlearningResult
 
 F64 = torch.float64
 # 100 points, the first 10 (an informative cluster) erased
@@ -50,7 +50,7 @@ def mvn_guide(loc, precision):
     """A live AutoMultivariateNormal holding N(loc, precision⁻¹) in its parameters."""
     guide = AutoMultivariateNormal(model)
     guide(DATA.x, DATA.y)
-    return hold_gaussian(guide, loc, precision)
+    return write_gaussian(guide, loc, torch.linalg.inv(precision))
 
 
 def unlearn_linear(guide, **kwargs):
@@ -66,10 +66,14 @@ def assert_exact(result, loc, precision):
     )
     torch.testing.assert_close(result.theta_star, target_loc, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(result.precision, target_precision, rtol=1e-10, atol=1e-9)
-    guide_loc, guide_cov = guide_moments(result.guide)
+    guide_loc, guide_cov = read_gaussian(result.guide)
     torch.testing.assert_close(guide_loc, target_loc, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(guide_cov.inverse(), target_precision, rtol=1e-9, atol=1e-8)
     assert result.converged and result.concave and not result.repaired
+    # the result's posterior: the same Gaussian, frozen (an UnlearningResult like every method's)
+    assert isinstance(result, UnlearningResult) and isinstance(result.posterior, pu.FrozenPosterior)
+    frozen_loc, frozen_cov = read_gaussian(result.posterior)
+    assert torch.equal(frozen_loc, guide_loc) and torch.equal(frozen_cov, guide_cov)
 
 
 # -- 1. acceptance: λ_L = 1 and the full Hessian reproduce the closed form ------------------------
@@ -92,7 +96,7 @@ def test_laplace_approximation_guide_reproduces_closed_form():
     for _ in range(500):
         svi.step(DATA.x, DATA.y)
     guide = map_guide.laplace_approximation(DATA.x, DATA.y)
-    loc, cov = guide_moments(guide)
+    loc, cov = read_gaussian(guide)
     exact_loc, exact_precision = exact_posterior(torch.arange(len(DATA.y)))
     torch.testing.assert_close(cov.inverse(), exact_precision, rtol=1e-9, atol=1e-8)
     assert torch.allclose(loc, exact_loc, atol=1e-2)  # a trained MAP, not the exact mean
@@ -123,23 +127,25 @@ def means_model(y):
         (AutoNormal, "ggn_diag", None),
     ],
 )
-@pytest.mark.parametrize("lam", [0.5, 3.0])  # λ_L > 1: a stronger hold on q(θ|D)
-def test_lam_weighs_only_the_retention_term(kind, curvature, probes, lam):
+@pytest.mark.parametrize("retention", [0.5, 3.0])  # λ_L > 1: a stronger hold on q(θ|D)
+def test_retention_weighs_only_the_retention_term(kind, curvature, probes, retention):
     """θ* solves (λ_L Λ_D − H_e) θ = λ_L Λ_D μ_D − Σ_e y_e / σ², and Λ̃ = Λ_D − H_e (no λ_L)."""
     guide = kind(means_model, init_loc_fn=init_to_sample, init_scale=0.2)
     guide(GROUP_Y)
-    loc, cov = guide_moments(guide)
+    loc, cov = read_gaussian(guide)
     erased = torch.tensor([0, 2, 3, 5])
     counts = torch.bincount(GROUPS[erased], minlength=3).to(F64)
     sums = torch.zeros(3, dtype=F64).index_add_(0, GROUPS[erased], GROUP_Y[erased])
     H_e = torch.diag(counts / 0.25)
     precision = cov.inverse()
-    expected = torch.linalg.solve(lam * precision - H_e, lam * precision @ loc - sums / 0.25)
+    expected = torch.linalg.solve(
+        retention * precision - H_e, retention * precision @ loc - sums / 0.25
+    )
     result = pu.laplace_unlearn(
-        means_model, guide, GROUP_Y, erased=erased, plate="data", lam=lam,
+        means_model, guide, GROUP_Y, erased=erased, plate="data", retention=retention,
         curvature=curvature, probes=probes,
     )  # fmt: skip
-    assert result.lam == lam and result.converged
+    assert result.retention == retention and result.converged
     torch.testing.assert_close(result.theta_star, expected, rtol=1e-7, atol=1e-7)
     dense = result.precision if result.precision.dim() == 2 else torch.diag(result.precision)
     torch.testing.assert_close(dense, precision - H_e, rtol=1e-10, atol=1e-10)
@@ -312,7 +318,7 @@ def dense_references(theta, y, likelihood):
 def test_diagonals_match_dense_references(likelihood):
     guide, y = small_guide(AutoDiagonalNormal, likelihood)
     prior = guide.scale.detach() ** -2
-    result = small_unlearn(guide, y, likelihood, curvature="ggn_diag", lam=0.5)
+    result = small_unlearn(guide, y, likelihood, curvature="ggn_diag", retention=0.5)
     assert result.converged and result.optimizer == "lbfgs"
     dense_hessian, dense_ggn = dense_references(result.theta_star, y, likelihood)
     torch.testing.assert_close(prior - result.precision, dense_ggn.diagonal(), rtol=1e-9, atol=1e-9)
@@ -321,7 +327,7 @@ def test_diagonals_match_dense_references(likelihood):
     pull = 0.5 * prior * (result.theta_star - guide.loc.detach())
     assert float(pull.abs().max()) > 0.1  # θ* moved away from μ_D
     torch.testing.assert_close(pull, nll_grad, rtol=0, atol=1e-5)
-    exact = small_unlearn(guide, y, likelihood, curvature="diag", lam=0.5)
+    exact = small_unlearn(guide, y, likelihood, curvature="diag", retention=0.5)
     torch.testing.assert_close(exact.theta_star, result.theta_star)
     torch.testing.assert_close(
         prior - exact.precision, dense_hessian.diagonal(), rtol=1e-8, atol=1e-8
@@ -329,7 +335,7 @@ def test_diagonals_match_dense_references(likelihood):
     assert not torch.allclose(dense_hessian.diagonal(), dense_ggn.diagonal(), atol=1e-3)
     # Hutchinson: unbiased, with standard error sqrt(Σ_{j≠i} H_ij² / probes) per entry
     probes = 400
-    estimate = small_unlearn(guide, y, likelihood, curvature="diag", lam=0.5, probes=probes)
+    estimate = small_unlearn(guide, y, likelihood, curvature="diag", retention=0.5, probes=probes)
     off = dense_hessian - torch.diag_embed(dense_hessian.diagonal())
     stderr = (off**2).sum(-1).div(probes).sqrt()
     error = (prior - estimate.precision) - dense_hessian.diagonal()
@@ -347,7 +353,7 @@ def dense_references_nll(theta, y, likelihood):
 @pytest.mark.parametrize("likelihood", ["normal", "categorical"])
 def test_dense_ggn_and_hessian_match_references(likelihood):
     guide, y = small_guide(AutoMultivariateNormal, likelihood)
-    prior = guide_moments(guide)[1].inverse()
+    prior = read_gaussian(guide)[1].inverse()
     for curvature in ("ggn", "full"):
         result = small_unlearn(guide, y, likelihood, curvature=curvature)
         dense_hessian, dense_ggn = dense_references(result.theta_star, y, likelihood)
@@ -369,7 +375,7 @@ def test_bernoulli_ggn_is_the_hessian_for_logistic_regression(parameter):
     x, y = DATA.x[:30], (DATA.y[:30] > 0).to(F64)
     guide = AutoMultivariateNormal(logistic_model, init_loc_fn=init_to_sample, init_scale=0.1)
     guide(x, y)
-    kwargs = {"erased": torch.arange(10), "plate": "data", "lam": 0.7}
+    kwargs = {"erased": torch.arange(10), "plate": "data", "retention": 0.7}
     full = pu.laplace_unlearn(logistic_model, guide, x, y, curvature="full", **kwargs)
     ggn = pu.laplace_unlearn(logistic_model, guide, x, y, curvature="ggn", **kwargs)
     diag = pu.laplace_unlearn(logistic_model, guide, x, y, curvature="ggn_diag", **kwargs)
@@ -377,7 +383,7 @@ def test_bernoulli_ggn_is_the_hessian_for_logistic_regression(parameter):
     torch.testing.assert_close(ggn.precision, full.precision, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(diag.theta_star, full.theta_star, rtol=1e-6, atol=1e-6)
     p = torch.sigmoid(x[:10] @ diag.theta_star)
-    expected = guide_moments(guide)[1].inverse().diagonal() - (p * (1 - p)) @ x[:10] ** 2
+    expected = read_gaussian(guide)[1].inverse().diagonal() - (p * (1 - p)) @ x[:10] ** 2
     torch.testing.assert_close(diag.precision.diagonal(), expected, rtol=1e-9, atol=1e-9)
 
 
@@ -420,7 +426,7 @@ def test_result_guide_works_and_original_is_untouched():
     stderr = (cov.diagonal() / 1000).sqrt()
     assert bool(((theta.mean(0) - result.theta_star).abs() < 5 * stderr).all())
     frozen = pu.freeze(result.guide, DATA.x, DATA.y)
-    frozen_loc, frozen_cov = guide_moments(frozen)
+    frozen_loc, frozen_cov = read_gaussian(frozen)
     torch.testing.assert_close(frozen_loc, result.theta_star)
     torch.testing.assert_close(frozen_cov, cov, rtol=1e-9, atol=1e-12)
     loss = pu.ReverseKL(frozen, num_particles=8, vectorize_particles=True)  # as a posterior
@@ -437,7 +443,7 @@ def test_result_guide_works_and_original_is_untouched():
         assert torch.equal(v.detach(), before[k]), k
     for k, v in guide.state_dict().items():
         assert torch.equal(v, state[k]), k
-    assert torch.equal(guide_moments(guide)[0], loc)
+    assert torch.equal(read_gaussian(guide)[0], loc)
 
 
 def test_autonormal_original_is_untouched():
@@ -452,7 +458,7 @@ def test_autonormal_original_is_untouched():
     for k, v in store.items():
         assert torch.equal(v.detach(), before[k]), k
     for unlearned in (result.guide, pu.freeze(result.guide, DATA.x, DATA.y)):
-        new_loc, new_cov = guide_moments(unlearned)
+        new_loc, new_cov = read_gaussian(unlearned)
         torch.testing.assert_close(new_loc, result.theta_star)
         torch.testing.assert_close(new_cov.diagonal(), result.precision.reciprocal())
 
@@ -460,11 +466,11 @@ def test_autonormal_original_is_untouched():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"lam": 0.0}, ValueError, "positive finite"),
-        ({"lam": -0.5}, ValueError, "positive finite"),
-        ({"lam": float("inf")}, ValueError, "positive finite"),
-        ({"lam": float("nan")}, ValueError, "positive finite"),
-        ({"lam": "big"}, TypeError, "lam"),
+        ({"retention": 0.0}, ValueError, "positive finite"),
+        ({"retention": -0.5}, ValueError, "positive finite"),
+        ({"retention": float("inf")}, ValueError, "positive finite"),
+        ({"retention": float("nan")}, ValueError, "positive finite"),
+        ({"retention": "big"}, TypeError, "retention"),
         ({"curvature": "kfac"}, ValueError, "curvature"),
         ({"repair": "yes"}, ValueError, "repair"),
         ({"repair": "clip", "floor": -1.0}, ValueError, "floor"),
