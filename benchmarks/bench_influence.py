@@ -41,8 +41,9 @@ import pyro_unlearn as pu
 from pyro_unlearn.exact import gaussian_linear_posterior
 from pyro_unlearn.experiments.datasets import linear_regression
 from pyro_unlearn.experiments.machine import machine_info
+from pyro_unlearn.guides import read_gaussian
 from pyro_unlearn.infer.influence import influence_unlearn
-from pyro_unlearn.metrics import gaussian_kl, guide_moments
+from pyro_unlearn.metrics import gaussian_kl
 
 METHODS = ("none", "bif", "eubo", "finetune", "retrain")
 NOISE = 0.5
@@ -108,7 +109,7 @@ def one_size(num_remaining: int, opts, device, dtype) -> dict:
         }
 
     row: dict = {"num_remaining": num_remaining, "num_erased": opts.num_erased}
-    row["none"] = {"seconds": 0.0, **quality(*guide_moments(posterior))}
+    row["none"] = {"seconds": 0.0, **quality(*read_gaussian(posterior))}
     if "bif" in opts.methods:
         row["bif"] = run_bif(guide, x_r, y_r, x_e, y_e, opts, device, quality)
     common = dict(num_steps=opts.svi_steps, progress=False)
@@ -131,7 +132,7 @@ def one_size(num_remaining: int, opts, device, dtype) -> dict:
             "seconds": eubo.seconds,
             "svi_steps": eubo.num_steps,
             "converged": eubo.converged,
-            **quality(*guide_moments(guide)),
+            **quality(*read_gaussian(guide)),
         }
         posterior.restore(guide)
     for name, init in (("finetune", "posterior"), ("retrain", "prior")):
@@ -144,7 +145,7 @@ def one_size(num_remaining: int, opts, device, dtype) -> dict:
             "seconds": ref.seconds,
             "svi_steps": len(ref.losses),
             "converged": ref.converged,
-            **quality(*guide_moments(ref.posterior)),
+            **quality(*read_gaussian(ref.posterior)),
         }
     return row
 
@@ -161,9 +162,9 @@ def run_bif(guide, x_r, y_r, x_e, y_e, opts, device, quality) -> dict:
     bif = influence_unlearn(
         model,
         guide,
-        remaining,
         x_e,
         y_e,
+        remaining=remaining,
         num_particles=opts.particles,
         retain_graph=not opts.batch_size,
         seed=opts.seed,
@@ -176,7 +177,7 @@ def run_bif(guide, x_r, y_r, x_e, y_e, opts, device, quality) -> dict:
         "hessian_vector_products": bif.hessian_vector_products,
         "model_evaluations": bif.model_evaluations,
         "num_batches": bif.num_batches,
-        **quality(*guide_moments(bif.guide)),
+        **quality(*read_gaussian(bif.posterior)),
     }
 
 

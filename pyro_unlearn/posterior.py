@@ -3,8 +3,9 @@
 Pyro keeps a guide's parameters in the global param store, and ``copy.deepcopy`` of an
 AutoGuide is *not* independent (its params rebind to the live guide's on the next call). The
 frozen posterior therefore keeps its own parameter tensors (``requires_grad=False``, from an
-independent deep copy) and runs the guide with the param store's contents swapped for them and
-its parameters hidden, so neither later training of the live guide nor an SVI step can change it.
+independent deep copy) in a :class:`~pyro_unlearn.params.ParamSnapshot` and runs the guide with
+that snapshot as the param store and its parameters hidden, so neither later training of the
+live guide nor an SVI step can change it.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
 from .guides.gaussian import GAUSSIAN_DISTRIBUTIONS
+from .params import ParamSnapshot
 from .traces import latent_sites, max_plate_nesting, sum_sites_per_particle
 
-__all__ = ["FrozenPosterior", "freeze", "independent_copy", "register_in_empty_store"]
+__all__ = ["FrozenPosterior", "freeze", "independent_copy"]
 
 
 def _base_distribution(fn: Any) -> Any:
@@ -58,26 +60,6 @@ def _clear_transform_caches(module: torch.nn.Module) -> None:
                     setattr(m, name, None)
 
 
-@contextlib.contextmanager
-def _param_store_swapped(
-    params: dict, constraints: dict, names: dict | None = None
-) -> Iterator[None]:
-    """Run with the global param store holding exactly ``params``, then put the live ones back.
-
-    Not ``ParamStoreDict.scope()``: its ``get_state()`` strips the ``.unconstrained`` weakref
-    from live tensors whose constraint is ``real`` (the constrained value *is* that tensor), which
-    breaks a surrounding ``SVI.step``. Swapping the store's three dicts is O(1) and touches nothing.
-    """
-    store = pyro.get_param_store()
-    saved = store._params, store._constraints, store._param_to_name
-    store._params, store._constraints = params, constraints
-    store._param_to_name = names if names is not None else {v: n for n, v in params.items()}
-    try:
-        yield
-    finally:
-        store._params, store._constraints, store._param_to_name = saved
-
-
 class FrozenPosterior:
     """An immutable q(θ|D): samples, scores θ, and knows log q* = max_θ log q(θ|D).
 
@@ -94,17 +76,21 @@ class FrozenPosterior:
     """
 
     def __init__(
-        self, guide: Callable, state: dict, *, is_module: bool, args=(), kwargs=None, mode=None
+        self,
+        guide: Callable,
+        params: ParamSnapshot,
+        *,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        mode: dict | None = None,
     ) -> None:
         self._guide = guide
-        self._state = state
-        self._is_module = is_module
+        self._params = params
         self._args, self._kwargs = tuple(args), dict(kwargs or {})
         self._mode_settings = dict(mode or {})
         self._log_q_max: torch.Tensor | None = None
         self._mode: dict[str, torch.Tensor] = {}
         self._mode_info: dict[str, Any] = {}
-        self._names = {value: name for name, value in state["params"].items()}
         self.sites: list[str] = latent_sites(self.sample(*self._args, **self._kwargs))
 
     # -- running the frozen guide ---------------------------------------------------------------
@@ -112,16 +98,20 @@ class FrozenPosterior:
     def context(self) -> Iterator[None]:
         """Inside it, the global param store holds exactly the frozen parameters, so code that
         reads the frozen guide's parameters directly (e.g. ``read_gaussian(posterior.guide)``)
-        sees q(θ|D) and nothing it registers leaks into the live store."""
-        params, constraints = dict(self._state["params"]), dict(self._state["constraints"])
-        names = dict(self._names)  # the tensors never change identity: map derived once
-        with _param_store_swapped(params, constraints, names):
+        sees q(θ|D) and nothing it registers leaks into the live store or the frozen state."""
+        with self._params.copy().active():
             yield
 
     @property
     def guide(self) -> Callable:
         """The frozen copy of the guide. Read its parameters only inside :meth:`context`."""
         return self._guide
+
+    @property
+    def params(self) -> ParamSnapshot:
+        """A copy of q(θ|D)'s parameters, by param-store name (new tensors: the posterior stays
+        as it is whatever is done to them)."""
+        return self._params.clone()
 
     def __call__(self, *args, **kwargs):
         with self.context(), poutine.block(hide_types=["param"]):
@@ -247,7 +237,7 @@ class FrozenPosterior:
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain values only, so ``torch.load(path, weights_only=True)`` reads it."""
         return {
-            "params": {n: p.detach().clone() for n, p in self._state["params"].items()},
+            "params": dict(self._params.clone()),
             "log_q_max": self.log_q_max.detach().clone(),
             "mode": {n: v.clone() for n, v in self.mode.items()},
             "mode_info": dict(self.mode_info),
@@ -256,7 +246,7 @@ class FrozenPosterior:
 
     def load_state_dict(self, state: dict[str, Any]) -> FrozenPosterior:
         """Load a :meth:`state_dict` into a posterior frozen from a guide of the same structure."""
-        ours, theirs = self._state["params"], state["params"]
+        ours, theirs = self._params, state["params"]
         if set(ours) != set(theirs):
             raise ValueError(
                 f"saved parameters {sorted(theirs)} do not match this guide's {sorted(ours)}"
@@ -282,27 +272,26 @@ class FrozenPosterior:
         from-the-original unlearning run). Only the live guide's param-store tensors change; a
         guide that has not registered them yet is run once (with the arguments it was frozen
         with) to do so."""
-        live = dict(pyro.get_param_store().named_parameters())
-        if any(n not in live for n in self._state["params"]):
+        store = pyro.get_param_store()
+        if any(n not in store for n in self._params):
             with poutine.block():
                 poutine.trace(guide, param_only=True).get_trace(*self._args, **self._kwargs)
-            live = dict(pyro.get_param_store().named_parameters())
-        missing = [n for n in self._state["params"] if n not in live]
+        missing = [n for n in self._params if n not in store]
         if missing:
             raise ValueError(f"the live guide has no parameters {missing}; call it once first")
-        with torch.no_grad():
-            for name, value in self._state["params"].items():
-                live[name].copy_(value)
+        self._params.restore()
 
     def __repr__(self) -> str:
-        kind = type(self._guide).__name__ if self._is_module else self._guide.__name__
+        is_module = isinstance(self._guide, PyroModule)
+        kind = type(self._guide).__name__ if is_module else self._guide.__name__
         found = "not yet found" if self._log_q_max is None else f"{float(self._log_q_max):.4g}"
         return f"FrozenPosterior({kind}, log_q_max={found}, sites={self.sites})"
 
 
 def independent_copy(guide: PyroModule) -> PyroModule:
     """A deep copy of a PyroModule guide that shares nothing with it, not even param-store names'
-    tensors: run it inside an empty (swapped) store and it registers its own copies.
+    tensors: run it against a private store (``ParamSnapshot().register(copy, *args)``) and it
+    registers its own copies.
 
     ``AutoGuide.__getstate__`` sets ``_model`` and ``master`` to None on the *original* during a
     deepcopy; both are given back (and the copy gets the same model reference).
@@ -320,16 +309,6 @@ def independent_copy(guide: PyroModule) -> PyroModule:
         if m in refs:
             c._model = refs[m][0]
     return copied
-
-
-def register_in_empty_store(guide: Callable, *args, **kwargs) -> tuple[dict, dict]:
-    """Call ``guide`` once with an empty param store swapped in; return the ``(params,
-    constraints)`` it registered, keyed by param-store name, in the order it registered them."""
-    registered: tuple[dict, dict] = ({}, {})
-    with _param_store_swapped(*registered), poutine.block():
-        trace = poutine.trace(guide, param_only=True).get_trace(*args, **kwargs)
-    names = [n for n, s in trace.nodes.items() if s["type"] == "param"]
-    return {n: registered[0][n] for n in names}, {n: registered[1][n] for n in names}
 
 
 def _check_scores_external_points(posterior: FrozenPosterior) -> None:
@@ -363,14 +342,30 @@ def freeze(
     r"""Snapshot a trained guide as the immutable q(θ|D) that unlearning starts from.
 
     Works for Pyro AutoGuides (and any :class:`~pyro.nn.PyroModule` guide) and for plain guide
-    functions that use ``pyro.param``. ``*args, **kwargs`` are the guide's arguments, needed only
-    for guides that cannot be called without them. log q* = max_θ log q(θ|D) (the adjusted
-    likelihood's threshold is log λ + log q*) is found on first use: exactly when every auxiliary
-    site is Gaussian, otherwise as the best of ``mode_samples`` draws, refined by ``mode_steps``
-    Adam steps on log q from the ``mode_starts`` best, all batched (see ``mode_info``). Guides
-    that cannot score points they did not sample are refused with a ``TypeError``.
+    functions that use ``pyro.param`` (their parameters are read with
+    :meth:`ParamSnapshot.take <pyro_unlearn.params.ParamSnapshot.take>`, which registers
+    nothing in the live store). log q* = max_θ log q(θ|D) (the adjusted likelihood's threshold
+    is log λ + log q*) is found on first use: exactly when every auxiliary site is Gaussian,
+    otherwise as the best of ``mode_samples`` draws, refined by ``mode_steps`` Adam steps on
+    log q from the ``mode_starts`` best, all batched (see ``mode_info``).
 
-    Example::
+    Arguments:
+        guide: the trained guide (a :class:`FrozenPosterior` is returned as it is).
+        *args, **kwargs: the guide's arguments, needed only for guides that cannot be called
+            without them.
+        mode_samples, mode_starts, mode_steps, mode_lr: the numeric search for log q*.
+
+    Returns:
+        The :class:`FrozenPosterior` q(θ|D).
+
+    Raises:
+        TypeError: for a guide that is not callable, registers plain ``nn.Module``\ s from a
+            function, or cannot score points it did not sample.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+
+    Example:
 
         >>> import pyro, torch, pyro.distributions as dist
         >>> from pyro.infer.autoguide import AutoNormal
@@ -385,45 +380,29 @@ def freeze(
         return guide
     if not callable(guide):
         raise TypeError(f"freeze expects a guide (callable), got {type(guide)}")
-    store = pyro.get_param_store()
     if isinstance(guide, PyroModule):
         frozen = independent_copy(guide)
         # The copy's own tensors, registered in an empty store, become the snapshot: nothing of
         # the live guide is shared. Register before switching gradients off: ``pyro.module``
         # (plain nn.Module children, e.g. a zuko flow) skips tensors that do not require grad.
-        params, constraints = register_in_empty_store(frozen, *args, **kwargs)
+        registered = ParamSnapshot()
+        params = registered.select(registered.register(frozen, *args, **kwargs))
         frozen.requires_grad_(False)
         for p in params.values():
             p.requires_grad_(False)
         for m in frozen.modules():
             if not isinstance(m, PyroModule):
                 m.train(False)  # frozen plain-module tensors: pyro.module skips them quietly
-        snapshot = {"params": params, "constraints": constraints}
     else:
-        with poutine.block():
-            trace = poutine.trace(guide, param_only=True).get_trace(*args, **kwargs)
-        names = [n for n, s in trace.nodes.items() if s["type"] == "param"]
-        modules = [n for n in names if "$$$" in n]
+        params = ParamSnapshot.take(guide, *args, **kwargs)
+        modules = [n for n in params if "$$$" in n]
         if modules:
             raise TypeError(
                 f"cannot freeze a guide function that registers nn.Modules ({modules[0]!r}): "
                 "write the guide as a pyro.nn.PyroModule, whose tensors can be snapshot"
             )
-        live = dict(store.named_parameters())
-        params = {
-            n: torch.nn.Parameter(live[n].detach().clone(), requires_grad=False) for n in names
-        }
-        constraints = {n: store._constraints[n] for n in names}
-        snapshot = {"params": params, "constraints": constraints}
         frozen = guide
     settings = dict(samples=mode_samples, starts=mode_starts, steps=mode_steps, lr=mode_lr)
-    posterior = FrozenPosterior(
-        frozen,
-        snapshot,
-        is_module=isinstance(guide, PyroModule),
-        args=args,
-        kwargs=kwargs,
-        mode=settings,
-    )
+    posterior = FrozenPosterior(frozen, params, args=args, kwargs=kwargs, mode=settings)
     _check_scores_external_points(posterior)
     return posterior

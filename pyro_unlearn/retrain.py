@@ -10,13 +10,15 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoGuide
 
 from .forget import run_until_flat
-from .posterior import FrozenPosterior, _param_store_swapped, freeze, independent_copy
+from .params import ParamSnapshot
+from .posterior import FrozenPosterior, freeze, independent_copy
+from .results import UnlearningResult
 
 __all__ = ["RetrainResult", "retrain"]
 
 
-@dataclass
-class RetrainResult:
+@dataclass(kw_only=True)
+class RetrainResult(UnlearningResult):
     """What :func:`retrain` returns.
 
     Attributes:
@@ -28,8 +30,6 @@ class RetrainResult:
 
     posterior: FrozenPosterior
     losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    converged: bool = False
 
 
 def retrain(
@@ -45,19 +45,39 @@ def retrain(
     progress: bool = True,
     **kwargs,
 ) -> RetrainResult:
-    """Fit q(θ|D_r) by Trace_ELBO on the remaining data, without touching ``guide``.
+    r"""Fit q(θ|D_r) by Trace_ELBO on the remaining data, without touching ``guide``.
 
-    Trains an independent copy of ``guide`` in an empty param store, so the live guide, its
-    parameters and anything frozen from it are left as they are. ``init="posterior"`` starts
-    from the guide's current values, q(θ|D) (the Variational Bayesian Unlearning authors'
-    choice); ``init="prior"`` re-initialises an AutoGuide as when it was built (its
-    ``init_loc_fn``). Stops at ``num_steps`` or once the loss is flat
-    (:func:`~pyro_unlearn.forget.has_converged` over ``window`` steps, the rule :func:`forget`
-    uses), so retraining and unlearning times compare like for like. ``*args, **kwargs`` are
-    D_r, as the model takes it. The default optimiser is ClippedAdam, ``lr`` decaying tenfold
-    over ``num_steps``.
+    .. math:: q(θ|D_r) = \arg\max_q \; E_q[\log p(D_r|θ) + \log p(θ) − \log q(θ)].
 
-    Example (``tests/test_retrain.py`` runs it)::
+    Trains an independent copy of ``guide`` in a private, empty param store
+    (:class:`~pyro_unlearn.params.ParamSnapshot`), so the live guide, its parameters and anything
+    frozen from it are left as they are. Stops at ``num_steps`` or once the loss is flat
+    (:func:`~pyro_unlearn.forget.has_converged` over ``window`` steps, the rule
+    :func:`~pyro_unlearn.forget` uses), so retraining and unlearning times compare like for like.
+
+    Arguments:
+        model: the Pyro model.
+        guide: a ``PyroModule`` guide trained on D (e.g. an AutoGuide).
+        *args, **kwargs: D_r, as the model takes it.
+        init: ``"posterior"`` starts from the guide's current values, q(θ|D) (the choice of
+            Nguyen et al.); ``"prior"`` re-initialises an AutoGuide as when it was built (its
+            ``init_loc_fn``).
+        num_steps: the most SVI steps.
+        window: the steps over which the loss must be flat to stop early.
+        lr: the default optimiser's learning rate (ClippedAdam, decaying tenfold over
+            ``num_steps``).
+        num_particles: Trace_ELBO's particles (vectorised).
+        optim: an optimiser instead of the default.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`RetrainResult`: the frozen ``posterior`` q(θ|D_r), the ``losses``,
+        ``seconds`` and whether the run ``converged``.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+
+    Example::
 
         reference = retrain(model, guide, x[keep], y[keep])
         reference.posterior, reference.seconds, reference.converged
@@ -76,7 +96,7 @@ def retrain(
     if optim is None:
         optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / max(num_steps, 1))})
     loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
-    with _param_store_swapped({}, {}):  # the copy registers its own tensors here
+    with ParamSnapshot().active():  # a private, empty store: the copy registers its own tensors
         svi = SVI(model, work, optim, loss)
         losses, converged, seconds = run_until_flat(
             lambda: svi.step(*args, **kwargs),
@@ -86,4 +106,4 @@ def retrain(
             progress,
         )
         posterior = freeze(work, *args, **kwargs)
-    return RetrainResult(posterior, losses, seconds, converged)
+    return RetrainResult(posterior=posterior, losses=losses, seconds=seconds, converged=converged)

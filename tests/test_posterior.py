@@ -153,3 +153,19 @@ def test_bad_guides():
 
     with pytest.raises(TypeError, match="PyroModule"):
         pu.freeze(module_guide)
+
+
+def test_params_are_a_copy_and_freezing_registers_nothing():
+    def guide():
+        loc = pyro.param("loc", torch.tensor(0.5))
+        pyro.sample("s", dist.Normal(loc, 1.0))
+
+    posterior = pu.freeze(guide)  # never run: frozen at its initial values
+    assert "loc" not in pyro.get_param_store()
+    params = posterior.params
+    assert list(params) == ["loc"] and float(params["loc"]) == 0.5
+    params["loc"].add_(1.0)  # the copy changes, q(θ|D) does not
+    assert float(posterior.params["loc"]) == 0.5
+    trace = posterior.sample()
+    trace.nodes["s"]["value"] = torch.tensor(0.5)
+    assert float(posterior.log_prob(trace)) == pytest.approx(-0.5 * math.log(2 * math.pi))

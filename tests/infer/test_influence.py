@@ -8,8 +8,8 @@ import pyro_unlearn as pu
 from pyro_unlearn.exact import gaussian_linear_posterior
 from pyro_unlearn.experiments.datasets import linear_regression
 from pyro_unlearn.experiments.linear_regression import linear_model
-from pyro_unlearn.infer.influence import IndefiniteHessianError, influence_unlearn
 from pyro_unlearn.guides import read_gaussian, write_gaussian
+from pyro_unlearn.infer.influence import IndefiniteHessianError, influence_unlearn
 
 F64 = torch.float64
 # 100 points, the first 10 (an informative cluster) erased
@@ -78,9 +78,9 @@ def unlearn_linear(guide, **kwargs):
     return influence_unlearn(
         model,
         guide,
-        D_R,
         DATA.x,
         DATA.y,
+        remaining=D_R,
         erased=DATA.erased,
         plate="data",
         progress=False,
@@ -93,7 +93,7 @@ def unlearn_linear(guide, **kwargs):
 def test_one_step_reaches_exact_remaining_mean_full_covariance(antithetic, tol):
     guide = mvn_guide(*FULL)  # q(θ|D) = p(θ|D) exactly
     result = unlearn_linear(guide, antithetic=antithetic, seed=0)
-    loc, cov = read_gaussian(result.guide)
+    loc, cov = read_gaussian(result.posterior)
     target_loc, target_precision = REMAINING
     # the bar is 5 %; with antithetic pairs the mean update is exact: −ELBO is quadratic
     # in the mean and every term linear in ε cancels, so H_r's mean block is Λ_r
@@ -107,6 +107,7 @@ def test_one_step_reaches_exact_remaining_mean_full_covariance(antithetic, tol):
     assert result.iterations[0] <= 15 and result.residuals[0] <= 1e-7  # 15 parameters
     assert result.hessian_vector_products == result.iterations[0]
     assert result.solver == "cg" and result.lissa_scale is None
+    assert result.converged
 
 
 @pytest.mark.parametrize("kind", [AutoNormal, AutoDiagonalNormal])
@@ -114,8 +115,8 @@ def test_one_step_mean_field_guides(kind):
     # the mean-field optimum on a Gaussian posterior has the exact mean, and H_r's mean block
     # is the full Λ_r (the locs are coupled through the likelihood): one step is exact
     result = unlearn_linear(mean_field_guide(kind, *FULL), seed=1)
-    assert relative_error(read_gaussian(result.guide)[0], REMAINING[0]) < 1e-9
-    assert type(result.guide.guide).__name__ == kind.__name__
+    assert relative_error(read_gaussian(result.posterior)[0], REMAINING[0]) < 1e-9
+    assert type(result.posterior.guide).__name__ == kind.__name__
 
 
 def test_hand_written_guide_with_pyro_param():
@@ -135,10 +136,10 @@ def test_hand_written_guide_with_pyro_param():
         pyro.sample("b", dist.Delta(theta[..., 2]))
 
     guide(*D_E)
-    result = influence_unlearn(model, guide, D_R, *D_E, progress=False, seed=2)
+    result = influence_unlearn(model, guide, *D_E, remaining=D_R, progress=False, seed=2)
     assert sorted(result.step) == ["q_loc", "q_tril"]
     torch.testing.assert_close(loc + result.step["q_loc"], REMAINING[0], rtol=1e-9, atol=1e-9)
-    with result.guide.context():
+    with result.posterior.context():
         torch.testing.assert_close(pyro.param("q_loc"), REMAINING[0], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(pyro.param("q_loc").detach(), loc)  # the live one stayed
 
@@ -151,8 +152,8 @@ def test_two_steps_correct_an_unconverged_guide():
     one = unlearn_linear(guide, seed=3)
     two = unlearn_linear(guide, steps=2, seed=3)
     assert one.gradient_mismatch > 0.1
-    assert relative_error(read_gaussian(one.guide)[0], REMAINING[0]) > 1e-3
-    assert relative_error(read_gaussian(two.guide)[0], REMAINING[0]) < 1e-9
+    assert relative_error(read_gaussian(one.posterior)[0], REMAINING[0]) > 1e-3
+    assert relative_error(read_gaussian(two.posterior)[0], REMAINING[0]) < 1e-9
     assert len(two.iterations) == 2 and two.model_evaluations == 2
 
 
@@ -160,12 +161,18 @@ def test_two_steps_correct_an_unconverged_guide():
 @pytest.mark.parametrize("retain_graph", [True, False])
 def test_mini_batches_give_the_full_batch_step(retain_graph):
     guide = mvn_guide(*FULL)
-    whole = influence_unlearn(batched_model, guide, D_R, *D_E, progress=False, seed=4)
+    whole = influence_unlearn(batched_model, guide, *D_E, remaining=D_R, progress=False, seed=4)
     size = len(KEEP)
     parts = [torch.arange(0, 50), torch.arange(50, 80), torch.arange(80, size)]  # uneven
     batches = [(D_R[0][i], D_R[1][i], i, size) for i in parts]
     result = influence_unlearn(
-        batched_model, guide, batches, *D_E, progress=False, seed=4, retain_graph=retain_graph
+        batched_model,
+        guide,
+        *D_E,
+        remaining=batches,
+        progress=False,
+        seed=4,
+        retain_graph=retain_graph,
     )
     # the same ε for every mini-batch, weighted by its share of D_r: F_r exactly
     for name, step in whole.step.items():
@@ -179,9 +186,9 @@ def test_batches_without_subsampling_are_refused():
     guide = mvn_guide(*FULL)
     halves = [(D_R[0][:45], D_R[1][:45]), (D_R[0][45:], D_R[1][45:])]
     with pytest.raises(ValueError, match="subsamples no plate"):
-        influence_unlearn(model, guide, halves, *D_E, progress=False)
+        influence_unlearn(model, guide, *D_E, remaining=halves, progress=False)
     with pytest.raises(TypeError, match="one-shot iterator"):
-        influence_unlearn(model, guide, iter(halves), *D_E, progress=False)
+        influence_unlearn(model, guide, *D_E, remaining=iter(halves), progress=False)
 
 
 # -- solvers ---------------------------------------------------------------------------------------
@@ -198,12 +205,12 @@ def test_cg_and_lissa_agree(lissa_scale):
     guide(y)
     guide.locs.mu = torch.tensor(3.5 / 4, dtype=F64)  # p(µ|D) mean, y_e = 2 erased
     kwargs = dict(progress=False, seed=5)
-    cg = influence_unlearn(normal_mean_model, guide, (y[:2],), y[2:], **kwargs)
+    cg = influence_unlearn(normal_mean_model, guide, y[2:], remaining=(y[:2],), **kwargs)
     lissa = influence_unlearn(
         normal_mean_model,
         guide,
-        (y[:2],),
         y[2:],
+        remaining=(y[:2],),
         solver="lissa",
         lissa_scale=lissa_scale,
         lissa_depth=200,
@@ -221,6 +228,7 @@ def test_cg_that_stops_early_warns():
     with pytest.warns(UserWarning, match="raise cg_max_iter"):
         result = unlearn_linear(mvn_guide(*FULL), cg_max_iter=2)
     assert result.iterations == [2] and result.residuals[0] > 1e-7
+    assert not result.converged  # the solve missed cg_tol
 
 
 # -- the original guide ----------------------------------------------------------------------------
@@ -236,9 +244,10 @@ def test_original_guide_and_param_store_untouched_and_restore():
         assert torch.equal(after[name].detach(), value), name
     assert torch.equal(torch.get_rng_state(), rng)  # fixed seeds in a forked RNG
     assert torch.equal(read_gaussian(guide)[0], FULL[0])
-    assert isinstance(result.guide, pu.FrozenPosterior)
+    assert isinstance(result.posterior, pu.FrozenPosterior)
+    assert result.guide is result.posterior  # the name the README used first
     # the unlearned posterior written into the live guide
-    result.guide.restore(guide)
+    result.posterior.restore(guide)
     torch.testing.assert_close(read_gaussian(guide)[0], REMAINING[0], rtol=1e-9, atol=1e-9)
 
 
@@ -265,16 +274,24 @@ def test_indefinite_hessian_is_reported_and_damping_helps():
     guide = AutoNormal(squared_model, init_scale=0.1)
     guide(y)
     with pytest.raises(IndefiniteHessianError, match="not positive definite.*damping"):
-        influence_unlearn(squared_model, guide, (y[:2],), y[2:], progress=False, seed=8)
+        influence_unlearn(squared_model, guide, y[2:], remaining=(y[:2],), progress=False, seed=8)
     result = influence_unlearn(
-        squared_model, guide, (y[:2],), y[2:], progress=False, seed=8, damping=1e4
+        squared_model, guide, y[2:], remaining=(y[:2],), progress=False, seed=8, damping=1e4
     )
     assert result.residuals[0] <= 1e-7
 
 
+def test_remaining_is_a_keyword():
+    # the entry points share forget's order, (model, guide, *args, erased=, plate=): D_r is named
+    with pytest.raises(TypeError, match="remaining"):
+        influence_unlearn(model, mvn_guide(*FULL), D_R, *D_E, progress=False)
+
+
 def test_erased_index_out_of_range():
     with pytest.raises(IndexError, match="out of range"):
-        influence_unlearn(model, mvn_guide(*FULL), D_R, DATA.x, DATA.y, erased=[200], plate="data")
+        influence_unlearn(
+            model, mvn_guide(*FULL), DATA.x, DATA.y, remaining=D_R, erased=[200], plate="data"
+        )
 
 
 def test_guide_without_parameters():
@@ -283,7 +300,7 @@ def test_guide_without_parameters():
         pyro.sample("b", dist.Normal(x.new_zeros(()), 1.0))
 
     with pytest.raises(ValueError, match="no parameters"):
-        influence_unlearn(model, guide, D_R, *D_E, progress=False)
+        influence_unlearn(model, guide, *D_E, remaining=D_R, progress=False)
 
 
 def test_untrained_guides_are_refused():
@@ -293,10 +310,10 @@ def test_untrained_guides_are_refused():
         pyro.sample("b", dist.Normal(loc[2], 1.0))
 
     with pytest.raises(ValueError, match="not in the param store"):
-        influence_unlearn(model, guide, D_R, *D_E, progress=False)
+        influence_unlearn(model, guide, *D_E, remaining=D_R, progress=False)
     assert "never_run_loc" not in pyro.get_param_store()
     with pytest.raises(ValueError, match="never been run"):
-        influence_unlearn(model, AutoNormal(model), D_R, *D_E, progress=False)
+        influence_unlearn(model, AutoNormal(model), *D_E, remaining=D_R, progress=False)
 
 
 def test_non_reparameterised_guide_site():
@@ -314,7 +331,7 @@ def test_non_reparameterised_guide_site():
     y = torch.tensor([0.0, 1.0])
     guide(y)
     with pytest.raises(TypeError, match="'k'.*not reparameterised"):
-        influence_unlearn(discrete_model, guide, (y[:1],), y[1:], progress=False)
+        influence_unlearn(discrete_model, guide, y[1:], remaining=(y[:1],), progress=False)
 
 
 @pytest.mark.parametrize(
@@ -329,4 +346,4 @@ def test_non_reparameterised_guide_site():
 )
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
-        influence_unlearn(model, mvn_guide(*FULL), D_R, *D_E, progress=False, **kwargs)
+        influence_unlearn(model, mvn_guide(*FULL), *D_E, remaining=D_R, progress=False, **kwargs)
