@@ -153,7 +153,7 @@ def test_lbun_on_a_300k_weight_sine_network_never_forms_a_dense_hessian():
     with warnings.catch_warnings():  # 5 L-BFGS steps may stop short of θ*: not tested here
         warnings.simplefilter("ignore", UserWarning)
         result = pu.laplace_unlearn(  # a large λ_L keeps θ* at μ_D, where Λ_D ⪰ H_e
-            net, guide, data.x, data.y, erased=data.erased, plate="data", lam=1e6,
+            net, guide, data.x, data.y, erased=data.erased, plate="data", retention=1e6,
             curvature="ggn_diag", steps=5,
         )  # fmt: skip
     assert result.precision.shape == (300_001,) and bool((result.precision > 0).all())
