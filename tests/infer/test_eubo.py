@@ -5,34 +5,12 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoNormal
-from pyro.infer.autoguide.initialization import init_to_value
 
 import pyro_unlearn as pu
 
-Y = torch.tensor([0.8, 1.1, 1.4])
 
-
-def model(y):
-    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
-    with pyro.plate("data", len(y)):
-        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
-
-
-def trained_and_moved():
-    """q(θ|D) = N(0.2, 0.3²) frozen; the live guide then moved to N(0.5, 0.3²)."""
-    guide = AutoNormal(
-        model, init_loc_fn=init_to_value(values={"mu": torch.tensor(0.2)}), init_scale=0.3
-    )
-    guide(Y)
-    posterior = pu.freeze(guide)
-    with torch.no_grad():
-        dict(pyro.get_param_store().named_parameters())["AutoNormal.locs.mu"].fill_(0.5)
-    return guide, posterior
-
-
-def test_matches_hand_written_estimator():
-    guide, posterior = trained_and_moved()
+def test_matches_hand_written_estimator(moved):
+    model, Y, guide, posterior = moved.model, moved.y, moved.guide, moved.posterior
     lam, P = 0.3, 8
     loss = pu.Trace_EUBO(
         posterior, lam, num_particles=P, vectorize_particles=True, max_plate_nesting=1
@@ -52,7 +30,9 @@ def test_matches_hand_written_estimator():
     )
 
 
-def test_needs_reparameterised_guide():
+def test_needs_reparameterised_guide(moved):
+    model, Y = moved.model, moved.y
+
     def guide(y):
         loc = pyro.param("loc", torch.tensor(0.0))
         pyro.sample("mu", dist.Normal(loc, 1.0).has_rsample_(False))

@@ -13,11 +13,9 @@ from pyro_unlearn.infer.reverse_kl import (
     temperature_steps,
 )
 
-from .test_eubo import Y, model, trained_and_moved
 
-
-def test_matches_hand_written_estimator():
-    guide, posterior = trained_and_moved()
+def test_matches_hand_written_estimator(moved):
+    model, Y, guide, posterior = moved.model, moved.y, moved.guide, moved.posterior
     lam, P = 0.3, 8
     loss = pu.ReverseKL(
         posterior, lam, num_particles=P, vectorize_particles=True, max_plate_nesting=1
@@ -44,8 +42,8 @@ def test_effective_sample_size_bounds():
     assert float(effective_sample_size(torch.tensor([1.0, 0.0, 0.0]))) == pytest.approx(1)
 
 
-def test_ess_collapses_when_erased_data_are_informative():
-    guide, posterior = trained_and_moved()
+def test_ess_collapses_when_erased_data_are_informative(moved):
+    model, Y, guide, posterior = moved.model, moved.y, moved.guide, moved.posterior
     loss = pu.ReverseKL(posterior, num_particles=256, vectorize_particles=True)
     loss.loss(pu.unlearn(model), guide, Y)
     mild = float(loss.ess)
@@ -77,19 +75,23 @@ def test_next_temperature_is_the_largest_step_that_keeps_the_ess():
     assert out.dtype == torch.float32 and out.shape == ()
 
 
-def test_reverse_kl_from_the_current_guide_lands_on_the_exact_posterior_of_D_r():
+def test_reverse_kl_from_the_current_guide_lands_on_the_exact_posterior_of_D_r(
+    linreg, model, exact_posterior, exact_mvn_guide
+):
     """Bayesian linear regression, a 10-point cluster erased from the exact posterior: drawing
     from the current guide with an annealed target, the rKL reaches the exact p(θ|D_r), with
     nearly uniform weights at β = 1. Evaluating the loss (no gradients) does not anneal."""
     from pyro.infer import SVI
 
     from pyro_unlearn.guides import read_gaussian
-    from tests.infer.test_influence import D_E, FULL, REMAINING, mvn_guide
-    from tests.infer.test_influence import model as linear
 
+    keep = torch.ones(len(linreg.y), dtype=torch.bool)
+    keep[linreg.erased] = False
+    full, exact = exact_posterior(torch.arange(len(linreg.y))), exact_posterior(keep)
+    D_E, linear = (linreg.x[linreg.erased], linreg.y[linreg.erased]), model
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    guide = mvn_guide(*FULL)
+    guide = exact_mvn_guide(full)
     posterior = pu.freeze(guide)
     loss = pu.ReverseKL(
         posterior, 0.0, num_particles=256, vectorize_particles=True, max_plate_nesting=1,
@@ -105,8 +107,6 @@ def test_reverse_kl_from_the_current_guide_lands_on_the_exact_posterior_of_D_r()
     assert loss.diagnostics()["temperature"] == 1.0
     loc, cov = read_gaussian(guide)
     unlearned = torch.distributions.MultivariateNormal(loc, cov)
-    exact = torch.distributions.MultivariateNormal(REMAINING[0], precision_matrix=REMAINING[1])
-    full = torch.distributions.MultivariateNormal(FULL[0], precision_matrix=FULL[1])
     assert float(torch.distributions.kl_divergence(full, exact)) > 0.5
     assert float(torch.distributions.kl_divergence(unlearned, exact)) < 1e-3
     with pytest.raises(ValueError, match="needs proposal='current'"):
