@@ -1,6 +1,6 @@
 """Bayesian machine unlearning for Pyro: forget data from a variational posterior."""
 
-from . import codec, exact, lcodec, metrics
+from . import codec, exact, guides, lcodec, metrics, params
 from .forget import ForgetResult, forget
 from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
@@ -18,6 +18,7 @@ from .infer import (
     mcmc_unlearn,
 )
 from .posterior import FrozenPosterior, freeze
+from .results import UnlearningResult
 from .retrain import RetrainResult, retrain
 from .sweep import FLOW_LAMBDAS, LAMBDAS, SweepResult, lambda_sweep
 
@@ -39,18 +40,21 @@ __all__ = [
     "SweepResult",
     "Trace_EUBO",
     "UnlearnMessenger",
+    "UnlearningResult",
     "adjusted_log_likelihood",
     "codec",
     "erased_log_likelihood",
     "exact",
     "forget",
     "freeze",
+    "guides",
     "influence_unlearn",
     "lambda_sweep",
     "laplace_unlearn",
     "lcodec",
     "mcmc_unlearn",
     "metrics",
+    "params",
     "retrain",
     "unlearn",
 ]
