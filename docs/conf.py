@@ -98,13 +98,14 @@ def _is_module(obj) -> bool:
 
 def _members(module) -> list[str]:
     """What ``automodule:: module`` with ``:members:`` shows: ``__all__``, or else the public
-    names the module defines."""
+    names the module (or, for a package, one of its modules) defines."""
     if hasattr(module, "__all__"):
         return list(module.__all__)
     return [
         name
         for name, obj in vars(module).items()
-        if not name.startswith("_") and getattr(obj, "__module__", None) == module.__name__
+        if not name.startswith("_")
+        and f"{getattr(obj, '__module__', None)}.".startswith(f"{module.__name__}.")
     ]
 
 
@@ -130,7 +131,7 @@ def _package_sections(package: str) -> dict[str, list[str]]:
     """``{submodule: the package's public names it defines}``, in the order of the package's
     ``__all__``: what ``.. package-api::`` documents."""
     sections: dict[str, list[str]] = {}
-    for name in importlib.import_module(package).__all__:
+    for name in _members(importlib.import_module(package)):
         if not _is_module(getattr(importlib.import_module(package), name)):
             sections.setdefault(_defined_in(package, name), []).append(name)
     return sections
@@ -177,10 +178,11 @@ def _public_faces() -> list[str]:
 
 class PackageAPI(SphinxDirective):
     """``.. package-api:: pyro_unlearn.infer`` — a subpackage's docstring, then its public names
-    (its ``__all__``), one section per submodule that defines them, by ``automodule``: the page
-    follows the subpackage as its modules are split or merged, and a constant is documented by
-    its ``#:`` comment where it is assigned. The directive's content may list submodules (short
-    names) to put first, in that order."""
+    (its ``__all__``), one section per public submodule that defines them, by ``automodule``
+    (names defined in the package itself or in a private submodule stay under the package): the
+    page follows the subpackage as its modules are split or merged, and a constant is documented
+    by its ``#:`` comment where it is assigned. The directive's content may list submodules
+    (short names) to put first, in that order. A plain module works too: one section."""
 
     required_arguments = 1
     has_content = True
@@ -188,9 +190,16 @@ class PackageAPI(SphinxDirective):
     def run(self):
         package = self.arguments[0]
         sections = _package_sections(package)
+        own = [  # defined in the package itself or in a private module of it
+            name
+            for module in list(sections)
+            if module == package or "._" in module.removeprefix(package)
+            for name in sections.pop(module)
+        ]
         first = [f"{package}.{line.strip()}" for line in self.content if line.strip()]
         order = [m for m in first if m in sections] + [m for m in sections if m not in first]
-        text = [f".. automodule:: {package}", ""]
+        text = [f".. automodule:: {package}"]
+        text += [f"   :members: {', '.join(own)}", ""] if own else [""]
         for module in order:
             title = f"``{module.removeprefix(package + '.')}``"
             text += [title, "-" * len(title), "", f".. automodule:: {module}"]
@@ -221,6 +230,10 @@ def _check_coverage(app, env) -> None:
     documented = {id(_resolve(name)) for name, entry in objects.items() if entry.objtype in kinds}
     for name in _public_faces():
         module = importlib.import_module(name)
+        if getattr(module, "__file__", None) is None:
+            logger.warning(f"{name} is a namespace package: it lacks an __init__.py")
+        elif not hasattr(module, "__all__") and _members(module):
+            logger.warning(f"{name} has no __all__: its public face is undeclared")
         for member in getattr(module, "__all__", []):
             obj = getattr(module, member, None)
             if obj is None:
