@@ -239,8 +239,8 @@ def influence_unlearn(
     Cost, against :class:`~pyro_unlearn.Trace_EUBO` and :class:`~pyro_unlearn.ReverseKL`, which
     read only D_e and q(θ|D): each Newton step runs the model once on every mini-batch of D_r
     and takes one backward pass over D_r per Hessian-vector product (CG: at most about the
-    number of parameters, often far fewer). Its cost grows with |D_r| and the parameter count,
-    theirs with |D_e| × the number of SVI steps; in exchange one BIF step is near exact when
+    number of parameters, often far fewer). Its cost grows with ``|D_r|`` and the parameter count,
+    theirs with ``|D_e|`` × the number of SVI steps; in exchange one BIF step is near exact when
     −ELBO is near quadratic in γ. The input guide and its param-store entries are never
     modified: BIF works on an independent copy, returned frozen.
 

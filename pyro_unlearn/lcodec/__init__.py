@@ -18,7 +18,8 @@ remove z ∈ D:
    H'_P is the Hessian of F_r(w) = (1/(n−1)) Σ_{i≠z} f(w; z_i) on the block, and at a minimiser
    of F the gradient of F_r is −∇f(ŵ; z)/(n − 1): the step is Newton's step towards the
    minimiser of the loss on D_r = D \\ {z}. A non-positive-definite H'_P (non-convex networks) is
-   shifted by a multiple of the identity, to smallest eigenvalue |λ_min| (the shift is reported).
+   shifted by a multiple of the identity, to smallest eigenvalue ``|λ_min|`` (the shift is
+   reported).
 4. **Noise** (optional): w_P ← w_P + N(0, σ_ε² I), σ_ε = (γ/ε) √(2 ln(1.25/δ)) for an (ε, δ)
    certified removal, γ a bound on the distance between the Newton estimate and the retrained
    minimiser (from the loss's Lipschitz and strong-convexity constants; weight decay gives the

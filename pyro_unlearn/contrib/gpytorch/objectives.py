@@ -19,7 +19,7 @@ __all__ = ["VariationalEUBO", "VariationalReverseKL"]
 
 class _UnlearningObjective(_ApproximateMarginalLogLikelihood):
     r"""GPyTorch's template for an approximate marginal log-likelihood, with the KL term taken to
-    the frozen q(u|D) instead of the prior and |D_e| as ``num_data``: ``forward`` returns, per
+    the frozen q(u|D) instead of the prior and ``|D_e|`` as ``num_data``: ``forward`` returns, per
     output of a batch GP,
 
     .. math:: \frac{1}{b}\,\text{data term} - \frac{1}{|D_e|}\,\text{KL term}
@@ -65,7 +65,7 @@ class _UnlearningObjective(_ApproximateMarginalLogLikelihood):
 
     @property
     def num_erased(self) -> int:
-        """|D_e| (GPyTorch's ``num_data``)."""
+        """``|D_e|`` (GPyTorch's ``num_data``)."""
         return self.num_data
 
     def _sum_batch(self, log_prob: torch.Tensor) -> torch.Tensor:
@@ -132,14 +132,14 @@ class VariationalEUBO(_UnlearningObjective):
         model: the GP being unlearned; the optimiser should train only
             ``model.variational_parameters()``.
         posterior: its frozen q(u|D) (:func:`~pyro_unlearn.contrib.gpytorch.freeze_inducing`).
-        num_erased: |D_e|.
+        num_erased: ``|D_e|``.
         lam: λ ∈ [0, 1] of the adjusted likelihood.
         num_samples: draws of u per step for λ > 0.
-        combine_terms: ``False`` returns (−E[log p_adj]/b, KL/|D_e|), as GPyTorch's objectives.
+        combine_terms: ``False`` returns (−E[log p_adj]/b, KL/``|D_e|``), as GPyTorch's objectives.
 
     Returns:
-        Called as ``eubo(output, target, inputs=None, **kwargs)``: −U/|D_e| (to maximise), of the
-        GP's batch shape.
+        Called as ``eubo(output, target, inputs=None, **kwargs)``: −U/``|D_e|`` (to maximise),
+        of the GP's batch shape.
 
     References:
         - Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
@@ -230,7 +230,7 @@ class VariationalEUBO(_UnlearningObjective):
 class VariationalReverseKL(_UnlearningObjective):
     r"""The reverse-KL unlearning objective of Nguyen et al. (2020) for a sparse variational GP,
     in GPyTorch's idiom: ``-rkl(None, y_e, inputs=x_e)`` (all of D_e each step) is
-    KL(p̃ ‖ q_v)/|D_e| up to a constant, p̃(u) ∝ q(u|D)/p_adj(D_e|u), by the self-normalised
+    KL(p̃ ‖ q_v)/``|D_e|`` up to a constant, p̃(u) ∝ q(u|D)/p_adj(D_e|u), by the self-normalised
     importance-sampling estimate
 
     .. math:: \frac{1}{|D_e|} \frac{1}{S} \sum_s w_s \log q_v(u_s), \qquad
@@ -238,7 +238,7 @@ class VariationalReverseKL(_UnlearningObjective):
 
     (its value, to maximise; the weights carry no gradient). ``output`` is not needed: the draws
     come from q(u|D), not from the GP. The weights use all of D_e (the authors' choice), computed
-    in chunks of ``chunk_size`` points; D_e's kernel algebra, L⁻¹K_Zx (M × |D_e| numbers), is
+    in chunks of ``chunk_size`` points; D_e's kernel algebra, L⁻¹K_Zx (M × ``|D_e|`` numbers), is
     computed on the first call and reused while the same ``inputs`` tensor comes back. A batch
     GP's outputs keep their own values (sum them to train), weighted jointly.
 
@@ -246,7 +246,7 @@ class VariationalReverseKL(_UnlearningObjective):
         likelihood: the GP's likelihood (held fixed).
         model: the GP being unlearned (train ``model.variational_parameters()``).
         posterior: its frozen q(u|D) (:func:`~pyro_unlearn.contrib.gpytorch.freeze_inducing`).
-        num_erased: |D_e|.
+        num_erased: ``|D_e|``.
         lam: λ ∈ [0, 1] of the adjusted likelihood.
         num_samples: S, the draws per step.
         chunk_size: erased points per chunk.
