@@ -1,12 +1,12 @@
-"""Bayesian linear regression: unlearning against closed-form targets (EXPERIMENTS.md §3, the
-Variational Bayesian Unlearning paper's Appendix C).
+"""Bayesian linear regression: unlearning against closed-form targets (Nguyen, Low & Jaillet,
+Variational Bayesian Unlearning, NeurIPS 2020, Appendix C).
 
 The model is y = x·w + b + N(0, σ²) with w, b ~ N(0, 10²). Every Gaussian in θ = (w, b) here
 has a closed-form reference:
 
 * the exact posteriors p(θ|D) and p(θ|D_r) (:func:`exact_posterior`);
 * the target of both losses at λ = 0, p̃(θ|D_r) = q(θ|D)/p(D_e|θ) = N(μ̃, Λ̃⁻¹) with
-  Λ̃ = Λ_q − σ⁻² X_eᵀX_e and Λ̃μ̃ = Λ_qμ_q − σ⁻² X_eᵀy_e (DESIGN.md §1), computed from the
+  Λ̃ = Λ_q − σ⁻² X_eᵀX_e and Λ̃μ̃ = Λ_qμ_q − σ⁻² X_eᵀy_e (Bayes' rule run backwards), computed from the
   trained guide's own moments; it is Gaussian with a *full* covariance even when q(θ|D) is
   diagonal, and not a distribution at all when Λ̃ is not positive definite;
 * the λ = 0 optimum of each loss over the guide's family (:func:`closed_form_optima`): with a
@@ -21,6 +21,9 @@ the reverse KL over a λ grid, and reports per (method, λ) the KL to the retrai
 the closed-form target and to the exact p(θ|D_r), and the papers' averaged predictive KL (closed
 form here: the predictive of a Gaussian posterior is Gaussian). :func:`plot_predictive_samples`
 draws the paper's Fig. 7: regression lines sampled from each posterior over the data.
+
+References:
+    Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -40,15 +44,17 @@ from torch.distributions import kl_divergence
 from tqdm import tqdm
 
 import pyro_unlearn as pu
+from pyro_unlearn.exact import NotNormalizableError
+from pyro_unlearn.forget import has_converged
+from pyro_unlearn.guides import read_gaussian
+from pyro_unlearn.metrics import gaussian_kl, membership_attack
 
-from ..forget import has_converged
-from ..guides import read_gaussian
-from ..metrics import gaussian_kl, membership_attack
 from .datasets import LinearRegressionData, linear_regression
 
 __all__ = [
     "GUIDES",
     "LAMBDAS",
+    "LOSSES",
     "PRIOR_SCALE",
     "closed_form_optima",
     "clustered_line",
@@ -265,6 +271,268 @@ def _listed(m: torch.Tensor, c: torch.Tensor) -> dict[str, list]:
     return {"loc": m.tolist(), "cov": c.tolist()}
 
 
+def _moments(guide: AutoGuide) -> tuple[torch.Tensor, torch.Tensor]:
+    """A copy of a Gaussian guide's (loc, cov), which later training leaves as it is."""
+    return tuple(t.clone() for t in read_gaussian(guide))
+
+
+#: The unlearning losses of :func:`run`, by method name.
+LOSSES = {"eubo": pu.Trace_EUBO, "rkl": pu.ReverseKL}
+
+_Gaussian = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Fits:
+    """What :func:`run` trains before unlearning: q(θ|D) (the live guide, and frozen as the
+    losses' posterior), the retrained reference and the exact posteriors, each as (loc, cov)."""
+
+    guide: AutoGuide
+    posterior: pu.FrozenPosterior
+    full: _Gaussian
+    retrained: _Gaussian
+    exact_full: _Gaussian
+    exact_remaining: _Gaussian
+    train_seconds: float
+    retrain_seconds: float
+
+
+def _checked_data(data: LinearRegressionData | None, guide: str, seed: int) -> LinearRegressionData:
+    """``data``, or the default data of the guide family; checks the family and the shapes."""
+    if guide not in GUIDES:
+        raise ValueError(f"guide must be one of {sorted(GUIDES)}, got {guide!r}")
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    if data is None:
+        data = clustered_line(seed=seed) if guide == "diagonal" else linear_regression(seed=seed)
+    if data.x.dim() != 2 or data.y.shape != data.x.shape[:1]:
+        raise ValueError(
+            f"data.x must be (N, D) and data.y (N,), got {tuple(data.x.shape)}, "
+            f"{tuple(data.y.shape)}"
+        )
+    return data
+
+
+def _fit(
+    model: Callable, data: LinearRegressionData, guide: str, steps: int, lr: float, progress: bool
+) -> _Fits:
+    """Step 1: train the reference q(θ|D_r) (in a param store of its own) and q(θ|D)."""
+    x, y, keep, noise = data.x, data.y, data.remaining, data.noise_scale
+    with pyro.get_param_store().scope():  # the reference lives in its own store
+        retrained, retrain_seconds = train(model, x[keep], y[keep], steps, progress, guide, lr)
+        ref = _moments(retrained)
+    q_guide, train_seconds = train(model, x, y, steps, progress, guide, lr)
+    return _Fits(
+        guide=q_guide,
+        posterior=pu.freeze(q_guide),
+        full=_moments(q_guide),
+        retrained=ref,
+        exact_full=exact_posterior(x, y, noise),
+        exact_remaining=exact_posterior(x[keep], y[keep], noise),
+        train_seconds=train_seconds,
+        retrain_seconds=retrain_seconds,
+    )
+
+
+def _optima(
+    fits: _Fits, data: LinearRegressionData, guide: str
+) -> tuple[dict[str, _Gaussian], str | None]:
+    """The closed-form λ = 0 target and optima (:func:`closed_form_optima`) of q(θ|D), or
+    ``{}`` and the reason when the target is not normalisable."""
+    erased = data.erased
+    try:
+        features = _features(data.x)[erased]
+        return closed_form_optima(
+            *fits.full, features, data.y[erased], data.noise_scale, guide
+        ), None
+    except NotNormalizableError as e:
+        return {}, str(e)
+
+
+def _default_nonmembers(
+    data: LinearRegressionData, guide: str, seed: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The erased clusters of 20 independent draws of the default data (seeds ``seed + 1``…),
+    when their inputs have ``data``'s shape; else ``None``."""
+    source = clustered_line if guide == "diagonal" else linear_regression
+    x = data.x
+    fresh = [source(seed=seed + 1 + k, device=x.device, dtype=x.dtype) for k in range(20)]
+    fresh_x = torch.cat([d.x[d.erased] for d in fresh])
+    if fresh_x.shape[1:] != x.shape[1:]:
+        return None
+    return fresh_x, torch.cat([d.y[d.erased] for d in fresh])
+
+
+class _Scorer:
+    """Step 3, the metrics of a Gaussian posterior N(m, c) over θ: KL to the target, the
+    retrained and the exact p(θ|D_r), the predictive KL from the retrained one averaged over D_e
+    and D_r, and membership inference on D_e against ``nonmembers``."""
+
+    def __init__(self, data, fits: _Fits, target: _Gaussian | None, nonmembers, seed: int):
+        self.data, self.fits, self.target, self.seed = data, fits, target, seed
+        self.features = _features(data.x)
+        self.outside = None if nonmembers is None else (_features(nonmembers[0]), nonmembers[1])
+
+    def mia(self, m: torch.Tensor, c: torch.Tensor) -> dict[str, float]:
+        """The ``mia_*`` columns (none without non-members), on the exact predictive NLL."""
+        if self.outside is None:
+            return {}
+        erased, y = self.data.erased, self.data.y
+        f = torch.cat([self.features[erased], self.outside[0]])
+        nll = -_predictive(m, c, f, self.data.noise_scale).log_prob(
+            torch.cat([y[erased], self.outside[1]])
+        )
+        members, nonmembers = nll[: len(erased)], nll[len(erased) :]
+        return membership_attack(members, nonmembers, repeats=5, seed=self.seed).columns("mia")
+
+    def __call__(self, m: torch.Tensor, c: torch.Tensor) -> dict[str, float]:
+        fits, target = self.fits, self.target
+        pred = _predictive_kl(fits.retrained, (m, c), self.features, self.data.noise_scale)
+        kl_target = math.nan if target is None else float(gaussian_kl(m, c, *target))
+        return self.mia(m, c) | {
+            "kl_target": kl_target,
+            "kl_retrained": float(gaussian_kl(m, c, *fits.retrained)),
+            "kl_exact": float(gaussian_kl(m, c, *fits.exact_remaining)),
+            "kl_erased_mean": float(pred[self.data.erased].mean()),
+            "kl_remaining_mean": float(pred[self.data.remaining].mean()),
+        }
+
+
+def _unlearn(
+    model: Callable,
+    data: LinearRegressionData,
+    fits: _Fits,
+    method: str,
+    lam: float,
+    *,
+    steps: int,
+    num_particles: int,
+    lr: float,
+) -> tuple[_Gaussian, list[float], float, dict[str, float]]:
+    """Step 2, one unlearning run from q(θ|D): ``steps`` ClippedAdam steps on the ``method``
+    loss at ``lam``; returns the unlearned (loc, cov), the loss trace, the seconds and the
+    loss's diagnostics at the last step."""
+    fits.posterior.restore(fits.guide)
+    loss = LOSSES[method](
+        fits.posterior, lam, num_particles=num_particles, vectorize_particles=True,
+        max_plate_nesting=1,
+    )  # fmt: skip
+    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.01 ** (1 / steps)})
+    svi = SVI(pu.unlearn(model), fits.guide, optim, loss)
+    x_e, y_e = data.x[data.erased], data.y[data.erased]
+    start = time.perf_counter()
+    trace = [svi.step(x_e, y_e) for _ in range(steps)]
+    seconds = time.perf_counter() - start
+    return _moments(fits.guide), trace, seconds, loss.diagnostics()
+
+
+def _sweep(
+    model: Callable,
+    data: LinearRegressionData,
+    fits: _Fits,
+    score: _Scorer,
+    lambdas: Sequence[float],
+    *,
+    steps: int,
+    trace_blocks: int,
+    progress: bool,
+    **options: Any,
+) -> tuple[list[dict], dict[str, _Gaussian], dict[str, list[float]]]:
+    """Steps 2 and 3 over every (λ, method): the rows, the unlearned posteriors and the loss
+    traces' block means, by label ``"eubo λ=1e-05"``...; q(θ|D) restored at the end."""
+    rows, posteriors, traces = [], {}, {}
+    jobs = [(m, lam) for lam in lambdas for m in LOSSES]
+    for method, lam in tqdm(jobs, desc="unlearning", disable=not progress):
+        moments, trace, seconds, diagnostics = _unlearn(
+            model, data, fits, method, lam, steps=steps, **options
+        )
+        label = f"{method} λ={lam:g}"
+        posteriors[label] = moments
+        traces[label] = _block_means(trace, trace_blocks)
+        rows.append(
+            {
+                "method": method,
+                "lam": float(lam),
+                **score(*moments),
+                "seconds": seconds,
+                "ess": diagnostics.get("ess"),
+                "converged": has_converged(trace, max(1, steps // 4)),
+            }
+        )
+    fits.posterior.restore(fits.guide)
+    return rows, posteriors, traces
+
+
+def _reference_posteriors(fits: _Fits, optima: dict[str, _Gaussian]) -> dict[str, _Gaussian]:
+    """full, retrained, exact (p(θ|D_r)) and, where p̃ is normalisable, the target and the
+    losses' closed-form optima."""
+    posteriors = {"full": fits.full, "retrained": fits.retrained, "exact": fits.exact_remaining}
+    if optima:
+        posteriors.update({"target": optima["target"], "eubo optimum": optima["eubo"]})
+        posteriors["rkl optimum"] = optima["rkl"]
+    return posteriors
+
+
+def _settings(data: LinearRegressionData, guide: str, **options: Any) -> dict[str, Any]:
+    """The settings :func:`run` reports: the guide, the data's size, ``options``, the device."""
+    size = {"num_data": len(data.y), "num_erased": len(data.erased)}
+    device = {"device": str(data.x.device), "dtype": str(data.x.dtype)}
+    return {"guide": guide, **size, "noise_scale": data.noise_scale, **options, **device}
+
+
+def _report(
+    fits: _Fits,
+    optima: dict[str, _Gaussian],
+    not_normalizable: str | None,
+    score: _Scorer,
+    rows: list[dict],
+    posteriors: dict[str, _Gaussian],
+    traces: dict[str, list[float]],
+    guide: str,
+    settings: dict,
+) -> dict:
+    """Step 4: the result of :func:`run` from its parts (every tensor as lists);
+    ``posteriors`` are the unlearned ones, to which the references are added."""
+    target = optima.get("target")
+    posteriors = _reference_posteriors(fits, optima) | posteriors
+    exact_r = fits.exact_remaining
+    best = {
+        name: {
+            "kl_target": float(gaussian_kl(*optima[name], *target)),
+            "kl_retrained": float(gaussian_kl(*optima[name], *fits.retrained)),
+            "kl_exact": float(gaussian_kl(*optima[name], *exact_r)),
+        }
+        for name in ("eubo", "rkl")
+        if target is not None
+    }
+
+    def family_optimum(m, c):  # the ELBO's optimum over the family: diag(Λ)⁻¹ for mean field
+        return (m, c) if guide == "mvn" else (m, torch.diag(1 / torch.linalg.inv(c).diagonal()))
+
+    return {
+        "rows": rows,
+        "mia": {"retrained": score.mia(*fits.retrained), "exact": score.mia(*exact_r)},
+        "train_seconds": fits.train_seconds,
+        "retrain_seconds": fits.retrain_seconds,
+        "target": None if target is None else _listed(*target),
+        "target_not_normalizable": not_normalizable,
+        "retrained": _listed(*fits.retrained),
+        "full": _listed(*fits.full),
+        "posteriors": {k: _listed(*v) for k, v in posteriors.items()},
+        "optima": best,
+        "loss_traces": traces,
+        "diagnostics": {
+            "kl_full_to_elbo_optimum": float(
+                gaussian_kl(*fits.full, *family_optimum(*fits.exact_full))
+            ),
+            "kl_retrained_to_elbo_optimum": float(
+                gaussian_kl(*fits.retrained, *family_optimum(*exact_r))
+            ),
+        },
+        "settings": settings,
+    }
+
+
 def run(
     lambdas: Sequence[float] = LAMBDAS,
     *,
@@ -290,18 +558,22 @@ def run(
     ``train_steps`` at ``train_lr`` (:func:`train`), and how far each ended from its family's
     exact ELBO optimum is reported.
 
+    The steps: fit q(θ|D) and the reference, unlearn with each (method, λ), score every
+    posterior against the closed forms, and report.
+
     Returns a dict with:
 
     * ``rows``: per ``full`` (q(θ|D), λ = nan) and (method, λ): ``kl_target`` (KL to the
       closed-form p̃ = q(θ|D)/p(D_e|θ); nan when p̃ is not normalisable), ``kl_retrained``,
       ``kl_exact`` (to the exact p(θ|D_r)), ``kl_erased_mean``/``kl_remaining_mean`` (the
       papers' predictive KL[q_retrained(y|x) ‖ q(y|x)] averaged over D_e / D_r), ``seconds``,
-      ``ess`` (rKL's last step), ``converged`` (the last quarter of the loss trace no lower
-      than the quarter before, up to its noise: :func:`~pyro_unlearn.forget.has_converged`),
-      and membership inference on D_e (``mia_accuracy``, ``mia_auc``...:
-      :func:`~pyro_unlearn.metrics.membership_attack` on the exact predictive NLL; 0.5 is
-      chance) against ``nonmembers`` ``(x, y)`` — by default the erased clusters of 20
-      independent draws of the default data (seeds ``seed + 1``…), when their shape matches;
+      ``ess`` (the loss's last-step ``diagnostics()["ess"]``: the rKL's, None for the EUBO),
+      ``converged`` (the last quarter of the loss trace no lower than the quarter before, up
+      to its noise: :func:`~pyro_unlearn.forget.has_converged`), and membership inference on
+      D_e (``mia_accuracy``, ``mia_auc``...: :func:`~pyro_unlearn.metrics.membership_attack`
+      on the exact predictive NLL; 0.5 is chance) against ``nonmembers`` ``(x, y)`` — by
+      default the erased clusters of 20 independent draws of the default data (seeds
+      ``seed + 1``…), when their shape matches;
     * ``mia``: the same attack on the retrained and on the exact p(θ|D_r) posteriors;
     * ``posteriors``: ``{label: {"loc", "cov"}}`` of full, retrained, exact (p(θ|D_r)), target,
       the loss optima and every unlearned posterior (``"eubo λ=1e-05"``...), for
@@ -312,150 +584,39 @@ def run(
       the reference ended from the family's exact optima (the ELBO's, closed form);
     * ``target``, ``retrained``, ``full`` (loc, cov), ``train_seconds``, ``retrain_seconds``,
       ``settings``.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
+        (Appendix C).
+
+    Example (not run: a minute on a CPU)::
+
+        results = run((1e-3, 0.0), guide="diagonal")
+        [(r["method"], r["lam"], round(r["kl_retrained"], 3)) for r in results["rows"]]
     """
-    if guide not in GUIDES:
-        raise ValueError(f"guide must be one of {sorted(GUIDES)}, got {guide!r}")
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    if data is None:
-        data = clustered_line(seed=seed) if guide == "diagonal" else linear_regression(seed=seed)
-    x, y, erased = data.x, data.y, data.erased
-    if x.dim() != 2 or y.shape != x.shape[:1]:
-        raise ValueError(
-            f"data.x must be (N, D) and data.y (N,), got {tuple(x.shape)}, {tuple(y.shape)}"
-        )
-    keep = data.remaining
+    data = _checked_data(data, guide, seed)
     noise = data.noise_scale
 
     def model(x, y=None):
         return linear_model(x, y, noise)
 
-    with pyro.get_param_store().scope():  # the reference lives in its own store
-        retrained, retrain_seconds = train(
-            model, x[keep], y[keep], train_steps, progress, guide, train_lr
-        )
-        ref = tuple(t.clone() for t in read_gaussian(retrained))
-    q_guide, train_seconds = train(model, x, y, train_steps, progress, guide, train_lr)
-    posterior = pu.freeze(q_guide)
-    full = tuple(t.clone() for t in read_gaussian(q_guide))
-    features = _features(x)
-    exact_d, exact_r = exact_posterior(x, y, noise), exact_posterior(x[keep], y[keep], noise)
-
-    def family_optimum(m, c):  # the ELBO's optimum over the family: diag(Λ)⁻¹ for mean field
-        return (m, c) if guide == "mvn" else (m, torch.diag(1 / torch.linalg.inv(c).diagonal()))
-
-    try:
-        optima = closed_form_optima(*full, features[erased], y[erased], noise, guide)
-        target, not_normalizable = optima["target"], None
-    except pu.exact.NotNormalizableError as e:
-        optima, target, not_normalizable = {}, None, str(e)
-
+    fits = _fit(model, data, guide, train_steps, train_lr, progress)
+    optima, not_normalizable = _optima(fits, data, guide)
     if nonmembers is None:
-        source = clustered_line if guide == "diagonal" else linear_regression
-        fresh = [source(seed=seed + 1 + k, device=x.device, dtype=x.dtype) for k in range(20)]
-        fresh_x = torch.cat([d.x[d.erased] for d in fresh])
-        if fresh_x.shape[1:] == x.shape[1:]:
-            nonmembers = fresh_x, torch.cat([d.y[d.erased] for d in fresh])
-    member_features = features[erased]
-    outside = None if nonmembers is None else (_features(nonmembers[0]), nonmembers[1])
-
-    def mia(m, c) -> dict[str, float]:
-        if outside is None:
-            return {}
-        f = torch.cat([member_features, outside[0]])
-        nll = -_predictive(m, c, f, noise).log_prob(torch.cat([y[erased], outside[1]]))
-        attack = membership_attack(nll[: len(erased)], nll[len(erased) :], repeats=5, seed=seed)
-        return attack.columns("mia")
-
-    def kls(m, c) -> dict[str, float]:
-        pred = _predictive_kl(ref, (m, c), features, noise)
-        kl_target = math.nan if target is None else float(gaussian_kl(m, c, *target))
-        return mia(m, c) | {
-            "kl_target": kl_target,
-            "kl_retrained": float(gaussian_kl(m, c, *ref)),
-            "kl_exact": float(gaussian_kl(m, c, *exact_r)),
-            "kl_erased_mean": float(pred[erased].mean()),
-            "kl_remaining_mean": float(pred[keep].mean()),
-        }
-
-    full_row = {"method": "full", "lam": math.nan, **kls(*full), "seconds": 0.0, "ess": None}
-    rows = [{**full_row, "converged": True}]
-    posteriors = {"full": full, "retrained": ref, "exact": exact_r}
-    if target is not None:
-        posteriors.update({"target": target, "eubo optimum": optima["eubo"]})
-        posteriors["rkl optimum"] = optima["rkl"]
-    traces = {}
-    losses = {"eubo": pu.Trace_EUBO, "rkl": pu.ReverseKL}
-    jobs = [(m, lam) for lam in lambdas for m in losses]
-    for method, lam in tqdm(jobs, desc="unlearning", disable=not progress):
-        posterior.restore(q_guide)
-        loss = losses[method](
-            posterior,
-            lam,
-            num_particles=num_particles,
-            vectorize_particles=True,
-            max_plate_nesting=1,
-        )
-        optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.01 ** (1 / unlearn_steps)})
-        svi = SVI(pu.unlearn(model), q_guide, optim, loss)
-        start = time.perf_counter()
-        trace = [svi.step(x[erased], y[erased]) for _ in range(unlearn_steps)]
-        seconds = time.perf_counter() - start
-        label = f"{method} λ={lam:g}"
-        moments = tuple(t.clone() for t in read_gaussian(q_guide))
-        posteriors[label] = moments
-        traces[label] = _block_means(trace, trace_blocks)
-        rows.append(
-            {
-                "method": method,
-                "lam": float(lam),
-                **kls(*moments),
-                "seconds": seconds,
-                "ess": float(loss.ess) if method == "rkl" else None,
-                "converged": has_converged(trace, max(1, unlearn_steps // 4)),
-            }
-        )
-    posterior.restore(q_guide)
-    best = {
-        name: {
-            "kl_target": float(gaussian_kl(*optima[name], *target)),
-            "kl_retrained": float(gaussian_kl(*optima[name], *ref)),
-            "kl_exact": float(gaussian_kl(*optima[name], *exact_r)),
-        }
-        for name in ("eubo", "rkl")
-        if target is not None
-    }
-    return {
-        "rows": rows,
-        "mia": {"retrained": mia(*ref), "exact": mia(*exact_r)},
-        "train_seconds": train_seconds,
-        "retrain_seconds": retrain_seconds,
-        "target": None if target is None else _listed(*target),
-        "target_not_normalizable": not_normalizable,
-        "retrained": _listed(*ref),
-        "full": _listed(*full),
-        "posteriors": {k: _listed(*v) for k, v in posteriors.items()},
-        "optima": best,
-        "loss_traces": traces,
-        "diagnostics": {
-            "kl_full_to_elbo_optimum": float(gaussian_kl(*full, *family_optimum(*exact_d))),
-            "kl_retrained_to_elbo_optimum": float(gaussian_kl(*ref, *family_optimum(*exact_r))),
-        },
-        "settings": {
-            "guide": guide,
-            "num_data": len(y),
-            "num_erased": len(erased),
-            "noise_scale": noise,
-            "train_steps": train_steps,
-            "unlearn_steps": unlearn_steps,
-            "num_particles": num_particles,
-            "lr": lr,
-            "train_lr": train_lr,
-            "seed": seed,
-            "device": str(x.device),
-            "dtype": str(x.dtype),
-        },
-    }
+        nonmembers = _default_nonmembers(data, guide, seed)
+    score = _Scorer(data, fits, optima.get("target"), nonmembers, seed)
+    full_row = {"method": "full", "lam": math.nan, **score(*fits.full), "seconds": 0.0}
+    rows = [{**full_row, "ess": None, "converged": True}]
+    unlearned, posteriors, traces = _sweep(
+        model, data, fits, score, lambdas, steps=unlearn_steps, trace_blocks=trace_blocks,
+        progress=progress, num_particles=num_particles, lr=lr,
+    )  # fmt: skip
+    settings = _settings(
+        data, guide, train_steps=train_steps, unlearn_steps=unlearn_steps,
+        num_particles=num_particles, lr=lr, train_lr=train_lr, seed=seed,
+    )  # fmt: skip
+    return _report(fits, optima, not_normalizable, score, rows + unlearned, posteriors, traces,
+                   guide, settings)  # fmt: skip
 
 
 # -- predictive samples (the paper's Fig. 7) ----------------------------------------------------
