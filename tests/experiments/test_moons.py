@@ -1,4 +1,4 @@
-"""The moons experiment (pyro_unlearn/experiments/moons.py): its model, the exact Gaussian VI
+"""The moons experiment (pyro_unlearn/experiments/moons/): its model, the exact Gaussian VI
 that fits q(u|D), and a short run of the whole protocol against the paper's findings; the CLI
 is exercised by tests/test_cli.py and the full run by tutorials/moons.ipynb."""
 
@@ -189,7 +189,7 @@ def test_svgp_q_u_given_d_is_gpytorchs_optimum_and_the_authors(svgp_fit, model, 
         q.variational_mean.copy_(optimum)
     # the same q(u|D) as the authors' model (mapped to u = L v): close, not equal, the SVGP
     # keeping Var[f(x)|u], which the authors' logit drops; without it, the same optimum
-    loc, cov = svgp.unwhitened(*experiment._svgp_moments(guide))
+    loc, cov = svgp.unwhitened(*experiment.svgp_moments(guide))
     plain_loc, plain_cov, _ = experiment.gaussian_vi(model, data.x, data.y)
     assert 1e-4 < float(pu.metrics.gaussian_kl(loc, cov, plain_loc, plain_cov)) < 1e-2
 
