@@ -1,0 +1,153 @@
+"""θ-samples in one plate, and the observed site's distribution at all of them: what every metric
+of :mod:`pyro_unlearn.metrics` is computed from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+from pyro.poutine import Trace
+from pyro.poutine.util import site_is_subsample
+
+from ..traces import max_plate_nesting
+
+__all__ = ["SUPPORTED", "PredictiveSite", "vectorized_traces"]
+
+#: The site distributions whose Monte-Carlo predictive has a closed form here.
+SUPPORTED = "Bernoulli, Categorical, Normal"
+_WRAPPERS = (torch.distributions.Independent, MaskedDistribution, ExpandedDistribution)
+
+
+def vectorized_traces(
+    model: Callable[..., Any] | None,
+    posterior: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    num_samples: int,
+    name: str,
+) -> tuple[Trace, Trace | None, Trace | None, int]:
+    """θ_s ~ posterior, s = 1..S, in one plate of size S left of every plate of the model and the
+    guide, and (if ``model`` is given) the model replayed on them.
+
+    Returns ``(guide_trace, model_trace, unvectorised_model_trace, dim)`` with ``dim`` the sample
+    plate's (negative) batch dim. Everything runs under ``poutine.block()`` (nothing reaches an
+    enclosing SVI) and ``torch.no_grad()``.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    with torch.no_grad(), poutine.block():
+        guide_once = poutine.trace(posterior).get_trace(*args, **kwargs)
+        model_once = None if model is None else poutine.trace(model).get_trace(*args, **kwargs)
+        nesting = max_plate_nesting(guide_once)
+        if model_once is not None:
+            nesting = max(nesting, max_plate_nesting(model_once))
+        dim = -nesting - 1
+        guide_trace = poutine.trace(pyro.plate(name, num_samples, dim=dim)(posterior)).get_trace(
+            *args, **kwargs
+        )
+        model_trace = None
+        if model is not None:
+            vectorized = pyro.plate(name, num_samples, dim=dim)(model)
+            model_trace = poutine.trace(poutine.replay(vectorized, trace=guide_trace)).get_trace(
+                *args, **kwargs
+            )
+    return guide_trace, model_trace, model_once, dim
+
+
+class PredictiveSite:
+    """The observed site's distribution p(y|x, θ_s) for all s at once, unwrapped.
+
+    ``base`` is the innermost distribution (``Independent``, masks and ``expand`` wrappers
+    removed); ``shape`` the full shape of one θ-sample's y including the sample dim at
+    ``sample_dim`` (a non-negative index), so that ``points`` is ``shape`` without it: every
+    scalar observation (reinterpreted event dims become points, each with its marginal
+    predictive). ``value`` is the observed value, or ``None`` when the site was not observed;
+    ``fn`` the wrapped per-θ distribution, which scores an example jointly over its
+    ``event_dims``.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        posterior: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        site: str,
+        num_samples: int,
+    ) -> None:
+        guide_trace, trace, _, dim = vectorized_traces(
+            model, posterior, args, kwargs, num_samples, "_predictive_samples"
+        )
+        if site not in trace.nodes or trace.nodes[site]["type"] != "sample":
+            names = [n for n, s in trace.nodes.items() if s["type"] == "sample"]
+            raise ValueError(f"the model has no sample site {site!r}; its sample sites: {names}")
+        if site in guide_trace.nodes and not site_is_subsample(guide_trace.nodes[site]):
+            raise ValueError(f"{site!r} is a latent site of the posterior, not an observed site")
+        node = trace.nodes[site]
+        fn = node["fn"]
+        self.shape = fn.batch_shape + fn.event_shape
+        self.sample_dim = len(fn.batch_shape) + dim
+        self.num_samples = num_samples
+        self.points = self.shape[: self.sample_dim] + self.shape[self.sample_dim + 1 :]
+        base = fn
+        while isinstance(base, _WRAPPERS):
+            base = base.base_dist
+        self.base = base
+        self.value = node["value"] if node["is_observed"] else None
+        self.site = site
+        self.fn = fn
+        self.event_dims = len(fn.event_shape)
+
+    def _full(self, param: torch.Tensor, extra: tuple[int, ...] = ()) -> torch.Tensor:
+        return param.expand(self.shape + extra)
+
+    def check_supported(self) -> None:
+        """``TypeError`` unless the site is Bernoulli, Categorical or Normal."""
+        if not isinstance(
+            self.base,
+            (
+                torch.distributions.Bernoulli,
+                torch.distributions.Categorical,
+                torch.distributions.Normal,
+            ),
+        ):
+            raise TypeError(
+                f"site {self.site!r} has a {type(self.base).__name__} distribution; the predictive "
+                f"is implemented for {SUPPORTED}"
+            )
+
+    def check_discrete(self, what: str, instead: str) -> None:
+        """``TypeError`` unless the site is Bernoulli or Categorical (``what`` needs it)."""
+        self.check_supported()
+        if isinstance(self.base, torch.distributions.Normal):
+            raise TypeError(
+                f"{what} needs a Bernoulli or Categorical site; {self.site!r} {instead}"
+            )
+
+    def predictive(self) -> torch.distributions.Distribution:
+        """The Monte-Carlo predictive (1/S) Σ_s p(y|x, θ_s) of every point."""
+        self.check_supported()
+        base, s = self.base, self.sample_dim
+        if isinstance(base, torch.distributions.Bernoulli):
+            return dist.Bernoulli(probs=self._full(base.probs).mean(s))
+        if isinstance(base, torch.distributions.Categorical):
+            probs = self._full(base.probs, base.probs.shape[-1:]).mean(s)
+            return dist.Categorical(probs=probs)
+        loc = self._full(base.loc).movedim(s, -1)
+        scale = self._full(base.scale).movedim(s, -1)
+        mixing = dist.Categorical(logits=loc.new_zeros(self.num_samples))
+        return dist.MixtureSameFamily(mixing, dist.Normal(loc, scale))
+
+    def observed(self, what: str) -> torch.Tensor:
+        """The observed value, in the points' shape (``ValueError`` if the site was sampled)."""
+        if self.value is None:
+            raise ValueError(
+                f"{what} needs the observed values of site {self.site!r}: call it with the "
+                "model's observations (the site was sampled, not observed)"
+            )
+        return self.value.expand(self.points)
