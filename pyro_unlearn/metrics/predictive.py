@@ -301,7 +301,7 @@ def log_predictive_density(
 
 
 def logistic_log_predictive(mean: torch.Tensor, sd: torch.Tensor, num_nodes: int) -> torch.Tensor:
-    r"""log p(y|x) for y = 0, 1 when the logit is Gaussian, a ~ N(``mean``, ``sd``²), per point.
+    r"""log p(y|x) for y = 0, 1 when the logit is Gaussian, a ~ N(m, s²), at every point.
 
     By ``num_nodes``-point Gauss–Hermite quadrature (nodes t_i, weights ω_i), in log space:
 
