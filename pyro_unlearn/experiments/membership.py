@@ -1,61 +1,20 @@
-"""What the membership-inference studies of the reproductions share: per-example scores from a
-predictive, and the paired comparison of full, retrained and unlearned posteriors over seeds.
+"""The membership-inference studies' paired comparison of posteriors over seeds.
 
-Rows are dicts with a ``"posterior"`` key ("full", "retrained", "retrained again" — a second
+The studies (``moons`` and ``banknote``) score every posterior with the library's attacks
+(:func:`pyro_unlearn.metrics.membership_attack` on the features of
+:func:`pyro_unlearn.metrics.loss_and_entropy`); this module only tabulates their scores. Rows
+are dicts with a ``"posterior"`` key ("full", "retrained", "retrained again" — a second
 retraining from another random stream, the optimiser's noise floor — and the unlearned ones)
 and one value per metric, one row per posterior and seed.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-__all__ = [
-    "compare",
-    "compared_posteriors",
-    "logistic_log_predictive",
-    "loss_and_entropy",
-    "summarise",
-]
-
-
-def logistic_log_predictive(mean: torch.Tensor, sd: torch.Tensor, num_nodes: int) -> torch.Tensor:
-    r"""log p(y|x) for y = 0, 1 when the logit is a ~ N(``mean``, ``sd``²) per point: by
-    ``num_nodes``-point Gauss–Hermite quadrature, in log space,
-
-    .. math:: p(y=1|x) = E[σ(a)] ≈ \frac{1}{\sqrt π} \sum_i ω_i\, σ(m + \sqrt2\, s\, t_i).
-
-    Returns shape ``(*mean.shape, 2)`` in ``mean``'s dtype and device.
-
-        >>> logp = logistic_log_predictive(torch.zeros(1), torch.ones(1), 64)
-        >>> logp.exp().tolist()  # symmetric around 0: ½ each
-        [[0.5, 0.5]]
-    """
-    if not 1 <= num_nodes <= 300:  # NumPy's hermgauss overflows beyond ~350 nodes
-        raise ValueError(f"num_nodes must be in [1, 300], got {num_nodes}")
-    nodes, weights = np.polynomial.hermite.hermgauss(num_nodes)
-    nodes = mean.new_tensor(nodes) * math.sqrt(2)
-    log_weights = mean.new_tensor(weights).log() - 0.5 * math.log(math.pi)
-    logits = mean.unsqueeze(-1) + sd.unsqueeze(-1) * nodes  # (points, nodes)
-    logits = torch.stack([-logits, logits], -2)  # y = 0, 1: log σ(∓a)
-    return torch.logsumexp(torch.nn.functional.logsigmoid(logits) + log_weights, -1)
-
-
-def loss_and_entropy(log_p: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """−log p(y_n|x_n) and the entropy of each predictive, from class log-probabilities ``log_p``
-    of shape (N, C): the two features of the attacks.
-
-        >>> log_p = torch.tensor([[0.5, 0.5], [0.9, 0.1]], dtype=torch.float64).log()
-        >>> loss, entropy = loss_and_entropy(log_p, torch.tensor([0, 0]))
-        >>> loss.round(decimals=3).tolist(), entropy.round(decimals=3).tolist()
-        ([0.693, 0.105], [0.693, 0.325])
-    """
-    loss = -log_p.gather(-1, y.long().unsqueeze(-1)).squeeze(-1)
-    return loss, -(log_p.exp() * log_p).sum(-1)
+__all__ = ["compare", "compared_posteriors", "summarise"]
 
 
 def compare(rows: list[dict], name: str, metric: str) -> dict:
