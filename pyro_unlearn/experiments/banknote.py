@@ -1,4 +1,4 @@
-"""Logistic regression on the banknote data (EXPERIMENTS.md §5; the paper's Sec. 4.2, Fig. 5).
+"""Logistic regression on the banknote data (Nguyen, Low & Jaillet 2020, Sec. 4.2, Fig. 5).
 
 q(θ|D) is trained to convergence (the authors' was not, see below) with a full-covariance
 Gaussian guide and with a MAF flow guide; each is unlearned with the EUBO and the reverse KL over
@@ -29,6 +29,9 @@ come from the Gauss–Hermite predictive (:func:`quadrature_predictive`), exact 
 of Monte-Carlo noise, so every attack score is a deterministic function of the posterior and
 full, retrained and unlearned compare *paired*, on the same members and non-members; a second
 retraining from another random stream measures what the optimiser's noise alone moves.
+
+References:
+    Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -45,28 +49,24 @@ from pyro.infer.autoguide import AutoLaplaceApproximation, AutoMultivariateNorma
 from tqdm import tqdm
 
 import pyro_unlearn as pu
-
-from ..forget import run_until_flat
-from ..guides import read_gaussian
-from ..metrics import (
+from pyro_unlearn import FLOW_LAMBDAS, LAMBDAS
+from pyro_unlearn.forget import run_until_flat
+from pyro_unlearn.guides import read_gaussian
+from pyro_unlearn.metrics import (
     MembershipAttack,
     gaussian_kl,
+    logistic_log_predictive,
+    loss_and_entropy,
     mean_and_std,
     membership_attack,
     membership_inference,
     predictive_kl,
 )
-from ..sweep import FLOW_LAMBDAS, LAMBDAS
+
 from . import json_safe
 from .datasets import BanknoteData, banknote
 from .machine import machine_info
-from .membership import (
-    compare,
-    compared_posteriors,
-    logistic_log_predictive,
-    loss_and_entropy,
-    summarise,
-)
+from .membership import compare, compared_posteriors, summarise
 
 __all__ = [
     "GUIDES",
@@ -118,7 +118,7 @@ def mia_holdout_rows(data: BanknoteData, num: int, seed: int = 0) -> torch.Tenso
 
     Example::
 
-        >>> data = pu.datasets.banknote()
+        >>> data = banknote()
         >>> rows = mia_holdout_rows(data, 100)
         >>> len(rows), bool(torch.isin(rows, data.erased).all())
         (100, True)
@@ -244,6 +244,141 @@ def train_full_posterior(
     return guide, info
 
 
+@dataclass(frozen=True)
+class _Scores:
+    """How :func:`run` scores a posterior q: the averaged predictive KL from a reference on D_e
+    and on D_r (:meth:`kls`), and membership inference on D_e against the held-out rows
+    (:meth:`mia`; NaN without them)."""
+
+    erased: tuple[torch.Tensor, torch.Tensor]
+    remaining: tuple[torch.Tensor, torch.Tensor]
+    holdout: tuple[torch.Tensor, torch.Tensor]
+    num_samples: int
+    mia_repeats: int
+    seed: int
+
+    def kls(self, q, reference) -> dict[str, float]:
+        """``kl_{erased,remaining}_{mean,std}`` of KL[reference(y|x) ‖ q(y|x)] over the points."""
+        kls = {}
+        for where, (inputs, _) in (("erased", self.erased), ("remaining", self.remaining)):
+            kl = predictive_kl(
+                logistic_model, reference, q, inputs, site="y", num_samples=self.num_samples
+            )
+            kls[f"kl_{where}_mean"], kls[f"kl_{where}_std"] = mean_and_std(kl)
+        return kls
+
+    def mia(self, q) -> dict[str, float]:
+        """The ``mia_*`` columns: loss and predictive entropy of D_e against the held-out rows."""
+        if not len(self.holdout[1]):
+            return dict.fromkeys(MIA_COLUMNS, math.nan)
+        attack = membership_inference(
+            logistic_model,
+            {"q": q},
+            self.erased,
+            self.holdout,
+            num_samples=self.num_samples,
+            entropy=True,
+            repeats=self.mia_repeats,
+            seed=self.seed,
+        )["q"]
+        return attack.columns()
+
+
+def _fit_and_retrain(
+    name: str,
+    split: tuple[tuple[torch.Tensor, torch.Tensor], ...],
+    *,
+    seed: int,
+    lr: float,
+    retrain_steps: int,
+    retrains: int = 1,
+    **fit_options,
+) -> tuple[torch.nn.Module, pu.FrozenPosterior, list, dict]:
+    """Step 1 for one guide: q(θ|D) by :func:`train_full_posterior` (``fit_options``), frozen
+    on D_e, and ``retrains`` references q(θ|D_r) retrained by VI warm-started from it, each from
+    the random stream the one before left. Returns the live guide, the frozen q(θ|D), the
+    :func:`~pyro_unlearn.retrain` results and the fit's description."""
+    (x, y), (x_e, y_e), (x_r, y_r), _ = split
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide, fit = train_full_posterior(name, x, y, **fit_options)
+    posterior = pu.freeze(guide, x_e, y_e)
+    retrain = dict(init="posterior", num_steps=retrain_steps, lr=lr, window=fit_options["window"])
+    retrain.update(num_particles=fit_options["num_particles"], progress=fit_options["progress"])
+    references = [pu.retrain(logistic_model, guide, x_r, y_r, **retrain) for _ in range(retrains)]
+    return guide, posterior, references, fit
+
+
+def _sweep(name: str, guide, posterior, erased, evaluate, **options) -> pu.SweepResult:
+    """Step 2: unlearn D_e from q(θ|D) with every method at every λ (``options``: those of
+    :func:`~pyro_unlearn.lambda_sweep` and :func:`~pyro_unlearn.forget`), scoring each result
+    with ``evaluate``."""
+    return pu.lambda_sweep(
+        logistic_model, guide, *erased, evaluate=evaluate, posterior=posterior, guide_name=name,
+        max_plate_nesting=1, **options,
+    )  # fmt: skip
+
+
+def _run_guide(
+    name: str,
+    split: tuple[tuple[torch.Tensor, torch.Tensor], ...],
+    scores: _Scores,
+    *,
+    lr: float,
+    retrain_steps: int,
+    sweep_options: dict,
+    **fit_options,
+) -> dict:
+    """:func:`run` for one guide: fit, retrain, the noise floor, unlearn and score; returns
+    ``{"rows", "retrain_seconds", "training", "noise_floor", "mia", "posteriors"}``."""
+    guide, posterior, (reference,), training = _fit_and_retrain(
+        name, split, seed=scores.seed, lr=lr, retrain_steps=retrain_steps, **fit_options
+    )
+    training["retrain_steps"] = len(reference.losses)
+    training["retrain_converged"] = reference.converged
+    retrained = reference.posterior
+    noise_floor = scores.kls(retrained, retrained)
+    mia = {"retrained": scores.mia(retrained)}
+    sweep = _sweep(
+        name, guide, posterior, split[1], lambda q: scores.kls(q, retrained) | scores.mia(q),
+        lr=lr, **sweep_options,
+    )  # fmt: skip
+    return {
+        "rows": [{k: json_safe(v) for k, v in r.items()} for r in sweep.table.to_dict("records")],
+        "retrain_seconds": reference.seconds,
+        "training": training,
+        "noise_floor": noise_floor,
+        "mia": mia,
+        "posteriors": {"retrained": retrained, **sweep.posteriors},
+    }
+
+
+def _machine(x: torch.Tensor) -> dict[str, object]:
+    """Where a run ran: ``device``, ``dtype`` and ``machine`` (:func:`.machine.machine_info`)."""
+    return {
+        "device": str(x.device),
+        "dtype": str(x.dtype),
+        "machine": machine_info(x.device, x.dtype),
+    }
+
+
+def _report(per_guide: dict[str, dict], mia_holdout: int, settings: dict) -> dict:
+    """The result of :func:`run` from each guide's (:func:`_run_guide`)."""
+
+    def gather(key):
+        return {name: out[key] for name, out in per_guide.items()}
+
+    note = "no non-members: run(mia_holdout=k) holds k rows of D_e out of D"
+    return {
+        "rows": [row for out in per_guide.values() for row in out["rows"]],
+        "retrain_seconds": gather("retrain_seconds"),
+        "settings": settings,
+        "training": gather("training"),
+        "noise_floor": gather("noise_floor"),
+        "mia": gather("mia") if mia_holdout else {"note": note},
+    }
+
+
 def run(
     guides: Sequence[str] = tuple(GUIDES),
     *,
@@ -278,123 +413,58 @@ def run(
     ``mia_logistic_auc`` (NaN when ``mia_holdout`` is 0) and ``"mia"`` holds the retrained
     posterior's, per guide. ``keep_posteriors=True`` adds ``"posteriors"``: per guide,
     the frozen retrained posterior and the sweep's (e.g. for
-    :func:`~pyro_unlearn.metrics.to_inference_data`); not JSON-serialisable."""
+    :func:`~pyro_unlearn.metrics.to_inference_data`); not JSON-serialisable.
+
+    Per guide, the steps are: fit q(θ|D) from the Laplace approximation, retrain q(θ|D_r) from
+    it, unlearn D_e over the λ grid, and score every posterior against the retrained one.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
+        (Sec. 4.2, Fig. 5).
+
+    Example (not run: the full settings take an hour on a CPU)::
+
+        results = run(("mvn",), **QUICK)
+        [(r["method"], r["lam"], r["kl_erased_mean"]) for r in results["rows"]]
+    """
     lambdas = {**GUIDES, **(lambdas or {})}
     lr = {"mvn": 0.01, "maf": 0.002, **(lr or {})}
     data = data or banknote(device=device)
-    (x, y), (x_e, y_e), (x_r, y_r), (x_out, y_out) = _split(data, mia_holdout, seed)
+    split = _split(data, mia_holdout, seed)
+    (x, y), (x_e, y_e), _, _ = split
     train_particles = num_particles // 8  # the ELBO needs far fewer than the unlearning losses
-    rows, retrain_seconds, training, noise_floor, posteriors, mia_results = [], {}, {}, {}, {}, {}
-
-    def mia(q) -> dict[str, float]:
-        if not mia_holdout:
-            return dict.fromkeys(MIA_COLUMNS, math.nan)
-        attack = membership_inference(
-            logistic_model,
-            {"q": q},
-            (x_e, y_e),
-            (x_out, y_out),
-            num_samples=num_eval_samples,
-            entropy=True,
-            repeats=mia_repeats,
-            seed=seed,
-        )["q"]
-        return attack.columns()
-
-    for name in guides:
-        pyro.clear_param_store()
-        pyro.set_rng_seed(seed)
-        guide, training[name] = train_full_posterior(
+    scores = _Scores(*split[1:], num_eval_samples, mia_repeats, seed)
+    sweep_options = dict(progress=progress, num_particles=num_particles, window=window)
+    sweep_options.update(num_steps=unlearn_steps)
+    flow = {"flow_transforms": flow_transforms, "flow_hidden": flow_hidden}
+    per_guide = {
+        name: _run_guide(
             name,
-            x,
-            y,
+            split,
+            scores,
+            lr=lr[name],
+            retrain_steps=retrain_steps,
             map_steps=map_steps,
             train_steps=train_steps,
             window=window,
             num_particles=train_particles,
-            flow_transforms=flow_transforms,
-            flow_hidden=flow_hidden,
             progress=progress,
-        )
-        posterior = pu.freeze(guide, x_e, y_e)
-        reference = pu.retrain(
-            logistic_model,
-            guide,
-            x_r,
-            y_r,
-            init="posterior",
-            num_steps=retrain_steps,
-            window=window,
-            lr=lr[name],
-            num_particles=train_particles,
-            progress=progress,
-        )
-        retrain_seconds[name] = reference.seconds
-        training[name]["retrain_steps"] = len(reference.losses)
-        training[name]["retrain_converged"] = reference.converged
-
-        def evaluate(q, reference=reference.posterior):
-            kls = {}
-            for where, inputs in (("erased", x_e), ("remaining", x_r)):
-                kl = predictive_kl(
-                    logistic_model, reference, q, inputs, site="y", num_samples=num_eval_samples
-                )
-                kls[f"kl_{where}_mean"], kls[f"kl_{where}_std"] = mean_and_std(kl)
-            return kls
-
-        noise_floor[name] = evaluate(reference.posterior)
-        mia_results[name] = {"retrained": mia(reference.posterior)}
-        sweep = pu.lambda_sweep(
-            logistic_model,
-            guide,
-            x_e,
-            y_e,
-            evaluate=lambda q, evaluate=evaluate: evaluate(q) | mia(q),
-            lambdas=lambdas[name],
-            posterior=posterior,
-            guide_name=name,
-            progress=progress,
-            num_particles=num_particles,
-            lr=lr[name],
-            num_steps=unlearn_steps,
-            window=window,
-            max_plate_nesting=1,
-        )
-        rows += [{k: json_safe(v) for k, v in r.items()} for r in sweep.table.to_dict("records")]
-        posteriors[name] = {"retrained": reference.posterior, **sweep.posteriors}
-    results = {
-        "rows": rows,
-        "retrain_seconds": retrain_seconds,
-        "settings": {
-            "guides": list(guides),
-            "lambdas": {g: list(lambdas[g]) for g in guides},
-            "num_data": len(y),
-            "num_erased": len(y_e),
-            "mia_holdout": mia_holdout,
-            "mia_repeats": mia_repeats,
-            "map_steps": map_steps,
-            "train_steps": train_steps,
-            "retrain_steps": retrain_steps,
-            "unlearn_steps": unlearn_steps,
-            "window": window,
-            "num_particles": num_particles,
-            "train_particles": train_particles,
-            "lr": lr,
-            "num_eval_samples": num_eval_samples,
-            "flow": {"preset": "maf", "transforms": flow_transforms, "hidden": list(flow_hidden)},
-            "seed": seed,
-            "device": str(x.device),
-            "dtype": str(x.dtype),
-            "machine": machine_info(x.device, x.dtype),
-        },
-        "training": training,
-        "noise_floor": noise_floor,
-        "mia": mia_results
-        if mia_holdout
-        else {"note": "no non-members: run(mia_holdout=k) holds k rows of D_e out of D"},
+            sweep_options=dict(sweep_options, lambdas=lambdas[name]),
+            **flow,
+        )  # fmt: skip
+        for name in guides
     }
+    settings = dict(
+        guides=list(guides), lambdas={g: list(lambdas[g]) for g in guides}, num_data=len(y),
+        num_erased=len(y_e), mia_holdout=mia_holdout, mia_repeats=mia_repeats, map_steps=map_steps,
+        train_steps=train_steps, retrain_steps=retrain_steps, unlearn_steps=unlearn_steps,
+        window=window, num_particles=num_particles, train_particles=train_particles, lr=lr,
+        num_eval_samples=num_eval_samples, seed=seed,
+        flow={"preset": "maf", "transforms": flow_transforms, "hidden": list(flow_hidden)},
+    )  # fmt: skip
+    results = _report(per_guide, mia_holdout, settings | _machine(x))
     if keep_posteriors:
-        results["posteriors"] = posteriors
+        results["posteriors"] = {name: out["posteriors"] for name, out in per_guide.items()}
     return results
 
 
@@ -457,6 +527,79 @@ def _loss_and_entropy(posterior, x, y, num_nodes) -> tuple[torch.Tensor, torch.T
     return loss_and_entropy(log_p, y)
 
 
+def _score_study(
+    chosen: dict, fits: dict, split, *, seed: int, num_nodes: int, mia_repeats: int
+) -> list[dict]:
+    """Step 3 of :func:`membership_study` for one seed: each posterior's row, its attack run on
+    the same members, non-members and folds (paired), its losses compared per example with the
+    retrained and the full posterior's."""
+    _, (x_e, y_e), _, (x_out, y_out) = split
+    scored = {
+        name: (
+            _loss_and_entropy(q, x_e, y_e, num_nodes),
+            _loss_and_entropy(q, x_out, y_out, num_nodes),
+        )
+        for name, q in chosen.items()
+    }
+    loss_r, loss_f = scored["retrained"][0][0], scored["full"][0][0]
+    rows = []
+    for name, ((loss_m, h_m), (loss_n, h_n)) in scored.items():
+        attack = membership_attack(
+            loss_m, loss_n, features=(h_m, h_n), repeats=mia_repeats, seed=seed
+        )
+        seconds, steps, converged = fits[name]
+        rows.append(
+            {
+                "seed": seed,
+                "posterior": name,
+                **attack.columns(),
+                "loss_gap": float(loss_n.mean() - loss_m.mean()),
+                "loss_to_retrained": float((loss_m - loss_r).abs().mean()),
+                "loss_to_full": float((loss_m - loss_f).abs().mean()),
+                "seconds": seconds,
+                "steps": steps,
+                "converged": bool(converged),
+            }
+        )
+    return rows
+
+
+def _study_seed(
+    data: BanknoteData,
+    seed: int,
+    *,
+    mia_holdout: int,
+    lr: float,
+    retrain_steps: int,
+    fit_options: dict,
+    sweep_options: dict,
+    **score_options,
+) -> tuple[list[dict], dict]:
+    """:func:`membership_study` for one seed: hold rows out, fit q(θ|D) and retrain twice
+    (step 1), unlearn (step 2), score (step 3); returns the rows and the posteriors by name."""
+    split = _split(data, mia_holdout, seed)
+    guide, posterior, references, fit = _fit_and_retrain(
+        "mvn", split, seed=seed, lr=lr, retrain_steps=retrain_steps, retrains=2, **fit_options
+    )
+    sweep = _sweep("mvn", guide, posterior, split[1], lambda q: {}, lr=lr, **sweep_options)
+    full_fit = (fit["seconds"], fit["steps"], fit["converged"])
+    chosen, fits = compared_posteriors(posterior, full_fit, references, sweep)
+    return _score_study(chosen, fits, split, seed=seed, **score_options), chosen
+
+
+def _study_report(rows: list[dict], names: list[str], settings: dict) -> dict:
+    """Step 4 of :func:`membership_study`: the rows, their summary over seeds and the paired
+    comparisons of every unlearned posterior."""
+    columns = [*MIA_STUDY_METRICS, "loss_to_retrained", "loss_to_full"]
+    unlearned = [n for n in names if n not in ("full", "retrained", "retrained again")]
+    return {
+        "rows": rows,
+        "summary": summarise(rows, names, columns),
+        "comparisons": [compare(rows, n, m) for n in unlearned for m in MIA_STUDY_METRICS],
+        "settings": settings,
+    }
+
+
 def membership_study(
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     *,
@@ -514,109 +657,27 @@ def membership_study(
     start = time.perf_counter()
     data = data or banknote(device=device)
     train_particles = num_particles // 8  # as in run(): the ELBO needs far fewer
+    fit_options = dict(map_steps=map_steps, train_steps=train_steps, window=window)
+    fit_options.update(num_particles=train_particles, progress=False)
+    sweep_options = dict(lambdas=lambdas, methods=methods, progress=False, window=window)
+    sweep_options.update(num_particles=num_particles, num_steps=unlearn_steps)
     rows, posteriors = [], {}
     for seed in tqdm(seeds, desc="membership study (seeds)", disable=not progress):
-        (x, y), (x_e, y_e), (x_r, y_r), (x_out, y_out) = _split(data, mia_holdout, seed)
-        pyro.clear_param_store()
-        pyro.set_rng_seed(seed)
-        guide, fit = train_full_posterior(
-            "mvn",
-            x,
-            y,
-            map_steps=map_steps,
-            train_steps=train_steps,
-            window=window,
-            num_particles=train_particles,
-            progress=False,
-        )
-        posterior = pu.freeze(guide, x_e, y_e)
-        retrain = dict(
-            init="posterior",
-            num_steps=retrain_steps,
-            window=window,
-            lr=lr,
-            num_particles=train_particles,
-            progress=False,
-        )
-        references = [pu.retrain(logistic_model, guide, x_r, y_r, **retrain) for _ in range(2)]
-        sweep = pu.lambda_sweep(
-            logistic_model,
-            guide,
-            x_e,
-            y_e,
-            evaluate=lambda q: {},
-            lambdas=lambdas,
-            methods=methods,
-            posterior=posterior,
-            guide_name="mvn",
-            progress=False,
-            num_particles=num_particles,
-            lr=lr,
-            num_steps=unlearn_steps,
-            window=window,
-            max_plate_nesting=1,
-        )
-        full_fit = (fit["seconds"], fit["steps"], fit["converged"])
-        chosen, fits = compared_posteriors(posterior, full_fit, references, sweep)
-        scored = {
-            name: (
-                _loss_and_entropy(q, x_e, y_e, num_nodes),
-                _loss_and_entropy(q, x_out, y_out, num_nodes),
-            )
-            for name, q in chosen.items()
-        }
-        loss_r, loss_f = scored["retrained"][0][0], scored["full"][0][0]
-        for name, ((loss_m, h_m), (loss_n, h_n)) in scored.items():
-            attack = membership_attack(
-                loss_m, loss_n, features=(h_m, h_n), repeats=mia_repeats, seed=seed
-            )
-            seconds, steps, converged = fits[name]
-            rows.append(
-                {
-                    "seed": seed,
-                    "posterior": name,
-                    **attack.columns(),
-                    "loss_gap": float(loss_n.mean() - loss_m.mean()),
-                    "loss_to_retrained": float((loss_m - loss_r).abs().mean()),
-                    "loss_to_full": float((loss_m - loss_f).abs().mean()),
-                    "seconds": seconds,
-                    "steps": steps,
-                    "converged": bool(converged),
-                }
-            )
-        posteriors[seed] = chosen
-    names = list(chosen)
-    columns = [*MIA_STUDY_METRICS, "loss_to_retrained", "loss_to_full"]
-    summary = summarise(rows, names, columns)
-    unlearned = [n for n in names if n not in ("full", "retrained", "retrained again")]
-    comparisons = [compare(rows, n, m) for n in unlearned for m in MIA_STUDY_METRICS]
-    results = {
-        "rows": rows,
-        "summary": summary,
-        "comparisons": comparisons,
-        "settings": {
-            "seeds": list(seeds),
-            "guide": "mvn",
-            "mia_holdout": mia_holdout,
-            "num_members": len(data.erased) - mia_holdout,
-            "lambdas": list(lambdas),
-            "methods": list(methods),
-            "map_steps": map_steps,
-            "train_steps": train_steps,
-            "retrain_steps": retrain_steps,
-            "unlearn_steps": unlearn_steps,
-            "window": window,
-            "num_particles": num_particles,
-            "train_particles": train_particles,
-            "lr": lr,
-            "num_nodes": num_nodes,
-            "mia_repeats": mia_repeats,
-            "device": str(data.x.device),
-            "dtype": str(data.x.dtype),
-            "machine": machine_info(data.x.device, data.x.dtype),
-            "seconds": time.perf_counter() - start,
-        },
-    }
+        seed_rows, posteriors[seed] = _study_seed(
+            data, seed, mia_holdout=mia_holdout, lr=lr, retrain_steps=retrain_steps,
+            fit_options=fit_options, sweep_options=sweep_options, num_nodes=num_nodes,
+            mia_repeats=mia_repeats,
+        )  # fmt: skip
+        rows += seed_rows
+    settings = dict(
+        seeds=list(seeds), guide="mvn", mia_holdout=mia_holdout,
+        num_members=len(data.erased) - mia_holdout, lambdas=list(lambdas), methods=list(methods),
+        map_steps=map_steps, train_steps=train_steps, retrain_steps=retrain_steps,
+        unlearn_steps=unlearn_steps, window=window, num_particles=num_particles,
+        train_particles=train_particles, lr=lr, num_nodes=num_nodes, mia_repeats=mia_repeats,
+    )  # fmt: skip
+    settings |= _machine(data.x) | {"seconds": time.perf_counter() - start}
+    results = _study_report(rows, list(posteriors[seeds[-1]]), settings)
     if keep_posteriors:
         results["posteriors"] = posteriors
     return results
