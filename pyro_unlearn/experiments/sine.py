@@ -1,5 +1,5 @@
 """1-D sine regression with a Bayesian neural network: Laplace (L-BUN) against variational (EUBO,
-rKL) unlearning (EXPERIMENTS.md §8; the L-BUN paper's Sec. 3, Figs. 1–2).
+rKL) unlearning (Rawat et al. 2022, the L-BUN paper: Sec. 3, Figs. 1–2).
 
 300 noisy points of y = sin(4x) on [−1, 1] (σ = 0.1); the 200 central points are deleted, so
 D_r is two clusters of 50 with a gap between them. The network (:class:`SineNet`) has one hidden
@@ -24,6 +24,12 @@ means there, and ``kl_remaining`` the mean KL at D_r's inputs. Membership infere
 (:func:`~pyro_unlearn.metrics.membership_attack`, not in the paper): the per-point predictive
 NLL of D_e against the 200 central points of an independent draw (the same region), ``mia_*``
 columns; 0.5 is chance.
+
+References:
+    A. Rawat, J. Requeima, W. Bruinsma, R. E. Turner. Challenges and Pitfalls of Bayesian
+    Unlearning. ICML 2022 Workshop on Updatable Machine Learning (arXiv:2207.03227).
+
+    Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
 """
 
 from __future__ import annotations
@@ -43,11 +49,11 @@ from torch.distributions import Normal, kl_divergence
 from tqdm import tqdm
 
 import pyro_unlearn as pu
+from pyro_unlearn.exact import NotNormalizableError
+from pyro_unlearn.guides import LatentLayout, latent_layout, read_gaussian, write_gaussian
+from pyro_unlearn.infer.curvature import ErasedLogLikelihood
+from pyro_unlearn.metrics import MembershipAttack, membership_attack
 
-from ..exact import NotNormalizableError
-from ..guides import LatentLayout, latent_layout, read_gaussian, write_gaussian
-from ..infer.curvature import ErasedLogLikelihood
-from ..metrics import MembershipAttack, membership_attack
 from . import json_safe
 from .datasets import SineData, sine
 
@@ -310,6 +316,213 @@ def curve_key(scheme: str, method: str, lam: float | None) -> str:
 
 
 # -- the study ----------------------------------------------------------------------------------
+class _Study:
+    """The bookkeeping of :func:`run`: where every predictive is evaluated (the test grid, D_r's
+    inputs, D_e and the non-members), how it is scored against the retrained one of its scheme
+    (:meth:`record`), and the rows and curves so far.
+
+    The non-members of membership inference are the central points of an independent draw of
+    the data (seed ``seed + 1``): the region D_e comes from."""
+
+    def __init__(self, net: SineNet, data: SineData, seed: int, num_samples: int):
+        x, y, erased, keep = data.x, data.y, data.erased, data.remaining
+        self.net, self.seed, self.num_samples = net, seed, num_samples
+        lo, hi = data.gap
+        grid = data.x_test
+        self.gap_mask = (grid[:, 0] >= lo) & (grid[:, 0] <= hi)
+        fresh = sine(len(y), len(erased), data.noise_scale, seed=seed + 1, device=x.device)
+        outside_x, outside_y = (
+            t.to(x.dtype) for t in (fresh.x[fresh.erased], fresh.y[fresh.erased])
+        )
+        self.inputs = torch.cat([grid, x[keep], x[erased], outside_x])
+        self.n_grid, self.n_keep, self.n_erased = len(grid), len(keep), len(erased)
+        self.targets = torch.cat([y[erased], outside_y])
+        self.rows: list[dict] = []
+        self.curves: dict[str, dict[str, list[float]]] = {}
+
+    def predict(self, scheme: str, guide) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predictive's (mean, variance) at every input: Monte Carlo for VI, the linearised
+        predictive for Laplace."""
+        if scheme == "vi":
+            return predictive_moments(self.net, guide, self.inputs, self.num_samples, self.seed)
+        return linearized_moments(self.net, guide, self.inputs)
+
+    def record(
+        self,
+        scheme: str,
+        method: str,
+        lam: float,
+        guide,
+        reference: tuple[torch.Tensor, torch.Tensor],
+        seconds: float,
+        failed: str | None = None,
+        moments: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **extra,
+    ) -> dict:
+        """Add the row of one posterior (``guide``; None: a failed run, NaN metrics) compared
+        with the retrained predictive ``reference``, and its curve on the test grid."""
+        row = dict(scheme=scheme, method=method, lam=lam, seconds=seconds, failed=failed, **extra)
+        if guide is None:
+            row.update(kl_gap=math.nan, rmse_gap=math.nan, kl_remaining=math.nan)
+            row.update(dict.fromkeys(MIA_COLUMNS, math.nan))
+        else:
+            moments = self.predict(scheme, guide) if moments is None else moments
+            n_grid, n_keep, n_erased = self.n_grid, self.n_keep, self.n_erased
+            row.update(_compare(moments, reference, self.gap_mask, n_grid, n_keep))
+            m, v = (t[n_grid + n_keep :] for t in moments)
+            losses = -Normal(m, v.sqrt()).log_prob(self.targets)
+            attack = membership_attack(losses[:n_erased], losses[n_erased:], seed=self.seed)
+            row.update(attack.columns("mia"))
+            m, v = (t[:n_grid] for t in moments)
+            self.curves[curve_key(scheme, method, lam)] = {
+                "mean": m.tolist(),
+                "sd": v.sqrt().tolist(),
+            }
+        self.rows.append(row)
+        return row
+
+
+def _timed(fit, *args, **kwargs) -> tuple:
+    """``fit(*args, **kwargs)`` and the seconds it took."""
+    start = time.perf_counter()
+    result = fit(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def _maps(net: SineNet, data: SineData, steps: int, seed: int) -> tuple[dict, dict]:
+    """Step 1: θ_MAP on D and on D_r (:func:`map_estimate`), and the seconds each took."""
+    keep = data.remaining
+    theta, seconds = {}, {}
+    theta["D"], seconds["D"] = _timed(map_estimate, net, data.x, data.y, steps, seed)
+    theta["D_r"], seconds["D_r"] = _timed(
+        map_estimate, net, data.x[keep], data.y[keep], steps, seed
+    )
+    return theta, seconds
+
+
+def _laplace_scheme(
+    study: _Study,
+    data: SineData,
+    maps: tuple[dict, dict],
+    curvature: str,
+    lambdas: Sequence[float],
+    lbun_steps: int,
+    bar: tqdm,
+) -> None:
+    """Laplace with one curvature: fit on D and on D_r from the MAPs (step 2), unlearn D_e by
+    L-BUN at every λ_L (step 3), each recorded against the retrained predictive (step 4)."""
+    net, scheme = study.net, f"laplace-{curvature}"
+    x, y, erased, keep = data.x, data.y, data.erased, data.remaining
+    theta, map_seconds = maps
+    full, t_full = _timed(laplace_posterior, net, x, y, curvature, theta["D"])
+    bar.update()
+    ret, t_ret = _timed(laplace_posterior, net, x[keep], y[keep], curvature, theta["D_r"])
+    bar.update()
+    reference = study.predict(scheme, ret)
+    study.record(
+        scheme, "retrained", math.nan, ret, reference, t_ret + map_seconds["D_r"], moments=reference
+    )
+    study.record(scheme, "full", math.nan, full, reference, t_full + map_seconds["D"])
+    for lam in lambdas:
+        (guide, outcome), seconds = _timed(
+            _lbun, net, full, x, y, erased, lam, curvature, lbun_steps
+        )
+        study.record(scheme, "lbun", lam, guide, reference, seconds, **outcome)
+        bar.update()
+
+
+def _vi_fits(
+    study: _Study,
+    data: SineData,
+    theta: dict,
+    *,
+    steps: int,
+    num_particles: int,
+    seed: int,
+    progress: bool,
+    bar: tqdm,
+) -> tuple[AutoDiagonalNormal, tuple[torch.Tensor, torch.Tensor]]:
+    """Mean-field VI on D_r (in a param store of its own) and on D, each started at the Laplace
+    MAP of the same data (step 2); returns q(θ|D) and the retrained predictive."""
+    x, y, keep, net = data.x, data.y, data.remaining, study.net
+    pyro.clear_param_store()
+    with pyro.get_param_store().scope():  # the retrained guide's params stay apart
+        pyro.set_rng_seed(seed)
+        ret, t_ret = _timed(
+            vi_posterior, net, x[keep], y[keep], theta["D_r"], steps,
+            num_particles=num_particles, progress=progress, desc="VI on D_r",
+        )  # fmt: skip
+        bar.update()
+        reference = study.predict("vi", ret)
+        study.record("vi", "retrained", math.nan, ret, reference, t_ret, moments=reference)
+    pyro.set_rng_seed(seed)
+    full, t_full = _timed(
+        vi_posterior, net, x, y, theta["D"], steps,
+        num_particles=num_particles, progress=progress, desc="VI on D",
+    )  # fmt: skip
+    bar.update()
+    study.record("vi", "full", math.nan, full, reference, t_full)
+    return full, reference
+
+
+def _vi_unlearn(
+    study: _Study,
+    data: SineData,
+    full: AutoDiagonalNormal,
+    reference: tuple[torch.Tensor, torch.Tensor],
+    *,
+    lambdas: Sequence[float],
+    steps: int,
+    num_particles: int,
+    rkl_particles: int,
+    lr: float,
+    seed: int,
+    bar: tqdm,
+) -> None:
+    """Unlearn D_e from q(θ|D) with the EUBO and the rKL at every λ, each from q(θ|D) (step 3),
+    recorded against the retrained predictive (step 4)."""
+    x, y, erased, net = data.x, data.y, data.erased, study.net
+    posterior = pu.freeze(full, x, y)
+    for method in ("eubo", "rkl"):
+        for lam in lambdas:
+            pyro.set_rng_seed(seed)
+            result = pu.forget(
+                net, full, x, y, erased=erased, plate="data", method=method, lam=lam,
+                posterior=posterior, lr=lr, num_steps=steps, window=steps,
+                num_particles=num_particles if method == "eubo" else rkl_particles,
+                progress=False, max_plate_nesting=1,
+            )  # fmt: skip
+            study.record("vi", method, lam, full, reference, result.seconds)
+            bar.update()
+    posterior.restore(full)
+
+
+def _report(study: _Study, data: SineData, settings: dict) -> dict:
+    """Step 5: the result of :func:`run` (NaN as None: strict JSON)."""
+    x, y, erased, net = data.x, data.y, data.erased, study.net
+    return {
+        "rows": [{k: json_safe(v) for k, v in row.items()} for row in study.rows],
+        "curves": study.curves,
+        "data": {
+            "x": x[:, 0].tolist(),
+            "y": y.tolist(),
+            "erased": erased.tolist(),
+            "grid": data.x_test[:, 0].tolist(),
+            "gap": list(data.gap),
+        },
+        "settings": {
+            "num_data": len(y),
+            "num_erased": len(erased),
+            "hidden": net.hidden,
+            "prior_scale": net.prior_scale,
+            "noise_scale": net.noise_scale,
+            **settings,
+            "device": str(x.device),
+            "dtype": str(x.dtype),
+        },
+    }
+
+
 def run(
     *,
     data: SineData | None = None,
@@ -333,139 +546,53 @@ def run(
     over ``laplace_lambdas`` and with the EUBO and rKL over ``vi_lambdas``, and compare every
     predictive with the retrained one of its scheme.
 
+    The steps: the MAPs on D and on D_r; per scheme, the posteriors on D and on D_r, the
+    unlearning runs, and each posterior's row; the report.
+
     Returns ``{"rows": [...], "curves": {...}, "data": {...}, "settings": {...}}``: per row the
     ``scheme`` ("laplace-diag", "laplace-ggn_diag", "vi"), ``method`` ("full", "retrained",
     "lbun", "eubo", "rkl"), ``lam``, ``kl_gap``, ``rmse_gap``, ``kl_remaining``, ``seconds``,
     ``failed`` (the error's message, or None) and, for L-BUN, ``repaired``; ``curves`` holds
     each row's predictive mean and sd on the test grid, keyed by :func:`curve_key`. NaN
     (no λ, or no number for a failed run) is ``None``, so the result is strict JSON.
+
+    References:
+        A. Rawat, J. Requeima, W. Bruinsma, R. E. Turner. Challenges and Pitfalls of Bayesian
+        Unlearning. ICML 2022 Workshop on Updatable Machine Learning (arXiv:2207.03227).
+
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+
+    Example (not run: minutes on a CPU)::
+
+        results = run(**QUICK)
+        [(r["scheme"], r["method"], r["lam"], r["kl_gap"]) for r in results["rows"]]
     """
     data = data or sine(seed=seed, device=device)
-    x, y, erased, keep = data.x, data.y, data.erased, data.remaining
-    net = SineNet(noise_scale=data.noise_scale).to(device=x.device, dtype=x.dtype)
-    lo, hi = data.gap
-    grid = data.x_test
-    gap_mask = (grid[:, 0] >= lo) & (grid[:, 0] <= hi)
-    # membership inference: D_e against the central points of an independent draw (same region)
-    fresh = sine(len(y), len(erased), data.noise_scale, seed=seed + 1, device=x.device)
-    outside_x, outside_y = (t.to(x.dtype) for t in (fresh.x[fresh.erased], fresh.y[fresh.erased]))
-    inputs = torch.cat([grid, x[keep], x[erased], outside_x])  # where predictives are evaluated
-    n_grid, n_keep, n_erased = len(grid), len(keep), len(erased)
-    targets = torch.cat([y[erased], outside_y])
-    rows, curves = [], {}
-
-    def predict(scheme, guide):
-        if scheme == "vi":
-            return predictive_moments(net, guide, inputs, num_samples, seed)
-        return linearized_moments(net, guide, inputs)
-
-    def record(scheme, method, lam, guide, reference, seconds, failed=None, moments=None, **extra):
-        row = dict(scheme=scheme, method=method, lam=lam, seconds=seconds, failed=failed, **extra)
-        if guide is None:
-            row.update(kl_gap=math.nan, rmse_gap=math.nan, kl_remaining=math.nan)
-            row.update(dict.fromkeys(MIA_COLUMNS, math.nan))
-        else:
-            moments = predict(scheme, guide) if moments is None else moments
-            row.update(_compare(moments, reference, gap_mask, n_grid, n_keep))
-            m, v = (t[n_grid + n_keep :] for t in moments)
-            losses = -Normal(m, v.sqrt()).log_prob(targets)
-            attack = membership_attack(losses[:n_erased], losses[n_erased:], seed=seed)
-            row.update(attack.columns("mia"))
-            m, v = (t[:n_grid] for t in moments)
-            curves[curve_key(scheme, method, lam)] = {"mean": m.tolist(), "sd": v.sqrt().tolist()}
-        rows.append(row)
-        return row
-
+    net = SineNet(noise_scale=data.noise_scale).to(device=data.x.device, dtype=data.x.dtype)
+    study = _Study(net, data, seed, num_samples)
     bar = tqdm(
         total=len(curvatures) * (2 + len(laplace_lambdas)) + vi * (2 + 2 * len(vi_lambdas)),
         desc="sine study",
         disable=not progress,
     )
-
-    def fitted(fit, *a, **kw):
-        start = time.perf_counter()
-        guide = fit(*a, **kw)
-        bar.update()
-        return guide, time.perf_counter() - start
-
-    start = time.perf_counter()
-    maps = {"D": map_estimate(net, x, y, map_steps, seed)}
-    t_map = time.perf_counter() - start
-    start = time.perf_counter()
-    maps["D_r"] = map_estimate(net, x[keep], y[keep], map_steps, seed)
-    t_map_r = time.perf_counter() - start
+    maps = _maps(net, data, map_steps, seed)
     for curvature in curvatures:
-        scheme = f"laplace-{curvature}"
-        full, t_full = fitted(laplace_posterior, net, x, y, curvature, maps["D"])
-        ret, t_ret = fitted(laplace_posterior, net, x[keep], y[keep], curvature, maps["D_r"])
-        t_full, t_ret = t_full + t_map, t_ret + t_map_r
-        reference = predict(scheme, ret)
-        record(scheme, "retrained", math.nan, ret, reference, t_ret, moments=reference)
-        record(scheme, "full", math.nan, full, reference, t_full)
-        for lam in laplace_lambdas:
-            start = time.perf_counter()
-            guide, outcome = _lbun(net, full, x, y, erased, lam, curvature, lbun_steps)
-            seconds = time.perf_counter() - start
-            record(scheme, "lbun", lam, guide, reference, seconds, **outcome)
-            bar.update()
-
+        _laplace_scheme(study, data, maps, curvature, laplace_lambdas, lbun_steps, bar)
     if vi:  # mean-field VI, started at the Laplace MAP of the same data
-        pyro.clear_param_store()
-        with pyro.get_param_store().scope():  # the retrained guide's params stay apart
-            pyro.set_rng_seed(seed)
-            ret, t_ret = fitted(
-                vi_posterior, net, x[keep], y[keep], maps["D_r"], vi_steps,
-                num_particles=num_particles, progress=progress, desc="VI on D_r",
-            )  # fmt: skip
-            reference = predict("vi", ret)
-            record("vi", "retrained", math.nan, ret, reference, t_ret, moments=reference)
-        pyro.set_rng_seed(seed)
-        full, t_full = fitted(
-            vi_posterior, net, x, y, maps["D"], vi_steps,
-            num_particles=num_particles, progress=progress, desc="VI on D",
+        full, reference = _vi_fits(
+            study, data, maps[0], steps=vi_steps, num_particles=num_particles, seed=seed,
+            progress=progress, bar=bar,
         )  # fmt: skip
-        record("vi", "full", math.nan, full, reference, t_full)
-        posterior = pu.freeze(full, x, y)
-        for method in ("eubo", "rkl"):
-            for lam in vi_lambdas:
-                pyro.set_rng_seed(seed)
-                result = pu.forget(
-                    net, full, x, y, erased=erased, plate="data", method=method, lam=lam,
-                    posterior=posterior, lr=lr, num_steps=unlearn_steps, window=unlearn_steps,
-                    num_particles=num_particles if method == "eubo" else rkl_particles,
-                    progress=False, max_plate_nesting=1,
-                )  # fmt: skip
-                record("vi", method, lam, full, reference, result.seconds)
-                bar.update()
-        posterior.restore(full)
+        _vi_unlearn(
+            study, data, full, reference, lambdas=vi_lambdas, steps=unlearn_steps,
+            num_particles=num_particles, rkl_particles=rkl_particles, lr=lr, seed=seed, bar=bar,
+        )  # fmt: skip
     bar.close()
-    return {
-        "rows": [{k: json_safe(v) for k, v in row.items()} for row in rows],
-        "curves": curves,
-        "data": {
-            "x": x[:, 0].tolist(),
-            "y": y.tolist(),
-            "erased": erased.tolist(),
-            "grid": grid[:, 0].tolist(),
-            "gap": [lo, hi],
-        },
-        "settings": {
-            "num_data": len(y),
-            "num_erased": len(erased),
-            "hidden": net.hidden,
-            "prior_scale": net.prior_scale,
-            "noise_scale": net.noise_scale,
-            "map_steps": map_steps,
-            "vi_steps": vi_steps,
-            "unlearn_steps": unlearn_steps,
-            "num_particles": num_particles,
-            "lr": lr,
-            "num_samples": num_samples,
-            "seed": seed,
-            "device": str(x.device),
-            "dtype": str(x.dtype),
-        },
-    }
+    settings = dict(
+        map_steps=map_steps, vi_steps=vi_steps, unlearn_steps=unlearn_steps,
+        num_particles=num_particles, lr=lr, num_samples=num_samples, seed=seed,
+    )  # fmt: skip
+    return _report(study, data, settings)
 
 
 def plot_predictives(
