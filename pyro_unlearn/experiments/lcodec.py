@@ -1,5 +1,5 @@
-"""L-CODEC deep unlearning on digits and Fashion-MNIST (EXPERIMENTS.md §9; Mehta et al. 2022,
-Sec. 7.1, Fig. 5).
+"""L-CODEC deep unlearning on digits and Fashion-MNIST (Mehta et al., Deep Unlearning via
+Randomized Conditionally Independent Hessians, CVPR 2022: Sec. 7.1, Fig. 5).
 
 A logistic regression and a small MLP (one tanh hidden layer) are trained to convergence by
 full-batch L-BFGS with weight decay; then K training samples are removed one at a time by the
@@ -25,6 +25,10 @@ scikit-learn. Fashion-MNIST comes from the Debian package ``dataset-fashion-mnis
 (``/usr/share/datasets/fashion-mnist``); without it that part is skipped with a message. A
 subset of Fashion-MNIST (``fashion_train`` training and ``fashion_validation`` test images)
 keeps the Hessians small on a CPU.
+
+References:
+    R. Mehta, S. Pal, V. Singh, S. N. Ravi. Deep Unlearning via Randomized Conditionally
+    Independent Hessians. CVPR 2022.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import gzip
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..lcodec import remove_sequentially
-from ..metrics import membership_attack
+from pyro_unlearn.lcodec import remove_sequentially
+from pyro_unlearn.metrics import membership_attack
+
 from . import json_safe
 from .machine import machine_info
 
@@ -234,7 +239,7 @@ def train(
     opt.step(closure)
     value = _objective(model, x, y, weight_decay)
     grads = torch.autograd.grad(value, list(model.parameters()))
-    state = opt.state[opt._params[0]]
+    state = opt.state[opt.param_groups[0]["params"][0]]
     return dict(
         iterations=int(state.get("n_iter", 0)),
         seconds=time.perf_counter() - start,
@@ -288,6 +293,90 @@ def _mislabel(split: Split, rows: torch.Tensor, seed: int) -> Split:
     return Split(split.name, split.x, y, split.x_val, split.y_val)
 
 
+def _removal_request(
+    split: Split, scenario: str, num_removals: int, seed: int
+) -> tuple[Split, torch.Tensor, torch.Tensor]:
+    """Step 1: which ``num_removals`` training samples are removed (a seeded random draw) and,
+    for ``"mislabelled"``, the split with their labels moved to a wrong class. Returns the split
+    to train on, the removed rows and their true labels."""
+    order = torch.randperm(
+        len(split.y), generator=torch.Generator().manual_seed(seed), device="cpu"
+    )[:num_removals]
+    removed = order.to(split.y.device)
+    true_labels = split.y[removed]
+    if scenario == "mislabelled":
+        split = _mislabel(split, removed, seed)
+    elif scenario != "random":
+        raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
+    return split, removed, true_labels
+
+
+def _mean(steps: Sequence, attribute: str) -> float:
+    return float(np.mean([getattr(s, attribute) for s in steps]))
+
+
+def _removal_row(method: str, out) -> dict:
+    """The row of one block selection's sequential removal: block size, slices (not for
+    ``"all"``), seconds, the Hessian's shift, the removed gradient and how many were skipped."""
+    steps = out.steps
+    return dict(
+        method=method,
+        block_size=_mean(steps, "block_size"),
+        slices=None if method == "all" else float(np.mean([len(s.selected) for s in steps])),
+        seconds_per_removal=_mean(steps, "seconds"),
+        seconds_selection=_mean(steps, "seconds_selection"),
+        hessian_shift=float(max(s.hessian_shift for s in steps)),
+        removed_grad_norm=_mean(steps, "removed_grad_norm"),
+        skipped=len(out.skipped),
+    )
+
+
+def _remove_all(
+    model: nn.Module,
+    split: Split,
+    removed: torch.Tensor,
+    *,
+    evaluate: Callable[[nn.Module], dict],
+    methods: Sequence[str],
+    max_block_size: int,
+    seed: int,
+    **options,
+) -> tuple[dict[str, nn.Module], list[dict], list[str]]:
+    """Step 2: remove the samples one at a time from the trained ``model`` with every block
+    selection of ``methods`` (FOCI first: the random blocks take its sizes), by
+    :func:`pyro_unlearn.lcodec.remove_sequentially`. Returns the unlearned models and their rows
+    (with ``evaluate``'s columns) by method, and notes on what was skipped."""
+    total = sum(p.numel() for p in model.parameters())
+    models, rows, notes, foci_sizes = {}, [], [], None
+    for method in [m for m in METHODS if m in methods]:
+        if method == "all" and total > max_block_size:
+            notes.append(
+                f"the full Hessian ({total} parameters) exceeds max_block_size="
+                f"{max_block_size}; 'all' skipped"
+            )
+            continue
+        out = remove_sequentially(
+            model, _loss, (split.x, split.y), removed, selection=method,
+            num_random=foci_sizes if method == "random" else None, max_block_size=max_block_size,
+            residual=False, generator=torch.Generator(device=split.x.device).manual_seed(seed),
+            **options,
+        )  # fmt: skip
+        if method == "foci":
+            foci_sizes = [len(s.selected) for s in out.steps]
+        models[method] = out.model
+        rows.append(_removal_row(method, out) | evaluate(out.model))
+    return models, rows, notes
+
+
+def _retrain(model: nn.Module, split: Split, removed: torch.Tensor, weight_decay: float):
+    """Step 3: the target, a copy of ``model`` retrained on D_r by L-BFGS; and its fit."""
+    keep = torch.ones(len(split.y), dtype=torch.bool, device=split.y.device)
+    keep[removed] = False
+    retrained = copy.deepcopy(model)
+    refit = train(retrained, split.x[keep], split.y[keep], weight_decay=weight_decay)
+    return retrained, refit
+
+
 def _run_model(
     split: Split,
     kind: str,
@@ -302,76 +391,29 @@ def _run_model(
     seed: int,
     progress: bool,
 ) -> dict:
-    order = torch.randperm(
-        len(split.y), generator=torch.Generator().manual_seed(seed), device="cpu"
-    )[:num_removals]
-    removed = order.to(split.y.device)
-    true_labels = split.y[removed]
-    if scenario == "mislabelled":
-        split = _mislabel(split, removed, seed)
-    elif scenario != "random":
-        raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
+    """One (data set, model, scenario): train, remove with every method, retrain, and evaluate
+    every model (step 4) as it is made; returns ``{"rows", "training", "retraining", "notes"}``.
+    """
+    split, removed, true_labels = _removal_request(split, scenario, num_removals, seed)
     torch.manual_seed(seed)
     model = make_model(kind, split.x.shape[1], split.num_classes, hidden).to(split.x)
     fit = train(model, split.x, split.y, weight_decay=weight_decay)
     total = sum(p.numel() for p in model.parameters())
-    rows = [
-        dict(method="original", block_size=0, seconds_per_removal=None, skipped=0)
-        | _evaluate(model, split, removed, true_labels, weight_decay)
-    ]
-    models = {"original": model}
-    foci_sizes = None
-    notes = []
-    for method in [m for m in METHODS if m in methods]:
-        if method == "all" and total > max_block_size:
-            notes.append(
-                f"{kind}: the full Hessian ({total} parameters) exceeds max_block_size="
-                f"{max_block_size}; 'all' skipped"
-            )
-            continue
-        out = remove_sequentially(
-            model,
-            _loss,
-            (split.x, split.y),
-            removed,
-            selection=method,
-            weight_decay=weight_decay,
-            num_perturbations=num_perturbations,
-            num_random=foci_sizes if method == "random" else None,
-            max_block_size=max_block_size,
-            residual=False,
-            generator=torch.Generator(device=split.x.device).manual_seed(seed),
-            progress=progress,
-        )
-        if method == "foci":
-            foci_sizes = [len(s.selected) for s in out.steps]
-        models[method] = out.model
-        steps = out.steps
-        rows.append(
-            dict(
-                method=method,
-                block_size=float(np.mean([s.block_size for s in steps])),
-                slices=None
-                if method == "all"
-                else float(np.mean([len(s.selected) for s in steps])),
-                seconds_per_removal=float(np.mean([s.seconds for s in steps])),
-                seconds_selection=float(np.mean([s.seconds_selection for s in steps])),
-                hessian_shift=float(max(s.hessian_shift for s in steps)),
-                removed_grad_norm=float(np.mean([s.removed_grad_norm for s in steps])),
-                skipped=len(out.skipped),
-            )
-            | _evaluate(out.model, split, removed, true_labels, weight_decay)
-        )
-    keep = torch.ones(len(split.y), dtype=torch.bool, device=split.y.device)
-    keep[removed] = False
-    retrained = copy.deepcopy(model)
-    refit = train(retrained, split.x[keep], split.y[keep], weight_decay=weight_decay)
-    models["retrained"] = retrained
-    rows.append(
-        dict(method="retrained", block_size=total, seconds_per_removal=None, skipped=0)
-        | _evaluate(retrained, split, removed, true_labels, weight_decay)
-        | dict(seconds_retrain=refit["seconds"])
-    )
+
+    def evaluate(m: nn.Module) -> dict:
+        return _evaluate(m, split, removed, true_labels, weight_decay)
+
+    original = dict(method="original", block_size=0, seconds_per_removal=None, skipped=0)
+    rows = [original | evaluate(model)]
+    models, removals, notes = _remove_all(
+        model, split, removed, evaluate=evaluate, methods=methods, max_block_size=max_block_size,
+        seed=seed, weight_decay=weight_decay, num_perturbations=num_perturbations,
+        progress=progress,
+    )  # fmt: skip
+    retrained, refit = _retrain(model, split, removed, weight_decay)
+    target = dict(method="retrained", block_size=total, seconds_per_removal=None, skipped=0)
+    rows += [*removals, target | evaluate(retrained) | dict(seconds_retrain=refit["seconds"])]
+    models = {"original": model, **models, "retrained": retrained}
     for row in rows:
         row.update(
             dataset=split.name,
@@ -380,7 +422,40 @@ def _run_model(
             num_parameters=total,
             distance_to_retrained=_distance(models[row["method"]], retrained),
         )
+    notes = [f"{kind}: {note}" for note in notes]
     return dict(rows=rows, training=fit, retraining=refit, notes=notes)
+
+
+def _checked(methods: Sequence[str], datasets: Sequence[str], scenarios: Sequence[str]) -> None:
+    """Raise ``ValueError`` for an unknown method, data set or scenario, or ``"random"``
+    without ``"foci"``."""
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"methods must be among {METHODS}, got {sorted(unknown)}")
+    if "random" in methods and "foci" not in methods:
+        raise ValueError("'random' takes its sizes from 'foci': run both")
+    for name in datasets:
+        if name not in ("digits", "fashion_mnist"):
+            raise ValueError(f"datasets must be among 'digits', 'fashion_mnist'; got {name!r}")
+    for scenario in scenarios:
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenarios must be among {SCENARIOS}, got {scenario!r}")
+
+
+def _load(name: str, settings: dict, fashion_dir, seed: int, device, dtype) -> Split:
+    """The data set ``name``; ``FileNotFoundError`` when Fashion-MNIST is not installed."""
+    if name == "digits":
+        return digits(seed=seed, device=device, dtype=dtype)
+    if name == "fashion_mnist":
+        return fashion_mnist(
+            fashion_dir,
+            num_train=settings["fashion_train"],
+            num_validation=settings["fashion_validation"],
+            seed=seed,
+            device=device,
+            dtype=dtype,
+        )
+    raise ValueError(f"datasets must be among 'digits', 'fashion_mnist'; got {name!r}")
 
 
 def run(
@@ -406,73 +481,48 @@ def run(
     """Run the comparison; returns a JSON-able dict with ``rows`` (one per dataset × model ×
     method, see the module docstring), ``training`` (L-BFGS fits), ``skipped`` (data sets that
     could not be loaded, with the reason), ``notes``, ``settings`` and ``machine``.
-    ``quick=True`` applies :data:`QUICK`."""
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise ValueError(f"methods must be among {METHODS}, got {sorted(unknown)}")
-    if "random" in methods and "foci" not in methods:
-        raise ValueError("'random' takes its sizes from 'foci': run both")
-    for name in datasets:
-        if name not in ("digits", "fashion_mnist"):
-            raise ValueError(f"datasets must be among 'digits', 'fashion_mnist'; got {name!r}")
-    for scenario in scenarios:
-        if scenario not in SCENARIOS:
-            raise ValueError(f"scenarios must be among {SCENARIOS}, got {scenario!r}")
+    ``quick=True`` applies :data:`QUICK`.
+
+    Per (data set, model, scenario) the steps are: choose the removed samples, train, remove
+    them with every block selection, retrain on D_r, and evaluate every model.
+
+    References:
+        R. Mehta, S. Pal, V. Singh, S. N. Ravi. Deep Unlearning via Randomized Conditionally
+        Independent Hessians. CVPR 2022 (Sec. 7.1, Fig. 5).
+
+    Example (not run: a minute on a CPU)::
+
+        results = run(datasets=("digits",), models=("logreg",), quick=True)
+        [(r["method"], r["acc_removed"]) for r in results["rows"]]
+    """
+    _checked(methods, datasets, scenarios)
     settings = dict(
-        num_removals=num_removals,
-        num_perturbations=num_perturbations,
-        fashion_train=fashion_train,
-        fashion_validation=fashion_validation,
+        num_removals=num_removals, num_perturbations=num_perturbations,
+        fashion_train=fashion_train, fashion_validation=fashion_validation,
         max_block_size=max_block_size,
-    )
+    )  # fmt: skip
     if quick:
         settings.update(QUICK)
     settings.update(
-        datasets=list(datasets),
-        models=list(models),
-        scenarios=list(scenarios),
-        methods=list(methods),
-        weight_decay=weight_decay,
-        hidden=hidden,
-        seed=seed,
-    )
+        datasets=list(datasets), models=list(models), scenarios=list(scenarios),
+        methods=list(methods), weight_decay=weight_decay, hidden=hidden, seed=seed,
+    )  # fmt: skip
     device = torch.device(device)
-    results: dict = dict(
-        rows=[], training={}, skipped={}, notes=[], settings=settings, machine=None
-    )
+    results: dict = dict(rows=[], training={}, skipped={}, notes=[], settings=settings)
     results["machine"] = machine_info(device, dtype)
     for name in datasets:
-        if name == "digits":
-            split = digits(seed=seed, device=device, dtype=dtype)
-        elif name == "fashion_mnist":
-            try:
-                split = fashion_mnist(
-                    fashion_dir,
-                    num_train=settings["fashion_train"],
-                    num_validation=settings["fashion_validation"],
-                    seed=seed,
-                    device=device,
-                    dtype=dtype,
-                )
-            except FileNotFoundError as e:
-                results["skipped"][name] = str(e)
-                continue
-        else:
-            raise ValueError(f"datasets must be among 'digits', 'fashion_mnist'; got {name!r}")
+        try:
+            split = _load(name, settings, fashion_dir, seed, device, dtype)
+        except FileNotFoundError as e:
+            results["skipped"][name] = str(e)
+            continue
         for kind, scenario in itertools.product(models, settings["scenarios"]):
             out = _run_model(
-                split,
-                kind,
-                scenario,
-                methods=methods,
-                num_removals=settings["num_removals"],
-                num_perturbations=settings["num_perturbations"],
-                weight_decay=weight_decay,
-                hidden=hidden,
-                max_block_size=settings["max_block_size"],
-                seed=seed,
+                split, kind, scenario, methods=methods, num_removals=settings["num_removals"],
+                num_perturbations=settings["num_perturbations"], weight_decay=weight_decay,
+                hidden=hidden, max_block_size=settings["max_block_size"], seed=seed,
                 progress=progress,
-            )
+            )  # fmt: skip
             results["rows"] += out["rows"]
             results["training"][f"{name}/{kind}/{scenario}"] = dict(
                 fit=out["training"], refit=out["retraining"]

@@ -8,11 +8,20 @@ import platform
 import pyro
 import torch
 
+import pyro_unlearn as pu
+
 __all__ = ["cpu_model", "machine_info"]
 
 
 def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    """The CPU's model name (from /proc/cpuinfo where there is one, else what :mod:`platform`
+    says).
+
+    Example::
+
+        >>> isinstance(cpu_model(), str)
+        True
+    """
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -24,22 +33,29 @@ def cpu_model() -> str:
 
 
 def machine_info(device: torch.device | str, dtype: torch.dtype) -> dict[str, object]:
-    """Versions, CPU, cores, torch threads, device and dtype (and the GPU on CUDA), plus the load
-    average at the start: other processes on the machine skew every timing.
+    """What a run ran on: versions, CPU, cores, torch threads, device and dtype (and the GPU on
+    CUDA), plus the load average at the start: other processes on the machine skew every timing.
+
+    Arguments:
+        device: the device the run's tensors live on.
+        dtype: their floating-point type.
+
+    Returns:
+        A JSON-able dict: ``torch``, ``pyro``, ``pyro_unlearn``, ``python``, ``platform``,
+        ``cpu``, ``cpu_count``, ``torch_threads``, ``device``, ``dtype``, ``loadavg_start``
+        (where the OS has one) and, on CUDA, ``gpu`` and ``cuda``.
 
     Example::
 
-        >>> info = machine_info("cpu", torch.float32)
-        >>> info["device"], info["dtype"], info["cpu_count"] >= 1
-        ('cpu', 'float32', True)
+        >>> info = machine_info("cpu", torch.float64)
+        >>> info["device"], info["dtype"], info["pyro_unlearn"] == pu.__version__
+        ('cpu', 'float64', True)
     """
-    from .. import __version__
-
     device = torch.device(device)
     info: dict[str, object] = {
         "torch": torch.__version__,
         "pyro": pyro.__version__,
-        "pyro_unlearn": __version__,
+        "pyro_unlearn": pu.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
