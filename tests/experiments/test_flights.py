@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pyro_unlearn.contrib.gpytorch import inducing_kl
+from pyro_unlearn.contrib.gpytorch import freeze_inducing, inducing_distribution, inducing_kl
 from pyro_unlearn.experiments import flights as experiment
 from pyro_unlearn.experiments.datasets import flights
 
@@ -41,8 +41,6 @@ def test_eubo_at_lam_zero_reaches_the_exact_retrained_q(trained):
     keep[erased] = False
     optimum = experiment.optimal_q(gp, likelihood, data.x_train[keep], data.y_train[keep])
     full = experiment.kl_to(gp, optimum)
-    from pyro_unlearn.contrib.gpytorch import freeze_inducing
-
     model, info = experiment.unlearn(
         gp,
         likelihood,
@@ -60,14 +58,38 @@ def test_eubo_at_lam_zero_reaches_the_exact_retrained_q(trained):
     )
     # all of D_e fits one batch, and NGD at lr 1 lands on q(u|D)/p̃(D_e|u) = the D_r optimum
     assert info["converged"] and info["failed"] is None
+    # the EUBO's diagnostics() report no ESS nor temperature: the run's record says so
+    assert math.isnan(info["ess"]) and math.isnan(info["temperature"])
+    assert info["annealing_steps"] is None
     assert experiment.kl_to(model, optimum) < 1e-3 * full
     assert float(inducing_kl(model, gp)) > 0  # a copy moved, the original did not
+
+
+def test_unlearn_rejects_an_unknown_method(trained):
+    data, gp, likelihood, _ = trained
+    x_e, y_e = data.x_train[:10], data.y_train[:10]
+    with pytest.raises(ValueError, match="method must be 'eubo' or 'rkl', got 'kl'"):
+        experiment.unlearn(
+            gp,
+            likelihood,
+            freeze_inducing(gp),
+            x_e,
+            y_e,
+            "kl",
+            0.0,
+            batch_size=8,
+            ngd_lr=0.1,
+            steps=1,
+            window=1,
+            seed=0,
+            progress=False,
+        )
 
 
 def test_prior_q_is_the_prior_and_erasures_are_disjoint_sets_of_rows(trained):
     data, gp, _, _ = trained
     fresh = experiment.prior_q(gp)
-    q = fresh.variational_strategy._variational_distribution()
+    q = inducing_distribution(fresh)
     assert torch.equal(q.mean, torch.zeros_like(q.mean))
     assert torch.allclose(q.covariance_matrix, torch.eye(len(q.mean)))
     chosen = experiment.erasures(data, fraction=0.05, carrier="WN")
