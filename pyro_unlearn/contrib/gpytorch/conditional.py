@@ -17,6 +17,7 @@ from .strategy import variational_strategy
 __all__ = [
     "Projection",
     "expected_log_prob",
+    "gp_inputs",
     "inducing_log_likelihood",
     "per_output_log_likelihood",
     "project",
@@ -60,9 +61,21 @@ class Projection:
         return dist.MultivariateNormal(self.mean_z, scale_tril=self.chol)
 
 
+def gp_inputs(x: torch.Tensor) -> torch.Tensor:
+    """Inputs as a GP takes them, ``(*batch, N, D)``: 1-D inputs ``(N,)`` become ``(N, 1)``, as
+    :class:`gpytorch.models.ApproximateGP` does on its call.
+
+    Example:
+        >>> gp_inputs(torch.zeros(5)).shape
+        torch.Size([5, 1])
+    """
+    return x.unsqueeze(-1) if x.dim() == 1 else x
+
+
 def project(strategy: VariationalStrategy, x: torch.Tensor) -> Projection:
     """The :class:`Projection` p(f(x)|u) of a supported strategy at inputs ``x`` (*batch, N, D),
-    with every hyperparameter held fixed (no gradient)."""
+    or ``(N,)`` for 1-D inputs, with every hyperparameter held fixed (no gradient)."""
+    x = gp_inputs(x)
     with torch.no_grad():
         z = strategy.inducing_points
         batch = torch.broadcast_shapes(z.shape[:-2], x.shape[:-2])
@@ -87,6 +100,7 @@ def projections(
 ) -> list[Projection]:
     """p(f|u) for each chunk of ``chunk_size`` points of ``inputs`` (a loop over chunks, not
     points: memory stays M × ``chunk_size`` per chunk)."""
+    inputs = gp_inputs(inputs)
     n = inputs.shape[-2]
     return [project(strategy, inputs[..., i : i + chunk_size, :]) for i in range(0, n, chunk_size)]
 
@@ -125,6 +139,7 @@ def per_output_log_likelihood(
     """:func:`inducing_log_likelihood` before summing a batch GP's outputs: ``(S, *batch)``.
     ``chunks`` are the :func:`projections` of ``inputs``, when already computed."""
     strategy = variational_strategy(gp)
+    inputs = gp_inputs(inputs)
     chunks = chunks or projections(strategy, inputs, chunk_size)
     total = torch.zeros((), dtype=u.dtype, device=u.device)
     for start, proj in zip(range(0, inputs.shape[-2], chunk_size), chunks, strict=True):

@@ -9,7 +9,7 @@ import torch
 from torch.distributions import constraints
 
 from ...posterior import FrozenPosterior
-from .conditional import expected_log_prob, project
+from .conditional import expected_log_prob, gp_inputs, project
 from .inducing import InducingGuide, freeze_inducing
 from .strategy import NATURAL_DISTRIBUTIONS, variational_strategy
 
@@ -155,6 +155,7 @@ class PyroSVGP:
     ) -> torch.Tensor:
         """The generative model: u ~ p(u), then y_i with log p̃(y_i|u) in the data plate."""
         strategy = self.guide.strategy
+        x = gp_inputs(x)
         proj = project(strategy, x)
         k = len(strategy._variational_distribution.batch_shape)
         u = pyro.sample(self.guide.site, proj.prior().to_event(k))
