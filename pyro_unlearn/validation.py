@@ -1,0 +1,139 @@
+"""Argument checks shared by every entry point: each raises before anything is changed, with a
+message that names the argument and what is wrong with it."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+__all__ = [
+    "check_finite",
+    "check_finite_data",
+    "check_in_unit_interval",
+    "check_nonnegative",
+    "check_positive",
+    "check_positive_int",
+]
+
+
+def _is_real(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.dtype.is_complex and value.dtype != torch.bool
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an ``int`` ≥ 1, or a ``ValueError``/``TypeError`` naming ``name``.
+
+    Example:
+        >>> check_positive_int("num_particles", 8)
+        8
+        >>> check_positive_int("num_particles", 2.5)
+        Traceback (most recent call last):
+        ...
+        TypeError: num_particles must be a positive integer, got 2.5 (float)
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be a positive integer, got {value!r} ({type(value).__name__})"
+        )
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def _real(name: str, value: Any, what: str) -> float:
+    if not _is_real(value):
+        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return value
+
+
+def check_positive(name: str, value: Any) -> float:
+    """``value`` as a finite ``float`` > 0, or an error naming ``name``.
+
+    Example:
+        >>> check_positive("lr", 1e-3)
+        0.001
+        >>> check_positive("lr", float("nan"))
+        Traceback (most recent call last):
+        ...
+        ValueError: lr must be a finite number > 0, got nan
+    """
+    value = _real(name, value, "a finite number > 0")
+    if value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    """``value`` as a finite ``float`` ≥ 0, or an error naming ``name``.
+
+    Example:
+        >>> check_nonnegative("damping", 0)
+        0.0
+    """
+    value = _real(name, value, "a finite number ≥ 0")
+    if value < 0:
+        raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
+    return value
+
+
+def check_in_unit_interval(name: str, value: Any, *, open_left: bool = False) -> float:
+    """``value`` as a ``float`` in [0, 1] (or (0, 1] with ``open_left``), or an error naming
+    ``name``.
+
+    Example:
+        >>> check_in_unit_interval("anneal", 0.5, open_left=True)
+        0.5
+    """
+    interval = "(0, 1]" if open_left else "[0, 1]"
+    value = _real(name, value, f"a number in {interval}")
+    if not (0 < value <= 1 if open_left else 0 <= value <= 1):
+        raise ValueError(f"{name} must be a number in {interval}, got {value}")
+    return value
+
+
+def check_finite(name: str, value: Any) -> None:
+    """Raise a ``ValueError`` naming ``name`` and the first non-finite entry (its row, the index
+    along the first dimension) if the tensor ``value`` holds NaN or ±inf; other values pass.
+
+    Example:
+        >>> check_finite("y", torch.tensor([0.0, float("nan"), 1.0]))
+        Traceback (most recent call last):
+        ...
+        ValueError: y has a non-finite value (nan) at row 1: the data must be finite
+    """
+    if not isinstance(value, torch.Tensor) or not (value.is_floating_point() or value.is_complex()):
+        return
+    bad = ~torch.isfinite(value)
+    if not bool(bad.any()):
+        return
+    if value.dim() == 0:
+        raise ValueError(f"{name} is not finite ({value.item()})")
+    first = bad.reshape(bad.shape[0], -1).any(-1).nonzero()[0, 0]
+    entry = value[first].reshape(-1)[bad[first].reshape(-1)][0].item()
+    raise ValueError(
+        f"{name} has a non-finite value ({entry}) at row {int(first)}: the data must be finite"
+    )
+
+
+def check_finite_data(args: tuple, kwargs: Mapping[str, Any] | None = None) -> None:
+    """:func:`check_finite` on every tensor among a model's ``*args`` and ``**kwargs`` (named
+    ``args[i]`` or by keyword).
+
+    Example:
+        >>> check_finite_data((torch.zeros(2, 3), torch.ones(2)), {"y": torch.zeros(2)})
+    """
+    for i, value in enumerate(args):
+        check_finite(f"args[{i}]", value)
+    for key, value in (kwargs or {}).items():
+        check_finite(key, value)
