@@ -15,6 +15,7 @@ __all__ = [
     "check_finite_data",
     "check_in_unit_interval",
     "check_nonnegative",
+    "check_nonnegative_int",
     "check_positive",
     "check_positive_int",
 ]
@@ -137,3 +138,24 @@ def check_finite_data(args: tuple, kwargs: Mapping[str, Any] | None = None) -> N
         check_finite(f"args[{i}]", value)
     for key, value in (kwargs or {}).items():
         check_finite(key, value)
+
+
+def check_nonnegative_int(name: str, value: Any) -> int:
+    """``value`` as an ``int`` ≥ 0 (a seed, a count that may be zero), or an error naming
+    ``name``.
+
+    Example:
+        >>> check_nonnegative_int("seed", 0)
+        0
+        >>> check_nonnegative_int("seed", -1)
+        Traceback (most recent call last):
+        ...
+        ValueError: seed must be an integer ≥ 0, got -1
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer ≥ 0, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"{name} must be an integer ≥ 0, got {value}")
+    return int(value)
