@@ -6,6 +6,10 @@ by the likelihood of the erased data, q(θ|D) / p(D_e|θ) (Nguyen et al. 2020), 
 distribution. Parameters are returned in the order of ``torch.distributions``:
 ``Beta(*beta_binomial_unlearn(...))``, ``Gamma(*gamma_poisson_unlearn(...))``,
 ``MultivariateNormal(loc, precision_matrix=precision)``. Data sums run over the leading dimension.
+Inputs are checked before anything is computed: a ``ValueError`` names a non-finite entry (the
+argument and its first bad row), a shape mismatch, a precision that is not symmetric (or, for
+q(θ|D), not positive definite) and erased data with no rows; non-numbers raise ``TypeError``.
+Every function is pure: its inputs are never modified.
 
 References:
     Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
@@ -16,7 +20,11 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from .validation import check_finite
 
 __all__ = [
     "NotNormalizableError",
@@ -49,9 +57,28 @@ def _normalizable(value: torch.Tensor, what: str) -> torch.Tensor:
     return value
 
 
+def _tensor(value: Any, name: str, like: torch.Tensor | None = None, dtype=None) -> torch.Tensor:
+    """``value`` as a real tensor (on ``like``'s device), checked finite: a ``TypeError`` for
+    anything that is not numbers, a ``ValueError`` naming ``name`` and the first bad row."""
+    if not isinstance(value, torch.Tensor):
+        try:
+            device = None if like is None else like.device
+            value = torch.as_tensor(value, dtype=dtype, device=device)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"{name} must be a number or a tensor, got {value!r} ({type(value).__name__})"
+            ) from None
+    elif dtype is not None:
+        value = value.to(dtype)
+    if value.dtype.is_complex:
+        raise TypeError(f"{name} must be real, got a {value.dtype} tensor")
+    check_finite(name, value)
+    return value
+
+
 def _positive(value, name: str, like: torch.Tensor, dtype=None) -> torch.Tensor:
-    """``value`` as a tensor on ``like``'s device, or a ValueError unless it is positive."""
-    value = torch.as_tensor(value, dtype=dtype, device=like.device)
+    """``value`` as a finite tensor on ``like``'s device, or a ValueError unless it is positive."""
+    value = _tensor(value, name, like, dtype)
     if not bool((value > 0).all()):
         raise ValueError(f"{name} must be positive, got {value}")
     return value
@@ -61,29 +88,41 @@ def _floating(x: torch.Tensor) -> torch.Tensor:
     return x if x.is_floating_point() else x.to(torch.get_default_dtype())
 
 
+def _not_empty(data: torch.Tensor, name: str) -> None:
+    if data.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 rows): there is nothing to erase")
+
+
 def _counts(x, name: str) -> torch.Tensor:
     """``x`` as an (N, ...) tensor of non-negative integers, or a ValueError."""
-    x = torch.as_tensor(x)
+    what = f"{name} must be an (N, ...) tensor of non-negative integers"
+    try:
+        x = _tensor(x, name)
+    except ValueError as e:  # non-finite: named as such
+        raise ValueError(f"{e}; {what}") from None
     x = x.long() if x.dtype == torch.bool else x
     whole = x == x.round() if x.is_floating_point() else torch.ones_like(x, dtype=torch.bool)
     if x.dim() == 0 or not bool((whole & (x >= 0)).all()):
-        raise ValueError(f"{name} must be an (N, ...) tensor of non-negative integers, got {x}")
+        raise ValueError(f"{what}, got {x}")
     return x
 
 
 def _broadcast(x, like: torch.Tensor, name: str) -> torch.Tensor:
+    x = _tensor(x, name, like)
     try:
-        return torch.as_tensor(x, device=like.device).broadcast_to(like.shape)
+        return x.broadcast_to(like.shape)
     except RuntimeError as e:
         raise ValueError(
-            f"{name} of shape {tuple(torch.as_tensor(x).shape)} does not broadcast "
-            f"to the data's shape {tuple(like.shape)}"
+            f"{name} of shape {tuple(x.shape)} does not broadcast to the data's shape "
+            f"{tuple(like.shape)}"
         ) from e
 
 
-def _beta_binomial(alpha, beta, successes, trials) -> tuple[torch.Tensor, ...]:
+def _beta_binomial(alpha, beta, successes, trials, erased: bool) -> tuple[torch.Tensor, ...]:
     """Validated (α, β, Σ y, Σ (n − y)), the prior's parameters as floats on the data's device."""
     successes = _counts(successes, "successes")
+    if erased:
+        _not_empty(successes, "successes")
     trials = _counts(_broadcast(trials, successes, "trials"), "trials")
     if not bool((successes <= trials).all()):
         raise ValueError("successes must not exceed trials (Bernoulli data are 0 or 1)")
@@ -92,9 +131,11 @@ def _beta_binomial(alpha, beta, successes, trials) -> tuple[torch.Tensor, ...]:
     return alpha, beta, successes.sum(0), (trials - successes).sum(0)
 
 
-def _gamma_poisson(shape, rate, counts, exposure) -> tuple[torch.Tensor, ...]:
+def _gamma_poisson(shape, rate, counts, exposure, erased: bool) -> tuple[torch.Tensor, ...]:
     """Validated (a, b, Σ y, Σ t), the prior's parameters as floats on the data's device."""
     counts = _counts(counts, "counts")
+    if erased:
+        _not_empty(counts, "counts")
     exposure = _positive(_broadcast(exposure, counts, "exposure"), "exposure", counts)
     shape = _floating(_positive(shape, "shape", counts))
     rate = _floating(_positive(rate, "rate", counts))
@@ -111,7 +152,7 @@ def beta_binomial_posterior(alpha, beta, successes, trials=1) -> tuple[torch.Ten
         >>> beta_binomial_posterior(1.0, 1.0, torch.tensor([1, 0, 1]))
         (tensor(3.), tensor(2.))
     """
-    alpha, beta, ones, zeros = _beta_binomial(alpha, beta, successes, trials)
+    alpha, beta, ones, zeros = _beta_binomial(alpha, beta, successes, trials, False)
     return alpha + ones, beta + zeros
 
 
@@ -127,7 +168,7 @@ def beta_binomial_unlearn(alpha, beta, successes, trials=1) -> tuple[torch.Tenso
         >>> Beta(*beta_binomial_unlearn(3.0, 2.0, torch.tensor([1]))).mean
         tensor(0.5000)
     """
-    alpha, beta, ones, zeros = _beta_binomial(alpha, beta, successes, trials)
+    alpha, beta, ones, zeros = _beta_binomial(alpha, beta, successes, trials, True)
     alpha = _normalizable(alpha - ones, "Beta pseudo-count alpha")
     return alpha, _normalizable(beta - zeros, "Beta pseudo-count beta")
 
@@ -142,7 +183,7 @@ def gamma_poisson_posterior(shape, rate, counts, exposure=1) -> tuple[torch.Tens
         >>> gamma_poisson_posterior(2.0, 1.0, torch.tensor([3, 0, 1]))
         (tensor(6.), tensor(4.))
     """
-    shape, rate, total, time = _gamma_poisson(shape, rate, counts, exposure)
+    shape, rate, total, time = _gamma_poisson(shape, rate, counts, exposure, False)
     return shape + total, rate + time
 
 
@@ -158,7 +199,7 @@ def gamma_poisson_unlearn(shape, rate, counts, exposure=1) -> tuple[torch.Tensor
         >>> Gamma(*gamma_poisson_unlearn(6.0, 4.0, torch.tensor([3]))).mean
         tensor(1.)
     """
-    shape, rate, total, time = _gamma_poisson(shape, rate, counts, exposure)
+    shape, rate, total, time = _gamma_poisson(shape, rate, counts, exposure, True)
     shape = _normalizable(shape - total, "Gamma shape")
     return shape, _normalizable(rate - time, "Gamma rate")
 
@@ -183,18 +224,64 @@ def _gaussian_update(
     return torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1), new_precision
 
 
-def _linear(loc, precision, X: torch.Tensor, y: torch.Tensor) -> tuple:
+def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    dtype = torch.get_default_dtype()
+    floating = [t.dtype for t in tensors if t.is_floating_point()]
+    for other in floating[1:]:
+        floating[0] = torch.promote_types(floating[0], other)
+    return floating[0] if floating else dtype
+
+
+def _gaussian(loc, precision, erased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ and Λ as finite tensors, Λ symmetric; for q(θ|D) (``erased``) also positive definite."""
+    loc, precision = _tensor(loc, "loc"), _tensor(precision, "precision")
+    if precision.dim() >= 2:
+        scale = float(precision.abs().max()) if precision.numel() else 0.0
+        eps = torch.finfo(_common_dtype(precision)).eps
+        gap = float((precision - precision.mT).abs().max()) if precision.numel() else 0.0
+        if precision.shape[-1] != precision.shape[-2] or gap > eps**0.5 * scale:
+            raise ValueError(
+                f"precision must be a symmetric (D, D) matrix, got shape "
+                f"{tuple(precision.shape)} with |Λ − Λᵀ| up to {gap:.3g}"
+            )
+    if erased:
+        square = precision.reshape(1, 1) if precision.dim() == 0 else precision
+        if square.dim() == 2 and square.shape[0] == square.shape[1] and square.numel():
+            square = _floating(square)
+            if int(torch.linalg.cholesky_ex(0.5 * (square + square.mT))[1]) != 0:
+                smallest = float(torch.linalg.eigvalsh(0.5 * (square + square.mT))[0])
+                raise ValueError(
+                    f"the precision of q(θ|D) is not positive definite (smallest eigenvalue "
+                    f"{smallest:.3g}): pass Λ = Σ⁻¹ of a Gaussian posterior"
+                )
+    return loc, precision
+
+
+def _linear(loc, precision, X, y, erased: bool) -> tuple[torch.Tensor, ...]:
+    """μ, Λ, X, y checked (types, shapes, finiteness, Λ) and cast to one floating dtype."""
+    loc, precision = _gaussian(loc, precision, erased)
+    X, y = _tensor(X, "features"), _tensor(y, "targets")
     D = X.shape[-1:]
     if X.dim() != 2 or y.shape != X.shape[:1] or loc.shape != D or precision.shape != D + D:
         raise ValueError(
             "features must be (N, D), targets (N,), loc (D,) and precision (D, D), got "
             f"{tuple(X.shape)}, {tuple(y.shape)}, {tuple(loc.shape)}, {tuple(precision.shape)}"
         )
-    return X, y
+    if erased:
+        _not_empty(X, "features")
+    dtype = _common_dtype(loc, precision, X, y)
+    return loc.to(dtype), precision.to(dtype), X.to(dtype), y.to(dtype)
 
 
-def _inverse_variance(noise_scale, like: torch.Tensor) -> torch.Tensor:
-    return 1.0 / _positive(noise_scale, "noise_scale", like, like.dtype) ** 2
+def _inverse_variance(noise_scale, like: torch.Tensor, per_row: bool = True) -> torch.Tensor:
+    """1/σ², σ a positive scalar, or (``per_row``) one per row of ``like``."""
+    sigma = _positive(noise_scale, "noise_scale", like, like.dtype)
+    if sigma.numel() == 1:
+        sigma = sigma.reshape(())
+    elif not (per_row and sigma.shape == like.shape[:1]):
+        rows = f" or ({like.shape[0]},), one per row" if per_row else ""
+        raise ValueError(f"noise_scale must be a scalar{rows}, got shape {tuple(sigma.shape)}")
+    return 1.0 / sigma**2
 
 
 def gaussian_linear_unlearn(
@@ -218,7 +305,7 @@ def gaussian_linear_unlearn(
         >>> prec.item(), loc.item()
         (1.0, -2.0)
     """
-    X, y = _linear(loc, precision, features, targets)
+    loc, precision, X, y = _linear(loc, precision, features, targets, erased=True)
     w = _inverse_variance(noise_scale, X)
     return _gaussian_update(loc, precision, -w * X.T @ X, -w * X.T @ y, _ERASED)
 
@@ -241,13 +328,17 @@ def gaussian_linear_posterior(
         >>> prec.item(), round(loc.item(), 4)
         (3.0, 0.6667)
     """
-    X, y = _linear(loc, precision, features, targets)
+    loc, precision, X, y = _linear(loc, precision, features, targets, erased=False)
     w = _inverse_variance(noise_scale, X)
     return _gaussian_update(loc, precision, w * X.T @ X, w * X.T @ y, _PRIOR)
 
 
 def _normal_normal(loc, precision, samples, noise_scale, sign: float, cause: str) -> tuple:
     """y_n ~ N(θ, σ² I): Λ' = Λ ± N σ⁻² I, Λ'μ' = Λμ ± σ⁻² Σ_n y_n (scalar θ kept scalar)."""
+    loc, precision = _gaussian(loc, precision, erased=sign < 0)
+    samples = _tensor(samples, "samples")
+    dtype = _common_dtype(loc, precision, samples)
+    loc, precision, samples = loc.to(dtype), precision.to(dtype), samples.to(dtype)
     scalar = loc.dim() == 0
     if scalar:
         loc, precision, samples = loc.reshape(1), precision.reshape(1, 1), samples.unsqueeze(-1)
@@ -257,7 +348,9 @@ def _normal_normal(loc, precision, samples, noise_scale, sign: float, cause: str
             "samples must be (N, D) for loc (D,) and precision (D, D), or (N,) for scalar ones, "
             f"got {tuple(samples.shape)}, {tuple(loc.shape)}, {tuple(precision.shape)}"
         )
-    w = sign * _inverse_variance(noise_scale, loc)
+    if sign < 0:
+        _not_empty(samples, "samples")
+    w = sign * _inverse_variance(noise_scale, loc, per_row=False)
     gram = w * len(samples) * torch.eye(D[0], dtype=loc.dtype, device=loc.device)
     loc, precision = _gaussian_update(loc, precision, gram, w * samples.sum(0), cause)
     return (loc.reshape(()), precision.reshape(())) if scalar else (loc, precision)
@@ -329,7 +422,7 @@ def normal_inverse_gamma_posterior(
         >>> [round(p.item(), 4) for p in post]
         [1.3333, 3.0, 2.0, 3.3333]
     """
-    X, y = _linear(loc, precision, features, targets)
+    loc, precision, X, y = _linear(loc, precision, features, targets, erased=False)
     shape = _positive(shape, "shape", X, X.dtype)
     scale = _positive(scale, "scale", X, X.dtype)
     new_loc, new_precision = _gaussian_update(loc, precision, X.T @ X, X.T @ y, _PRIOR)
@@ -359,7 +452,7 @@ def normal_inverse_gamma_unlearn(
         >>> [round(p.item(), 4) for p in post]
         [0.5, 2.0, 1.5, 1.25]
     """
-    X, y = _linear(loc, precision, features, targets)
+    loc, precision, X, y = _linear(loc, precision, features, targets, erased=True)
     shape = _positive(shape, "shape", X, X.dtype)
     scale = _positive(scale, "scale", X, X.dtype)
     new_loc, new_precision = _gaussian_update(loc, precision, -X.T @ X, -X.T @ y, _ERASED)
