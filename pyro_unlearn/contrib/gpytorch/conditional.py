@@ -12,10 +12,12 @@ from gpytorch.variational import VariationalStrategy
 from linear_operator.operators import DiagLinearOperator
 from linear_operator.utils.cholesky import psd_safe_cholesky
 
+from ...validation import check_finite, check_positive_int
 from .strategy import variational_strategy
 
 __all__ = [
     "Projection",
+    "check_gp_data",
     "expected_log_prob",
     "gp_inputs",
     "inducing_log_likelihood",
@@ -72,6 +74,72 @@ def gp_inputs(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(-1) if x.dim() == 1 else x
 
 
+def check_gp_data(
+    strategy: VariationalStrategy,
+    inputs: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    finite: bool = True,
+) -> None:
+    """Refuse data a sparse GP cannot score, naming the argument: ``targets`` ``(*batch, N)``
+    whose batch dims the GP's batch shape cannot take, ``inputs`` ``(*batch, N, D)`` (or
+    ``(N,)``) whose feature count is not the inducing points' or whose N is not the targets',
+    and (``finite``) NaN or ±inf in either, with the first offending data point.
+
+    Arguments:
+        strategy: the GP's variational strategy.
+        inputs: the points' inputs, or ``None`` when they are not needed.
+        targets: their targets, as GPyTorch takes them.
+        finite: also check finiteness (a pass over the data: per step, only under validation).
+
+    Example:
+        >>> import gpytorch
+        >>> z = torch.zeros(3, 1)
+        >>> q = gpytorch.variational.CholeskyVariationalDistribution(3)
+        >>> class GP(gpytorch.models.ApproximateGP):
+        ...     def __init__(self):
+        ...         super().__init__(gpytorch.variational.VariationalStrategy(self, z, q))
+        >>> strategy = GP().variational_strategy
+        >>> check_gp_data(strategy, torch.zeros(4), torch.tensor([0.0, 1.0, float("nan"), 0.0]))
+        Traceback (most recent call last):
+        ...
+        ValueError: target has a non-finite value (nan) at row 2: the data must be finite
+    """
+    if not isinstance(targets, torch.Tensor) or targets.dim() == 0:
+        raise TypeError(
+            f"target must be a tensor (*batch, N) of the points' targets, got {targets!r}"
+        )
+    batch = strategy._variational_distribution.batch_shape
+    try:
+        ok = torch.broadcast_shapes(targets.shape[:-1], batch) == batch
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"target has shape {tuple(targets.shape)}: a GP of batch shape {tuple(batch)} takes "
+            f"targets (*batch, N), one row per output"
+        )
+    if inputs is not None:
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(f"inputs must be a tensor, got {type(inputs).__name__}")
+        x = gp_inputs(inputs)
+        features = strategy.inducing_points.shape[-1]
+        if x.shape[-1] != features:
+            raise ValueError(
+                f"inputs have {x.shape[-1]} features (shape {tuple(inputs.shape)}), the GP's "
+                f"inducing points {features}"
+            )
+        if x.shape[-2] != targets.shape[-1]:
+            raise ValueError(
+                f"inputs have {x.shape[-2]} points, target {targets.shape[-1]} (its last dim): "
+                "one target per input"
+            )
+        if finite:
+            check_finite("inputs", x.movedim(-2, 0))
+    if finite:
+        check_finite("target", targets.movedim(-1, 0))
+
+
 def project(strategy: VariationalStrategy, x: torch.Tensor) -> Projection:
     """The :class:`Projection` p(f(x)|u) of a supported strategy at inputs ``x`` (*batch, N, D),
     or ``(N,)`` for 1-D inputs, with every hyperparameter held fixed (no gradient)."""
@@ -100,6 +168,7 @@ def projections(
 ) -> list[Projection]:
     """p(f|u) for each chunk of ``chunk_size`` points of ``inputs`` (a loop over chunks, not
     points: memory stays M × ``chunk_size`` per chunk)."""
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     inputs = gp_inputs(inputs)
     n = inputs.shape[-2]
     return [project(strategy, inputs[..., i : i + chunk_size, :]) for i in range(0, n, chunk_size)]
@@ -199,6 +268,14 @@ def inducing_log_likelihood(
         >>> inducing_log_likelihood(gp, likelihood, u, x, torch.sin(x).squeeze(-1)).shape
         torch.Size([5])
     """
+    strategy = variational_strategy(gp)
+    shape = strategy._variational_distribution.shape()
+    if not isinstance(u, torch.Tensor) or u.dim() <= len(shape) or u.shape[-len(shape) :] != shape:
+        got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+        raise ValueError(f"u must be (S, *batch, M) = (S, {', '.join(map(str, shape))}), got {got}")
+    check_positive_int("chunk_size", chunk_size)
+    check_gp_data(strategy, inputs, targets)
+    check_finite("u", u)
     per_output = per_output_log_likelihood(gp, likelihood, u, inputs, targets, chunk_size)
     num_outputs_dims = len(variational_strategy(gp)._variational_distribution.batch_shape)
     return per_output.sum(tuple(range(-num_outputs_dims, 0))) if num_outputs_dims else per_output

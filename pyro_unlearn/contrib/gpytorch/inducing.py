@@ -15,6 +15,7 @@ from gpytorch.variational import (
 from pyro.nn import PyroModule
 
 from ...posterior import FrozenPosterior, freeze
+from ...validation import check_finite
 from .strategy import clear_caches, variational_strategy
 
 __all__ = [
@@ -177,26 +178,48 @@ def set_inducing_distribution(
     strategy = variational_strategy(gp)
     variational = strategy._variational_distribution
     param = next(variational.parameters())
+    mean, covariance = _checked_gaussian(variational.shape(), mean, covariance)
     mean, covariance = mean.to(param), covariance.to(param)
+    chol, info = torch.linalg.cholesky_ex(covariance)
+    if bool((info != 0).any()):
+        raise ValueError("covariance is not positive definite (its Cholesky factorisation fails)")
     if isinstance(variational, CholeskyVariationalDistribution):
-        variational.variational_mean.copy_(mean)
-        variational.chol_variational_covar.copy_(torch.linalg.cholesky(covariance))
+        values = {"variational_mean": mean, "chol_variational_covar": chol}
     elif isinstance(variational, MeanFieldVariationalDistribution):
-        variational.variational_mean.copy_(mean)
-        variational._variational_stddev.copy_(covariance.diagonal(dim1=-2, dim2=-1).sqrt())
+        std = covariance.diagonal(dim1=-2, dim2=-1).sqrt()
+        values = {"variational_mean": mean, "_variational_stddev": std}
     else:
-        chol = torch.linalg.cholesky(covariance)
         precision = torch.cholesky_inverse(chol)
-        variational.natural_vec.copy_((precision @ mean.unsqueeze(-1)).squeeze(-1))
+        values = {"natural_vec": (precision @ mean.unsqueeze(-1)).squeeze(-1)}
         if isinstance(variational, NaturalVariationalDistribution):
-            variational.natural_mat.copy_(-0.5 * precision)
+            values["natural_mat"] = -0.5 * precision
         else:  # TrilNatural: natural_tril_mat = L⁻¹ with L Lᵀ = covariance
             eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
-            variational.natural_tril_mat.copy_(
-                torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+            values["natural_tril_mat"] = torch.linalg.solve_triangular(
+                chol, eye.expand_as(chol), upper=False
             )
+    for name, value in values.items():  # all computed and checked: written together
+        getattr(variational, name).copy_(value)
     strategy.variational_params_initialized.fill_(1)
     clear_caches(gp)
+
+
+def _checked_gaussian(
+    shape: torch.Size, mean: torch.Tensor, covariance: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` ``(*batch, M)`` and ``covariance`` ``(*batch, M, M)`` of q(u)'s shape, finite."""
+    for name, value, want in (
+        ("mean", mean, shape),
+        ("covariance", covariance, shape + shape[-1:]),
+    ):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+        if value.shape != want:
+            raise ValueError(
+                f"{name} has shape {tuple(value.shape)}, this GP's q(u) needs {tuple(want)}"
+            )
+        check_finite(name, value)
+    return mean, covariance
 
 
 def inducing_kl(
@@ -215,5 +238,11 @@ def inducing_kl(
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
     """
-    kl = torch.distributions.kl_divergence(inducing_distribution(p), inducing_distribution(q))
+    q_p, q_q = inducing_distribution(p), inducing_distribution(q)
+    if q_p.mean.shape != q_q.mean.shape:
+        raise ValueError(
+            f"p's q(u) has shape {tuple(q_p.mean.shape)}, q's {tuple(q_q.mean.shape)}: the KL "
+            "compares two q(u) of the same GP structure"
+        )
+    kl = torch.distributions.kl_divergence(q_p, q_q)
     return kl.sum()

@@ -6,11 +6,16 @@ import gpytorch
 import torch
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.mlls._approximate_mll import _ApproximateMarginalLogLikelihood
+from pyro.infer.util import is_validation_enabled
 
 from ...infer.adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
 from ...infer.reverse_kl import ImportanceWeights
 from ...posterior import FrozenPosterior
-from .conditional import Projection, per_output_log_likelihood, projections
+from ...validation import (
+    check_finite,
+    check_positive_int,
+)
+from .conditional import Projection, check_gp_data, per_output_log_likelihood, projections
 from .inducing import inducing_distribution
 from .strategy import variational_strategy
 
@@ -39,9 +44,16 @@ class _UnlearningObjective(_ApproximateMarginalLogLikelihood):
         num_samples: int,
         combine_terms: bool,
     ) -> None:
-        if int(num_erased) < 1:
-            raise ValueError(f"num_erased must be a positive integer, got {num_erased}")
-        super().__init__(likelihood, model, int(num_erased), combine_terms=combine_terms)
+        num_erased = check_positive_int("num_erased", num_erased)
+        num_samples = check_positive_int("num_samples", num_samples)
+        if not isinstance(combine_terms, bool):
+            raise TypeError(f"combine_terms must be a bool, got {combine_terms!r}")
+        if not isinstance(likelihood, gpytorch.likelihoods.Likelihood):
+            raise TypeError(
+                f"likelihood must be a gpytorch.likelihoods.Likelihood, got "
+                f"{type(likelihood).__name__}"
+            )
+        super().__init__(likelihood, model, num_erased, combine_terms=combine_terms)
         self.strategy = variational_strategy(model)
         if not isinstance(posterior, FrozenPosterior):
             raise TypeError(
@@ -57,7 +69,7 @@ class _UnlearningObjective(_ApproximateMarginalLogLikelihood):
                 f"{tuple(shape)}"
             )
         self.lam = check_lam(lam)
-        self.num_samples = int(num_samples)
+        self.num_samples = num_samples
         self._batch_dims = tuple(range(-len(self.q_data.batch_shape), 0))
         with torch.no_grad():
             log_q_max = self._log_q_data(self.q_data.mean.unsqueeze(0))[0]
@@ -81,6 +93,41 @@ class _UnlearningObjective(_ApproximateMarginalLogLikelihood):
         """log q(u|D) of each draw of u, ``(S,)``."""
         return self._sum_batch(self.q_data.log_prob(u))
 
+    def _check_batch(
+        self, output: MultivariateNormal | None, target: torch.Tensor, inputs: torch.Tensor | None
+    ) -> None:
+        """The batch's sizes against each other and ``num_erased`` (always: shapes only), then
+        :meth:`_check_data`."""
+        check_gp_data(self.strategy, inputs, target, finite=False)
+        if target.shape[-1] > self.num_erased:
+            raise ValueError(
+                f"the batch has {target.shape[-1]} points, more than num_erased={self.num_erased}: "
+                "num_erased is |D_e|, the number of erased points the batches are drawn from"
+            )
+        if output is not None:
+            if not isinstance(output, MultivariateNormal):
+                raise TypeError(
+                    f"output must be the GP's q(f) at the batch's inputs (a gpytorch "
+                    f"MultivariateNormal, model(x_b)), got {type(output).__name__}"
+                )
+            if output.event_shape[-1] != target.shape[-1]:
+                raise ValueError(
+                    f"output (q(f) at the batch's inputs) has {output.event_shape[-1]} points, "
+                    f"target {target.shape[-1]}: call the GP on the batch's inputs"
+                )
+        self._check_data(output, target, inputs)
+
+    def _check_data(
+        self, output: MultivariateNormal | None, target: torch.Tensor, inputs: torch.Tensor | None
+    ) -> None:
+        """Non-finite inputs, targets or q(f) named with their first row, on every step under
+        Pyro's validation (``pyro.enable_validation(False)`` skips it)."""
+        if not is_validation_enabled():
+            return
+        check_gp_data(self.strategy, inputs, target)
+        if output is not None:
+            check_finite("output (q(f) at the batch's inputs) mean", output.mean.movedim(-1, 0))
+
     def _kl_term(self) -> torch.Tensor:
         mean = self.q_data.mean
         return torch.zeros(self.q_data.batch_shape, dtype=mean.dtype, device=mean.device)
@@ -96,7 +143,13 @@ class _UnlearningObjective(_ApproximateMarginalLogLikelihood):
         GP's call on them), ``target`` its targets ``(*batch, b)``, ``inputs`` its inputs (needed
         where u is sampled), ``kwargs`` passed to the likelihood's ``expected_log_prob``.
         Returns a tensor of the GP's batch shape, or (data term, KL term) with
-        ``combine_terms=False``."""
+        ``combine_terms=False``.
+
+        Raises:
+            ValueError: a batch of another size than ``num_erased`` allows, inputs, target and
+                output of inconsistent sizes, or (under Pyro's validation, see
+                :meth:`_check_data`) non-finite data, named with their first row."""
+        self._check_batch(output, target, inputs)
         num_batch = target.shape[-1]
         data_term = self._log_likelihood_term(output, target, inputs=inputs, **kwargs)
         data_term = data_term.div(num_batch)
@@ -197,6 +250,11 @@ class VariationalEUBO(_UnlearningObjective):
         **kwargs,
     ) -> torch.Tensor:
         """−E_{q_u}[log p_adj(D_b|u)] of the batch (the erased likelihood enters negated)."""
+        if output is None:
+            raise ValueError(
+                "VariationalEUBO needs the GP's q(f) at the batch's inputs: "
+                "eubo(model(x_b), y_b, inputs=x_b)"
+            )
         closed = self.likelihood.expected_log_prob(target, output, **kwargs).sum(-1)
         if self.lam == 0.0:
             return -closed
@@ -294,15 +352,35 @@ class VariationalReverseKL(_UnlearningObjective):
         anneal: float | None = None,
         combine_terms: bool = True,
     ) -> None:
+        chunk_size = check_positive_int("chunk_size", chunk_size)
         super().__init__(likelihood, model, posterior, num_erased, lam, num_samples, combine_terms)
         self.weights = ImportanceWeights(proposal, anneal)
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = chunk_size
         self._cache: tuple | None = None  # (key of the inputs, their chunks' p(f|u) algebra)
+        self._checked: tuple | None = None  # keys of the last data found finite
+
+    @staticmethod
+    def _key(value: torch.Tensor | None) -> tuple | None:
+        """The identity of a tensor and its contents' version: the same key, the same data."""
+        if value is None:
+            return None
+        return (value.data_ptr(), tuple(value.shape), value._version, value.device)
+
+    def _check_data(
+        self, output: MultivariateNormal | None, target: torch.Tensor, inputs: torch.Tensor | None
+    ) -> None:
+        """Non-finite inputs or targets named with their first row, once per distinct pair of
+        tensors (D_e comes back unchanged every step, as its cached algebra does), and on every
+        step under Pyro's validation."""
+        key = (self._key(inputs), self._key(target))
+        if key != self._checked or is_validation_enabled():
+            check_gp_data(self.strategy, inputs, target)
+            self._checked = key
 
     def _projections_of(self, inputs: torch.Tensor) -> list[Projection]:
         """D_e's p(f|u) algebra, computed once: the hyperparameters are fixed, so it is constant
         while the same ``inputs`` tensor comes back unchanged every step."""
-        key = (inputs.data_ptr(), tuple(inputs.shape), inputs._version, inputs.device)
+        key = self._key(inputs)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, projections(self.strategy, inputs, self.chunk_size))
         return self._cache[1]

@@ -6,10 +6,12 @@ import gpytorch
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.infer.util import is_validation_enabled
 from torch.distributions import constraints
 
 from ...posterior import FrozenPosterior
-from .conditional import expected_log_prob, gp_inputs, project
+from ...validation import check_finite, check_positive_int
+from .conditional import check_gp_data, expected_log_prob, gp_inputs, project
 from .inducing import InducingGuide, freeze_inducing
 from .strategy import NATURAL_DISTRIBUTIONS, variational_strategy
 
@@ -130,6 +132,13 @@ class PyroSVGP:
         name_prefix: str = "gp",
     ) -> None:
         strategy = variational_strategy(gp)
+        if not isinstance(likelihood, gpytorch.likelihoods.Likelihood):
+            raise TypeError(
+                f"likelihood must be a gpytorch.likelihoods.Likelihood, got "
+                f"{type(likelihood).__name__}"
+            )
+        if not isinstance(name_prefix, str) or not name_prefix:
+            raise TypeError(f"name_prefix must be a non-empty str, got {name_prefix!r}")
         if isinstance(strategy._variational_distribution, NATURAL_DISTRIBUTIONS):
             raise TypeError(
                 f"{type(strategy._variational_distribution).__name__} is for gpytorch.optim.NGD: "
@@ -153,8 +162,14 @@ class PyroSVGP:
     def model(
         self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None
     ) -> torch.Tensor:
-        """The generative model: u ~ p(u), then y_i with log p̃(y_i|u) in the data plate."""
+        """The generative model: u ~ p(u), then y_i with log p̃(y_i|u) in the data plate.
+
+        Raises:
+            ValueError: ``y`` with another number of rows than ``x``, ``num_data`` below it, or
+                (under Pyro's validation) non-finite ``x`` or ``y``, named with the first row.
+        """
         strategy = self.guide.strategy
+        self._check_data(x, y, num_data)
         x = gp_inputs(x)
         proj = project(strategy, x)
         k = len(strategy._variational_distribution.batch_shape)
@@ -167,6 +182,28 @@ class PyroSVGP:
         fn = ExpectedLogLikelihood(self.likelihood, proj.f_mean(u), proj.var, k)
         with pyro.plate(self.plate, size, subsample=subsample, dim=-1):
             return pyro.sample(self.site, fn, obs=y)
+
+    def _check_data(self, x: torch.Tensor, y: torch.Tensor | None, num_data: int | None) -> None:
+        """Sizes always, finiteness under Pyro's validation (a pass over the data each step)."""
+        strategy = self.guide.strategy
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        n = gp_inputs(x).shape[-2]
+        if y is not None:
+            if not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[0] != n:
+                got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                raise ValueError(f"y must have one row per row of x ({n}), got {got}")
+            k = len(strategy._variational_distribution.batch_shape)
+            check_gp_data(strategy, x, y.movedim(0, -1) if k else y, finite=False)
+        if num_data is not None and check_positive_int("num_data", num_data) < n:
+            raise ValueError(
+                f"num_data={num_data} is the size of the data set x is a batch of: it cannot be "
+                f"below the batch's {n} rows"
+            )
+        if is_validation_enabled():
+            check_finite("x", gp_inputs(x).movedim(-2, 0))
+            if y is not None:
+                check_finite("y", y)
 
     def freeze(self) -> FrozenPosterior:
         """q(u|D): :func:`freeze_inducing` of this GP under this prefix."""

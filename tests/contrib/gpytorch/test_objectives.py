@@ -157,7 +157,7 @@ def test_bad_inputs_are_named(data):
     x, y, erased, _ = data
     gp, likelihood = trained(x, y), gaussian_likelihood()
     posterior = pug.freeze_inducing(gp)
-    with pytest.raises(ValueError, match="lam must be in"):
+    with pytest.raises(ValueError, match=r"lam must be (a number )?in \[0, 1\]"):
         pug.VariationalEUBO(likelihood, gp, posterior, len(erased), lam=1.5)
     with pytest.raises(ValueError, match="num_erased must be a positive"):
         pug.VariationalEUBO(likelihood, gp, posterior, 0)
@@ -338,7 +338,7 @@ def test_reverse_kl_from_the_current_q_is_the_same_estimator_at_q_of_D(data):
         pug.VariationalReverseKL(likelihood, gp, posterior, len(erased), proposal="prior")
     with pytest.raises(ValueError, match="needs proposal='current'"):
         pug.VariationalReverseKL(likelihood, gp, posterior, len(erased), anneal=0.5)
-    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+    with pytest.raises(ValueError, match=r"in \(0, 1[)\]]"):
         pug.VariationalReverseKL(
             likelihood, gp, posterior, len(erased), proposal="current", anneal=1.5
         )
