@@ -42,9 +42,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["FOCIResult", "codec", "foci", "lcodec", "nearest_neighbors"]
+__all__ = ["METHODS", "FOCIResult", "codec", "foci", "lcodec", "nearest_neighbors"]
 
-_METHODS = ("codec", "lcodec")
+#: The estimators: "codec" (exact tie-breaking) and "lcodec" (jittered, Mehta et al. 2022).
+METHODS = ("codec", "lcodec")
 _BUDGET = 1 << 19  # elements of a (candidates, chunk, n) distance block (cache-sized)
 
 
@@ -396,8 +397,8 @@ def foci(
         >>> foci(y, features, generator=g).selected
         [4, 1]
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     y = _response(y)
     n = y.shape[0]
     features = _matrix(features, n, "features")

@@ -3,20 +3,29 @@ keep the update or discard it on a validation drop (:func:`remove`)."""
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import grad
 
+from ..validation import check_nonnegative, check_positive_int
 from .newton import LossFn, Objective, newton_step, noise_scale
 from .options import RemovalOptions, Validation, validation_score, working_copy
 from .selection import select_block
 from .slices import Slice
 
-__all__ = ["RemovalResult", "remove", "remove_in_place"]
+__all__ = [
+    "RemovalResult",
+    "check_index",
+    "check_removal_request",
+    "remove",
+    "remove_in_place",
+]
 
 
 @dataclass
@@ -71,6 +80,41 @@ class RemovalResult:
     def converged(self) -> bool:
         """The update was kept and H'_P was positive definite (no shift): a Newton step."""
         return self.applied and self.hessian_shift == 0.0
+
+
+def check_index(name: str, value: Any) -> int:
+    """A row index as an ``int`` (a Python, NumPy or 0-dim integer tensor), or a ``TypeError``.
+
+    Example:
+        >>> check_index("erase_index", torch.tensor(3))
+        3
+    """
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def check_removal_request(num_random: Any, validation: Any, max_validation_drop: Any) -> None:
+    """The options of a removal request outside :class:`RemovalOptions`: ``num_random`` (None or
+    a positive int) and ``max_validation_drop`` (None, or ≥ 0 with a validation to score).
+
+    Example:
+        >>> check_removal_request(None, None, 0.1)
+        Traceback (most recent call last):
+        ...
+        ValueError: max_validation_drop=0.1 needs validation= to score the update on
+    """
+    if num_random is not None:
+        check_positive_int("num_random", num_random)
+    if max_validation_drop is not None:
+        check_nonnegative("max_validation_drop", max_validation_drop)
+        if validation is None:
+            raise ValueError(
+                f"max_validation_drop={max_validation_drop} needs validation= to score the "
+                "update on"
+            )
 
 
 def _norm(tensors) -> float:
@@ -331,11 +375,11 @@ def remove(
         max_block_size=max_block_size,
         generator=generator,
     )
+    erase_index = check_index("erase_index", erase_index)
+    check_removal_request(num_random, validation, max_validation_drop)
     work, training, objective, x, y, validation = working_copy(
         model, loss_fn, data, options, validation
     )
-    if not isinstance(erase_index, int) or isinstance(erase_index, bool):
-        raise TypeError(f"erase_index must be an int, got {type(erase_index).__name__}")
     result = remove_in_place(
         objective,
         x,

@@ -17,6 +17,18 @@ __all__ = ["SELECTIONS", "select_block"]
 SELECTIONS = ("foci", "random", "all")
 
 
+def _check_perturbed(losses: torch.Tensor, acts: torch.Tensor, index: int, scale: float) -> None:
+    """L-FOCI's inputs finite, or an error that names the perturbation (not the data)."""
+    for what, value in (("loss", losses), ("activations", acts)):
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            k = int(bad.reshape(bad.shape[0], -1).any(-1).nonzero()[0, 0])
+            raise ValueError(
+                f"the network's {what} on perturbed copy {k} of row {index} (x + ξ, "
+                f"ξ ~ N(0, {scale:g}²)) is not finite: lower perturbation_scale"
+            )
+
+
 def select_block(
     objective: Objective,
     params,
@@ -82,6 +94,7 @@ def select_block(
         with torch.no_grad():
             acts, _ = collect_activations(objective.model, perturbed, [n for n, _ in chosen])
             losses = objective.losses(params, perturbed, target)
+        _check_perturbed(losses, acts, index, scale)
         limit = len(slices) if max_slices is None else min(max_slices, len(slices))
         result = foci(
             losses, acts, max_features=limit, min_features=1, method=method, generator=generator

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..validation import check_positive_int
 from .newton import LossFn
 from .options import RemovalOptions, Validation, working_copy
-from .removal import RemovalResult, remove_in_place
+from .removal import RemovalResult, check_removal_request, remove_in_place
 
 __all__ = ["SequentialRemovalResult", "remove_sequentially"]
 
@@ -51,7 +52,21 @@ class SequentialRemovalResult:
 
 def _requests(erase_indices, n: int, num_random) -> tuple[list[int], list]:
     """The requested rows, checked, and one ``num_random`` per request."""
-    order = torch.as_tensor(erase_indices).reshape(-1).tolist()
+    indices = torch.as_tensor(erase_indices)
+    if indices.numel() and (indices.is_floating_point() or indices.dtype == torch.bool):
+        raise TypeError(
+            f"erase_indices must be row indices (integers), got {indices.dtype}"
+            + (
+                ": for a boolean mask give mask.nonzero().squeeze(-1)"
+                if indices.dtype == torch.bool
+                else ""
+            )
+        )
+    if indices.dim() > 1:
+        raise ValueError(
+            f"erase_indices must be a list of rows (1-D), got shape {tuple(indices.shape)}"
+        )
+    order = indices.reshape(-1).tolist()
     if len(set(order)) != len(order):
         raise ValueError("erase_indices has repeated entries")
     bad = [i for i in order if not 0 <= i < n]
@@ -66,6 +81,7 @@ def _requests(erase_indices, n: int, num_random) -> tuple[list[int], list]:
     )
     if len(sizes) != len(order):
         raise ValueError(f"num_random has {len(sizes)} entries for {len(order)} requests")
+    sizes = [None if k is None else check_positive_int("num_random", k) for k in sizes]
     return order, sizes
 
 
@@ -118,6 +134,7 @@ def remove_sequentially(
     """
     start = time.perf_counter()
     options = RemovalOptions(**kwargs)
+    check_removal_request(None, validation, max_validation_drop)
     work, training, objective, x, y, validation = working_copy(
         model, loss_fn, data, options, validation
     )
