@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI
+from pyro.infer.util import is_validation_enabled
 from tqdm import tqdm
 
-from .handlers import unlearn
+from .handlers import ERASED, unlearn
 from .infer import ReverseKL, Trace_EUBO, UnlearningLoss
+from .infer.adjusted_likelihood import check_lam
+from .params import ParamSnapshot
 from .posterior import FrozenPosterior, freeze
 from .results import UnlearningResult
+from .traces import preserved_rng
+from .validation import check_finite_data, check_positive, check_positive_int
 
-__all__ = ["METHODS", "ForgetResult", "forget", "has_converged", "run_until_flat"]
+__all__ = [
+    "METHODS",
+    "ForgetResult",
+    "check_erased_rows",
+    "forget",
+    "has_converged",
+    "loss_option_names",
+    "run_until_flat",
+]
 
 #: The losses :func:`forget` runs, by the name its ``method`` argument takes.
 METHODS: dict[str, type[UnlearningLoss]] = {"eubo": Trace_EUBO, "rkl": ReverseKL}
@@ -172,8 +188,14 @@ def forget(
     ``method`` names on ``unlearn(model, erased=..., plate=...)`` for at most ``num_steps``
     steps, stopping once the loss is flat (:func:`has_converged` over ``window`` steps) and,
     for an annealed loss, its ``"temperature"`` diagnostic has reached 1. Every diagnostic the
-    loss reports (``loss.diagnostics()``) is recorded per step. A step whose loss is not finite
-    stops the run with a ``ValueError``.
+    loss reports (``loss.diagnostics()``) is recorded per step.
+
+    Validate, then act: every argument is checked first (the options' types and ranges, the
+    data's finiteness, the erased rows against their plate in one dry run of the model, and
+    ``posterior`` against ``guide``: parameter and site names and shapes), before the guide is
+    touched. The run itself is all or nothing: a step whose loss is not finite, or that leaves a
+    guide parameter non-finite, raises a ``ValueError`` naming the cause, and the param store
+    (so the live guide) is then as it was before the call.
 
     Arguments:
         model: the model, as trained (not yet wrapped by :func:`~pyro_unlearn.unlearn`).
@@ -185,23 +207,32 @@ def forget(
         method: ``"rkl"`` (:class:`~pyro_unlearn.ReverseKL`, the robust default) or ``"eubo"``
             (:class:`~pyro_unlearn.Trace_EUBO`); the keys of :data:`METHODS`.
         lam: the adjusted likelihood's λ ∈ [0, 1].
-        posterior: the frozen q(θ|D) to start from (default: ``freeze(guide, *args)``).
-        num_particles: draws of θ per step.
+        posterior: the frozen q(θ|D) to start from (default: ``freeze(guide, *args)``); it
+            must have the guide's structure.
+        num_particles: draws of θ per step, a positive integer.
         vectorize_particles: draw them in one vectorised plate.
         max_plate_nesting: as in Pyro's losses.
         optim: a Pyro optimiser (default: ClippedAdam, ``lr`` decaying tenfold over
             ``num_steps``).
-        lr: the default optimiser's learning rate.
-        num_steps: the most SVI steps.
-        window: steps per convergence window.
+        lr: the default optimiser's learning rate, > 0.
+        num_steps: the most SVI steps, a positive integer.
+        window: steps per convergence window, a positive integer.
         progress: show a progress bar.
-        loss_options: more arguments of the loss, e.g. ``{"proposal": "current", "anneal":
-            0.8}`` for the rKL on an erasure too informative for q(θ|D).
+        loss_options: more arguments of the loss (:func:`loss_option_names`), e.g.
+            ``{"proposal": "current", "anneal": 0.8}`` for the rKL on an erasure too informative
+            for q(θ|D).
         kwargs: more keyword arguments of the model and guide.
 
     Returns:
         A :class:`ForgetResult`: ``posterior`` the unlearned posterior (frozen), ``original``
         q(θ|D), the losses and diagnostics of every step.
+
+    Raises:
+        TypeError: for an option of the wrong type (a string λ, a fractional ``num_steps``...).
+        ValueError: for an option out of range, non-finite data (naming the argument and row),
+            bad erased rows or plate, a ``posterior`` of another structure than ``guide``, or a
+            run that diverged.
+        IndexError: for an erased index out of range of its plate.
 
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
@@ -212,12 +243,20 @@ def forget(
         result.posterior, result.seconds, result.ess[-1]
         later = forget(model, guide, x, y, erased=other, plate="data", posterior=result.original)
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    _check_options(method, lam, num_particles, num_steps, window, lr, optim, loss_options)
+    check_finite_data(args, kwargs)
+    wrapped = unlearn(model, erased=erased, plate=plate)
+    check_erased_rows(wrapped, *args, **kwargs)
+    restore = posterior is not None
     if posterior is None:
         posterior = freeze(guide, *args, **kwargs)
+    elif not isinstance(posterior, FrozenPosterior):
+        raise TypeError(
+            "posterior must be a FrozenPosterior (pu.freeze(guide)), got "
+            f"{type(posterior).__name__}"
+        )
     else:
-        posterior.restore(guide)
+        posterior.check_guide(guide)
     loss = METHODS[method](
         posterior,
         lam,
@@ -227,20 +266,26 @@ def forget(
         **(loss_options or {}),
     )
     if optim is None:
-        optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / max(num_steps, 1))})
-    svi = SVI(unlearn(model, erased=erased, plate=plate), guide, optim, loss)
-    step, diagnostics = _recording_step(svi, loss, args, kwargs)
-    losses, converged, seconds = run_until_flat(
-        step,
-        num_steps,
-        window,
-        f"unlearning ({method}, λ={lam:g})",
-        progress,
-        lambda: diagnostics.get("temperature", [1.0])[-1] >= 1.0,
-    )
+        optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / num_steps)})
+    # Everything is checked; now act, all or nothing: a failed run leaves the store as it was.
+    with ParamSnapshot.transaction():
+        if restore:
+            posterior.restore(guide)
+        svi = SVI(wrapped, guide, optim, loss)
+        step, diagnostics = _recording_step(svi, loss, args, kwargs)
+        losses, converged, seconds = run_until_flat(
+            step,
+            num_steps,
+            window,
+            f"unlearning ({method}, λ={float(lam):g})",
+            progress,
+            lambda: diagnostics.get("temperature", [1.0])[-1] >= 1.0,
+        )
+        _check_trained_finite(optim, len(losses))
+        unlearned = freeze(guide, *args, **kwargs)
     return ForgetResult(
         guide=guide,
-        posterior=freeze(guide, *args, **kwargs),
+        posterior=unlearned,
         original=posterior,
         losses=losses,
         diagnostics=diagnostics,
@@ -249,19 +294,140 @@ def forget(
     )
 
 
+def _check_options(method, lam, num_particles, num_steps, window, lr, optim, loss_options) -> None:
+    """The argument checks of :func:`forget` that need neither the model nor the guide."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    check_lam(lam)
+    check_positive_int("num_particles", num_particles)
+    check_positive_int("num_steps", num_steps)
+    check_positive_int("window", window)
+    check_positive("lr", lr)
+    if optim is not None and not isinstance(optim, pyro.optim.PyroOptim):
+        raise TypeError(
+            f"optim must be a Pyro optimiser (e.g. pyro.optim.Adam({{'lr': 1e-3}})) or None, "
+            f"got {type(optim).__name__}"
+        )
+    if loss_options is None:
+        return
+    if not isinstance(loss_options, Mapping):
+        raise TypeError(f"loss_options must be a dict, got {type(loss_options).__name__}")
+    taken = sorted(set(loss_options) & _SET_BY_FORGET)
+    if taken:
+        raise ValueError(f"loss_options sets {taken}: pass them to forget itself")
+    known = loss_option_names(METHODS[method])
+    unknown = sorted(set(loss_options) - known, key=str)
+    if unknown:
+        raise ValueError(
+            f"loss_options has unknown option(s) {unknown} for method={method!r}; "
+            f"it takes {sorted(known)}"
+        )
+
+
+#: Arguments of the loss that forget sets from its own arguments.
+_SET_BY_FORGET = {"posterior", "lam", "num_particles", "vectorize_particles", "max_plate_nesting"}
+
+
+def loss_option_names(loss_cls: type[UnlearningLoss]) -> set[str]:
+    """The keyword arguments of an unlearning loss that :func:`forget` passes on through its
+    ``loss_options`` (those it does not set itself).
+
+    Arguments:
+        loss_cls: a subclass of :class:`~pyro_unlearn.infer.UnlearningLoss`.
+
+    Returns:
+        The option names.
+
+    Example:
+        >>> sorted(loss_option_names(ReverseKL))
+        ['anneal', 'proposal', 'retain_graph']
+    """
+    names: set[str] = set()
+    for cls in loss_cls.__mro__:
+        if "__init__" in vars(cls) and issubclass(cls, UnlearningLoss):
+            names |= {
+                p.name
+                for p in inspect.signature(cls.__init__).parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            }
+    return names - _SET_BY_FORGET - {"self"}
+
+
+def check_erased_rows(wrapped: Callable, *args, **kwargs) -> None:
+    """Run a model wrapped by :func:`~pyro_unlearn.unlearn` once, against a private view of the
+    param store and without gradients, so that what only the model can tell is checked before
+    anything is written: the erased rows are in range of their plate, the plate and the named
+    sites exist, and some observation is flagged.
+
+    Arguments:
+        wrapped: ``unlearn(model, erased=..., plate=...)``.
+        *args, **kwargs: the model's arguments.
+
+    Raises:
+        IndexError: for an erased index out of range of its plate.
+        ValueError: for an unknown plate or site, a mask of the wrong length, or a model in
+            which nothing is erased.
+
+    Example:
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> from pyro_unlearn import unlearn
+        >>> def model(y):
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+        >>> check_erased_rows(unlearn(model, erased=[5], plate="data"), torch.zeros(3))
+        Traceback (most recent call last):
+        ...
+        IndexError: erased index 5 is out of range for plate 'data' of size 3
+    """
+    with preserved_rng(args, kwargs), ParamSnapshot.of_store(clone=False).active():
+        with poutine.block(), torch.no_grad():
+            trace = poutine.trace(wrapped).get_trace(*args, **kwargs)
+    flagged = [n for n, site in trace.nodes.items() if ERASED in site.get("infer", {})]
+    if not flagged:
+        raise ValueError(
+            "the model has no erased observations: the erased data must be observed sites "
+            "(pyro.sample(..., obs=...)) of the model, inside the named plate"
+        )
+
+
+def _check_trained_finite(optim: pyro.optim.PyroOptim, steps: int) -> None:
+    """Raise naming the first parameter the optimiser trains that holds NaN or ±inf."""
+    store = pyro.get_param_store()
+    for param in getattr(optim, "optim_objs", {}):
+        if not bool(torch.isfinite(param).all()):
+            raise ValueError(
+                f"the guide's parameter {store.param_name(param)!r} became non-finite by step "
+                f"{steps}: the optimisation diverged; try a smaller lr (the guide is left as it "
+                "was)"
+            )
+
+
 def _recording_step(
     svi: SVI, loss: UnlearningLoss, args: tuple, kwargs: dict
 ) -> tuple[Callable[[], float], dict[str, list[float]]]:
-    """One SVI step that appends the loss's diagnostics to a record, and that record."""
+    """One SVI step that appends the loss's diagnostics to a record, and that record. A
+    non-finite loss raises a ``ValueError`` naming its cause (diverged parameters, or a target
+    that is not normalisable) instead of Pyro's warning."""
     record: dict[str, list[float]] = {}
+    count = [0]
 
     def step() -> float:
-        value = svi.step(*args, **kwargs)
+        count[0] += 1
+        try:
+            with warnings.catch_warnings():  # Pyro's NaN/inf warning: the error below says more
+                warnings.filterwarnings("ignore", message="Encountered", category=UserWarning)
+                value = svi.step(*args, **kwargs)
+        except (ValueError, RuntimeError) as error:  # e.g. a distribution's own validation
+            _check_trained_finite(svi.optim, count[0] - 1)
+            raise error
+        if is_validation_enabled():  # costs a sync per step; once at the end otherwise
+            _check_trained_finite(svi.optim, count[0])
         if not math.isfinite(value):
             raise ValueError(
-                f"the unlearning loss is {value}: the target q(θ|D)/p_adj(D_e|θ) may not be "
-                "normalisable here (erased data too informative for q(θ|D)); try a larger lam, "
-                "ReverseKL, or more particles"
+                f"the unlearning loss is {value} at step {count[0]}: the target "
+                "q(θ|D)/p_adj(D_e|θ) may not be normalisable here (erased data too informative "
+                "for q(θ|D)); try a larger lam, ReverseKL, more particles or a smaller lr (the "
+                "guide is left as it was)"
             )
         for name, diagnostic in loss.diagnostics().items():
             record.setdefault(name, []).append(diagnostic)

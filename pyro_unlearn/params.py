@@ -185,6 +185,40 @@ class ParamSnapshot(Mapping[str, torch.Tensor]):
                     live.copy_(value)
                 store._constraints[name] = self._constraints[name]
 
+    @classmethod
+    @contextlib.contextmanager
+    def transaction(cls) -> Iterator[ParamSnapshot]:
+        """All or nothing for the live param store: if the block raises, every entry the store
+        held is written back bit for bit (in place, as :meth:`restore`), entries registered
+        inside are removed, and the exception propagates.
+
+        Yields:
+            The snapshot taken on entry (detached copies of the whole store).
+
+        Example:
+            >>> import pyro, torch
+            >>> pyro.clear_param_store()
+            >>> _ = pyro.param("loc", torch.tensor(1.0))
+            >>> try:
+            ...     with ParamSnapshot.transaction():
+            ...         _ = pyro.param("loc").data.fill_(float("nan"))  # a step that diverged
+            ...         _ = pyro.param("new", torch.tensor(2.0))
+            ...         raise ValueError("diverged")
+            ... except ValueError:
+            ...     pass
+            >>> pyro.param("loc").item(), "new" in pyro.get_param_store()
+            (1.0, False)
+        """
+        saved = cls.of_store()
+        try:
+            yield saved
+        except BaseException:
+            store = pyro.get_param_store()
+            for name in [n for n in store._params if n not in saved._params]:
+                del store[name]
+            saved.restore()
+            raise
+
     @contextlib.contextmanager
     def active(self) -> Iterator[ParamSnapshot]:
         """Inside, the global param store holds exactly this snapshot's tensors; the live store

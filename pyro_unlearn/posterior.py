@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pyro
@@ -27,7 +27,8 @@ from torch.distributions.transforms import Transform
 
 from .guides.gaussian import GAUSSIAN_DISTRIBUTIONS
 from .params import ParamSnapshot
-from .traces import latent_sites, max_plate_nesting, sum_sites_per_particle
+from .traces import latent_sites, max_plate_nesting, preserved_rng, sum_sites_per_particle
+from .validation import check_finite
 
 __all__ = ["FrozenPosterior", "freeze", "independent_copy"]
 
@@ -91,7 +92,52 @@ class FrozenPosterior:
         self._log_q_max: torch.Tensor | None = None
         self._mode: dict[str, torch.Tensor] = {}
         self._mode_info: dict[str, Any] = {}
-        self.sites: list[str] = latent_sites(self.sample(*self._args, **self._kwargs))
+        trace = self.sample(*self._args, **self._kwargs)
+        self.sites: list[str] = latent_sites(trace)
+        self._site_shapes = {name: trace.nodes[name]["value"].shape for name in self.sites}
+
+    @property
+    def site_shapes(self) -> dict[str, torch.Size]:
+        """The shape of the value of every site it scores, by name (as :attr:`sites`)."""
+        return dict(self._site_shapes)
+
+    def check_guide(self, guide: Callable, *args, **kwargs) -> None:
+        """Raise unless ``guide`` has this posterior's structure: the same parameters (names and
+        shapes) and the same scored sites (names and shapes). Nothing is changed: a
+        ``PyroModule`` guide is probed through an independent copy in a private param store, a
+        guide function against a private view of the live store.
+
+        Arguments:
+            guide: a live guide.
+            *args, **kwargs: its arguments (default: those this posterior was frozen with).
+
+        Raises:
+            ValueError: naming the first parameter or site that is missing, extra or of another
+                shape, or when the guide cannot run with those arguments.
+
+        Example:
+            >>> import pyro, torch, pyro.distributions as dist
+            >>> from pyro.infer.autoguide import AutoNormal
+            >>> guide = AutoNormal(lambda: pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0)))
+            >>> posterior = freeze(guide)
+            >>> posterior.check_guide(guide)
+            >>> other = AutoNormal(lambda: pyro.sample("mu", dist.Normal(torch.zeros(3), 1.0)))
+            >>> posterior.check_guide(other)
+            Traceback (most recent call last):
+            ...
+            ValueError: the guide does not have the frozen posterior's structure: parameter ...
+        """
+        if not args and not kwargs:
+            args, kwargs = self._args, self._kwargs
+        params, sites = _structure(guide, args, kwargs)
+        ours = {n: v.shape for n, v in self._params.items()}
+        for what, theirs, mine in (("parameter", params, ours), ("site", sites, self._site_shapes)):
+            problem = _first_difference(theirs, mine)
+            if problem is not None:
+                raise ValueError(
+                    f"the guide does not have the frozen posterior's structure: {what} "
+                    f"{problem}; freeze a trained guide of the same class, model and data shapes"
+                )
 
     # -- running the frozen guide ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -244,48 +290,163 @@ class FrozenPosterior:
             "sites": list(self.sites),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> FrozenPosterior:
-        """Load a :meth:`state_dict` into a posterior frozen from a guide of the same structure."""
-        ours, theirs = self._params, state["params"]
-        if set(ours) != set(theirs):
-            raise ValueError(
-                f"saved parameters {sorted(theirs)} do not match this guide's {sorted(ours)}"
-            )
-        for name, value in theirs.items():
-            if ours[name].shape != value.shape:
-                raise ValueError(
-                    f"saved parameter {name!r} has shape {tuple(value.shape)}, "
-                    f"this guide's has {tuple(ours[name].shape)}"
-                )
+    def load_state_dict(self, state: Mapping[str, Any]) -> FrozenPosterior:
+        """Load a :meth:`state_dict` into a posterior frozen from a guide of the same structure.
+
+        All or nothing: every key, the parameters' names, shapes, dtypes and finiteness, the
+        sites and the mode's shapes are checked before anything is replaced.
+
+        Arguments:
+            state: a :meth:`state_dict` (e.g. from ``torch.load(path, weights_only=True)``).
+
+        Returns:
+            This posterior.
+
+        Raises:
+            ValueError: naming what does not match; the posterior is then left as it was.
+
+        Example:
+            >>> import pyro, torch, pyro.distributions as dist
+            >>> from pyro.infer.autoguide import AutoNormal
+            >>> posterior = freeze(AutoNormal(lambda: pyro.sample("mu", dist.Normal(0.0, 1.0))))
+            >>> state = posterior.state_dict()
+            >>> _ = posterior.load_state_dict(state)
+            >>> del state["mode"]
+            >>> posterior.load_state_dict(state)
+            Traceback (most recent call last):
+            ...
+            ValueError: the saved state lacks the key(s) ['mode']: ...
+        """
+        self._check_state(state)
         with torch.no_grad():
-            for name, value in theirs.items():
-                ours[name].copy_(value)
-        device = next(iter(ours.values())).device if ours else None
-        self._log_q_max = state["log_q_max"].to(device)
-        self._mode = {n: v.to(device) for n, v in state["mode"].items()}
+            for name, value in state["params"].items():
+                self._params[name].copy_(value)
+        device = next(iter(self._params.values())).device if self._params else None
+        self._log_q_max = state["log_q_max"].detach().reshape(()).to(device)
+        self._mode = {n: v.detach().to(device) for n, v in state["mode"].items()}
         self._mode_info = dict(state["mode_info"])
-        self.sites = list(state["sites"])
         return self
 
-    def restore(self, guide: Callable) -> None:
-        """Write q(θ|D) back into a live guide of the same structure (the start of a lazy,
-        from-the-original unlearning run). Only the live guide's param-store tensors change; a
-        guide that has not registered them yet is run once (with the arguments it was frozen
-        with) to do so."""
-        store = pyro.get_param_store()
-        if any(n not in store for n in self._params):
-            with poutine.block():
-                poutine.trace(guide, param_only=True).get_trace(*self._args, **self._kwargs)
-        missing = [n for n in self._params if n not in store]
+    def _check_state(self, state: Any) -> None:
+        """Every check of :meth:`load_state_dict`, before it writes anything."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        missing = sorted({"params", "log_q_max", "mode", "mode_info", "sites"} - set(state))
         if missing:
-            raise ValueError(f"the live guide has no parameters {missing}; call it once first")
-        self._params.restore()
+            raise ValueError(
+                f"the saved state lacks the key(s) {missing}: save it with posterior.state_dict()"
+            )
+        theirs = state["params"]
+        if not isinstance(theirs, Mapping) or set(theirs) != set(self._params):
+            names = sorted(theirs) if isinstance(theirs, Mapping) else theirs
+            raise ValueError(
+                f"saved parameters {names} do not match this guide's {sorted(self._params)}"
+            )
+        for name, value in theirs.items():
+            _check_saved_tensor(f"saved parameter {name!r}", value, self._params[name])
+        if list(state["sites"]) != self.sites:
+            raise ValueError(
+                f"saved sites {list(state['sites'])} do not match this guide's {self.sites}"
+            )
+        mode = state["mode"]
+        if not isinstance(mode, Mapping) or set(mode) != set(self.sites):
+            raise ValueError(f"the saved mode must give a value for every site {self.sites}")
+        for name, value in mode.items():
+            like = torch.empty(self._site_shapes[name], dtype=_dtype(value))
+            _check_saved_tensor(f"saved mode of site {name!r}", value, like)
+        log_q_max = state["log_q_max"]
+        if not isinstance(log_q_max, torch.Tensor) or log_q_max.numel() != 1:
+            raise ValueError(f"the saved log_q_max must be a one-element tensor, got {log_q_max!r}")
+        check_finite("the saved log_q_max", log_q_max)
+        if not isinstance(state["mode_info"], Mapping):
+            raise ValueError("the saved mode_info must be a dict")
+
+    def restore(self, guide: Callable) -> None:
+        """Write q(θ|D) into the parameters of the live guide ``guide``.
+
+        ``guide`` is first checked to have this posterior's structure (:meth:`check_guide`:
+        parameter and site names and shapes); then run once against the live param store (with
+        the arguments the posterior was frozen with), which registers its parameters if it has
+        not yet and binds it to the store's tensors, and q(θ|D) is written into exactly the
+        parameters it read, in place. Nothing is written when a check fails.
+
+        Arguments:
+            guide: the live guide, of the same structure as the one frozen.
+
+        Raises:
+            ValueError: when ``guide`` has another structure.
+
+        Example:
+            >>> import pyro, torch, pyro.distributions as dist
+            >>> from pyro.infer.autoguide import AutoNormal
+            >>> guide = AutoNormal(lambda: pyro.sample("mu", dist.Normal(0.0, 1.0)))
+            >>> _ = guide()
+            >>> posterior = freeze(guide)
+            >>> _ = pyro.param("AutoNormal.locs.mu").data.fill_(3.0)  # the live guide moves on
+            >>> posterior.restore(guide)
+            >>> pyro.param("AutoNormal.locs.mu").item()
+            0.0
+        """
+        self.check_guide(guide)
+        with poutine.block():
+            trace = poutine.trace(guide, param_only=True).get_trace(*self._args, **self._kwargs)
+        names = [n for n, site in trace.nodes.items() if site["type"] == "param"]
+        self._params.select(names).restore()
 
     def __repr__(self) -> str:
         is_module = isinstance(self._guide, PyroModule)
         kind = type(self._guide).__name__ if is_module else self._guide.__name__
         found = "not yet found" if self._log_q_max is None else f"{float(self._log_q_max):.4g}"
         return f"FrozenPosterior({kind}, log_q_max={found}, sites={self.sites})"
+
+
+def _dtype(value: Any) -> torch.dtype:
+    return value.dtype if isinstance(value, torch.Tensor) else torch.get_default_dtype()
+
+
+def _check_saved_tensor(what: str, value: Any, like: torch.Tensor) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{what} must be a tensor, got {type(value).__name__}")
+    if value.shape != like.shape or value.dtype != like.dtype:
+        raise ValueError(
+            f"{what} has shape {tuple(value.shape)} and dtype {value.dtype}, this guide's has "
+            f"{tuple(like.shape)} and {like.dtype}"
+        )
+    check_finite(what, value)
+
+
+def _structure(guide: Callable, args: tuple, kwargs: dict) -> tuple[dict, dict]:
+    """(parameter shapes, scored-site shapes) of ``guide``, probed without changing anything."""
+    if isinstance(guide, FrozenPosterior):
+        return {n: v.shape for n, v in guide.params.items()}, guide.site_shapes
+    if not callable(guide):
+        raise ValueError(f"expected a guide (callable), got {type(guide).__name__}")
+    if isinstance(guide, PyroModule):
+        probe, store = independent_copy(guide), ParamSnapshot()
+    else:
+        probe, store = guide, ParamSnapshot.of_store(clone=False)
+    try:
+        with preserved_rng(args, kwargs), store.active(), poutine.block(), torch.no_grad():
+            trace = poutine.trace(probe).get_trace(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's guide, named
+        raise ValueError(
+            f"could not run the guide with the posterior's arguments ({type(e).__name__}: {e}); "
+            "call the guide once on the data first, or freeze it with its arguments"
+        ) from e
+    params = {n: store[n].shape for n, s in trace.nodes.items() if s["type"] == "param"}
+    sites = {n: trace.nodes[n]["value"].shape for n in latent_sites(trace)}
+    return params, sites
+
+
+def _first_difference(theirs: dict, ours: dict) -> str | None:
+    """How the guide's ``{name: shape}`` differs from the posterior's, or ``None``."""
+    extra, missing = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
+    if extra or missing:
+        return f"names differ (the guide's has {extra or 'no'} extra, lacks {missing or 'none'})"
+    for name, shape in ours.items():
+        if theirs[name] != shape:
+            return f"{name!r} has shape {tuple(theirs[name])} in the guide, {tuple(shape)} frozen"
+    return None
 
 
 def independent_copy(guide: PyroModule) -> PyroModule:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from pyro.poutine import Trace
@@ -12,6 +14,7 @@ __all__ = [
     "latent_sites",
     "max_plate_nesting",
     "particle_dim_of",
+    "preserved_rng",
     "subsampled_plates",
     "sum_per_particle",
     "sum_sites_per_particle",
@@ -157,3 +160,37 @@ def sum_sites_per_particle(
     if total is None:
         raise ValueError("no sample sites to score in this trace")
     return total
+
+
+@contextlib.contextmanager
+def preserved_rng(*values: Any) -> Iterator[None]:
+    """Run a probe (a dry run of a model or guide, which draws from its distributions) without
+    moving the random number generators: the CPU's and those of the CUDA devices that the
+    tensors among ``values`` (and in dicts or sequences of them) live on, so a seeded run draws
+    the same numbers with or without the probe.
+
+    Arguments:
+        values: the probe's arguments, to find the devices it may draw on.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> with preserved_rng():
+        ...     _ = torch.randn(3)
+        >>> float(torch.randn(())) == float(torch.manual_seed(0) and torch.randn(()))
+        True
+    """
+    devices: set[int] = set()
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            if value.device.type == "cuda":
+                devices.add(value.device.index or 0)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        devices.add(torch.cuda.current_device())
+    with torch.random.fork_rng(devices=sorted(devices)):
+        yield

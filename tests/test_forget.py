@@ -1,5 +1,6 @@
 import math
 
+import pyro
 import pytest
 import torch
 from pyro.infer.autoguide import AutoMultivariateNormal
@@ -109,8 +110,26 @@ def test_forget_passes_loss_options_to_the_annealed_reverse_kl(
         pu.forget(model, guide, linreg.x, linreg.y, loss_options={"anneal": 0.5}, progress=False)
 
 
-def test_forget_stops_on_a_non_finite_loss(linreg, model, trained):
+def test_forget_names_non_finite_data_before_acting(linreg, model, trained):
+    """Infinite data are named as such (argument, row), before a step is taken; they used to
+    surface as a non-finite loss blamed on the target."""
     guide = trained(AutoMultivariateNormal)
-    y = torch.full_like(linreg.y, math.inf)
-    with pytest.warns(UserWarning, match="Encountered"), pytest.raises(ValueError, match="normal"):
+    before = {k: v.clone() for k, v in guide.state_dict().items()}
+    y = linreg.y.clone()
+    y[3] = math.inf
+    with pytest.raises(ValueError, match=r"args\[1\] has a non-finite value \(inf\) at row 3"):
         pu.forget(model, guide, linreg.x, y, erased=linreg.erased, plate="data", progress=False)
+    assert all(torch.equal(v, guide.state_dict()[k]) for k, v in before.items())
+
+
+def test_forget_stops_on_a_diverging_run_and_rolls_back(linreg, model, trained):
+    """A step size that sends the guide to ±inf stops the run with the cause named; the guide
+    holds q(θ|D) again, bit for bit, whichever step failed."""
+    guide = trained(AutoMultivariateNormal)
+    before = {k: v.clone() for k, v in guide.state_dict().items()}
+    with pytest.raises(ValueError, match="diverged|normalisable"):
+        pu.forget(
+            model, guide, linreg.x, linreg.y, erased=linreg.erased, plate="data", lr=1e30,
+            num_steps=20, progress=False, optim=pyro.optim.Adam({"lr": 1e30}),
+        )  # fmt: skip
+    assert all(torch.equal(v, guide.state_dict()[k]) for k, v in before.items())

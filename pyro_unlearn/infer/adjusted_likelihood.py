@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ..validation import check_in_unit_interval
+
 __all__ = ["adjusted_log_likelihood", "check_lam", "log_threshold"]
 
 
@@ -13,26 +15,21 @@ def check_lam(lam: float) -> float:
     """Validate the adjusted likelihood's λ and return it as a float.
 
     Arguments:
-        lam: λ ∈ [0, 1] (a number, or anything ``float`` accepts).
+        lam: λ ∈ [0, 1]: a real number (a Python or 0-dim tensor number; not a string).
 
     Returns:
         ``float(lam)``.
 
     Raises:
-        TypeError: when ``lam`` is not a number.
+        TypeError: when ``lam`` is not a real number (a string, a bool, a tensor of several
+            values).
         ValueError: when it is outside [0, 1] (or nan).
 
     Example:
         >>> check_lam(1e-3)
         0.001
     """
-    try:
-        lam = float(lam)
-    except (TypeError, ValueError):
-        raise TypeError(f"lam must be a number in [0, 1], got {lam!r}") from None
-    if not 0.0 <= lam <= 1.0:  # also rejects nan
-        raise ValueError(f"lam must be in [0, 1], got {lam}")
-    return lam
+    return check_in_unit_interval("lam", lam)
 
 
 def log_threshold(lam: float, log_q_max: torch.Tensor) -> torch.Tensor:

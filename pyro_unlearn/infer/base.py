@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from abc import abstractmethod
 from collections.abc import Callable
 
@@ -12,11 +13,19 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine import Trace
 from pyro.util import warn_if_inf, warn_if_nan
 
+from ..handlers import ERASED
 from ..posterior import FrozenPosterior
 from ..traces import latent_sites, particle_dim_of
+from ..validation import check_finite, check_finite_data, check_positive_int
 from .adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
 
-__all__ = ["UnlearningLoss", "check_sites_match"]
+__all__ = [
+    "UnlearningLoss",
+    "check_erased_data_finite",
+    "check_loss_flags",
+    "check_site_shapes",
+    "check_sites_match",
+]
 
 #: What a non-finite loss most often means, appended to Pyro's NaN / inf warnings.
 NOT_NORMALISABLE = (
@@ -51,6 +60,95 @@ def check_sites_match(guide_sites: list[str], posterior_sites: list[str]) -> Non
         )
 
 
+def check_loss_flags(
+    vectorize_particles: bool, max_plate_nesting: float, retain_graph: bool | None
+) -> None:
+    """Raise unless the options every Pyro-style loss takes have usable values.
+
+    Arguments:
+        vectorize_particles: a ``bool``.
+        max_plate_nesting: a non-negative integer, or ``float("inf")`` (guessed on first use).
+        retain_graph: ``None`` or a ``bool``.
+
+    Raises:
+        TypeError: for a value of the wrong type (a string, a fraction).
+        ValueError: for a negative ``max_plate_nesting``.
+
+    Example:
+        >>> check_loss_flags(True, float("inf"), None)
+        >>> check_loss_flags("yes", 1, None)
+        Traceback (most recent call last):
+        ...
+        TypeError: vectorize_particles must be True or False, got 'yes' (str)
+    """
+    for name, value in (
+        ("vectorize_particles", vectorize_particles),
+        ("retain_graph", retain_graph),
+    ):
+        if not isinstance(value, bool) and not (name == "retain_graph" and value is None):
+            raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    if max_plate_nesting == float("inf") and not isinstance(max_plate_nesting, bool):
+        return
+    if isinstance(max_plate_nesting, bool) or not isinstance(max_plate_nesting, numbers.Integral):
+        raise TypeError(
+            "max_plate_nesting must be a non-negative integer or float('inf'), got "
+            f"{max_plate_nesting!r} ({type(max_plate_nesting).__name__})"
+        )
+    if max_plate_nesting < 0:
+        raise ValueError(
+            f"max_plate_nesting must be a non-negative integer, got {max_plate_nesting}"
+        )
+
+
+def check_erased_data_finite(model_trace: Trace) -> None:
+    """Raise a ``ValueError`` naming the observed site and its first row if the value of a site
+    flagged by :func:`~pyro_unlearn.unlearn` holds NaN or ±inf: non-finite data, which would
+    otherwise surface as a non-finite loss blamed on the target.
+
+    Arguments:
+        model_trace: a trace of the wrapped model.
+
+    Example:
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> from pyro_unlearn import unlearn
+        >>> def model(y):
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+        >>> trace = pyro.poutine.trace(unlearn(model)).get_trace(torch.tensor([0.0, float("inf")]))
+        >>> check_erased_data_finite(trace)
+        Traceback (most recent call last):
+        ...
+        ValueError: observed site 'y' has a non-finite value (inf) at row 1: the data must be finite
+    """
+    for name, site in model_trace.nodes.items():
+        if site["type"] == "sample" and site["is_observed"] and ERASED in site["infer"]:
+            check_finite(f"observed site {name!r}", site["value"])
+
+
+def check_site_shapes(guide_trace: Trace, posterior_trace: Trace, sites: list[str]) -> None:
+    """Raise unless the frozen posterior's distribution at every site has the guide's shape
+    (batch and event): a posterior frozen from a model whose site has another shape would
+    otherwise be broadcast against the guide's draws.
+
+    Arguments:
+        guide_trace: a trace of the live guide.
+        posterior_trace: a trace of the frozen posterior at the same θ.
+        sites: the sites to compare.
+
+    Raises:
+        ValueError: naming the first site whose shapes differ.
+    """
+    for name in sites:
+        ours, theirs = guide_trace.nodes[name]["fn"], posterior_trace.nodes[name]["fn"]
+        if (ours.batch_shape, ours.event_shape) != (theirs.batch_shape, theirs.event_shape):
+            raise ValueError(
+                f"the frozen posterior cannot score this guide: site {name!r} has shape "
+                f"{tuple(ours.batch_shape + ours.event_shape)} in the guide but "
+                f"{tuple(theirs.batch_shape + theirs.event_shape)} in the posterior (frozen from "
+                "a model whose site has another shape?); freeze a guide of this model"
+            )
+
+
 class UnlearningLoss(ELBO):
     r"""Base of :class:`~pyro_unlearn.Trace_EUBO` and :class:`~pyro_unlearn.ReverseKL`.
 
@@ -73,8 +171,9 @@ class UnlearningLoss(ELBO):
       particle, or of all vectorised particles: ``(model_trace, guide_trace,
       posterior_trace)``, the model, the guide and the frozen posterior run at the same θ. A
       subclass draws θ and runs the three programs in :meth:`_trace_programs`.
-    * Checks that cost a little every step (the guide's sites against the posterior's, the
-      subclass's own in :meth:`_check_traces`) run only under
+    * Checks that cost a little every step (the model's arguments and erased observations are
+      finite, the guide's sites and their shapes against the posterior's, the subclass's own in
+      :meth:`_check_traces`) run only under
       :func:`pyro.infer.util.is_validation_enabled` (on by default, off with
       ``pyro.enable_validation(False)`` for speed).
     * A NaN or infinite loss is reported as Pyro reports it, with a warning
@@ -84,10 +183,15 @@ class UnlearningLoss(ELBO):
     Arguments:
         posterior: the frozen q(θ|D) from :func:`pyro_unlearn.freeze`.
         lam: λ ∈ [0, 1]; 0 is the plain likelihood, 1 unlearns nothing.
-        num_particles: draws of θ per step.
+        num_particles: draws of θ per step, a positive integer.
         vectorize_particles: draw them in one vectorised plate instead of a Python loop.
         max_plate_nesting: as in Pyro's losses (guessed on the first step when infinite).
         retain_graph: passed to ``backward`` in :meth:`loss_and_grads`.
+
+    Raises:
+        TypeError: for a ``posterior`` that is not a :class:`~pyro_unlearn.FrozenPosterior`, or
+            an option of the wrong type (a string, a fractional ``num_particles``).
+        ValueError: for an option out of range (``num_particles`` < 1, λ outside [0, 1]).
 
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
@@ -108,12 +212,12 @@ class UnlearningLoss(ELBO):
                 f"posterior must be a FrozenPosterior from pyro_unlearn.freeze(guide), got "
                 f"{type(posterior).__name__}; a live guide would move with the optimiser"
             )
-        if int(num_particles) < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles}")
+        num_particles = check_positive_int("num_particles", num_particles)
+        check_loss_flags(vectorize_particles, max_plate_nesting, retain_graph)
         self.posterior = posterior
         self.lam = check_lam(lam)
         super().__init__(
-            num_particles=int(num_particles),
+            num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
@@ -165,6 +269,8 @@ class UnlearningLoss(ELBO):
     def _check_traces(self, model_trace: Trace, guide_trace: Trace, posterior_trace: Trace):
         """Per-step checks, run under validation only; subclasses add theirs (call super)."""
         check_sites_match(latent_sites(guide_trace), self.posterior.sites)
+        check_site_shapes(guide_trace, posterior_trace, self.posterior.sites)
+        check_erased_data_finite(model_trace)
 
     @abstractmethod
     def _trace_programs(
@@ -192,6 +298,8 @@ class UnlearningLoss(ELBO):
 
     # -- the loss -------------------------------------------------------------------------------
     def _terms(self, model, guide, args, kwargs) -> dict[str, torch.Tensor]:
+        if is_validation_enabled():  # non-finite data named as such, not as a non-finite loss
+            check_finite_data(args, kwargs)
         model = poutine.block(model, hide_types=["param"])  # never train the model's params
         particles = []
         for traces in self._get_traces(model, guide, args, kwargs):

@@ -10,6 +10,7 @@ import torch
 from ..handlers import ERASED, erased_log_likelihood
 from ..posterior import FrozenPosterior
 from ..traces import sum_sites_per_particle
+from ..validation import check_in_unit_interval
 from .base import UnlearningLoss
 
 __all__ = [
@@ -254,6 +255,11 @@ class ImportanceWeights:
         anneal: the ESS fraction in (0, 1) kept while tempering (``proposal="current"`` only), or
             ``None``: no tempering, β = 1.
 
+    Raises:
+        TypeError: for an ``anneal`` that is not a real number.
+        ValueError: for an unknown ``proposal``, an ``anneal`` outside (0, 1) or without
+            ``proposal="current"``.
+
     Attributes:
         proposal: as given.
         anneal: as given.
@@ -272,9 +278,11 @@ class ImportanceWeights:
     """
 
     def __init__(self, proposal: str = "posterior", anneal: float | None = None) -> None:
-        if proposal not in ("posterior", "current"):
+        if not isinstance(proposal, str) or proposal not in ("posterior", "current"):
             raise ValueError(f"proposal must be 'posterior' or 'current', got {proposal!r}")
-        if anneal is not None and not (proposal == "current" and 0.0 < anneal < 1.0):
+        if anneal is not None:
+            anneal = check_in_unit_interval("anneal", anneal, open_left=True)
+        if anneal is not None and not (proposal == "current" and anneal < 1.0):
             raise ValueError(
                 f"anneal is the ESS fraction kept while tempering, in (0, 1), and needs "
                 f"proposal='current' (tempering from a fixed q(θ|D) never reaches β = 1); got "

@@ -193,13 +193,20 @@ def test_model_without_unlearn(loss_cls, linreg, model):
 
 @pytest.mark.parametrize("loss_cls", LOSSES)
 def test_non_finite_loss_is_reported_as_pyro_does(loss_cls, linreg, model):
-    """As Pyro's losses: a warning (``warn_if_nan`` / ``warn_if_inf``), which says why."""
+    """As Pyro's losses: a warning (``warn_if_nan`` / ``warn_if_inf``), which says why. Under
+    validation, non-finite data are named as such (argument and row) before any loss is made."""
     guide = AutoNormal(model)
     guide(linreg.x, linreg.y)
     loss = loss_cls(pu.freeze(guide), num_particles=4, vectorize_particles=True)
     x, y = erased_data(linreg)
-    with pytest.warns(UserWarning, match="Encountered .*normalisable"):
-        value = loss.loss(pu.unlearn(model), guide, x, torch.full_like(y, math.inf))
+    with pytest.raises(ValueError, match=r"args\[1\] has a non-finite value \(inf\) at row 0"):
+        loss.loss(pu.unlearn(model), guide, x, torch.full_like(y, math.inf))
+    pyro.enable_validation(False)
+    try:
+        with pytest.warns(UserWarning, match="Encountered .*normalisable"):
+            value = loss.loss(pu.unlearn(model), guide, x, torch.full_like(y, math.inf))
+    finally:
+        pyro.enable_validation(True)
     assert not math.isfinite(value)
 
 
