@@ -22,6 +22,7 @@ from ..exact import NotNormalizableError
 from ..guides.gaussian import LatentLayout, latent_layout, read_gaussian, write_gaussian
 from ..posterior import FrozenPosterior, freeze
 from ..results import UnlearningResult
+from ..validation import check_finite, check_finite_data, check_positive, check_positive_int
 from .curvature import CURVATURES, ErasedLogLikelihood
 from .lbun import CAUSE, LBUNObjective, check_precision, lbfgs, newton
 
@@ -116,6 +117,8 @@ def _read_q(guide: Any) -> _Gaussian:
         else:
             loc, scale = read_gaussian(guide, diagonal=True)
             precision = scale**-2
+    check_finite("the mean μ_D of q(θ|D)", loc)
+    check_finite("the precision Λ_D of q(θ|D)", precision)
     layout = latent_layout(guide)
     if loc.numel() != layout.size:
         raise ValueError(f"the guide's loc has {loc.numel()} entries, its sites {layout.size}")
@@ -139,13 +142,17 @@ def _unlearned_guide(q: _Gaussian, loc: torch.Tensor, precision: torch.Tensor, a
 
 
 # -- the steps of laplace_unlearn ---------------------------------------------------------------
-def _check_arguments(retention, curvature, repair, floor, steps, probes, chunk_size, q) -> float:
+def _check_arguments(
+    retention, curvature, repair, floor, steps, tol, probes, chunk_size, q
+) -> tuple[float, int | None, float | None, int | None, int]:
+    """Every option checked before anything runs; returns retention, steps, tol, probes and
+    chunk_size as numbers."""
     try:
-        retention = float(retention)
-    except (TypeError, ValueError):
-        raise TypeError(f"retention must be a positive number, got {retention!r}") from None
-    if not 0.0 < retention < math.inf:  # also rejects nan
-        raise ValueError(f"retention (λ_L) must be a positive finite number, got {retention}")
+        retention = check_positive("retention", retention)
+    except ValueError:
+        raise ValueError(
+            f"retention (λ_L) must be a positive finite number, got {retention}"
+        ) from None
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
     if not q.dense and curvature not in _DIAGONAL:
@@ -156,17 +163,19 @@ def _check_arguments(retention, curvature, repair, floor, steps, probes, chunk_s
         )
     if repair not in (None, "clip"):
         raise ValueError(f"repair must be None or 'clip', got {repair!r}")
-    if floor is not None and not (float(floor) > 0 and math.isfinite(float(floor))):
-        raise ValueError(f"floor must be a positive number, got {floor}")
-    for name, value in (("steps", steps), ("chunk_size", chunk_size)):
-        if value is not None and int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-    if probes is not None and (curvature != "diag" or int(probes) < 1):
-        raise ValueError(
-            f"probes (Hutchinson's estimate) must be a positive integer with curvature='diag', "
-            f"got probes={probes} with curvature={curvature!r}"
-        )
-    return retention
+    if floor is not None:
+        check_positive("floor", floor)
+    steps = None if steps is None else check_positive_int("steps", steps)
+    tol = None if tol is None else check_positive("tol", tol)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
+    if probes is not None:
+        probes = check_positive_int("probes", probes)
+        if curvature != "diag":
+            raise ValueError(
+                f"probes (Hutchinson's estimate) is for curvature='diag', got probes={probes} "
+                f"with curvature={curvature!r}"
+            )
+    return retention, steps, tol, probes, chunk_size
 
 
 @dataclass
@@ -253,8 +262,10 @@ def laplace_unlearn(
 
     Λ̃ must be positive definite. If it is not, :class:`~pyro_unlearn.exact.NotNormalizableError`
     is raised, unless ``repair="clip"``: then eigenvalues (diagonal entries) below ``floor``
-    are raised to it, a ``UserWarning`` says so and the result reports it. The original guide
-    is never modified.
+    are raised to it, a ``UserWarning`` says so and the result reports it. The original guide,
+    the param store and a frozen ``guide`` are never modified, also when the call fails: every
+    argument is checked first (non-finite data are named with the argument and the first bad
+    row; a non-finite μ_D or Λ_D is refused), and the result is a new guide.
 
     Arguments:
         model: the Pyro model.
@@ -305,8 +316,11 @@ def laplace_unlearn(
         'AutoMultivariateNormal'
     """
     start = time.perf_counter()
+    check_finite_data(args, kwargs)
     q = _read_q(guide)
-    retention = _check_arguments(retention, curvature, repair, floor, steps, probes, chunk_size, q)
+    retention, steps, tol, probes, chunk_size = _check_arguments(
+        retention, curvature, repair, floor, steps, tol, probes, chunk_size, q
+    )
     tol = math.sqrt(torch.finfo(q.loc.dtype).eps) if tol is None else tol
     loglik = ErasedLogLikelihood(model, q.layout, *args, erased=erased, plate=plate, **kwargs)
     with torch.no_grad():  # torch.func transforms differentiate regardless

@@ -12,19 +12,31 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..results import UnlearningResult
+from ..validation import (
+    check_finite,
+    check_finite_data,
+    check_in_unit_interval,
+    check_nonnegative_int,
+    check_positive,
+    check_positive_int,
+)
 from .particles import ParticleModel, hmc_moves, whitening
 from .reverse_kl import effective_sample_size
 
 if TYPE_CHECKING:
     import arviz
 
-__all__ = ["MIN_ACCEPTANCE", "LowESSWarning", "MCMCUnlearnResult", "mcmc_unlearn"]
+__all__ = ["MIN_ACCEPTANCE", "MIN_DRAWS", "LowESSWarning", "MCMCUnlearnResult", "mcmc_unlearn"]
 
 RESAMPLING = ("systematic", "multinomial")
 VECTORIZE = ("vmap", "plate")
 #: The lowest mean HMC acceptance rate at which a rejuvenated result counts as converged: below
 #: it most moves are rejected and the duplicates that resampling made stay duplicates.
 MIN_ACCEPTANCE = 0.25
+#: The fewest draws :func:`mcmc_unlearn` reweights (one draw has weight 1 whatever D_e). With
+#: ``ess_threshold`` t > 0 it also needs more than 1/t draws: ESS ≥ 1, so with S ≤ 1/t draws
+#: ESS/S ≥ t always and a collapse of the weights could not be detected.
+MIN_DRAWS = 2
 _REJUVENATE_KEYS = {
     "num_moves": "HMC moves per particle (default 5)",
     "args": "the model's positional arguments for D_r",
@@ -156,7 +168,24 @@ def _flatten_samples(samples: Any) -> dict[str, torch.Tensor]:
         )
     if next(iter(sizes.values())) == 0:
         raise ValueError("samples are empty (0 draws)")
+    for name, value in draws.items():
+        _check_finite_draws(name, value)
     return draws
+
+
+def _check_finite_draws(name: str, value: torch.Tensor) -> None:
+    """Raise a ValueError naming the site, how many draws are not finite and the first one."""
+    if not (value.is_floating_point() or value.is_complex()):
+        return
+    bad = ~torch.isfinite(value.reshape(len(value), -1)).all(-1)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        entry = value[first].reshape(-1)[~torch.isfinite(value[first].reshape(-1))][0].item()
+        raise ValueError(
+            f"samples[{name!r}] is not finite for {int(bad.sum())} of {len(value)} draws "
+            f"(first: draw {first}, value {entry}): the draws are corrupt; drop them or rerun "
+            "MCMC"
+        )
 
 
 def _rejuvenation(rejuvenate: Any, erased: Any) -> _Rejuvenation | None:
@@ -171,16 +200,17 @@ def _rejuvenation(rejuvenate: Any, erased: Any) -> _Rejuvenation | None:
         known = "; ".join(f"{k}: {v}" for k, v in _REJUVENATE_KEYS.items())
         raise ValueError(f"unknown rejuvenate key(s) {unknown}; known keys: {known}")
     config = _Rejuvenation(**rejuvenate)
-    if int(config.num_moves) < 1:
-        raise ValueError(
-            f"rejuvenate['num_moves'] must be a positive integer, got {config.num_moves}"
-        )
-    if config.args is None and config.kwargs is None and erased is None:
-        raise ValueError(
-            "rejuvenation targets p(θ|D_r), but with erased=None the model's arguments are D_e "
-            "alone: pass D_r as rejuvenate={'args': (...), 'kwargs': {...}}"
-        )
-    if not 0.0 < float(config.target_accept) < 1.0:
+    config.num_moves = check_positive_int("rejuvenate['num_moves']", config.num_moves)
+    config.max_leapfrog = check_positive_int("rejuvenate['max_leapfrog']", config.max_leapfrog)
+    config.trajectory_length = check_positive(
+        "rejuvenate['trajectory_length']", config.trajectory_length
+    )
+    if config.step_size is not None:
+        config.step_size = check_positive("rejuvenate['step_size']", config.step_size)
+    config.target_accept = check_in_unit_interval(
+        "rejuvenate['target_accept']", config.target_accept
+    )
+    if not 0.0 < config.target_accept < 1.0:
         raise ValueError(
             f"rejuvenate['target_accept'] must be in (0, 1), got {config.target_accept}"
         )
@@ -188,35 +218,77 @@ def _rejuvenation(rejuvenate: Any, erased: Any) -> _Rejuvenation | None:
         raise ValueError(
             f"rejuvenate['mass_matrix'] must be 'dense' or 'diagonal', got {config.mass_matrix!r}"
         )
-    for key in ("step_size", "trajectory_length"):
-        value = getattr(config, key)
-        if value is not None and not (float(value) > 0 and math.isfinite(float(value))):
-            raise ValueError(f"rejuvenate[{key!r}] must be a positive number, got {value}")
-    if int(config.max_leapfrog) < 1:
-        raise ValueError(f"rejuvenate['max_leapfrog'] must be positive, got {config.max_leapfrog}")
+    _check_remaining_data(config)
+    if config.args is None and config.kwargs is None and erased is None:
+        raise ValueError(
+            "rejuvenation targets p(θ|D_r), but with erased=None the model's arguments are D_e "
+            "alone: pass D_r as rejuvenate={'args': (...), 'kwargs': {...}}"
+        )
     return config
 
 
+def _check_remaining_data(config: _Rejuvenation) -> None:
+    """D_r of the HMC target: a tuple of arguments and a dict of keyword arguments, finite."""
+    if config.args is not None:
+        if not isinstance(config.args, tuple | list):
+            raise TypeError(
+                "rejuvenate['args'] must be a tuple of the model's positional arguments for D_r, "
+                f"got {type(config.args).__name__}"
+            )
+        for i, value in enumerate(config.args):
+            check_finite(f"rejuvenate['args'][{i}]", value)
+    if config.kwargs is not None:
+        if not isinstance(config.kwargs, Mapping):
+            raise TypeError(
+                "rejuvenate['kwargs'] must be a dict of the model's keyword arguments for D_r, "
+                f"got {type(config.kwargs).__name__}"
+            )
+        for key, value in config.kwargs.items():
+            check_finite(f"rejuvenate['kwargs'][{key!r}]", value)
+
+
 # -- the steps: reweight, resample, rejuvenate ----------------------------------------------------
-def _check_options(resample, vectorize, ess_threshold, chunk_size, num_samples, seed, generator):
+def _check_options(
+    resample, vectorize, ess_threshold, chunk_size, num_samples, seed, generator
+) -> tuple[float, int, int | None, int | None]:
+    """Every option checked; returns ess_threshold, chunk_size, num_samples and seed."""
     if resample not in (None, *RESAMPLING):
         raise ValueError(f"resample must be one of {RESAMPLING} or None, got {resample!r}")
     if vectorize not in VECTORIZE:
         raise ValueError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold is a fraction of the draws in [0, 1], got {ess_threshold}")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    if num_samples is not None and int(num_samples) < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
+    ess_threshold = check_in_unit_interval("ess_threshold", ess_threshold)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
+    if num_samples is not None:
+        num_samples = check_positive_int("num_samples", num_samples)
+    if seed is not None:
+        seed = check_nonnegative_int("seed", seed)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if seed is not None and generator is not None:
         raise ValueError("pass seed or generator, not both")
+    return ess_threshold, chunk_size, num_samples, seed
+
+
+def _check_enough_draws(draws: dict[str, torch.Tensor], ess_threshold: float) -> None:
+    num = len(next(iter(draws.values())))
+    if num < MIN_DRAWS:
+        raise ValueError(
+            f"samples hold {num} draw(s), fewer than MIN_DRAWS = {MIN_DRAWS}: one draw cannot be "
+            "reweighted; draw more samples of p(θ|D)"
+        )
+    if ess_threshold > 0 and num * ess_threshold <= 1:
+        raise ValueError(
+            f"samples hold {num} draws, too few to reweight meaningfully: with ess_threshold = "
+            f"{ess_threshold:g}, ESS/S ≥ 1/S ≥ ess_threshold whatever the weights, so their "
+            f"collapse could not be detected. Draw more than 1/ess_threshold = "
+            f"{1 / ess_threshold:g} samples, or pass ess_threshold=0 to reweight them anyway"
+        )
 
 
 def _generator(draws: dict[str, torch.Tensor], seed: int | None, generator):
     device = next(iter(draws.values())).device
     if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(int(seed))
+        generator = torch.Generator(device=device).manual_seed(seed)
     if generator is not None and torch.device(generator.device).type != device.type:
         raise ValueError(f"the generator is on {generator.device}, the draws on {device}")
     return generator
@@ -369,6 +441,10 @@ def mcmc_unlearn(
     chain at a time, so its kernels are not used). The mass matrix is the importance-weighted
     covariance of the draws; the step size adapts between moves.
 
+    Every argument is checked before anything runs (the options' types and ranges, the data
+    and D_r for rejuvenation finite, the draws' sites, shapes and finiteness, enough of them:
+    :data:`MIN_DRAWS`); the input draws are never modified.
+
     If ESS/S < ``ess_threshold`` a :class:`LowESSWarning` says that D_e is too informative to
     reweight p(θ|D): the estimates carry a large Monte-Carlo error. For sequential requests keep
     the original draws and unlearn the union of all erased data from them, rather than
@@ -380,7 +456,9 @@ def mcmc_unlearn(
             (``get_samples(group_by_chain=False)``), an ``arviz.InferenceData`` (its posterior
             group, chains flattened chain by chain) or a dict site → tensor (S, ...) of
             constrained draws; never modified. Variables that are no latent site of the model
-            (e.g. deterministic ones) are carried along.
+            (e.g. deterministic ones) are carried along. At least :data:`MIN_DRAWS` draws, and
+            more than 1/``ess_threshold``; all finite (a NaN draw is named by its site and
+            index).
         *args, **kwargs: the model's arguments: the erased data alone with ``erased=None``, or
             the full data with the erased rows of ``plate``.
         erased, plate: which observations are D_e, as for :func:`~pyro_unlearn.unlearn`.
@@ -438,18 +516,22 @@ def mcmc_unlearn(
         (True, True)
     """
     start = time.perf_counter()
-    _check_options(resample, vectorize, ess_threshold, chunk_size, num_samples, seed, generator)
+    ess_threshold, chunk_size, num_samples, seed = _check_options(
+        resample, vectorize, ess_threshold, chunk_size, num_samples, seed, generator
+    )
     config = _rejuvenation(rejuvenate, erased)
     if config is not None and resample is None:
         raise ValueError("rejuvenation moves resampled particles: pass resample='systematic'")
+    check_finite_data(args, kwargs)
     draws = _flatten_samples(samples)
     generator = _generator(draws, seed, generator)
     particles = ParticleModel(model, draws, args, kwargs, erased, plate, vectorize, chunk_size)
     if not particles.latents:
         raise ValueError(f"samples {sorted(draws)} name no latent site of the model")
-    result = _reweight(particles, draws, float(ess_threshold), progress)
+    _check_enough_draws(draws, ess_threshold)
+    result = _reweight(particles, draws, ess_threshold, progress)
     if resample is not None:
-        num = len(result.weights) if num_samples is None else int(num_samples)
+        num = len(result.weights) if num_samples is None else num_samples
         _resample(result, draws, num, resample, generator)
     if config is not None:
         _rejuvenate(particles, draws, result, config, args, kwargs, generator, progress)

@@ -458,7 +458,9 @@ def test_mcmc_that_never_ran_is_named():
 def test_non_finite_log_likelihood_is_reported():
     draws = exact_draws(20)
     draws["b"][5] = float("nan")
-    with pytest.raises(ValueError, match=r"not finite for 1 of 20 draws \(first: draw 5"):
+    with pytest.raises(
+        ValueError, match=r"samples\['b'\] is not finite for 1 of 20 draws \(first: draw 5"
+    ):
         _call(draws)
 
 
