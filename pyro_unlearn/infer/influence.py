@@ -13,6 +13,12 @@ from tqdm import tqdm
 
 from ..posterior import FrozenPosterior, freeze
 from ..results import UnlearningResult
+from ..validation import (
+    check_finite_data,
+    check_nonnegative,
+    check_nonnegative_int,
+    check_positive_int,
+)
 from .influence_objective import GuideParameters, InfluenceObjective, remaining_batches
 from .newton import SOLVERS, HessianSolver, IndefiniteHessianError
 
@@ -68,20 +74,10 @@ class InfluenceUnlearnResult(UnlearningResult):
 
 
 # -- the steps ------------------------------------------------------------------------------------
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _nonnegative(name: str, value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
-    return value
+def _positive(name: str, value: Any) -> float:
+    if not check_nonnegative(name, value) > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return float(value)
 
 
 def _check_settings(
@@ -96,22 +92,22 @@ def _check_settings(
     lissa_depth: Any,
 ) -> tuple[int, int, HessianSolver]:
     """Validate the settings; return ``(num_particles, steps, solver)``."""
-    num_particles = _positive_int("num_particles", num_particles)
-    steps = _positive_int("steps", steps)
-    lissa_depth = _positive_int("lissa_depth", lissa_depth)
+    num_particles = check_positive_int("num_particles", num_particles)
+    steps = check_positive_int("steps", steps)
+    lissa_depth = check_positive_int("lissa_depth", lissa_depth)
     if antithetic and num_particles % 2:
         raise ValueError(
             f"antithetic=True pairs particles: num_particles must be even, got {num_particles}"
         )
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    damping = _nonnegative("damping", damping)
+    damping = check_nonnegative("damping", damping)
     if cg_max_iter is not None:
-        cg_max_iter = _positive_int("cg_max_iter", cg_max_iter)
-    if cg_tol is not None and not _nonnegative("cg_tol", cg_tol) > 0:
-        raise ValueError(f"cg_tol must be positive, got {cg_tol}")
-    if lissa_scale is not None and not _nonnegative("lissa_scale", lissa_scale) > 0:
-        raise ValueError(f"lissa_scale must be positive, got {lissa_scale}")
+        cg_max_iter = check_positive_int("cg_max_iter", cg_max_iter)
+    if cg_tol is not None:
+        cg_tol = _positive("cg_tol", cg_tol)
+    if lissa_scale is not None:
+        lissa_scale = _positive("lissa_scale", lissa_scale)
     solve = HessianSolver(solver, damping, cg_tol, cg_max_iter, lissa_scale, lissa_depth)
     return num_particles, steps, solve
 
@@ -242,7 +238,10 @@ def influence_unlearn(
     number of parameters, often far fewer). Its cost grows with ``|D_r|`` and the parameter count,
     theirs with ``|D_e|`` × the number of SVI steps; in exchange one BIF step is near exact when
     −ELBO is near quadratic in γ. The input guide and its param-store entries are never
-    modified: BIF works on an independent copy, returned frozen.
+    modified, also when the call fails (e.g. on an indefinite H_r): BIF works on an independent
+    copy, returned frozen. The options, D_e and D_r (a tuple or a sequence of mini-batches, up
+    front; other iterables as each mini-batch is read) are checked first; non-finite data are
+    named with the argument and the first bad row.
 
     Arguments:
         model: the Pyro model.
@@ -321,8 +320,10 @@ def influence_unlearn(
     batches = remaining_batches(remaining)
     if not args and not kwargs:
         raise ValueError("pass D_e: the model's arguments for the erased data (*args)")
+    check_finite_data(args, kwargs)
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))
+    seed = check_nonnegative_int("seed", seed)
     settings = dict(
         erased=erased,
         plate=plate,

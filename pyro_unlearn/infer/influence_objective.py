@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pyro
@@ -20,6 +20,7 @@ from ..handlers import ERASED, erased_log_likelihood, unlearn
 from ..params import ParamSnapshot
 from ..posterior import FrozenPosterior, independent_copy
 from ..traces import max_plate_nesting
+from ..validation import check_finite
 from .newton import MiniBatchHessian, flatten, unflatten
 
 __all__ = ["Antithetic", "GuideParameters", "InfluenceObjective", "remaining_batches"]
@@ -174,8 +175,13 @@ def remaining_batches(remaining: Any) -> Iterable:
 
     Raises:
         TypeError: for anything but a tuple or a re-iterable (a one-shot iterator included).
+        ValueError: for a non-finite value in a tuple or a sequence of mini-batches, named
+            ``remaining[i]`` or ``remaining[b][i]`` with its first bad row (other iterables are
+            checked as each mini-batch is read).
     """
     if isinstance(remaining, tuple):
+        for i, value in enumerate(remaining):
+            check_finite(f"remaining[{i}]", value)
         return [remaining]
     if isinstance(remaining, torch.Tensor | Mapping | str) or not isinstance(remaining, Iterable):
         raise TypeError(
@@ -187,16 +193,22 @@ def remaining_batches(remaining: Any) -> Iterable:
             "remaining is a one-shot iterator, but BIF passes over D_r once per Hessian-vector "
             "product: give a list of mini-batches or a re-iterable (e.g. a DataLoader)"
         )
+    if isinstance(remaining, Sequence):  # in memory: check every mini-batch up front
+        for b, batch in enumerate(remaining):
+            _batch_args(batch, f"remaining[{b}]")
     return remaining
 
 
-def _batch_args(batch: Any) -> tuple:
-    if isinstance(batch, tuple | list):
-        return tuple(batch)
-    raise TypeError(
-        f"each mini-batch of remaining must be a tuple of the model's arguments, got "
-        f"{type(batch).__name__}"
-    )
+def _batch_args(batch: Any, name: str = "a mini-batch of remaining") -> tuple:
+    """A mini-batch of D_r as the model's arguments, each checked finite."""
+    if not isinstance(batch, tuple | list):
+        raise TypeError(
+            f"each mini-batch of remaining must be a tuple of the model's arguments, got "
+            f"{type(batch).__name__}"
+        )
+    for i, value in enumerate(batch):
+        check_finite(f"{name}[{i}]", value)
+    return tuple(batch)
 
 
 def _subsample_weight(trace: Trace) -> float | None:
