@@ -38,9 +38,12 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
+
+from .validation import check_finite, check_positive_int
 
 __all__ = ["METHODS", "FOCIResult", "codec", "foci", "lcodec", "nearest_neighbors"]
 
@@ -63,9 +66,21 @@ def _matrix(value: torch.Tensor, n: int | None, name: str) -> torch.Tensor:
         raise ValueError(f"{name} has no columns")
     if not value.is_floating_point():
         value = value.to(torch.get_default_dtype())
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} has NaN or infinite entries")
+    check_finite(name, value)
     return value
+
+
+def _check_jitter(jitter: float) -> None:
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)):
+        raise TypeError(f"jitter must be a positive number, got {jitter!r}")
+    if not (math.isfinite(jitter) and jitter > 0):
+        raise ValueError(f"jitter must be positive, got {jitter}")
+
+
+def _integer(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
 
 
 def _response(y: torch.Tensor) -> torch.Tensor:
@@ -77,8 +92,7 @@ def _response(y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"y must be (n,), got shape {tuple(y.shape)}")
     if y.shape[0] < 2:
         raise ValueError(f"CODEC needs at least 2 observations, got {y.shape[0]}")
-    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
-        raise ValueError("y has NaN or infinite entries")
+    check_finite("y", y)
     return y
 
 
@@ -114,9 +128,7 @@ def _jittered(m: torch.Tensor, jitter: float, generator: torch.Generator | None)
 
 def _chunk(num_candidates: int, n: int, chunk_size: int | None) -> int:
     if chunk_size is not None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-        return chunk_size
+        return check_positive_int("chunk_size", chunk_size)
     return max(1, min(n, _BUDGET // max(1, num_candidates * n)))
 
 
@@ -222,8 +234,7 @@ def _statistic(
     dtype = z.dtype if x is None else torch.promote_types(z.dtype, x.dtype)
     if z.device != y.device or (x is not None and x.device != y.device):
         raise ValueError("y, z and x must be on the same device")
-    if jitter <= 0:
-        raise ValueError(f"jitter must be positive, got {jitter}")
+    _check_jitter(jitter)
     points = z if x is None else torch.cat([x.to(dtype), z.to(dtype)], dim=1)
     if standardize:
         points = _standardized(points)
@@ -405,14 +416,14 @@ def foci(
     if features.device != y.device:
         raise ValueError("y and features must be on the same device")
     p = features.shape[1]
-    max_features = p if max_features is None else max_features
+    max_features = p if max_features is None else _integer("max_features", max_features)
+    min_features = _integer("min_features", min_features)
     if not 0 <= min_features <= max_features <= p:
         raise ValueError(
             f"need 0 ≤ min_features ≤ max_features ≤ {p} (the number of features), got "
             f"min_features={min_features}, max_features={max_features}"
         )
-    if jitter <= 0:
-        raise ValueError(f"jitter must be positive, got {jitter}")
+    _check_jitter(jitter)
     if standardize:
         features = _standardized(features)
     if method == "lcodec":

@@ -15,8 +15,9 @@ from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 
 from ..traces import max_plate_nesting
+from ..validation import check_finite_data, check_positive_int
 
-__all__ = ["SUPPORTED", "PredictiveSite", "vectorized_traces"]
+__all__ = ["SUPPORTED", "PredictiveSite", "check_metric_call", "vectorized_traces"]
 
 #: The site distributions whose Monte-Carlo predictive has a closed form here.
 SUPPORTED = "Bernoulli, Categorical, Normal"
@@ -38,11 +39,14 @@ def vectorized_traces(
     plate's (negative) batch dim. Everything runs under ``poutine.block()`` (nothing reaches an
     enclosing SVI) and ``torch.no_grad()``.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    num_samples = check_positive_int("num_samples", num_samples)
+    if not callable(posterior):
+        raise TypeError(f"the posterior must be a guide (callable), got {type(posterior).__name__}")
     with torch.no_grad(), poutine.block():
-        guide_once = poutine.trace(posterior).get_trace(*args, **kwargs)
-        model_once = None if model is None else poutine.trace(model).get_trace(*args, **kwargs)
+        guide_once = _traced(posterior, args, kwargs, "the posterior")
+        model_once = None if model is None else _traced(model, args, kwargs, "the model")
+        if model_once is not None:
+            _check_fits(guide_once, model_once)
         nesting = max_plate_nesting(guide_once)
         if model_once is not None:
             nesting = max(nesting, max_plate_nesting(model_once))
@@ -57,6 +61,45 @@ def vectorized_traces(
                 *args, **kwargs
             )
     return guide_trace, model_trace, model_once, dim
+
+
+def check_metric_call(site: Any, args: tuple, kwargs: dict) -> None:
+    """A metric's call checked before anything is sampled: ``site`` a name, the data finite
+    (the first non-finite row of the offending argument named).
+
+    Example:
+        >>> check_metric_call("y", (torch.tensor([1.0, float("inf")]),), {})
+        Traceback (most recent call last):
+        ...
+        ValueError: args[0] has a non-finite value (inf) at row 1: the data must be finite
+    """
+    if not isinstance(site, str):
+        raise TypeError(f"site must be the name of a sample site (a str), got {site!r}")
+    check_finite_data(args, kwargs)
+
+
+def _traced(fn: Callable[..., Any], args: tuple, kwargs: dict, what: str) -> Trace:
+    """One trace of ``fn``; a plate of size 0 (empty data) named as such."""
+    try:
+        return poutine.trace(fn).get_trace(*args, **kwargs)
+    except ZeroDivisionError as error:  # pyro.plate's "size cannot be zero"
+        raise ValueError(f"{what} has a plate of size 0 ({error}): the data are empty") from error
+
+
+def _check_fits(guide_trace: Trace, model_trace: Trace) -> None:
+    """Every latent site the posterior shares with the model has the model's shape: a posterior
+    of another model is refused before its draws are replayed."""
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or name not in model_trace.nodes:
+            continue
+        model_site = model_trace.nodes[name]
+        if model_site["type"] != "sample":
+            continue
+        if site["value"].shape != model_site["value"].shape:
+            raise ValueError(
+                f"the posterior's site {name!r} has shape {tuple(site['value'].shape)}, the "
+                f"model's {tuple(model_site['value'].shape)}: is it a posterior of this model?"
+            )
 
 
 class PredictiveSite:
@@ -80,6 +123,7 @@ class PredictiveSite:
         site: str,
         num_samples: int,
     ) -> None:
+        check_metric_call(site, args, kwargs)
         guide_trace, trace, _, dim = vectorized_traces(
             model, posterior, args, kwargs, num_samples, "_predictive_samples"
         )
@@ -94,6 +138,8 @@ class PredictiveSite:
         self.sample_dim = len(fn.batch_shape) + dim
         self.num_samples = num_samples
         self.points = self.shape[: self.sample_dim] + self.shape[self.sample_dim + 1 :]
+        if self.points.numel() == 0:
+            raise ValueError(f"site {site!r} has no data points (shape {tuple(self.points)})")
         base = fn
         while isinstance(base, _WRAPPERS):
             base = base.base_dist
@@ -150,4 +196,10 @@ class PredictiveSite:
                 f"{what} needs the observed values of site {self.site!r}: call it with the "
                 "model's observations (the site was sampled, not observed)"
             )
-        return self.value.expand(self.points)
+        try:
+            return self.value.expand(self.points)
+        except RuntimeError as error:
+            raise ValueError(
+                f"the observed {self.site!r} has shape {tuple(self.value.shape)}, the site's "
+                f"points {tuple(self.points)}: one observation per point"
+            ) from error

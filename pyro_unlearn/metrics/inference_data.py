@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pyro.poutine.util import site_is_subsample
@@ -49,6 +49,8 @@ def to_inference_data(
         d = to_inference_data({"retrained": retrained, "unlearned": unlearned}, model, x, y)
         az.summary(d["unlearned"])
     """
+    if not isinstance(posteriors, Mapping) or not posteriors:
+        raise ValueError("posteriors is empty: give at least one {name: posterior}")
     import arviz as az
 
     out = {}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,9 +186,13 @@ def _as_array(name: str, values: Any, ndim: int) -> np.ndarray:
         raise ValueError(f"{name} must have {ndim} dim(s), got shape {tuple(array.shape)}")
     if len(array) == 0:
         raise ValueError(f"{name} is empty: each group needs at least one example")
-    bad = int((~np.isfinite(array)).sum())
-    if bad:
-        raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or ±inf)")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row = int(bad.reshape(len(array), -1).any(-1).argmax())
+        raise ValueError(
+            f"{name} holds {int(bad.sum())} non-finite value(s) (NaN or ±inf), the first at row "
+            f"{row} ({array[row].reshape(-1)[bad[row].reshape(-1)][0]})"
+        )
     return array
 
 
@@ -227,7 +232,7 @@ def _check_cross_validation(folds: Any, repeats: Any, num_members: int, num_nonm
         raise ValueError(f"folds must be an integer of at least 2, got {folds!r}")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
-    if min(num_members, num_nonmembers) < folds:
+    if min(num_members, num_nonmembers) < folds:  # checked after the types above
         raise ValueError(
             f"{folds}-fold cross-validation needs at least {folds} examples in each group; got "
             f"{num_members} members and {num_nonmembers} non-members"
@@ -296,6 +301,8 @@ def membership_attack(
     """
     x_m, x_n = _attack_features(member_losses, nonmember_losses, features)
     _check_cross_validation(folds, repeats, len(x_m), len(x_n))
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     labels = np.concatenate([np.ones(len(x_m)), np.zeros(len(x_n))])
     threshold_auc = auc(labels, -np.concatenate([x_m[:, 0], x_n[:, 0]]))
     scores = cross_validate(x_m, x_n, folds, repeats, np.random.default_rng(seed))
@@ -368,8 +375,14 @@ def membership_inference(
         >>> attacks["fit"].threshold_auc, attacks["far"].threshold_auc  # far: members *worse*
         (1.0, 0.0)
     """
-    if not posteriors:
+    if not isinstance(posteriors, Mapping) or not posteriors:
         raise ValueError("posteriors is empty: give at least one {name: posterior}")
+    for what, data in (("members", members), ("nonmembers", nonmembers)):
+        if not isinstance(data, (tuple, list)):
+            raise TypeError(
+                f"{what} must be the model's arguments as a tuple, e.g. (x_e, y_e), got "
+                f"{type(data).__name__}"
+            )
     out = {}
     for name, posterior in posteriors.items():
         scored = [

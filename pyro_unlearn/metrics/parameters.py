@@ -12,6 +12,7 @@ import torch
 from ..guides.gaussian import GAUSSIAN_GUIDES, read_gaussian
 from ..posterior import FrozenPosterior
 from ..traces import latent_sites, sum_sites_per_particle
+from ..validation import check_finite, check_positive_int
 from ._sampling import vectorized_traces
 
 __all__ = ["gaussian_kl", "param_kl"]
@@ -41,9 +42,25 @@ def gaussian_kl(
         >>> gaussian_kl(torch.zeros(1), torch.eye(1), torch.ones(1), torch.eye(1)).item()
         0.5
     """
+    _check_gaussian("p", loc_p, cov_p)
+    _check_gaussian("q", loc_q, cov_q)
+    if loc_p.shape[-1] != loc_q.shape[-1]:
+        raise ValueError(f"p has dimension {loc_p.shape[-1]}, q {loc_q.shape[-1]}")
     p = torch.distributions.MultivariateNormal(loc_p, covariance_matrix=cov_p)
     q = torch.distributions.MultivariateNormal(loc_q, covariance_matrix=cov_q)
     return torch.distributions.kl_divergence(p, q)
+
+
+def _check_gaussian(name: str, loc: torch.Tensor, cov: torch.Tensor) -> None:
+    if loc.dim() == 0 or cov.shape[-2:] != loc.shape[-1:] * 2:
+        raise ValueError(
+            f"{name}'s loc {tuple(loc.shape)} and covariance {tuple(cov.shape)} must be (..., d) "
+            "and (..., d, d)"
+        )
+    check_finite(f"loc_{name}", loc)
+    check_finite(f"cov_{name}", cov)
+    if bool((torch.linalg.cholesky_ex(cov).info != 0).any()):
+        raise ValueError(f"cov_{name} is not positive definite")
 
 
 def _unwrap(posterior: Callable[..., Any]) -> Callable[..., Any]:
@@ -153,6 +170,10 @@ def param_kl(
         >>> round(float(kl), 4)
         0.4431
     """
+    num_samples = check_positive_int("num_samples", num_samples)
+    for name, posterior in (("p", p), ("q", q)):
+        if not callable(posterior):
+            raise TypeError(f"{name} must be a posterior (a guide), got {type(posterior).__name__}")
     if method not in _METHODS:
         raise ValueError(f"method must be 'auto', 'closed_form' or 'monte_carlo', got {method!r}")
     sites_p, sites_q = _auxiliary_sites(p, args, kwargs), _auxiliary_sites(q, args, kwargs)

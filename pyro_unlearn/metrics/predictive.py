@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..validation import check_finite, check_positive_int
 from ._sampling import PredictiveSite
 
 __all__ = [
@@ -156,6 +158,7 @@ def predictive_kl(
         >>> predictive_kl(model, p, q, torch.tensor([0.0, 1.0]), site="y", num_samples=1)
         tensor([0.0000, 0.1438])
     """
+    num_y_samples = check_positive_int("num_y_samples", num_y_samples)
     pd = predictive_distribution(model, p, *args, site=site, num_samples=num_samples, **kwargs)
     qd = predictive_distribution(model, q, *args, site=site, num_samples=num_samples, **kwargs)
     if isinstance(pd, torch.distributions.Bernoulli):
@@ -166,8 +169,6 @@ def predictive_kl(
     if isinstance(pd, torch.distributions.Categorical):
         pi, rho = pd.probs, qd.probs
         return (pi * (_clamped_log(pi) - _clamped_log(rho))).sum(-1)
-    if num_y_samples < 1:
-        raise ValueError(f"num_y_samples must be at least 1, got {num_y_samples}")
     with torch.no_grad():
         return _mixture_kl(pd, qd, num_y_samples)
 
@@ -325,8 +326,14 @@ def logistic_log_predictive(mean: torch.Tensor, sd: torch.Tensor, num_nodes: int
         >>> logp.exp().tolist()  # symmetric around 0: ½ each
         [[0.5, 0.5]]
     """
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, numbers.Integral):
+        raise TypeError(f"num_nodes must be an integer in [1, 300], got {num_nodes!r}")
     if not 1 <= num_nodes <= 300:  # NumPy's hermgauss overflows beyond ~350 nodes
         raise ValueError(f"num_nodes must be in [1, 300], got {num_nodes}")
+    check_finite("mean", mean)
+    check_finite("sd", sd)
+    if bool((sd < 0).any()):
+        raise ValueError("sd must be ≥ 0 (a standard deviation)")
     nodes, weights = np.polynomial.hermite.hermgauss(num_nodes)
     nodes = mean.new_tensor(nodes) * math.sqrt(2)
     log_weights = mean.new_tensor(weights).log() - 0.5 * math.log(math.pi)

@@ -170,7 +170,7 @@ def test_predictive_errors():
         predictive_distribution(logistic, point_mass(w=0.1), x, site="z")
     with pytest.raises(ValueError, match="'w' is a latent site"):
         predictive_distribution(logistic, point_mass(w=0.1), x, site="w")
-    with pytest.raises(ValueError, match="num_samples must be at least 1"):
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
         predictive_distribution(logistic, point_mass(w=0.1), x, site="y", num_samples=0)
 
 
