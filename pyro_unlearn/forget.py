@@ -419,7 +419,14 @@ def _recording_step(
                 value = svi.step(*args, **kwargs)
         except (ValueError, RuntimeError) as error:  # e.g. a distribution's own validation
             _check_trained_finite(svi.optim, count[0] - 1)
-            raise error
+            if count[0] == 1:  # nothing was trained yet: the model's or guide's own error
+                raise
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            raise ValueError(
+                f"step {count[0]} failed after the optimiser had moved the guide "
+                f"({type(error).__name__}: {first_line}): the optimisation diverged; try a "
+                "smaller lr (the guide is left as it was)"
+            ) from error
         if is_validation_enabled():  # costs a sync per step; once at the end otherwise
             _check_trained_finite(svi.optim, count[0])
         if not math.isfinite(value):

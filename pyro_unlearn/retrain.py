@@ -13,6 +13,7 @@ from .forget import run_until_flat
 from .params import ParamSnapshot
 from .posterior import FrozenPosterior, freeze, independent_copy
 from .results import UnlearningResult
+from .validation import check_finite_data, check_positive, check_positive_int
 
 __all__ = ["RetrainResult", "retrain"]
 
@@ -74,6 +75,11 @@ def retrain(
         A :class:`RetrainResult`: the frozen ``posterior`` q(θ|D_r), the ``losses``,
         ``seconds`` and whether the run ``converged``.
 
+    Raises:
+        TypeError: for a guide that is not a ``PyroModule`` or an option of the wrong type.
+        ValueError: for an option out of range or non-finite data (naming the argument and
+            its first non-finite row), before anything runs.
+
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
 
@@ -82,12 +88,19 @@ def retrain(
         reference = retrain(model, guide, x[keep], y[keep])
         reference.posterior, reference.seconds, reference.converged
     """
-    if init not in ("posterior", "prior"):
+    if not isinstance(init, str) or init not in ("posterior", "prior"):
         raise ValueError(f"init must be 'posterior' or 'prior', got {init!r}")
     if not isinstance(guide, pyro.nn.PyroModule):
         raise TypeError(
             f"retrain needs a PyroModule guide (e.g. an AutoGuide), got {type(guide).__name__}"
         )
+    for name, value in (("num_steps", num_steps), ("window", window)):
+        check_positive_int(name, value)
+    num_particles = check_positive_int("num_particles", num_particles)
+    check_positive("lr", lr)
+    if optim is not None and not isinstance(optim, pyro.optim.PyroOptim):
+        raise TypeError(f"optim must be a Pyro optimiser or None, got {type(optim).__name__}")
+    check_finite_data(args, kwargs)
     work = independent_copy(guide)
     if init == "prior":
         if not isinstance(work, AutoGuide):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from .forget import METHODS, forget
+from .infer.adjusted_likelihood import check_lam
+from .params import ParamSnapshot
 from .posterior import FrozenPosterior, freeze
+from .validation import check_finite_data
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,6 +111,13 @@ def lambda_sweep(
     Returns:
         A :class:`SweepResult`: a row per (method, λ) plus ``full``, and the posteriors.
 
+    Raises:
+        TypeError: for an ``evaluate`` that is not callable or returns no dict, or an
+            argument :func:`~pyro_unlearn.forget` does not take.
+        ValueError: for an empty or unknown ``methods``, a λ outside [0, 1], non-finite data,
+            or any error of :func:`~pyro_unlearn.forget`; a failed sweep leaves the live guide
+            as it was before the call.
+
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
         (Figs. 3 and 5: the unlearned posteriors over λ).
@@ -116,16 +127,17 @@ def lambda_sweep(
         result = lambda_sweep(model, guide, x_e, y_e, evaluate=lambda q: {"kl": kl_to_ref(q)})
         result.table.pivot(index="lam", columns="method", values="kl")
     """
-    for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"methods must be among {sorted(METHODS)}, got {method!r}")
-    posterior = posterior if posterior is not None else freeze(guide, *args)
+    lambdas, methods = _check_sweep(guide, args, evaluate, lambdas, methods, forget_kwargs)
+    if posterior is None:
+        posterior = freeze(guide, *args)
+    elif not isinstance(posterior, FrozenPosterior):
+        raise TypeError(f"posterior must be a FrozenPosterior, got {type(posterior).__name__}")
     rows = [
         {
             "guide": guide_name,
             "method": "full",
             "lam": 1.0,  # λ = 1 unlearns nothing
-            **evaluate(posterior),
+            **_evaluated(evaluate, posterior),
             "seconds": 0.0,
             "steps": 0,
             "converged": True,
@@ -134,33 +146,66 @@ def lambda_sweep(
     ]
     posteriors = {"full": posterior}
     jobs = [(method, lam) for lam in lambdas for method in methods]
-    for method, lam in tqdm(jobs, desc=f"λ-sweep ({guide_name})", disable=not progress):
-        result = forget(
-            model,
-            guide,
-            *args,
-            method=method,
-            lam=lam,
-            posterior=posterior,
-            progress=False,
-            **forget_kwargs,
-        )
-        unlearned = result.posterior
-        posteriors[f"{method} λ={lam:g}"] = unlearned
-        rows.append(
-            {
-                "guide": guide_name,
-                "method": method,
-                "lam": float(lam),
-                **evaluate(unlearned),
-                "seconds": result.seconds,
-                "steps": result.num_steps,
-                "converged": result.converged,
-                "ess": result.ess[-1] if result.ess else math.nan,
-            }
-        )
-    posterior.restore(guide)
+    with ParamSnapshot.transaction():  # a failed run leaves the guide as it was
+        for method, lam in tqdm(jobs, desc=f"λ-sweep ({guide_name})", disable=not progress):
+            result = forget(
+                model,
+                guide,
+                *args,
+                method=method,
+                lam=lam,
+                posterior=posterior,
+                progress=False,
+                **forget_kwargs,
+            )
+            unlearned = result.posterior
+            posteriors[f"{method} λ={lam:g}"] = unlearned
+            rows.append(
+                {
+                    "guide": guide_name,
+                    "method": method,
+                    "lam": lam,
+                    **_evaluated(evaluate, unlearned),
+                    "seconds": result.seconds,
+                    "steps": result.num_steps,
+                    "converged": result.converged,
+                    "ess": result.ess[-1] if result.ess else math.nan,
+                }
+            )
+        posterior.restore(guide)
     return SweepResult(rows, posteriors)
+
+
+def _check_sweep(guide, args, evaluate, lambdas, methods, forget_kwargs):
+    """The argument checks of :func:`lambda_sweep`; returns λs as floats and the methods."""
+    if not callable(evaluate):
+        raise TypeError(
+            f"evaluate must be a function of a posterior, got {type(evaluate).__name__}"
+        )
+    if isinstance(methods, str) or not list(methods):
+        raise ValueError(f"methods must be a non-empty list of {sorted(METHODS)}, got {methods!r}")
+    for method in methods:
+        if not isinstance(method, str) or method not in METHODS:
+            raise ValueError(f"methods must be among {sorted(METHODS)}, got {method!r}")
+    if isinstance(lambdas, str) or not list(lambdas):
+        raise ValueError(f"lambdas must be a non-empty list of numbers in [0, 1], got {lambdas!r}")
+    lambdas = [check_lam(lam) for lam in lambdas]
+    taken = {"model", "guide", "args", "kwargs", "method", "lam", "posterior", "progress"}
+    known = set(inspect.signature(forget).parameters) - taken
+    unknown = sorted(set(forget_kwargs) - known)
+    if unknown:
+        raise TypeError(
+            f"lambda_sweep got unknown argument(s) {unknown}; forget takes {sorted(known)}"
+        )
+    check_finite_data(args, {})
+    return lambdas, list(methods)
+
+
+def _evaluated(evaluate: Callable, posterior: FrozenPosterior) -> dict[str, Any]:
+    metrics = evaluate(posterior)
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"evaluate must return a dict of metrics, got {type(metrics).__name__}")
+    return dict(metrics)
 
 
 #: The panels of the papers' λ figures: averaged predictive KL to the retrained posterior.
