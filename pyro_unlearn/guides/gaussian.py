@@ -16,6 +16,8 @@ from pyro.infer.autoguide import (
 )
 from torch.distributions import biject_to, transform_to
 
+from ..validation import check_finite
+
 if TYPE_CHECKING:
     from ..posterior import FrozenPosterior
 
@@ -239,6 +241,38 @@ def _scales(covariance: torch.Tensor | None, scale: torch.Tensor | None) -> torc
     return covariance.diagonal().sqrt()
 
 
+def _check_moments(
+    size: int, loc: Any, covariance: torch.Tensor | None, scale: torch.Tensor | None
+) -> None:
+    """μ (P,) finite; Σ (P, P) finite, symmetric, positive definite; or s (P,) finite, > 0."""
+    for name, value in (("loc", loc), ("covariance", covariance), ("scale", scale)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    if loc.shape != (size,):
+        raise ValueError(f"loc must have shape ({size},), got {tuple(loc.shape)}")
+    check_finite("loc", loc)
+    if scale is not None:
+        if scale.shape != (size,):
+            raise ValueError(f"scale must have shape ({size},), got {tuple(scale.shape)}")
+        check_finite("scale", scale)
+        if not bool((scale > 0).all()):
+            raise ValueError(f"scale must be positive, got a smallest entry {float(scale.min())}")
+        return
+    if covariance.shape != (size, size):
+        raise ValueError(
+            f"covariance must have shape ({size}, {size}), got {tuple(covariance.shape)}"
+        )
+    check_finite("covariance", covariance)
+    gap = float((covariance - covariance.mT).abs().max())
+    if gap > torch.finfo(covariance.dtype).eps ** 0.5 * float(covariance.abs().max()):
+        raise ValueError(f"covariance must be symmetric, got |Σ − Σᵀ| up to {gap:.3g}")
+    if int(torch.linalg.cholesky_ex(covariance)[1]) != 0:
+        smallest = float(torch.linalg.eigvalsh(covariance)[0])
+        raise ValueError(
+            f"covariance is not positive definite (smallest eigenvalue {smallest:.3g})"
+        )
+
+
 def write_gaussian(
     guide: AutoGuide,
     loc: torch.Tensor,
@@ -258,9 +292,9 @@ def write_gaussian(
         guide: a live AutoNormal, AutoDiagonalNormal or AutoMultivariateNormal that has been
             run (an AutoLowRankMultivariateNormal cannot hold every Σ, a frozen posterior is
             immutable: both raise ``TypeError``).
-        loc: μ (P,).
-        covariance: Σ (P, P); or, instead of it,
-        scale: the standard deviations s (P,) of a diagonal Σ = diag(s²).
+        loc: μ (P,), finite.
+        covariance: Σ (P, P), finite, symmetric and positive definite; or, instead of it,
+        scale: the standard deviations s (P,) of a diagonal Σ = diag(s²), finite and positive.
         buffers: replace the guide's parameters by buffers holding the values (as Pyro's
             ``laplace_approximation()`` does), so that the guide never reads nor writes the
             param store: for a guide that has been set up but whose parameters have never been
@@ -268,6 +302,11 @@ def write_gaussian(
 
     Returns:
         The guide.
+
+    Raises:
+        ValueError: for a wrong shape, a non-finite entry (named with its row), a covariance
+            that is not symmetric positive definite or a non-positive scale, before anything
+            is written.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -288,9 +327,8 @@ def write_gaussian(
         raise TypeError(f"write_gaussian writes a live {writable}, got {type(guide).__name__}")
     if (covariance is None) == (scale is None):
         raise ValueError("pass exactly one of covariance (P, P) and scale (P,)")
+    _check_moments(latent_layout(guide).size, loc, covariance, scale)
     layout = latent_layout(guide)
-    if loc.shape != (layout.size,):
-        raise ValueError(f"loc must have shape ({layout.size},), got {tuple(loc.shape)}")
     loc = loc.detach()
     if isinstance(guide, AutoMultivariateNormal):
         chol = torch.linalg.cholesky(covariance) if scale is None else torch.diag(scale)
