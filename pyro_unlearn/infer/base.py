@@ -268,9 +268,15 @@ class UnlearningLoss(ELBO):
 
     def _check_traces(self, model_trace: Trace, guide_trace: Trace, posterior_trace: Trace):
         """Per-step checks, run under validation only; subclasses add theirs (call super)."""
-        check_sites_match(latent_sites(guide_trace), self.posterior.sites)
-        check_site_shapes(guide_trace, posterior_trace, self.posterior.sites)
         check_erased_data_finite(model_trace)
+
+    def _check_pair(self, guide_trace: Trace, posterior_trace: Trace) -> None:
+        """Under validation: the guide's sites and their shapes against the frozen posterior's.
+        Subclasses call it as soon as both traces exist, before any log-density is computed (a
+        site of another shape would otherwise be broadcast or fail inside Pyro)."""
+        if is_validation_enabled():
+            check_sites_match(latent_sites(guide_trace), self.posterior.sites)
+            check_site_shapes(guide_trace, posterior_trace, self.posterior.sites)
 
     @abstractmethod
     def _trace_programs(

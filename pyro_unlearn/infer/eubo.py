@@ -66,6 +66,7 @@ class Trace_EUBO(UnlearningLoss):
             posterior_trace = poutine.trace(poutine.replay(posterior, trace=guide_trace)).get_trace(
                 *args, **kwargs
             )
+        self._check_pair(guide_trace, posterior_trace)
         sites = self.posterior.sites
         posterior_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
         return model_trace, guide_trace, posterior_trace

@@ -211,6 +211,8 @@ class ReverseKL(UnlearningLoss):
             posterior_trace = poutine.trace(poutine.replay(posterior, trace=draw)).get_trace(
                 *args, **kwargs
             )
+        self._check_pair(guide_trace, posterior_trace)
+        with poutine.block():
             model_trace = poutine.trace(poutine.replay(model, trace=draw)).get_trace(
                 *args, **kwargs
             )
