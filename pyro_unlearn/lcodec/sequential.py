@@ -73,7 +73,7 @@ def _requests(erase_indices, n: int, num_random) -> tuple[list[int], list]:
     if bad:
         raise IndexError(f"erase indices {bad} are out of range for {n} training samples")
     if len(order) >= n:
-        raise ValueError(f"cannot remove {len(order)} of {n} samples: at least 2 must remain")
+        raise ValueError(f"cannot remove {len(order)} of {n} samples: at least one must remain")
     sizes = (
         [num_random] * len(order)
         if num_random is None or isinstance(num_random, int)
