@@ -388,7 +388,7 @@ class FrozenPosterior:
             0.0
         """
         self.check_guide(guide)
-        with poutine.block():
+        with preserved_rng(self._args, self._kwargs), poutine.block():
             trace = poutine.trace(guide, param_only=True).get_trace(*self._args, **self._kwargs)
         names = [n for n, site in trace.nodes.items() if site["type"] == "param"]
         self._params.select(names).restore()
