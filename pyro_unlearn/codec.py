@@ -38,12 +38,11 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 
-from .validation import check_finite, check_positive_int
+from .validation import check_finite, check_nonnegative_int, check_positive_int
 
 __all__ = ["METHODS", "FOCIResult", "codec", "foci", "lcodec", "nearest_neighbors"]
 
@@ -75,12 +74,6 @@ def _check_jitter(jitter: float) -> None:
         raise TypeError(f"jitter must be a positive number, got {jitter!r}")
     if not (math.isfinite(jitter) and jitter > 0):
         raise ValueError(f"jitter must be positive, got {jitter}")
-
-
-def _integer(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    return int(value)
 
 
 def _response(y: torch.Tensor) -> torch.Tensor:
@@ -416,8 +409,10 @@ def foci(
     if features.device != y.device:
         raise ValueError("y and features must be on the same device")
     p = features.shape[1]
-    max_features = p if max_features is None else _integer("max_features", max_features)
-    min_features = _integer("min_features", min_features)
+    max_features = (
+        p if max_features is None else check_nonnegative_int("max_features", max_features)
+    )
+    min_features = check_nonnegative_int("min_features", min_features)
     if not 0 <= min_features <= max_features <= p:
         raise ValueError(
             f"need 0 ≤ min_features ≤ max_features ≤ {p} (the number of features), got "

@@ -3,7 +3,6 @@ keep the update or discard it on a validation drop (:func:`remove`)."""
 
 from __future__ import annotations
 
-import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 from torch.func import grad
 
-from ..validation import check_nonnegative, check_positive_int
+from ..validation import check_nonnegative, check_nonnegative_int, check_positive_int
 from .newton import LossFn, Objective, newton_step, noise_scale
 from .options import RemovalOptions, Validation, validation_score, working_copy
 from .selection import select_block
@@ -21,7 +20,6 @@ from .slices import Slice
 
 __all__ = [
     "RemovalResult",
-    "check_index",
     "check_removal_request",
     "remove",
     "remove_in_place",
@@ -80,20 +78,6 @@ class RemovalResult:
     def converged(self) -> bool:
         """The update was kept and H'_P was positive definite (no shift): a Newton step."""
         return self.applied and self.hessian_shift == 0.0
-
-
-def check_index(name: str, value: Any) -> int:
-    """A row index as an ``int`` (a Python, NumPy or 0-dim integer tensor), or a ``TypeError``.
-
-    Example:
-        >>> check_index("erase_index", torch.tensor(3))
-        3
-    """
-    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)
 
 
 def check_removal_request(num_random: Any, validation: Any, max_validation_drop: Any) -> None:
@@ -330,6 +314,12 @@ def remove(
     Returns:
         a :class:`RemovalResult` whose ``model`` is the updated copy.
 
+    Raises:
+        TypeError, ValueError: an option of the wrong type or out of range (checked before
+            anything runs), non-finite data or validation (named with the first row), a loss
+            that is not finite on some row of D, or a network that cannot take the data.
+        IndexError: ``erase_index`` beyond the rows of D. ``model`` is never modified.
+
     References:
         R. Mehta, S. Pal, V. Singh, S. N. Ravi. Deep Unlearning via Randomized Conditionally
         Independent Hessians. CVPR 2022.
@@ -375,7 +365,7 @@ def remove(
         max_block_size=max_block_size,
         generator=generator,
     )
-    erase_index = check_index("erase_index", erase_index)
+    erase_index = check_nonnegative_int("erase_index", erase_index)
     check_removal_request(num_random, validation, max_validation_drop)
     work, training, objective, x, y, validation = working_copy(
         model, loss_fn, data, options, validation

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..validation import check_nonnegative_int
 from ._classifiers import auc, cross_validate
 from ._sampling import PredictiveSite
 
@@ -301,8 +301,7 @@ def membership_attack(
     """
     x_m, x_n = _attack_features(member_losses, nonmember_losses, features)
     _check_cross_validation(folds, repeats, len(x_m), len(x_n))
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_nonnegative_int("seed", seed)
     labels = np.concatenate([np.ones(len(x_m)), np.zeros(len(x_n))])
     threshold_auc = auc(labels, -np.concatenate([x_m[:, 0], x_n[:, 0]]))
     scores = cross_validate(x_m, x_n, folds, repeats, np.random.default_rng(seed))

@@ -52,9 +52,14 @@ CASES = [
         "max-features-float",
         lambda y, z: foci(y, z, max_features=1.5),
         TypeError,
-        "max_features must be an integer",
+        "max_features must be an integer ≥ 0",
     ),
-    ("min-features-negative", lambda y, z: foci(y, z, min_features=-1), ValueError, "0 ≤ min"),
+    (
+        "min-features-negative",
+        lambda y, z: foci(y, z, min_features=-1),
+        ValueError,
+        "min_features must be an integer ≥ 0",
+    ),
 ]
 
 

@@ -69,9 +69,9 @@ CASES = [
     ("scalar-loss", {"loss_fn": "mean"}, ValueError, "one loss per sample"),
     ("loss-not-callable", {"loss_fn": 3}, TypeError, "loss_fn must be callable"),
     # the erased row
-    ("index-negative", {"index": -1}, IndexError, "erase index -1 is out of range for 60"),
+    ("index-negative", {"index": -1}, ValueError, "erase_index must be an integer ≥ 0, got -1"),
     ("index-too-large", {"index": 60}, IndexError, "erase index 60 is out of range for 60"),
-    ("index-float", {"index": 2.0}, TypeError, "erase_index must be an int"),
+    ("index-float", {"index": 2.0}, TypeError, "erase_index must be an integer ≥ 0"),
     # options
     ("num-perturbations-0", {"num_perturbations": 0}, ValueError, "num_perturbations must be"),
     ("num-perturbations-1", {"num_perturbations": 1}, ValueError, "num_perturbations must be ≥ 2"),

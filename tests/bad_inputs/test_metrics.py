@@ -247,7 +247,7 @@ MEMBERSHIP = [
     ),
     ("repeats-0", lambda a, b: M.membership_attack(a, b, repeats=0), ValueError, "repeats must"),
     ("seed-negative", lambda a, b: M.membership_attack(a, b, seed=-1), ValueError, "seed must"),
-    ("seed-float", lambda a, b: M.membership_attack(a, b, seed=1.5), ValueError, "seed must"),
+    ("seed-float", lambda a, b: M.membership_attack(a, b, seed=1.5), TypeError, "seed must"),
     (
         "features-rows",
         lambda a, b: M.membership_attack(a, b, features=(torch.rand(19, 2), torch.rand(20, 2))),

@@ -194,6 +194,12 @@ class VariationalEUBO(_UnlearningObjective):
         Called as ``eubo(output, target, inputs=None, **kwargs)``: −U/``|D_e|`` (to maximise),
         of the GP's batch shape.
 
+    Raises:
+        TypeError, ValueError: on construction, an option of the wrong type or out of range;
+            on a call, a batch larger than ``num_erased``, inputs, target and output of
+            inconsistent sizes, or (each step, under Pyro's validation) non-finite data named
+            with the first row.
+
     References:
         - Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
         - J. Hensman, A. Matthews, Z. Ghahramani. Scalable Variational Gaussian Process
@@ -320,6 +326,11 @@ class VariationalReverseKL(_UnlearningObjective):
     Returns:
         Called as ``rkl(output, target, inputs=x_e)``: the estimate above, of the GP's batch
         shape; :meth:`diagnostics` then holds the step's ESS and temperature.
+
+    Raises:
+        TypeError, ValueError: as :class:`VariationalEUBO`, and a batch other than all of D_e;
+            non-finite D_e is named (with its first row) once per distinct inputs and target
+            tensors, and on every step under Pyro's validation.
 
     References:
         - Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
