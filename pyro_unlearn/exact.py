@@ -142,7 +142,12 @@ def _gamma_poisson(shape, rate, counts, exposure, erased: bool) -> tuple[torch.T
     return shape, rate, counts.sum(0), exposure.sum(0)
 
 
-def beta_binomial_posterior(alpha, beta, successes, trials=1) -> tuple[torch.Tensor, torch.Tensor]:
+def beta_binomial_posterior(
+    alpha: torch.Tensor | float,
+    beta: torch.Tensor | float,
+    successes: torch.Tensor,
+    trials: torch.Tensor | float = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Bayes' rule for a Beta(α, β) prior and y_n ~ Binomial(n_n, θ) (Bernoulli when n_n = 1):
 
     .. math:: α_D = α + Σ_n y_n, \qquad β_D = β + Σ_n (n_n − y_n)
@@ -156,7 +161,12 @@ def beta_binomial_posterior(alpha, beta, successes, trials=1) -> tuple[torch.Ten
     return alpha + ones, beta + zeros
 
 
-def beta_binomial_unlearn(alpha, beta, successes, trials=1) -> tuple[torch.Tensor, torch.Tensor]:
+def beta_binomial_unlearn(
+    alpha: torch.Tensor | float,
+    beta: torch.Tensor | float,
+    successes: torch.Tensor,
+    trials: torch.Tensor | float = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Divide Beta(α, β) by the likelihood of y_e ~ Binomial(n_e, θ) (Bernoulli when n_e = 1):
 
     .. math:: \tilde α = α − Σ_e y_e, \qquad \tilde β = β − Σ_e (n_e − y_e)
@@ -173,7 +183,12 @@ def beta_binomial_unlearn(alpha, beta, successes, trials=1) -> tuple[torch.Tenso
     return alpha, _normalizable(beta - zeros, "Beta pseudo-count beta")
 
 
-def gamma_poisson_posterior(shape, rate, counts, exposure=1) -> tuple[torch.Tensor, torch.Tensor]:
+def gamma_poisson_posterior(
+    shape: torch.Tensor | float,
+    rate: torch.Tensor | float,
+    counts: torch.Tensor,
+    exposure: torch.Tensor | float = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Bayes' rule for a Gamma(a, b) prior (shape, rate) and y_n ~ Poisson(t_n θ), exposure t_n:
 
     .. math:: a_D = a + Σ_n y_n, \qquad b_D = b + Σ_n t_n
@@ -187,7 +202,12 @@ def gamma_poisson_posterior(shape, rate, counts, exposure=1) -> tuple[torch.Tens
     return shape + total, rate + time
 
 
-def gamma_poisson_unlearn(shape, rate, counts, exposure=1) -> tuple[torch.Tensor, torch.Tensor]:
+def gamma_poisson_unlearn(
+    shape: torch.Tensor | float,
+    rate: torch.Tensor | float,
+    counts: torch.Tensor,
+    exposure: torch.Tensor | float = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Divide Gamma(a, b) (shape, rate) by the likelihood of y_e ~ Poisson(t_e θ):
 
     .. math:: \tilde a = a − Σ_e y_e, \qquad \tilde b = b − Σ_e t_e

@@ -159,7 +159,7 @@ class FrozenPosterior:
         as it is whatever is done to them)."""
         return self._params.clone()
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         with self.context(), poutine.block(hide_types=["param"]):
             return self._guide(*args, **kwargs)
 

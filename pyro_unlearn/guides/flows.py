@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import zuko
@@ -175,7 +176,7 @@ class AutoZukoFlow(AutoContinuous):
         ``.sample(shape)`` and ``.rsample(shape)`` work too)."""
         return _FlowPosterior(self.flow())
 
-    def median(self, *args, **kwargs):
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError(
             "a flow has no closed-form median; use pyro_unlearn.freeze(guide).mode (numeric)"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 from abc import abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import pyro.poutine as poutine
 import torch
@@ -320,17 +321,19 @@ class UnlearningLoss(ELBO):
         dim = particle_dim_of(self.num_particles, True, self.max_plate_nesting)
         return dim, self.num_particles
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+    def differentiable_loss(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """The loss as a differentiable tensor (Pyro's ``differentiable_loss``)."""
         return _warn_if_not_finite(self._objective(self._terms(model, guide, args, kwargs)))
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """The loss as a float, without gradients (nor annealing: see ``ReverseKL``)."""
         with torch.no_grad():
             loss = self._objective(self._terms(model, guide, args, kwargs))
         return _warn_if_not_finite(torch_item(loss))
 
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """The loss as a float, after ``backward`` on it (what :class:`pyro.infer.SVI` calls)."""
         loss = self._objective(self._terms(model, guide, args, kwargs))
         if loss.requires_grad:

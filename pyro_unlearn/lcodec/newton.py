@@ -85,11 +85,15 @@ class Objective:
         named = dict(self.model.named_parameters())
         return {k: named[k].detach().clone() for k in self.trainable}
 
-    def losses(self, params: dict[str, torch.Tensor], x, y) -> torch.Tensor:
+    def losses(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         out = functional_call(self.model, {**self.fixed, **params}, (x,))
         return self.loss_fn(out, y)
 
-    def objective(self, params: dict[str, torch.Tensor], x, y) -> torch.Tensor:
+    def objective(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         value = self.losses(params, x, y).mean()
         if self.weight_decay:
             value = value + 0.5 * self.weight_decay * sum(p.square().sum() for p in params.values())
@@ -117,14 +121,16 @@ class Objective:
             parts.append(_Part(name, idx, math.prod(shape), torch.Size(shape)))
         return parts
 
-    def flat(self, params, parts: list[_Part]) -> torch.Tensor:
+    def flat(self, params: dict[str, torch.Tensor], parts: list[_Part]) -> torch.Tensor:
         pieces = [
             (params[p.name] if p.rows is None else params[p.name].index_select(0, p.rows))
             for p in parts
         ]
         return torch.cat([t.reshape(-1) for t in pieces])
 
-    def scatter(self, params, parts: list[_Part], theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    def scatter(
+        self, params: dict[str, torch.Tensor], parts: list[_Part], theta: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         out = dict(params)
         start = 0
         for p in parts:
@@ -133,13 +139,22 @@ class Objective:
             out[p.name] = piece if p.rows is None else out[p.name].index_copy(0, p.rows, piece)
         return out
 
-    def block_objective(self, params, parts):
+    def block_objective(
+        self, params: dict[str, torch.Tensor], parts: list[_Part]
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         def f(theta, x, y):
             return self.objective(self.scatter(params, parts, theta), x, y)
 
         return f
 
-    def hessian(self, f, theta, x, y, chunk: int) -> torch.Tensor:
+    def hessian(
+        self,
+        f: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        theta: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
         """∇²f(θ) over the data (x, y), batch by batch: Hessian-vector products (forward over
         reverse mode) vmapped over ``chunk`` columns of the identity at a time."""
         n = x.shape[0]
@@ -157,7 +172,9 @@ class Objective:
                 H += (b - a) / n * vmap(hvp, chunk_size=chunk)(eye)
         return H
 
-    def gradient(self, params, x, y) -> dict[str, torch.Tensor]:
+    def gradient(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         n = x.shape[0]
         total = {k: torch.zeros_like(v) for k, v in params.items()}
         for a, b in self.batches(n):

@@ -31,9 +31,9 @@ def _check_perturbed(losses: torch.Tensor, acts: torch.Tensor, index: int, scale
 
 def select_block(
     objective: Objective,
-    params,
-    x,
-    y,
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
     index: int,
     *,
     selection: str | Sequence[Slice],

@@ -65,7 +65,9 @@ class ExpectedLogLikelihood(dist.TorchDistribution):
             f = torch.distributions.Normal(self.mean_f, self.var_f.sqrt()).sample(sample_shape)
             return self._from_gpytorch(self.likelihood(f).sample())
 
-    def expand(self, batch_shape: torch.Size, _instance=None) -> ExpectedLogLikelihood:
+    def expand(
+        self, batch_shape: torch.Size, _instance: ExpectedLogLikelihood | None = None
+    ) -> ExpectedLogLikelihood:
         batch_shape = torch.Size(batch_shape)
         n = batch_shape[-1:]
         shape = batch_shape[:-1] + self.mean_f.shape[-self.k - 1 : -1] + n
