@@ -1,64 +1,29 @@
-"""The frozen posterior q(θ|D): an immutable snapshot of a trained guide.
-
-Pyro keeps a guide's parameters in the global param store, and ``copy.deepcopy`` of an
-AutoGuide is *not* independent (its params rebind to the live guide's on the next call). The
-frozen posterior therefore keeps its own parameter tensors (``requires_grad=False``, from an
-independent deep copy) in a :class:`~pyro_unlearn.params.ParamSnapshot` and runs the guide with
-that snapshot as the param store and its parameters hidden, so neither later training of the
-live guide nor an SVI step can change it.
-"""
+"""The frozen posterior q(θ|D) and :func:`freeze`, which snapshots a trained guide as one."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer.autoguide import AutoGuide
 from pyro.nn import PyroModule
 from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
-from torch.distributions import biject_to
-from torch.distributions.transforms import Transform
 
-from .guides.gaussian import GAUSSIAN_DISTRIBUTIONS
-from .params import ParamSnapshot
-from .traces import latent_sites, max_plate_nesting, preserved_rng, sum_sites_per_particle
-from .validation import check_finite
+from ..params import ParamSnapshot
+from ..traces import latent_sites, preserved_rng, sum_sites_per_particle
+from .checks import (
+    check_saved_state,
+    check_scores_external_points,
+    guide_structure,
+    structure_difference,
+)
+from .copying import independent_copy
+from .mode import find_mode
 
-__all__ = ["FrozenPosterior", "freeze", "independent_copy"]
-
-
-def _base_distribution(fn: Any) -> Any:
-    while isinstance(fn, torch.distributions.Independent):
-        fn = fn.base_dist
-    return fn
-
-
-def _support(fn: Any) -> Any:
-    try:
-        return fn.support
-    except NotImplementedError:  # e.g. pyro.contrib.zuko.ZukoToPyro: a flow over R^d
-        return torch.distributions.constraints.real_vector
-
-
-def _clear_transform_caches(module: torch.nn.Module) -> None:
-    # Pyro's AffineAutoregressive keeps non-leaf tensors from its last call, GPyTorch's variational
-    # strategies those of theirs (cleared by their ``_clear_cache``); deepcopy refuses them.
-    for m in module.modules():
-        clear = getattr(m, "_clear_cache", None)
-        if callable(clear):
-            clear()
-        if isinstance(m, Transform):
-            for name in list(vars(m)):
-                if name == "_cached_x_y":
-                    m._cached_x_y = (None, None)
-                elif name.startswith("_cached"):
-                    setattr(m, name, None)
+__all__ = ["FrozenPosterior", "freeze"]
 
 
 class FrozenPosterior:
@@ -129,10 +94,13 @@ class FrozenPosterior:
         """
         if not args and not kwargs:
             args, kwargs = self._args, self._kwargs
-        params, sites = _structure(guide, args, kwargs)
+        if isinstance(guide, FrozenPosterior):
+            params, sites = {n: v.shape for n, v in guide.params.items()}, guide.site_shapes
+        else:
+            params, sites = guide_structure(guide, args, kwargs)
         ours = {n: v.shape for n, v in self._params.items()}
         for what, theirs, mine in (("parameter", params, ours), ("site", sites, self._site_shapes)):
-            problem = _first_difference(theirs, mine)
+            problem = structure_difference(theirs, mine)
             if problem is not None:
                 raise ValueError(
                     f"the guide does not have the frozen posterior's structure: {what} "
@@ -196,7 +164,8 @@ class FrozenPosterior:
     def log_q_max(self) -> torch.Tensor:
         if self._log_q_max is None:
             with torch.enable_grad():  # first use may come inside no_grad (e.g. ELBO.loss)
-                self._find_mode(self._args, self._kwargs, **self._mode_settings)
+                found = find_mode(self, self._args, self._kwargs, **self._mode_settings)
+            self._log_q_max, self._mode, self._mode_info = found
         return self._log_q_max
 
     @property
@@ -208,76 +177,6 @@ class FrozenPosterior:
     def mode_info(self) -> dict[str, Any]:
         self.log_q_max  # noqa: B018 (found on first use)
         return self._mode_info
-
-    def _find_mode(self, args, kwargs, *, samples: int, starts: int, steps: int, lr: float) -> None:
-        trace = self.sample(*args, **kwargs)
-        fns = {name: _base_distribution(trace.nodes[name]["fn"]) for name in self.sites}
-        if all(isinstance(fn, GAUSSIAN_DISTRIBUTIONS) for fn in fns.values()):
-            mode = {name: fn.mean.detach() for name, fn in fns.items()}
-            with poutine.block():
-                scored = poutine.trace(poutine.condition(self, data=mode)).get_trace(
-                    *args, **kwargs
-                )
-            scored.compute_log_prob()
-            self._log_q_max = sum_sites_per_particle(scored, self.sites, None, 1)[0].detach()
-            self._mode = mode
-            self._mode_info = {"method": "exact", "value": float(self._log_q_max)}
-            return
-        self._numeric_mode(trace, args, kwargs, samples=samples, starts=starts, steps=steps, lr=lr)
-
-    def _numeric_mode(self, trace, args, kwargs, *, samples, starts, steps, lr) -> None:
-        """Best of ``samples`` draws, refined by Adam on log q from the ``starts`` best, batched."""
-        dim = -max_plate_nesting(trace) - 1
-
-        def batched_log_q(values=None, size=samples):
-            fn = pyro.plate("_mode_search", size, dim=dim)(self)
-            if values is not None:
-                fn = poutine.condition(fn, data=values)
-            with poutine.block():
-                tr = poutine.trace(fn).get_trace(*args, **kwargs)
-            tr.compute_log_prob()
-            return tr, sum_sites_per_particle(tr, self.sites, dim, size)
-
-        def take(tr, idx):  # idx: a 1-D index tensor (keeps the search dim) or an int (drops it)
-            out = {}
-            for name in self.sites:
-                site = tr.nodes[name]
-                value = site["value"].detach()
-                pos = value.dim() - site["fn"].event_dim + dim
-                out[name] = (
-                    value.index_select(pos, idx) if torch.is_tensor(idx) else value.select(pos, idx)
-                )
-            return out
-
-        with torch.no_grad():
-            tr, log_q = batched_log_q()
-        starts = min(starts, samples)
-        best = log_q.topk(starts).indices
-        init = take(tr, best)
-        supports = {n: biject_to(_support(tr.nodes[n]["fn"])) for n in self.sites}
-        free = {n: supports[n].inv(v).clone().requires_grad_(True) for n, v in init.items()}
-        optim = torch.optim.Adam(list(free.values()), lr=lr)
-        for _ in range(steps):
-            optim.zero_grad()
-            # clone: biject_to(real) is the identity, and a transform's cache (Pyro's affine
-            # autoregressive) would return last step's inverse, from a freed graph, for z itself
-            values = {n: supports[n](z).clone() for n, z in free.items()}
-            _, refined = batched_log_q(values, starts)
-            (-refined.sum()).backward()
-            optim.step()
-        with torch.no_grad():
-            values = {n: supports[n](z) for n, z in free.items()}
-            tr, refined = batched_log_q(values, starts)
-            i = refined.argmax()
-            self._log_q_max = torch.maximum(refined[i], log_q.max()).detach()
-            self._mode = take(tr, int(i))
-        self._mode_info = {
-            "method": "numeric",
-            "value": float(self._log_q_max),
-            "samples": samples,
-            "starts": starts,
-            "steps": steps,
-        }
 
     # -- saving and loading ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -317,7 +216,7 @@ class FrozenPosterior:
             ...
             ValueError: the saved state lacks the key(s) ['mode']: ...
         """
-        self._check_state(state)
+        check_saved_state(state, self._params, self.sites, self._site_shapes)
         with torch.no_grad():
             for name, value in state["params"].items():
                 self._params[name].copy_(value)
@@ -326,40 +225,6 @@ class FrozenPosterior:
         self._mode = {n: v.detach().to(device) for n, v in state["mode"].items()}
         self._mode_info = dict(state["mode_info"])
         return self
-
-    def _check_state(self, state: Any) -> None:
-        """Every check of :meth:`load_state_dict`, before it writes anything."""
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
-        missing = sorted({"params", "log_q_max", "mode", "mode_info", "sites"} - set(state))
-        if missing:
-            raise ValueError(
-                f"the saved state lacks the key(s) {missing}: save it with posterior.state_dict()"
-            )
-        theirs = state["params"]
-        if not isinstance(theirs, Mapping) or set(theirs) != set(self._params):
-            names = sorted(theirs) if isinstance(theirs, Mapping) else theirs
-            raise ValueError(
-                f"saved parameters {names} do not match this guide's {sorted(self._params)}"
-            )
-        for name, value in theirs.items():
-            _check_saved_tensor(f"saved parameter {name!r}", value, self._params[name])
-        if list(state["sites"]) != self.sites:
-            raise ValueError(
-                f"saved sites {list(state['sites'])} do not match this guide's {self.sites}"
-            )
-        mode = state["mode"]
-        if not isinstance(mode, Mapping) or set(mode) != set(self.sites):
-            raise ValueError(f"the saved mode must give a value for every site {self.sites}")
-        for name, value in mode.items():
-            like = torch.empty(self._site_shapes[name], dtype=_dtype(value))
-            _check_saved_tensor(f"saved mode of site {name!r}", value, like)
-        log_q_max = state["log_q_max"]
-        if not isinstance(log_q_max, torch.Tensor) or log_q_max.numel() != 1:
-            raise ValueError(f"the saved log_q_max must be a one-element tensor, got {log_q_max!r}")
-        check_finite("the saved log_q_max", log_q_max)
-        if not isinstance(state["mode_info"], Mapping):
-            raise ValueError("the saved mode_info must be a dict")
 
     def restore(self, guide: Callable) -> None:
         """Write q(θ|D) into the parameters of the live guide ``guide``.
@@ -398,97 +263,6 @@ class FrozenPosterior:
         kind = type(self._guide).__name__ if is_module else self._guide.__name__
         found = "not yet found" if self._log_q_max is None else f"{float(self._log_q_max):.4g}"
         return f"FrozenPosterior({kind}, log_q_max={found}, sites={self.sites})"
-
-
-def _dtype(value: Any) -> torch.dtype:
-    return value.dtype if isinstance(value, torch.Tensor) else torch.get_default_dtype()
-
-
-def _check_saved_tensor(what: str, value: Any, like: torch.Tensor) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{what} must be a tensor, got {type(value).__name__}")
-    if value.shape != like.shape or value.dtype != like.dtype:
-        raise ValueError(
-            f"{what} has shape {tuple(value.shape)} and dtype {value.dtype}, this guide's has "
-            f"{tuple(like.shape)} and {like.dtype}"
-        )
-    check_finite(what, value)
-
-
-def _structure(guide: Callable, args: tuple, kwargs: dict) -> tuple[dict, dict]:
-    """(parameter shapes, scored-site shapes) of ``guide``, probed without changing anything."""
-    if isinstance(guide, FrozenPosterior):
-        return {n: v.shape for n, v in guide.params.items()}, guide.site_shapes
-    if not callable(guide):
-        raise ValueError(f"expected a guide (callable), got {type(guide).__name__}")
-    if isinstance(guide, PyroModule):
-        probe, store = independent_copy(guide), ParamSnapshot()
-    else:
-        probe, store = guide, ParamSnapshot.of_store(clone=False)
-    try:
-        with preserved_rng(args, kwargs), store.active(), poutine.block(), torch.no_grad():
-            trace = poutine.trace(probe).get_trace(*args, **kwargs)
-    except Exception as e:  # noqa: BLE001 - any failure of the user's guide, named
-        raise ValueError(
-            f"could not run the guide with the posterior's arguments ({type(e).__name__}: {e}); "
-            "call the guide once on the data first, or freeze it with its arguments"
-        ) from e
-    params = {n: store[n].shape for n, s in trace.nodes.items() if s["type"] == "param"}
-    sites = {n: trace.nodes[n]["value"].shape for n in latent_sites(trace)}
-    return params, sites
-
-
-def _first_difference(theirs: dict, ours: dict) -> str | None:
-    """How the guide's ``{name: shape}`` differs from the posterior's, or ``None``."""
-    extra, missing = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
-    if extra or missing:
-        return f"names differ (the guide's has {extra or 'no'} extra, lacks {missing or 'none'})"
-    for name, shape in ours.items():
-        if theirs[name] != shape:
-            return f"{name!r} has shape {tuple(theirs[name])} in the guide, {tuple(shape)} frozen"
-    return None
-
-
-def independent_copy(guide: PyroModule) -> PyroModule:
-    """A deep copy of a PyroModule guide that shares nothing with it, not even param-store names'
-    tensors: run it against a private store (``ParamSnapshot().register(copy, *args)``) and it
-    registers its own copies.
-
-    ``AutoGuide.__getstate__`` sets ``_model`` and ``master`` to None on the *original* during a
-    deepcopy; both are given back (and the copy gets the same model reference).
-    """
-    _clear_transform_caches(guide)
-    refs = {m: (m._model, m.master) for m in guide.modules() if isinstance(m, AutoGuide)}
-    try:
-        copied = copy.deepcopy(guide)
-    except RuntimeError as e:
-        raise TypeError(f"cannot copy {type(guide).__name__}: deepcopy failed ({e})") from e
-    finally:
-        for m, (model_ref, master) in refs.items():
-            m._model, m.master = model_ref, master
-    for m, c in zip(guide.modules(), copied.modules(), strict=True):
-        if m in refs:
-            c._model = refs[m][0]
-    return copied
-
-
-def _check_scores_external_points(posterior: FrozenPosterior) -> None:
-    # Both losses score θ that the scoring guide did not draw itself (EUBO: q_u's draws under
-    # q(θ|D); rKL: q(θ|D)'s draws under q_v). Probe it with cloned values (no sample cache hit).
-    trace = posterior.sample(*posterior._args, **posterior._kwargs)
-    for name in posterior.sites:
-        trace.nodes[name]["value"] = trace.nodes[name]["value"].detach().clone()
-    try:
-        posterior.log_prob(trace, *posterior._args, **posterior._kwargs)
-    except (KeyError, NotImplementedError) as e:
-        kind = type(posterior.guide).__name__
-        raise TypeError(
-            f"{kind} cannot score points it did not sample itself ({type(e).__name__}: {e}), so "
-            "neither Trace_EUBO (scores q_u's draws under q(θ|D)) nor ReverseKL (scores q(θ|D)'s "
-            "draws under q_v) can use it. Pyro's block neural autoregressive flow is one such "
-            "guide; use pyro_unlearn.AutoZukoFlow (coupling, MAF or IAF), AutoIAFNormal or a "
-            "Gaussian AutoGuide instead."
-        ) from e
 
 
 def freeze(
@@ -565,5 +339,5 @@ def freeze(
         frozen = guide
     settings = dict(samples=mode_samples, starts=mode_starts, steps=mode_steps, lr=mode_lr)
     posterior = FrozenPosterior(frozen, params, args=args, kwargs=kwargs, mode=settings)
-    _check_scores_external_points(posterior)
+    check_scores_external_points(posterior, *args, **kwargs)
     return posterior
