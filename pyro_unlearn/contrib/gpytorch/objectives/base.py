@@ -1,0 +1,180 @@
+"""The template the GPyTorch unlearning objectives share: GPyTorch's approximate marginal
+log-likelihood, its KL term taken to the frozen q(u|D), and the checks of a batch."""
+
+from __future__ import annotations
+
+import gpytorch
+import torch
+from gpytorch.distributions import MultivariateNormal
+from gpytorch.mlls._approximate_mll import _ApproximateMarginalLogLikelihood
+from pyro.infer.util import is_validation_enabled
+
+from ....infer.adjusted_likelihood import check_lam, log_threshold
+from ....posterior import FrozenPosterior
+from ....validation import check_finite, check_positive_int
+from ..conditional import check_gp_data
+from ..inducing import inducing_distribution
+from ..strategy import variational_strategy
+
+__all__ = ["UnlearningObjective"]
+
+
+class UnlearningObjective(_ApproximateMarginalLogLikelihood):
+    r"""GPyTorch's template for an approximate marginal log-likelihood, with the KL term taken to
+    the frozen q(u|D) instead of the prior and ``|D_e|`` as ``num_data``: ``forward`` returns, per
+    output of a batch GP,
+
+    .. math:: \frac{1}{b}\,\text{data term} - \frac{1}{|D_e|}\,\text{KL term}
+
+    over a batch of b erased points; each objective overrides :meth:`_log_likelihood_term` (the
+    data term) and :meth:`_kl_term`. Kernel, mean and likelihood hyperparameters are held fixed,
+    so their priors and added loss terms (constants in q(u)) are left out. The subclasses are
+    :class:`~pyro_unlearn.contrib.gpytorch.VariationalEUBO` and
+    :class:`~pyro_unlearn.contrib.gpytorch.VariationalReverseKL`.
+
+    Arguments:
+        likelihood: the GP's likelihood (held fixed).
+        model: the GP being unlearned.
+        posterior: its frozen q(u|D) (:func:`~pyro_unlearn.contrib.gpytorch.freeze_inducing`).
+        num_erased: ``|D_e|`` (GPyTorch's ``num_data``).
+        lam: λ ∈ [0, 1] of the adjusted likelihood.
+        num_samples: draws of u per step.
+        combine_terms: ``False`` returns (data term, KL term), as GPyTorch's objectives.
+
+    Raises:
+        TypeError, ValueError: an option of the wrong type or out of range, or a frozen q(u|D)
+            of another shape than the GP's q(u).
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+
+    Example::
+
+        class Objective(UnlearningObjective):
+            def _log_likelihood_term(self, output, target, inputs=None, **kwargs):
+                return self.likelihood.expected_log_prob(target, output, **kwargs).sum(-1)
+    """
+
+    def __init__(
+        self,
+        likelihood: gpytorch.likelihoods.Likelihood,
+        model: gpytorch.models.ApproximateGP,
+        posterior: FrozenPosterior,
+        num_erased: int,
+        lam: float,
+        num_samples: int,
+        combine_terms: bool,
+    ) -> None:
+        num_erased = check_positive_int("num_erased", num_erased)
+        num_samples = check_positive_int("num_samples", num_samples)
+        if not isinstance(combine_terms, bool):
+            raise TypeError(f"combine_terms must be a bool, got {combine_terms!r}")
+        if not isinstance(likelihood, gpytorch.likelihoods.Likelihood):
+            raise TypeError(
+                f"likelihood must be a gpytorch.likelihoods.Likelihood, got "
+                f"{type(likelihood).__name__}"
+            )
+        super().__init__(likelihood, model, num_erased, combine_terms=combine_terms)
+        self.strategy = variational_strategy(model)
+        if not isinstance(posterior, FrozenPosterior):
+            raise TypeError(
+                f"posterior must be the frozen q(u|D) from "
+                f"pyro_unlearn.contrib.gpytorch.freeze_inducing, got {type(posterior).__name__}"
+            )
+        self.posterior = posterior
+        self.q_data = inducing_distribution(posterior)
+        shape = self.strategy._variational_distribution.shape()
+        if self.q_data.mean.shape != shape:
+            raise ValueError(
+                f"the frozen q(u|D) has shape {tuple(self.q_data.mean.shape)}, this GP's q(u) "
+                f"{tuple(shape)}"
+            )
+        self.lam = check_lam(lam)
+        self.num_samples = num_samples
+        self._batch_dims = tuple(range(-len(self.q_data.batch_shape), 0))
+        with torch.no_grad():
+            log_q_max = self._log_q_data(self.q_data.mean.unsqueeze(0))[0]
+        self.log_threshold = log_threshold(self.lam, log_q_max)
+
+    @property
+    def num_erased(self) -> int:
+        """``|D_e|`` (GPyTorch's ``num_data``)."""
+        return self.num_data
+
+    def _sum_batch(self, log_prob: torch.Tensor) -> torch.Tensor:
+        """A batch GP's log-density of u, ``(S, *batch)`` → ``(S,)``: its outputs' u are one
+        latent, thresholded and importance-weighted jointly (as the Pyro path's site is)."""
+        return log_prob.sum(self._batch_dims) if self._batch_dims else log_prob
+
+    def _per_draw(self, value: torch.Tensor) -> torch.Tensor:
+        """``(S,)`` → ``(S, 1, …)``, broadcasting against ``(S, *batch)``."""
+        return value.reshape(value.shape + (1,) * len(self._batch_dims))
+
+    def _log_q_data(self, u: torch.Tensor) -> torch.Tensor:
+        """log q(u|D) of each draw of u, ``(S,)``."""
+        return self._sum_batch(self.q_data.log_prob(u))
+
+    def _check_batch(
+        self, output: MultivariateNormal | None, target: torch.Tensor, inputs: torch.Tensor | None
+    ) -> None:
+        """The batch's sizes against each other and ``num_erased`` (always: shapes only), then
+        :meth:`_check_data`."""
+        check_gp_data(self.strategy, inputs, target, finite=False)
+        if target.shape[-1] > self.num_erased:
+            raise ValueError(
+                f"the batch has {target.shape[-1]} points, more than num_erased={self.num_erased}: "
+                "num_erased is |D_e|, the number of erased points the batches are drawn from"
+            )
+        if output is not None:
+            if not isinstance(output, MultivariateNormal):
+                raise TypeError(
+                    f"output must be the GP's q(f) at the batch's inputs (a gpytorch "
+                    f"MultivariateNormal, model(x_b)), got {type(output).__name__}"
+                )
+            if output.event_shape[-1] != target.shape[-1]:
+                raise ValueError(
+                    f"output (q(f) at the batch's inputs) has {output.event_shape[-1]} points, "
+                    f"target {target.shape[-1]}: call the GP on the batch's inputs"
+                )
+        self._check_data(output, target, inputs)
+
+    def _check_data(
+        self, output: MultivariateNormal | None, target: torch.Tensor, inputs: torch.Tensor | None
+    ) -> None:
+        """Non-finite inputs, targets or q(f) named with their first row, on every step under
+        Pyro's validation (``pyro.enable_validation(False)`` skips it)."""
+        if not is_validation_enabled():
+            return
+        check_gp_data(self.strategy, inputs, target)
+        if output is not None:
+            check_finite("output (q(f) at the batch's inputs) mean", output.mean.movedim(-1, 0))
+
+    def _kl_term(self) -> torch.Tensor:
+        mean = self.q_data.mean
+        return torch.zeros(self.q_data.batch_shape, dtype=mean.dtype, device=mean.device)
+
+    def forward(
+        self,
+        output: MultivariateNormal | None,
+        target: torch.Tensor,
+        inputs: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The objective (to maximise) on a batch of D_e: ``output`` q(f) at its inputs (the
+        GP's call on them), ``target`` its targets ``(*batch, b)``, ``inputs`` its inputs (needed
+        where u is sampled), ``kwargs`` passed to the likelihood's ``expected_log_prob``.
+        Returns a tensor of the GP's batch shape, or (data term, KL term) with
+        ``combine_terms=False``.
+
+        Raises:
+            ValueError: a batch of another size than ``num_erased`` allows, inputs, target and
+                output of inconsistent sizes, or (under Pyro's validation, see
+                :meth:`_check_data`) non-finite data, named with their first row."""
+        self._check_batch(output, target, inputs)
+        num_batch = target.shape[-1]
+        data_term = self._log_likelihood_term(output, target, inputs=inputs, **kwargs)
+        data_term = data_term.div(num_batch)
+        kl_term = self._kl_term().div(self.num_data / self.beta)
+        if self.combine_terms:
+            return data_term - kl_term
+        return data_term, kl_term
