@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.nn import PyroModule
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from .frozen import FrozenPosterior
 
 __all__ = [
+    "check_has_density",
     "check_saved_state",
     "check_saved_tensor",
     "check_scores_external_points",
@@ -91,6 +93,42 @@ def structure_difference(theirs: Shapes, ours: Shapes) -> str | None:
         if theirs[name] != shape:
             return f"{name!r} has shape {tuple(theirs[name])} in the guide, {tuple(shape)} frozen"
     return None
+
+
+def check_has_density(posterior: FrozenPosterior, *args: Any, **kwargs: Any) -> None:
+    """Raise unless every latent site of the frozen guide has a density: a point mass
+    (``AutoDelta``, a ``Delta`` site: a MAP or MLE fit) has none to divide by a likelihood.
+
+    Arguments:
+        posterior: the frozen posterior.
+        *args, **kwargs: the guide's arguments.
+
+    Raises:
+        TypeError: naming the site and what to use instead.
+
+    Example:
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoDelta
+        >>> import pyro_unlearn as pu
+        >>> def model():
+        ...     pyro.sample("mu", dist.Normal(0.0, 1.0))
+        >>> pu.freeze(AutoDelta(model))
+        Traceback (most recent call last):
+        ...
+        TypeError: site 'mu' of the AutoDelta is a point mass (Delta): ...
+    """
+    trace = posterior.sample(*args, **kwargs)
+    for name in posterior.sites:
+        fn = trace.nodes[name]["fn"]
+        while hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        if isinstance(fn, dist.Delta):
+            raise TypeError(
+                f"site {name!r} of the {type(posterior.guide).__name__} is a point mass (Delta): "
+                "a point estimate has no density to divide by the erased likelihood. Fit a "
+                "posterior with a density (a Gaussian AutoGuide, AutoLaplaceApproximation's "
+                "laplace_approximation(), a flow); for point-estimate networks use pu.lcodec"
+            )
 
 
 def check_scores_external_points(posterior: FrozenPosterior, *args: Any, **kwargs: Any) -> None:

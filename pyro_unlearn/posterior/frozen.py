@@ -14,7 +14,9 @@ from pyro.poutine.util import prune_subsample_sites
 
 from ..params import ParamSnapshot
 from ..traces import latent_sites, preserved_rng, sum_sites_per_particle
+from ..validation import check_finite_data, check_positive, check_positive_int
 from .checks import (
+    check_has_density,
     check_saved_state,
     check_scores_external_points,
     guide_structure,
@@ -265,6 +267,14 @@ class FrozenPosterior:
         return f"FrozenPosterior({kind}, log_q_max={found}, sites={self.sites})"
 
 
+def _check_finite_parameter(name: str, value: torch.Tensor) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(
+            f"the guide's parameter {name!r} is not finite: q(θ|D) must be a trained guide with "
+            "finite parameters (did its training diverge?)"
+        )
+
+
 def freeze(
     guide: Callable,
     *args,
@@ -315,7 +325,21 @@ def freeze(
         return guide
     if not callable(guide):
         raise TypeError(f"freeze expects a guide (callable), got {type(guide)}")
+    settings = dict(
+        samples=check_positive_int("mode_samples", mode_samples),
+        starts=check_positive_int("mode_starts", mode_starts),
+        steps=check_positive_int("mode_steps", mode_steps),
+        lr=check_positive("mode_lr", mode_lr),
+    )
+    if settings["starts"] > settings["samples"]:
+        raise ValueError(
+            f"mode_starts ({mode_starts}) must not exceed mode_samples ({mode_samples}): the "
+            "search refines the best mode_starts of mode_samples draws"
+        )
+    check_finite_data(args, kwargs)
     if isinstance(guide, PyroModule):
+        for name, value in guide.named_parameters():
+            _check_finite_parameter(f"{type(guide).__name__}.{name}", value)
         frozen = independent_copy(guide)
         # The copy's own tensors, registered in an empty store, become the snapshot: nothing of
         # the live guide is shared. Register before switching gradients off: ``pyro.module``
@@ -337,7 +361,9 @@ def freeze(
                 "write the guide as a pyro.nn.PyroModule, whose tensors can be snapshot"
             )
         frozen = guide
-    settings = dict(samples=mode_samples, starts=mode_starts, steps=mode_steps, lr=mode_lr)
+    for name, value in params.items():
+        _check_finite_parameter(name, value)
     posterior = FrozenPosterior(frozen, params, args=args, kwargs=kwargs, mode=settings)
+    check_has_density(posterior, *args, **kwargs)
     check_scores_external_points(posterior, *args, **kwargs)
     return posterior
