@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 
 __all__ = [
+    "PARTICLE_PATHS",
     "latent_sites",
     "max_plate_nesting",
     "particle_dim_of",
+    "particle_value",
     "preserved_rng",
+    "replay_values",
     "subsampled_plates",
     "sum_per_particle",
     "sum_sites_per_particle",
+    "vectorization_problem",
 ]
+
+#: How particles are drawn: in one ``pyro.plate`` (``"vectorized"``), by ``torch.func.vmap``
+#: over the model (``"vmap"``: the guide in the plate, the model batched), or one at a time.
+PARTICLE_PATHS = ("vectorized", "vmap", "sequential")
 
 
 def latent_sites(trace: Trace) -> list[str]:
@@ -194,3 +204,162 @@ def preserved_rng(*values: Any) -> Iterator[None]:
         devices.add(torch.cuda.current_device())
     with torch.random.fork_rng(devices=sorted(devices)):
         yield
+
+
+def particle_value(
+    value: torch.Tensor, particle_dim: int, event_dim: int, index: int, shape: torch.Size
+) -> torch.Tensor:
+    """One particle's value of a site traced inside a particle plate, in its unbatched shape.
+
+    Arguments:
+        value: the site's value in the vectorised trace.
+        particle_dim: the (negative) batch dim of the particle plate.
+        event_dim: the site's event dims.
+        index: the particle.
+        shape: the value's shape in a trace without the particle plate.
+
+    Returns:
+        A tensor of ``shape`` (a value without the particle dim is the same for every particle).
+
+    Example:
+        >>> particle_value(torch.arange(6.0).reshape(3, 1, 2), -2, 1, 2, torch.Size([2]))
+        tensor([4., 5.])
+    """
+    k = value.dim() - event_dim + particle_dim
+    if k >= 0:
+        value = value.select(k, index if value.shape[k] > 1 else 0)
+    return value.reshape(shape)
+
+
+def replay_values(values: dict[str, torch.Tensor]) -> Trace:
+    """A trace holding ``values`` as latent sample sites, for ``poutine.replay``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> model = lambda: pyro.sample("mu", dist.Normal(0.0, 1.0))
+        >>> float(pyro.poutine.replay(model, trace=replay_values({"mu": torch.tensor(2.0)}))())
+        2.0
+    """
+    trace = Trace()
+    for name, value in values.items():
+        trace.add_node(name, type="sample", value=value, is_observed=False, infer={}, fn=None)
+    return trace
+
+
+def vectorization_problem(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    nesting: int | None = None,
+) -> str | None:
+    """Why ``model`` cannot take a particle plate left of its own plates, or ``None`` if it can.
+
+    Runs the guide and the model (replayed on it) once in a ``pyro.plate`` of ``num_particles``
+    and once without; the model is refused when the vectorised run raises (e.g. a
+    ``PyroModule[nn.Linear]`` whose ``F.linear`` takes 2-D weights only), when an observed
+    site's log-density has no particle dim of ``num_particles`` (broadcast across particles), or
+    when the first and last particles' log-densities differ from the model replayed on their
+    values without the plate (particles mixed). Nothing reaches an enclosing handler, no
+    gradient is recorded, and the random state is left as it was.
+
+    Arguments:
+        model: the model (as the loss runs it, e.g. wrapped by :func:`~pyro_unlearn.unlearn`).
+        guide: a guide of it (drawing its latent sites).
+        args, kwargs: the model's and guide's arguments.
+        num_particles: the particle plate's size (≥ 2).
+        nesting: the model's own plate nesting (default: read off the traces).
+
+    Returns:
+        A one-line reason, or ``None`` when the vectorised particles are the model's.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> guide = pyro.infer.autoguide.AutoNormal(model)
+        >>> vectorization_problem(model, guide, (torch.zeros(3),), {}, 4) is None
+        True
+        >>> def flat(y):  # mu.reshape(-1)[:1]: every particle reads the first one's mu
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu.reshape(-1)[:1], 1.0), obs=y)
+        >>> vectorization_problem(flat, guide, (torch.zeros(3),), {}, 4)  # doctest: +ELLIPSIS
+        "particle 3's log-density at observed site 'y' is ... in the particle plate but ..."
+    """
+    with preserved_rng(args, kwargs), torch.no_grad(), poutine.block():
+        guide_once = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_once = poutine.trace(poutine.replay(model, trace=guide_once)).get_trace(
+            *args, **kwargs
+        )
+        if nesting is None:
+            nesting = max(max_plate_nesting(guide_once), max_plate_nesting(model_once))
+        dim = -nesting - 1
+        particles = pyro.plate("_vectorization_probe", num_particles, dim=dim)
+        try:
+            guide_trace = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(
+                poutine.replay(particles(model), trace=guide_trace)
+            ).get_trace(*args, **kwargs)
+            model_trace.compute_log_prob(site_filter=lambda _, site: site["is_observed"])
+        except Exception as error:  # noqa: BLE001 - the model's own error, whatever it is
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            return f"the vectorised trace raised {type(error).__name__}: {first_line}"
+        return _misshaped(model_trace, dim, num_particles) or _mixed(
+            model, model_once, model_trace, dim, num_particles, args, kwargs
+        )
+
+
+def _observed(trace: Trace) -> list[str]:
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site)
+    ]
+
+
+def _misshaped(trace: Trace, dim: int, num_particles: int) -> str | None:
+    """An observed site whose log-density lacks the particle dim (broadcast across particles)."""
+    for name in _observed(trace):
+        log_prob = trace.nodes[name]["log_prob"]
+        if log_prob.dim() < -dim or log_prob.shape[dim] != num_particles:
+            return (
+                f"observed site {name!r} has log-density of shape {tuple(log_prob.shape)}: no "
+                f"particle dim of size {num_particles} at dim {dim}"
+            )
+    return None
+
+
+def _mixed(model, model_once, model_trace, dim, num_particles, args, kwargs) -> str | None:
+    """The first and last particles' log-densities against the model replayed without the
+    plate on their values: particles mixed by the model (a reshape, a sum over dims) differ."""
+    for index in (0, num_particles - 1):
+        values = {}
+        for name, site in model_once.nodes.items():
+            if site["type"] != "sample" or site["is_observed"]:
+                continue
+            vectorised = model_trace.nodes[name]
+            event_dim = 0 if site_is_subsample(site) else vectorised["fn"].event_dim
+            values[name] = (
+                vectorised["value"]
+                if site_is_subsample(site)
+                else particle_value(vectorised["value"], dim, event_dim, index, site["value"].shape)
+            )
+        single = poutine.trace(poutine.replay(model, trace=replay_values(values))).get_trace(
+            *args, **kwargs
+        )
+        single.compute_log_prob(site_filter=lambda _, site: site["is_observed"])
+        for name in _observed(single):
+            ours = single.nodes[name]["log_prob"].sum()
+            theirs = model_trace.nodes[name]["log_prob"]
+            k = theirs.dim() + dim
+            theirs = theirs.select(k, index).sum()
+            if not torch.isclose(ours, theirs, rtol=1e-4, atol=1e-3 + 1e-5 * float(ours.abs())):
+                return (
+                    f"particle {index}'s log-density at observed site {name!r} is "
+                    f"{float(theirs):.6g} in the particle plate but {float(ours):.6g} without it"
+                )
+    return None

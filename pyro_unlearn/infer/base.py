@@ -19,10 +19,13 @@ from ..posterior import FrozenPosterior
 from ..traces import latent_sites, particle_dim_of
 from ..validation import check_finite, check_finite_data, check_positive_int
 from .adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
+from .particle_paths import VmappedModel, choose_particle_path, plate_nesting
 
 __all__ = [
     "UnlearningLoss",
     "check_erased_data_finite",
+    "check_likelihood_connected",
+    "check_likelihood_varies",
     "check_loss_flags",
     "check_site_shapes",
     "check_sites_match",
@@ -33,6 +36,76 @@ NOT_NORMALISABLE = (
     "the unlearning loss: the target q(θ|D)/p_adj(D_e|θ) may not be normalisable here (erased "
     "data too informative for q(θ|D)); try a larger lam, ReverseKL, or more particles"
 )
+
+
+#: What a likelihood that ignores the sampled latents means, and where to turn.
+INDEPENDENT_LIKELIHOOD = (
+    "the erased observations' likelihood does not depend on the latent sites the guide samples, "
+    "so no unlearning loss can move the guide (the model computes it from something else, e.g. "
+    "pyro.contrib.gp's VariationalSparseGP and VariationalGP compute f from the variational "
+    "parameters, not from the sampled u: unlearn them through the adapter "
+    "pyro_unlearn.contrib.pyro_gp)"
+)
+
+
+def check_likelihood_varies(log_lik: torch.Tensor, log_q: torch.Tensor) -> None:
+    """Raise if log p(D_e|θ_s) is the same at every particle although the θ_s differ (their log
+    q(θ_s|D) do): a likelihood that does not depend on the sampled latents.
+
+    Arguments:
+        log_lik: log p(D_e|θ_s) per particle, ``(S,)``.
+        log_q: log q(θ_s|D) per particle, ``(S,)``, telling distinct draws apart.
+
+    Raises:
+        ValueError: naming the constant value.
+
+    Example:
+        >>> check_likelihood_varies(torch.tensor([-1.0, -2.0]), torch.tensor([0.1, 0.2]))
+        >>> check_likelihood_varies(torch.tensor([-1.0, -1.0]), torch.tensor([0.1, 0.2]))
+        Traceback (most recent call last):
+        ...
+        ValueError: log p(D_e|θ) is -1 at all 2 distinct draws of θ: the erased observations' ...
+    """
+    log_lik, log_q = log_lik.detach(), log_q.detach()
+    if log_lik.numel() < 2 or not bool((log_q != log_q[0]).any()):
+        return  # fewer than two distinct draws: nothing to compare
+    if not bool((log_lik != log_lik[0]).any()):
+        raise ValueError(
+            f"log p(D_e|θ) is {float(log_lik[0]):.6g} at all {log_lik.numel()} distinct draws of "
+            f"θ: {INDEPENDENT_LIKELIHOOD}"
+        )
+
+
+def check_likelihood_connected(model_trace: Trace, log_lik: torch.Tensor) -> None:
+    """Raise if log p(D_e|θ) has no gradient with respect to the model's latent values drawn by
+    a reparameterised guide (those that require grad); does nothing when none does (draws
+    without gradient, as the reverse KL's).
+
+    Arguments:
+        model_trace: the model's trace at the guide's draws.
+        log_lik: log p(D_e|θ_s) computed from it.
+
+    Raises:
+        ValueError: when the gradient is absent or zero at every latent value.
+    """
+    values = [
+        site["value"]
+        for site in model_trace.nodes.values()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and isinstance(site["value"], torch.Tensor)
+        and site["value"].requires_grad
+    ]
+    if not values:
+        return
+    grads = [None] * len(values)
+    if log_lik.requires_grad:
+        grads = torch.autograd.grad(log_lik.sum(), values, allow_unused=True, retain_graph=True)
+    if all(g is None or not bool(g.any()) for g in grads):
+        raise ValueError(
+            f"log p(D_e|θ) has no gradient with respect to the sampled latent values: "
+            f"{INDEPENDENT_LIKELIHOOD}"
+        )
 
 
 def check_sites_match(guide_sites: list[str], posterior_sites: list[str]) -> None:
@@ -180,6 +253,16 @@ class UnlearningLoss(ELBO):
     * A NaN or infinite loss is reported as Pyro reports it, with a warning
       (:func:`pyro.util.warn_if_nan`, :func:`pyro.util.warn_if_inf`; also on the gradients).
     * :meth:`diagnostics` reports the last step's per-step diagnostics by name.
+    * Particles fit the model: with ``vectorize_particles=True`` the first step checks once
+      (per model) that the model takes Pyro's particle plate
+      (:func:`~pyro_unlearn.traces.vectorization_problem`: a vectorised trace that raises, or
+      whose log-likelihood is broadcast or mixed across particles), else runs the model at every
+      particle by ``torch.func.vmap`` (:class:`~pyro_unlearn.infer.particle_paths.VmappedModel`),
+      else one particle at a time; :attr:`particles` says which (logged once at INFO on the
+      ``pyro_unlearn`` logger). ``max_plate_nesting`` is read off the first traces, quietly.
+    * Under validation, the first step also checks that log p(D_e|θ) depends on the sampled θ:
+      it differs between distinct draws and (for a reparameterised guide) has a gradient with
+      respect to them; a likelihood computed from something else is a ``ValueError``.
 
     Arguments:
         posterior: the frozen q(θ|D) from :func:`pyro_unlearn.freeze`.
@@ -192,7 +275,14 @@ class UnlearningLoss(ELBO):
     Raises:
         TypeError: for a ``posterior`` that is not a :class:`~pyro_unlearn.FrozenPosterior`, or
             an option of the wrong type (a string, a fractional ``num_particles``).
-        ValueError: for an option out of range (``num_particles`` < 1, λ outside [0, 1]).
+        ValueError: for an option out of range (``num_particles`` < 1, λ outside [0, 1]); on
+            the first step (under validation), for a likelihood that does not depend on the
+            sampled latents.
+
+    Attributes:
+        particles: ``"vectorized"``, ``"vmap"`` or ``"sequential"``
+            (:data:`~pyro_unlearn.traces.PARTICLE_PATHS`), set on the first step; ``None``
+            before.
 
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
@@ -223,6 +313,10 @@ class UnlearningLoss(ELBO):
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
         )
+        self.particles: str | None = None
+        self._path_for: Callable | None = None
+        self._prototype: Trace | None = None
+        self._dependence_checked = False
 
     @property
     def log_threshold(self) -> torch.Tensor:
@@ -251,7 +345,43 @@ class UnlearningLoss(ELBO):
             return log_lik
         return adjusted_log_likelihood(log_lik, log_q, self.log_threshold)
 
+    # -- particles that fit the model -----------------------------------------------------------
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs) -> None:
+        """Pyro's guess, without its INFO line on every new loss."""
+        nesting = plate_nesting(model, guide, args, kwargs)
+        self.max_plate_nesting = nesting + int(self.vectorize_particles and self.num_particles > 1)
+
+    def _choose_particles(self, model, guide, args, kwargs) -> None:
+        """Once per model: the plate nesting, and the particle path (:attr:`particles`)."""
+        if self._path_for is model:
+            return
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        vectorize = self.vectorize_particles and self.num_particles > 1
+        path = "vectorized" if self.vectorize_particles else "sequential"
+        if vectorize:
+            nesting = int(self.max_plate_nesting) - 1
+            path = choose_particle_path(
+                model, guide, args, kwargs, self.num_particles, nesting, type(self).__name__
+            )
+        if path == "vmap":
+            with torch.no_grad(), poutine.block():
+                self._prototype = poutine.trace(model).get_trace(*args, **kwargs)
+        self.particles, self._path_for = path, model
+
     # -- Pyro's hooks: ELBO._get_traces dispatches particles (loop or vectorised plate) ---------
+    def _get_traces(self, model, guide, args, kwargs):
+        """The traces of all particles: one vectorised trace (the model in the plate, or by
+        vmap inside it), or one per particle."""
+        if self.particles == "sequential":
+            for _ in range(self.num_particles):
+                yield self._get_trace(model, guide, args, kwargs)
+            return
+        if self.particles == "vmap":
+            dim = -int(self.max_plate_nesting)
+            model = VmappedModel(model, self._prototype, self.num_particles, dim, "erased")
+        yield self._get_vectorized_trace(model, guide, args, kwargs)
+
     def _get_trace(self, model, guide, args, kwargs) -> tuple[Trace, Trace, Trace]:
         """The traces of one particle: ``(model_trace, guide_trace, posterior_trace)``."""
         return self._checked_traces(model, guide, self.posterior, args, kwargs)
@@ -305,18 +435,26 @@ class UnlearningLoss(ELBO):
 
     # -- the loss -------------------------------------------------------------------------------
     def _terms(self, model, guide, args, kwargs) -> dict[str, torch.Tensor]:
-        if is_validation_enabled():  # non-finite data named as such, not as a non-finite loss
+        check = is_validation_enabled()
+        if check:  # non-finite data named as such, not as a non-finite loss
             check_finite_data(args, kwargs)
-        model = poutine.block(model, hide_types=["param"])  # never train the model's params
+        blocked = poutine.block(model, hide_types=["param"])  # never train the model's params
+        self._choose_particles(model, guide, args, kwargs)
+        check = check and not self._dependence_checked
         particles = []
-        for traces in self._get_traces(model, guide, args, kwargs):
-            # after the first yield: ELBO has guessed max_plate_nesting by then, if it had to
+        for traces in self._get_traces(blocked, guide, args, kwargs):
             particles.append(self._particle_terms(*traces, *self._particle_layout()))
-        return {k: torch.cat([p[k] for p in particles]) for k in particles[0]}
+            if check and len(particles) == 1:
+                check_likelihood_connected(traces[0], particles[0]["log_lik"])
+        terms = {k: torch.cat([p[k] for p in particles]) for k in particles[0]}
+        if check:
+            check_likelihood_varies(terms["log_lik"], terms["log_q"])
+            self._dependence_checked = True
+        return terms
 
     def _particle_layout(self) -> tuple[int | None, int]:
         """(the batch dim that indexes particles or ``None``, particles per trace)."""
-        if not self.vectorize_particles:
+        if self.particles == "sequential":
             return None, 1
         dim = particle_dim_of(self.num_particles, True, self.max_plate_nesting)
         return dim, self.num_particles
