@@ -17,67 +17,201 @@ from pyro.poutine.util import site_is_factor, site_is_subsample
 
 from .traces import sum_per_particle
 
-__all__ = ["UnlearnMessenger", "unlearn", "erased_log_likelihood", "ERASED"]
+__all__ = ["UnlearnMessenger", "unlearn", "erased_log_likelihood", "ERASED", "SUBSAMPLE_MODES"]
 
 #: Key of ``msg["infer"]`` under which a site's erased rows are flagged: ``True`` (the whole site)
 #: or a boolean tensor that broadcasts against the site's ``log_prob``.
 ERASED = "erased"
 
+#: What a named subsampling plate draws while unlearning: ``"erased"`` (every step sees the
+#: erased rows, each counted once) or ``"batch"`` (the model's own mini-batch, erased rows
+#: counted by their share of it).
+SUBSAMPLE_MODES = ("erased", "batch")
+
 _WHOLE = object()  # marks "every row of this site"
 
 
-def _as_row_spec(value: Any, what: str) -> torch.Tensor:
-    """Validate erased rows given as indices or a boolean mask (1-D)."""
+def _as_plates(plate: Any, what: str) -> tuple[str, ...]:
+    """A plate name or a non-empty tuple of distinct names, as a tuple."""
+    if isinstance(plate, str):
+        return (plate,)
+    if isinstance(plate, tuple | list) and plate and all(isinstance(p, str) for p in plate):
+        if len(set(plate)) != len(plate):
+            raise ValueError(f"{what} names a plate twice: {tuple(plate)}")
+        return tuple(plate)
+    raise TypeError(
+        f"{what} must be a plate name or a tuple of plate names (for cells of nested plates), "
+        f"got {plate!r}"
+    )
+
+
+def _as_tensor(value: Any, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
-        rows = value.detach()
-    elif isinstance(value, np.ndarray | Sequence | range) and not isinstance(value, str | bytes):
-        rows = torch.as_tensor(np.asarray(value), device="cpu")
-    else:
-        raise TypeError(
-            f"{what} must be indices or a boolean mask (tensor, array or list), got {type(value)}"
-        )
-    if rows.dim() != 1:
-        raise ValueError(f"{what} must be 1-D, got shape {tuple(rows.shape)}")
+        return value.detach()
+    if isinstance(value, np.ndarray | Sequence | range) and not isinstance(value, str | bytes):
+        return torch.as_tensor(np.asarray(value), device="cpu")
+    raise TypeError(
+        f"{what} must be indices or a boolean mask (tensor, array or list), got {type(value)}"
+    )
+
+
+def _as_row_spec(value: Any, what: str, plates: tuple[str, ...] | None) -> torch.Tensor:
+    """Validate erased rows: indices or a boolean mask over the plates (over their cells for
+    several plates, or ``(K, len(plates))`` cell indices); a mask shaped like the observed site
+    when ``plates`` is ``None``."""
+    rows = _as_tensor(value, what)
     if rows.numel() == 0:
         raise ValueError(f"{what} is empty: there is nothing to erase")
+    if rows.dtype != torch.bool and (rows.is_floating_point() or rows.is_complex()):
+        raise TypeError(f"{what} must be integer indices or a boolean mask, got {rows.dtype}")
+    if plates is None and rows.dtype != torch.bool:
+        raise ValueError(
+            "erased rows need the plate they index: pass plate='<name of the data plate>', or a "
+            "boolean mask shaped like the observed site (erased={site: mask})"
+        )
+    k = 1 if plates is None else len(plates)
+    if rows.dtype == torch.bool:
+        fits = rows.dim() >= 1 if plates is None else rows.dim() == k
+    else:
+        fits = rows.dim() == 1 if k == 1 else rows.dim() == 2 and rows.shape[1] == k
+    if not fits:
+        if k == 1:
+            raise ValueError(
+                f"{what} must be 1-D for one plate {plates[0]!r}, got shape "
+                f"{tuple(rows.shape)}; for cells of nested plates pass plate=(outer, inner), or "
+                "erased={site: mask} shaped like the observed site"
+            )
+        raise ValueError(
+            f"{what} must be a {k}-D mask over plates {plates} or (K, {k}) cell indices, got "
+            f"shape {tuple(rows.shape)}"
+        )
     if rows.dtype == torch.bool:
         if not bool(rows.any()):
             raise ValueError(f"{what} is an all-False mask: the erased set is empty")
         return rows
-    if rows.is_floating_point() or rows.is_complex():
-        raise TypeError(f"{what} must be integer indices or a boolean mask, got {rows.dtype}")
     if bool((rows < 0).any()):
         raise ValueError(f"{what} has negative indices; give positions 0..N-1 in the plate")
-    if rows.unique().numel() != rows.numel():
+    if rows.unique(dim=0).shape[0] != rows.shape[0]:
         raise ValueError(f"{what} has duplicate indices: each erased row must be named once")
     return rows.long()
 
 
+def _full_mask(
+    rows: torch.Tensor, plates: tuple[str, ...], sizes: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
+    """The erased rows (cells) as a boolean mask of shape ``sizes``, the plates' full sizes."""
+    if rows.dtype == torch.bool:
+        if tuple(rows.shape) != sizes:
+            if len(plates) == 1:
+                raise ValueError(
+                    f"erased mask has length {rows.numel()}, but plate {plates[0]!r} of size "
+                    f"{sizes[0]}"
+                    + (
+                        "; a mask over the cells of nested plates is shaped like them and "
+                        "needs plate=(outer, inner)"
+                        if rows.numel() % max(sizes[0], 1) == 0 and rows.numel() > sizes[0]
+                        else ""
+                    )
+                )
+            raise ValueError(
+                f"erased mask has shape {tuple(rows.shape)}, but plates {plates} have sizes {sizes}"
+            )
+        return rows.to(device)
+    cells = rows.reshape(len(rows), -1)
+    for axis, (plate, size) in enumerate(zip(plates, sizes, strict=True)):
+        largest = int(cells[:, axis].max())
+        if largest >= size:
+            raise IndexError(
+                f"erased index {largest} is out of range for plate {plate!r} of size {size}"
+            )
+    mask = torch.zeros(sizes, dtype=torch.bool, device=device)
+    mask[tuple(cells.to(device).T)] = True
+    return mask
+
+
+def _coordinates(rows: torch.Tensor, axis: int, size: int, plate: str) -> torch.Tensor:
+    """The distinct positions along one plate (``axis`` of the row spec) of the erased cells."""
+    if rows.dtype == torch.bool:
+        if rows.shape[axis] != size:
+            raise ValueError(
+                f"erased mask has shape {tuple(rows.shape)}, but plate {plate!r} has size {size}"
+                if rows.dim() > 1
+                else f"erased mask has length {rows.numel()}, but plate {plate!r} of size {size}"
+            )
+        return rows.nonzero()[:, axis].unique()
+    coordinates = rows.reshape(len(rows), -1)[:, axis].unique()
+    if int(coordinates.max()) >= size:
+        raise IndexError(
+            f"erased index {int(coordinates.max())} is out of range for plate {plate!r} of "
+            f"size {size}"
+        )
+    return coordinates
+
+
+def _batch_mask(full_mask: torch.Tensor, frames: list, indices: list) -> torch.Tensor:
+    """The full mask at the batch's indices (``None``: all), its axes moved to the frames'
+    batch dims so that it broadcasts against the site's ``log_prob``."""
+    mask = full_mask
+    for axis, index in enumerate(indices):
+        if index is not None:
+            mask = mask.index_select(axis, index.to(mask.device))
+    order = sorted(range(len(frames)), key=lambda axis: frames[axis].dim)
+    mask = mask.permute(order)
+    shape = [1] * -frames[order[0]].dim
+    for axis in order:
+        shape[frames[axis].dim] = mask.shape[order.index(axis)]
+    return mask.reshape(shape)
+
+
 class UnlearnMessenger(Messenger):
-    """Flags the erased observations D_e so that the unlearning losses can read log p(D_e|θ).
+    r"""Flags the erased observations D_e so that the unlearning losses can read log p(D_e|θ).
 
     * ``erased=None``: every observed site in the call is erased data (pass D_e as the model's
       arguments).
     * ``erased=rows`` and ``plate="data"``: the rows (indices or a boolean mask over the plate's
-      full size) of every observed site inside that plate. Works when the plate subsamples: a
-      batch position is mapped to its data index through the plate's subsample site.
+      full size) of every observed site inside that plate.
+    * ``erased=mask`` and ``plate=("players", "at_bats")``: cells of nested plates, a boolean mask
+      shaped like the plates' full sizes (in the tuple's order), or ``(K, 2)`` cell indices.
     * ``erased={"y": rows, "z": None}``: per observed site; ``None`` erases the whole site.
-      ``plate`` is then a plate name or a ``{site: plate}`` dict.
+      ``plate`` is then a plate name, a tuple, or a ``{site: plate}`` dict. A site without a
+      plate takes a boolean mask shaped like its observed value (``erased={"obs": mask}``).
+
+    Mini-batches: when a named plate subsamples (``pyro.plate("data", N, subsample_size=B)``, or
+    ``subsample=idx`` from the user), ``subsample="erased"`` (the default) replaces its batch by
+    the erased rows, so that every step evaluates all of D_e, each row counted once:
+
+    .. math:: \log p(D_e|θ) = \textstyle\sum_{i \in D_e} \log p(y_i|θ)
+
+    instead of the batch's share, (N/B) Σ_{i ∈ batch ∩ D_e} log p(y_i|θ): unbiased too, but
+    with the variance of which erased rows fall in the batch (the reverse KL's importance
+    weights collapse on it). With ``subsample_size=B`` the batch keeps B rows: D_e padded with
+    rows that are not flagged, or, when |D_e| > B, B erased rows drawn uniformly each step and
+    scaled by |D_e|/B. The model must index its data by the plate's indices (``with
+    pyro.plate("data", N, subsample_size=B) as idx: ... obs=y[idx]``). ``subsample="batch"``
+    keeps the model's own batch. When the guide subsamples the plate too (local latent
+    variables), its batch is replayed into the model and kept, with its share.
 
     Plates without a size (e.g. GPyTorch's ``data_plate``) emit no subsample site: there the rows
     are taken positionally within the batch.
 
-    The handler only annotates ``msg["infer"]`` and never changes a distribution, a prior or a
-    scale, so the model behaves exactly as before under any other inference algorithm.
+    With ``subsample="batch"`` or no subsampling plate, the handler only annotates
+    ``msg["infer"]``; with ``"erased"`` it also sets the named plates' batch and the erased
+    sites' scale. Either way it changes no distribution or prior.
 
     Arguments:
-        erased: ``None`` (every observation), rows of ``plate`` (indices or a boolean mask over
-            its full size), or ``{site: rows or None}``.
-        plate: the name of the plate the rows index, or ``{site: plate name}``.
+        erased: ``None`` (every observation), rows of ``plate`` (indices or a boolean mask), cells
+            of a tuple of plates, or ``{site: rows or None}``.
+        plate: the name of the plate the rows index, a tuple of nested plates whose cells a mask
+            covers, or ``{site: plate}``.
+        subsample: ``"erased"`` or ``"batch"`` (:data:`SUBSAMPLE_MODES`), what a named
+            subsampling plate draws.
 
     Raises:
-        ValueError: on an empty, duplicated or negative row set, rows without a plate, and (on
-            leaving the handler) a named site or plate the model never ran.
+        TypeError: for rows that are neither indices nor a mask, or a plate that is not a name.
+        ValueError: on an empty, duplicated or negative row set, rows without a plate, a mask of
+            the wrong shape (naming both shapes), and (on leaving the handler) a named site or
+            plate the model never ran.
+        IndexError: for an index out of range of its plate.
 
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
@@ -94,14 +228,30 @@ class UnlearnMessenger(Messenger):
         ...     torch.zeros(4))
         >>> tr.nodes["y"]["infer"]["erased"].tolist()
         [True, False, True, False]
+        >>> def batched(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(y), subsample_size=3) as idx:
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+        >>> tr = pyro.poutine.trace(unlearn(batched, erased=[5], plate="data")).get_trace(
+        ...     torch.zeros(8))
+        >>> tr.nodes["data"]["value"][0].item(), tr.nodes["y"]["scale"]  # row 5, counted once
+        (5, 1.0)
     """
 
     def __init__(
         self,
         erased: Any = None,
-        plate: str | Mapping[str, str] | None = None,
+        plate: str | tuple[str, ...] | Mapping[str, str | tuple[str, ...]] | None = None,
+        subsample: str = "erased",
     ) -> None:
         super().__init__()
+        if not isinstance(subsample, str) or subsample not in SUBSAMPLE_MODES:
+            raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {subsample!r}")
+        self.plate, self.subsample = plate, subsample
+        if isinstance(plate, Mapping):
+            self._plate_map = {str(s): _as_plates(p, f"plate[{s!r}]") for s, p in plate.items()}
+        else:
+            self._plate_map = {None: None if plate is None else _as_plates(plate, "plate")}
         if erased is None:
             if plate is not None:
                 raise ValueError("plate was given without erased rows; pass erased=indices too")
@@ -110,28 +260,33 @@ class UnlearnMessenger(Messenger):
             if not erased:
                 raise ValueError("erased is an empty dict: name at least one observed site")
             self._spec = {
-                str(site): _WHOLE if rows is None else _as_row_spec(rows, f"erased[{site!r}]")
+                str(site): _WHOLE
+                if rows is None
+                else _as_row_spec(rows, f"erased[{site!r}]", self._plates_of(str(site)))
                 for site, rows in erased.items()
             }
+        elif self._plates_of(None) is None:
+            raise ValueError(
+                "erased rows need the plate they index: pass plate='<name of the data plate>'"
+            )
         else:
-            self._spec = {None: _as_row_spec(erased, "erased")}
-        self.plate = plate
-        for site, rows in self._spec.items():
-            if rows is not _WHOLE and self._plate_of(site) is None:
-                raise ValueError(
-                    "erased rows need the plate they index: pass plate='<name of the data plate>'"
-                    + ("" if site is None else f" (or plate={{{site!r}: ...}})")
-                )
-        self._checked: set[tuple[Any, int]] = set()
-        self._masks: dict[tuple[Any, int, torch.device], torch.Tensor] = {}
+            self._spec = {None: _as_row_spec(erased, "erased", self._plates_of(None))}
+        self._named_plates = {
+            name
+            for site, rows in self._spec.items()
+            if rows is not _WHOLE
+            for name in self._plates_of(site) or ()
+        }
+        self._masks: dict[tuple[Any, ...], torch.Tensor] = {}
 
-    def _plate_of(self, site: str | None) -> str | None:
-        if isinstance(self.plate, Mapping):
-            return self.plate.get(site) if site is not None else None
-        return self.plate
+    def _plates_of(self, site: str | None) -> tuple[str, ...] | None:
+        if None in self._plate_map:
+            return self._plate_map[None]
+        return self._plate_map.get(site) if site is not None else None
 
     def __enter__(self) -> UnlearnMessenger:
         self._subsample_indices: dict[str, torch.Tensor] = {}
+        self._overrides: dict[str, tuple[torch.Tensor, float]] = {}
         self._seen_sites: set[str] = set()
         self._seen_plates: set[str] = set()
         return super().__enter__()
@@ -145,83 +300,182 @@ class UnlearnMessenger(Messenger):
         if missing:
             raise ValueError(f"erased names observed site(s) {missing} that the model never ran")
         for site, rows in self._spec.items():
-            plate = self._plate_of(site)
-            if rows is not _WHOLE and plate not in self._seen_plates:
-                raise ValueError(
-                    f"plate {plate!r} never appeared around an observed site of the model; "
-                    "name the plate that holds the erased observations"
-                )
+            for plate in self._plates_of(site) or () if rows is not _WHOLE else ():
+                if plate not in self._seen_plates:
+                    raise ValueError(
+                        f"plate {plate!r} never appeared around an observed site of the model; "
+                        "name the plate that holds the erased observations"
+                    )
 
+    # -- the named plates' batch -----------------------------------------------------------------
     def _pyro_post_sample(self, msg) -> None:
-        if site_is_subsample(msg):
-            self._subsample_indices[msg["name"]] = msg["value"]
+        if not site_is_subsample(msg):
+            return
+        value = msg["value"]
+        self._subsample_indices[msg["name"]] = torch.as_tensor(value)
+        override = self._overrides.get(msg["name"])
+        if override is not None and value is not override[0]:
+            # an outer handler replayed the guide's batch (the guide subsamples this plate too,
+            # for local latent variables): it is kept, with its share, as Pyro scales it
+            del self._overrides[msg["name"]]
 
-    def _pyro_sample(self, msg) -> None:
-        if not msg["is_observed"] or site_is_subsample(msg) or site_is_factor(msg):
-            return
-        if None in self._spec:
-            rows = self._spec[None]
-        elif msg["name"] in self._spec:
-            rows = self._spec[msg["name"]]
-            self._seen_sites.add(msg["name"])
+    def _override_subsample(self, msg) -> None:
+        """Replace a named subsampling plate's batch by the erased rows (see the class)."""
+        fn, given = msg["fn"], msg["value"]
+        size, batch = int(fn.size), fn.subsample_size
+        if given is None and (batch is None or batch >= size):
+            return  # the plate does not subsample
+        device = given.device if isinstance(given, torch.Tensor) else torch.device(fn.device)
+        erased = self._erased_coordinates(msg["name"], size).to(device)
+        kept = len(erased) if batch is None else min(len(erased), batch)
+        if batch is None:
+            chosen = erased
+        elif len(erased) >= batch:
+            chosen = erased[torch.randperm(len(erased), device=device)[:batch]]
         else:
+            others = torch.ones(size, dtype=torch.bool, device=device)
+            others[erased] = False
+            chosen = torch.cat([erased, others.nonzero().squeeze(-1)[: batch - len(erased)]])
+        msg["value"] = chosen
+        self._overrides[msg["name"]] = (chosen, len(erased) / kept * len(chosen) / size)
+
+    def _erased_coordinates(self, plate: str, size: int) -> torch.Tensor:
+        """The distinct rows of ``plate`` that some site's erased rows (cells) fall in."""
+        key = ("coordinates", plate, size)
+        if key not in self._masks:
+            rows = [
+                _coordinates(spec, plates.index(plate), size, plate)
+                for site, spec in self._spec.items()
+                if spec is not _WHOLE and plate in (plates := self._plates_of(site) or ())
+            ]
+            self._masks[key] = torch.cat(rows).unique()
+        return self._masks[key]
+
+    # -- the erased observations -----------------------------------------------------------------
+    def _pyro_sample(self, msg) -> None:
+        if site_is_subsample(msg):
+            if self.subsample == "erased" and msg["name"] in self._named_plates:
+                self._override_subsample(msg)
             return
+        if not msg["is_observed"] or site_is_factor(msg):
+            return
+        self._seen_plates.update(frame.name for frame in msg["cond_indep_stack"])
+        site = None if None in self._spec else msg["name"]
+        if site is not None and site not in self._spec:
+            return
+        rows = self._spec[site]
+        if site is not None:
+            self._seen_sites.add(site)
         if rows is _WHOLE:
             msg["infer"][ERASED] = True
             return
-        plate = self._plate_of(msg["name"] if None not in self._spec else None)
-        frame = next((f for f in msg["cond_indep_stack"] if f.name == plate), None)
-        if frame is None:
-            if None not in self._spec:  # a named site must sit in its plate
-                raise ValueError(f"observed site {msg['name']!r} is not inside plate {plate!r}")
-            return  # an observation outside the data plate is not a data row
-        if frame.dim is None:
-            raise ValueError(f"plate {plate!r} is sequential; erased rows need a vectorised plate")
-        self._seen_plates.add(plate)
-        msg["infer"][ERASED] = self._row_mask(msg, frame, rows, plate)
+        plates = self._plates_of(site)
+        if plates is None:
+            msg["infer"][ERASED] = self._site_mask(msg, rows)
+            return
+        frames = [next((f for f in msg["cond_indep_stack"] if f.name == p), None) for p in plates]
+        missing = [p for p, frame in zip(plates, frames, strict=True) if frame is None]
+        if missing:
+            if site is not None:  # a named site must sit in its plates
+                raise ValueError(
+                    f"observed site {msg['name']!r} is not inside plate {missing[0]!r}"
+                )
+            return  # an observation outside the data plates is not a data row
+        sequential = [frame.name for frame in frames if frame.dim is None]
+        if sequential:
+            raise ValueError(
+                f"plate {sequential[0]!r} is sequential; erased rows need a vectorised plate"
+            )
+        msg["infer"][ERASED] = self._cell_mask(msg, frames, rows, plates)
+        self._rescale(msg, plates)
 
-    def _row_mask(self, msg, frame, rows: torch.Tensor, plate: str) -> torch.Tensor:
-        indices = self._subsample_indices.get(plate)
-        if indices is not None and frame.full_size is not None and frame.full_size > 0:
-            full_size = int(frame.full_size)
-        else:  # a plate without a size: rows are positions within the batch
-            batch_shape = msg["fn"].batch_shape
-            full_size = batch_shape[frame.dim] if len(batch_shape) >= -frame.dim else 1
-            indices = None
-        key = (id(rows), full_size)
-        if key not in self._checked:
-            where = f"plate {plate!r} of size {full_size}"
-            if rows.dtype == torch.bool and rows.numel() != full_size:
-                raise ValueError(f"erased mask has length {rows.numel()}, but {where}")
-            if rows.dtype != torch.bool and int(rows.max()) >= full_size:
-                raise IndexError(f"erased index {int(rows.max())} is out of range for {where}")
-            self._checked.add(key)
-        device = indices.device if indices is not None else msg["value"].device
-        cache_key = (id(rows), full_size, device)
-        full_mask = self._masks.get(cache_key)
-        if full_mask is None:
-            if rows.dtype == torch.bool:
-                full_mask = rows.to(device)
-            else:
-                full_mask = torch.zeros(full_size, dtype=torch.bool, device=device)
-                full_mask[rows.to(device)] = True
-            self._masks[cache_key] = full_mask
-        batch_mask = full_mask if indices is None else full_mask[indices]
-        return batch_mask.reshape((-1,) + (1,) * (-frame.dim - 1))
+    def _cell_mask(self, msg, frames: list, rows: torch.Tensor, plates: tuple[str, ...]):
+        """The flags of the batch's rows (cells): the erased mask over the plates' full sizes,
+        read at the batch's indices."""
+        sizes, indices = [], []
+        for frame in frames:
+            index = self._subsample_indices.get(frame.name)
+            if index is not None and frame.full_size is not None and frame.full_size > 0:
+                sizes.append(int(frame.full_size))
+            else:  # a plate without a size: rows are positions within the batch
+                batch_shape = msg["fn"].batch_shape
+                sizes.append(batch_shape[frame.dim] if len(batch_shape) >= -frame.dim else 1)
+                index = None
+            indices.append(index)
+        device = next((i.device for i in indices if i is not None), msg["value"].device)
+        key = (id(rows), tuple(sizes), device)
+        if key not in self._masks:
+            self._masks[key] = _full_mask(rows, plates, tuple(sizes), device)
+        return _batch_mask(self._masks[key], frames, indices)
+
+    def _site_mask(self, msg, rows: torch.Tensor) -> torch.Tensor:
+        """A mask shaped like the observed value, read positionally."""
+        name, value = msg["name"], msg["value"]
+        subsampled = [
+            f.name
+            for f in msg["cond_indep_stack"]
+            if f.full_size is not None and f.size != f.full_size
+        ]
+        if subsampled:
+            raise ValueError(
+                f"erased[{name!r}] is a mask shaped like the observed site, but plate(s) "
+                f"{subsampled} subsample, so positions are not data rows; name the plates "
+                f"(plate={{{name!r}: {tuple(subsampled)}}}) to map rows by index"
+            )
+        shape = tuple(value.shape[: value.dim() - len(msg["fn"].event_shape)])
+        if tuple(rows.shape) != shape:
+            raise ValueError(
+                f"erased[{name!r}] mask has shape {tuple(rows.shape)}, but observed site "
+                f"{name!r} has shape {shape}"
+                + (" (without its event dims)" if msg["fn"].event_shape else "")
+            )
+        key = (id(rows), shape, value.device)
+        if key not in self._masks:
+            self._masks[key] = rows.to(value.device)
+        return self._masks[key]
+
+    def _rescale(self, msg, plates: tuple[str, ...]) -> None:
+        """Count each erased row of an overridden plate once (the plate scaled it by N/B)."""
+        for frame in msg["cond_indep_stack"]:
+            override = self._overrides.get(frame.name)
+            if override is None:
+                continue
+            if frame.name not in plates:
+                raise ValueError(
+                    f"observed site {msg['name']!r} sits in plate {frame.name!r}, whose batch "
+                    "holds another site's erased rows; pass subsample='batch', or name the "
+                    "site's rows on that plate too"
+                )
+            chosen, factor = override
+            value, event_dim = msg["value"], len(msg["fn"].event_shape)
+            axis = value.dim() - event_dim + frame.dim
+            if axis >= 0 and value.shape[axis] not in (1, len(chosen)):
+                raise ValueError(
+                    f"plate {frame.name!r} holds {len(chosen)} rows (the erased ones) while "
+                    f"unlearning, but observed site {msg['name']!r} has {value.shape[axis]} "
+                    f"along dim {frame.dim}: index the data by the plate's indices (with "
+                    f"pyro.plate(...) as idx: ... obs=y[idx]), or pass subsample='batch' to "
+                    "keep the model's own batch"
+                )
+            msg["scale"] = msg["scale"] * factor
 
 
 def unlearn(
     fn: Callable | None = None,
     *,
     erased: Any = None,
-    plate: str | Mapping[str, str] | None = None,
+    plate: str | tuple[str, ...] | Mapping[str, str | tuple[str, ...]] | None = None,
+    subsample: str = "erased",
 ) -> UnlearnMessenger | Callable:
     """Annotate a model with the observations to forget; see :class:`UnlearnMessenger`.
 
     Arguments:
         fn: the model; ``None`` returns the handler, for use as a context manager.
-        erased: which observations are erased (:class:`UnlearnMessenger`).
-        plate: the plate their rows index.
+        erased: which observations are erased (:class:`UnlearnMessenger`): rows, cells of nested
+            plates, or ``{site: rows or mask or None}``.
+        plate: the plate their rows index, or a tuple of nested plates.
+        subsample: what a named subsampling plate draws: ``"erased"`` (all of D_e every step,
+            each row counted once; the default) or ``"batch"`` (the model's own mini-batch).
 
     Returns:
         The wrapped model, or the handler when ``fn`` is ``None``.
@@ -236,8 +490,16 @@ def unlearn(
         >>> trace.nodes["y"]["infer"]["erased"].tolist()
         [False, True, False]
         >>> wrapped = unlearn(model)  # every observation in the call is erased
+        >>> def cells(y):  # players × at-bats
+        ...     with pyro.plate("players", 2, dim=-2), pyro.plate("at_bats", 3, dim=-1):
+        ...         pyro.sample("obs", dist.Bernoulli(0.5), obs=y)
+        >>> mask = torch.tensor([[True, False, False], [False, False, True]])
+        >>> wrapped = unlearn(cells, erased=mask, plate=("players", "at_bats"))
+        >>> trace = pyro.poutine.trace(wrapped).get_trace(torch.ones(2, 3))
+        >>> trace.nodes["obs"]["infer"]["erased"].tolist()
+        [[True, False, False], [False, False, True]]
     """
-    messenger = UnlearnMessenger(erased=erased, plate=plate)
+    messenger = UnlearnMessenger(erased=erased, plate=plate, subsample=subsample)
     return messenger if fn is None else messenger(fn)
 
 

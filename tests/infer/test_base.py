@@ -146,13 +146,18 @@ def test_subsampling_plate_is_unbiased(linreg, trained):
     erased = pu.unlearn(model, erased=linreg.erased, plate="data")
     full = torch.tensor([loss.loss(erased, guide, linreg.x, linreg.y) for _ in range(400)])
     pyro.set_rng_seed(0)
+    shares = pu.unlearn(model, erased=linreg.erased, plate="data", subsample="batch")
     sub = torch.tensor(
-        [loss.loss(erased, guide, linreg.x, linreg.y, subsample_size=50) for _ in range(400)]
+        [loss.loss(shares, guide, linreg.x, linreg.y, subsample_size=50) for _ in range(400)]
     )
-    # Same guide draws (seeded) in both runs; subsampling adds only zero-mean noise.
+    # Same guide draws (seeded) in both runs; the batch's share adds only zero-mean noise.
     diff = sub - full
     assert abs(diff.mean()) < 4 * diff.std() / math.sqrt(len(diff))
     assert diff.std() > 0  # subsampling did happen
+    # by default the batch is D_e itself (padded to 50 rows): the full-data loss exactly
+    pyro.set_rng_seed(0)
+    whole = [loss.loss(erased, guide, linreg.x, linreg.y, subsample_size=50) for _ in range(5)]
+    assert torch.allclose(torch.tensor(whole), full[:5], rtol=1e-5)
 
 
 @pytest.mark.parametrize("loss_cls", LOSSES)
