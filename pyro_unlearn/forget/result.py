@@ -27,6 +27,10 @@ class ForgetResult(UnlearningResult):
             the EUBO.
         seconds: wall time of the optimisation (freezing the result is not counted).
         converged: whether the convergence rule stopped the run before ``num_steps``.
+        particles: how the loss drew its particles (:attr:`UnlearningLoss.particles
+            <pyro_unlearn.infer.base.UnlearningLoss>`): ``"vectorized"``, ``"vmap"`` (a model
+            that cannot take a particle plate, batched by ``torch.func.vmap``) or
+            ``"sequential"``.
 
     Example:
         >>> result = ForgetResult(guide=print, posterior=None, original=None, losses=[2.0, 1.0],
@@ -40,6 +44,7 @@ class ForgetResult(UnlearningResult):
     original: FrozenPosterior
     losses: list[float] = field(default_factory=list)
     diagnostics: dict[str, list[float]] = field(default_factory=dict)
+    particles: str = "vectorized"
 
     @property
     def ess(self) -> list[float]:

@@ -23,7 +23,13 @@ from ..traces import (
     vectorization_problem,
 )
 
-__all__ = ["VmappedModel", "choose_particle_path", "plate_nesting", "vmap_problem"]
+__all__ = [
+    "VmappedModel",
+    "choose_particle_path",
+    "elbo_particles",
+    "plate_nesting",
+    "vmap_problem",
+]
 
 logger = logging.getLogger("pyro_unlearn")
 
@@ -237,3 +243,50 @@ def choose_particle_path(
         "" if vmap_reason is None else f" (vmap: {vmap_reason})",
     )
     return path
+
+
+def elbo_particles(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int
+) -> tuple[Callable, pyro.infer.Trace_ELBO, str]:
+    """A ``Trace_ELBO`` with particles that fit ``model``, the model to run it on, and the path.
+
+    ``"vectorized"``: Pyro's particle plate; ``"vmap"``: the plate around
+    :class:`VmappedModel` (the model's joint log-density by ``torch.func.vmap``);
+    ``"sequential"``: Pyro's loop. ``max_plate_nesting`` is given, so Pyro guesses nothing (and
+    logs nothing).
+
+    Arguments:
+        model, guide: the pair to fit.
+        args, kwargs: their arguments.
+        num_particles: ELBO particles.
+
+    Returns:
+        ``(model to pass to SVI, the loss, the path)``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> guide = pyro.infer.autoguide.AutoNormal(model)
+        >>> _, loss, path = elbo_particles(model, guide, (torch.zeros(3),), {}, 8)
+        >>> path, loss.max_plate_nesting
+        ('vectorized', 2)
+    """
+    nesting = plate_nesting(model, guide, args, kwargs)
+    path = "vectorized"
+    if num_particles > 1:
+        path = choose_particle_path(
+            model, guide, args, kwargs, num_particles, nesting, "retrain", "joint"
+        )
+    if path == "vmap":
+        with preserved_rng(args, kwargs), torch.no_grad(), poutine.block():
+            prototype = poutine.trace(model).get_trace(*args, **kwargs)
+        model = VmappedModel(model, prototype, num_particles, -nesting - 1, "joint")
+    loss = pyro.infer.Trace_ELBO(
+        num_particles=num_particles,
+        vectorize_particles=path != "sequential",
+        max_plate_nesting=nesting,
+    )
+    return model, loss, path
