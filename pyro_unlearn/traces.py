@@ -257,7 +257,8 @@ def vectorization_problem(
     """Why ``model`` cannot take a particle plate left of its own plates, or ``None`` if it can.
 
     Runs the guide and the model (replayed on it) once in a ``pyro.plate`` of ``num_particles``
-    and once without; the model is refused when the vectorised run raises (e.g. a
+    and once without; the model is refused when the vectorised run raises where the other does
+    not (e.g. a
     ``PyroModule[nn.Linear]`` whose ``F.linear`` takes 2-D weights only), when an observed
     site's log-density has no particle dim of ``num_particles`` (broadcast across particles), or
     when the first and last particles' log-densities differ from the model replayed on their
@@ -295,6 +296,10 @@ def vectorization_problem(
         model_once = poutine.trace(poutine.replay(model, trace=guide_once)).get_trace(
             *args, **kwargs
         )
+        try:
+            model_once.compute_log_prob(site_filter=lambda _, site: site["is_observed"])
+        except Exception:  # noqa: BLE001 - the model fails without the plate too: its own error
+            return None
         if nesting is None:
             nesting = max(max_plate_nesting(guide_once), max_plate_nesting(model_once))
         dim = -nesting - 1

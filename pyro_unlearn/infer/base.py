@@ -16,7 +16,7 @@ from pyro.util import warn_if_inf, warn_if_nan
 
 from ..handlers import ERASED
 from ..posterior import FrozenPosterior
-from ..traces import latent_sites, particle_dim_of
+from ..traces import latent_sites, particle_dim_of, preserved_rng
 from ..validation import check_finite, check_finite_data, check_positive_int
 from .adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
 from .particle_paths import VmappedModel, choose_particle_path, plate_nesting
@@ -365,7 +365,7 @@ class UnlearningLoss(ELBO):
                 model, guide, args, kwargs, self.num_particles, nesting, type(self).__name__
             )
         if path == "vmap":
-            with torch.no_grad(), poutine.block():
+            with preserved_rng(args, kwargs), torch.no_grad(), poutine.block():
                 self._prototype = poutine.trace(model).get_trace(*args, **kwargs)
         self.particles, self._path_for = path, model
 

@@ -14,7 +14,7 @@ from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDi
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 
-from ..traces import max_plate_nesting
+from ..traces import max_plate_nesting, vectorization_problem
 from ..validation import check_finite_data, check_positive_int
 
 __all__ = ["SUPPORTED", "PredictiveSite", "check_metric_call", "vectorized_traces"]
@@ -37,7 +37,10 @@ def vectorized_traces(
 
     Returns ``(guide_trace, model_trace, unvectorised_model_trace, dim)`` with ``dim`` the sample
     plate's (negative) batch dim. Everything runs under ``poutine.block()`` (nothing reaches an
-    enclosing SVI) and ``torch.no_grad()``.
+    enclosing SVI) and ``torch.no_grad()``. A model that cannot take the sample plate
+    (:func:`~pyro_unlearn.traces.vectorization_problem`, e.g. Pyro's regression tutorial's
+    ``PyroModule[nn.Linear]`` with ``PyroSample`` weights) is run once per draw instead, and its
+    sites stacked in the same layout (:func:`sequential_model_trace`).
     """
     num_samples = check_positive_int("num_samples", num_samples)
     if not callable(posterior):
@@ -55,12 +58,73 @@ def vectorized_traces(
             *args, **kwargs
         )
         model_trace = None
+        if model is not None and num_samples > 1:
+            if vectorization_problem(model, posterior, args, kwargs, num_samples, nesting):
+                model_trace = sequential_model_trace(model, posterior, args, kwargs, num_samples)
+                return guide_once, model_trace, model_once, dim
         if model is not None:
             vectorized = pyro.plate(name, num_samples, dim=dim)(model)
             model_trace = poutine.trace(poutine.replay(vectorized, trace=guide_trace)).get_trace(
                 *args, **kwargs
             )
     return guide_trace, model_trace, model_once, dim
+
+
+def sequential_model_trace(
+    model: Callable[..., Any], posterior: Callable[..., Any], args: tuple, kwargs: dict, num: int
+) -> Trace:
+    """θ_s ~ posterior and the model replayed on each, one draw at a time, stacked into one
+    trace laid out as the sample plate lays it out: every sample site's value (and, for a
+    Normal, Bernoulli or Categorical site, its distribution; ``None`` otherwise) gains a leading
+    dim of ``num`` draws, padded with 1s to the model's plate nesting."""
+    traces = []
+    for _ in range(num):
+        guide_trace = poutine.trace(posterior).get_trace(*args, **kwargs)
+        traces.append(
+            poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        )
+    nesting = max_plate_nesting(traces[0])
+    stacked = Trace()
+    for name, site in traces[0].nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        sites = [trace.nodes[name] for trace in traces]
+        pad = (1,) * max(0, nesting - len(site["fn"].batch_shape))
+        value = torch.stack([s["value"].reshape(pad + s["value"].shape) for s in sites])
+        fn = _stacked_distribution([s["fn"] for s in sites], pad)
+        stacked.add_node(name, **{**site, "value": value, "fn": fn})
+    return stacked
+
+
+def _stacked_distribution(fns: list, pad: tuple[int, ...]) -> Any:
+    """The per-draw distributions of one site as one, draws first; ``None`` unless the base is
+    Normal, Bernoulli or Categorical (behind ``Independent`` and ``expand``)."""
+    events, shape, base = 0, fns[0].batch_shape + fns[0].event_shape, fns[0]
+    while isinstance(base, torch.distributions.Independent | ExpandedDistribution):
+        if isinstance(base, torch.distributions.Independent):
+            events += base.reinterpreted_batch_ndims
+        base = base.base_dist
+    kinds = {
+        torch.distributions.Normal: (dist.Normal, ("loc", "scale")),
+        torch.distributions.Bernoulli: (dist.Bernoulli, ("logits",)),
+        torch.distributions.Categorical: (dist.Categorical, ("logits",)),
+    }
+    kind = next((k for k in kinds if isinstance(base, k)), None)
+    if kind is None:
+        return None
+    make, params = kinds[kind]
+    batch = shape[: len(shape) - len(base.event_shape)]
+    stacked = {}
+    for param in params:
+        values = []
+        for fn in fns:
+            while not isinstance(fn, kind):
+                fn = fn.base_dist
+            value = getattr(fn.expand(batch), param)
+            values.append(value.reshape(pad + value.shape))
+        stacked[param] = torch.stack(values)
+    out = make(**stacked)
+    return out.to_event(events) if events else out
 
 
 def check_metric_call(site: Any, args: tuple, kwargs: dict) -> None:
@@ -134,6 +198,11 @@ class PredictiveSite:
             raise ValueError(f"{site!r} is a latent site of the posterior, not an observed site")
         node = trace.nodes[site]
         fn = node["fn"]
+        if fn is None:  # a model run once per draw, and a site it cannot stack
+            raise TypeError(
+                f"site {site!r} is not a {SUPPORTED} site (run once per draw: the model cannot "
+                "take a sample plate)"
+            )
         self.shape = fn.batch_shape + fn.event_shape
         self.sample_dim = len(fn.batch_shape) + dim
         self.num_samples = num_samples
