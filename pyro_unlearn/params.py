@@ -10,7 +10,9 @@ import pyro.poutine as poutine
 import torch
 from torch.distributions import constraints
 
-__all__ = ["ParamSnapshot"]
+from .traces import preserved_rng
+
+__all__ = ["ParamSnapshot", "guide_tensors", "trainable"]
 
 _REAL = constraints.real
 
@@ -243,3 +245,78 @@ class ParamSnapshot(Mapping[str, torch.Tensor]):
             yield self
         finally:
             store._params, store._constraints, store._param_to_name = saved
+
+
+def guide_tensors(guide: Callable, *args, **kwargs) -> list[torch.Tensor]:
+    """The tensors an optimiser trains when ``guide`` is trained: the unconstrained param-store
+    tensors of the parameters it reads and, for an ``nn.Module`` guide, its own parameters (a
+    plain ``nn.Module`` child whose gradients are off is not registered by ``pyro.module``, so
+    the store alone would miss it).
+
+    The guide runs once (parameters only, without gradients) against a private view of the live
+    param store, without moving the random number generators: nothing is registered in the
+    store.
+
+    Arguments:
+        guide: a guide (a ``PyroModule`` or a function using ``pyro.param``).
+        *args, **kwargs: its arguments.
+
+    Returns:
+        The tensors, each once, in the order the guide reads them (a module's other parameters
+        last).
+
+    Example:
+        >>> import pyro, torch
+        >>> pyro.clear_param_store()
+        >>> def guide():
+        ...     return pyro.param("loc", torch.tensor(1.0))
+        >>> _ = guide()
+        >>> guide_tensors(guide)[0] is pyro.get_param_store()._params["loc"]
+        True
+    """
+    private = ParamSnapshot.of_store(clone=False)
+    with preserved_rng(args, kwargs), torch.no_grad():
+        names = private.register(guide, *args, **kwargs)
+    tensors = {id(private[n]): private[n] for n in names}
+    if isinstance(guide, torch.nn.Module):
+        tensors.update((id(p), p) for p in guide.parameters())
+    return list(tensors.values())
+
+
+@contextlib.contextmanager
+def trainable(guide: Callable, *args, **kwargs) -> Iterator[list[torch.Tensor]]:
+    """Inside, every tensor of :func:`guide_tensors` requires grad; on exit (also when the block
+    raises) each gets back the ``requires_grad`` flag it had.
+
+    A guide whose parameters were frozen after training (``guide.requires_grad_(False)``, as
+    Pyro's regression tutorial does) would otherwise give no gradient to any optimiser: an
+    unlearning run would "converge" without moving it.
+
+    Arguments:
+        guide: a guide (a ``PyroModule`` or a function using ``pyro.param``).
+        *args, **kwargs: its arguments.
+
+    Yields:
+        The tensors made trainable.
+
+    Example:
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> guide = AutoNormal(lambda: pyro.sample("mu", dist.Normal(0.0, 1.0)))
+        >>> _ = guide()
+        >>> _ = guide.requires_grad_(False)
+        >>> with trainable(guide) as tensors:
+        ...     [t.requires_grad for t in tensors]
+        [True, True]
+        >>> [p.requires_grad for p in guide.parameters()]
+        [False, False]
+    """
+    tensors = guide_tensors(guide, *args, **kwargs)
+    flags = [t.requires_grad for t in tensors]
+    try:
+        for tensor in tensors:
+            tensor.requires_grad_(True)
+        yield tensors
+    finally:
+        for tensor, flag in zip(tensors, flags, strict=True):
+            tensor.requires_grad_(flag)

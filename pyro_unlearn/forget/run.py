@@ -14,7 +14,7 @@ from pyro.infer.util import is_validation_enabled
 
 from ..handlers import unlearn
 from ..infer import UnlearningLoss
-from ..params import ParamSnapshot
+from ..params import ParamSnapshot, trainable
 from ..posterior import FrozenPosterior, freeze
 from ..validation import check_finite_data
 from .checks import check_erased_rows, check_forget_options
@@ -60,7 +60,10 @@ def forget(
     ``posterior`` against ``guide``: parameter and site names and shapes), before the guide is
     touched. The run itself is all or nothing: a step whose loss is not finite, or that leaves a
     guide parameter non-finite, raises a ``ValueError`` naming the cause, and the param store
-    (so the live guide) is then as it was before the call.
+    (so the live guide) is then as it was before the call. A guide whose parameters were frozen
+    after training (``guide.requires_grad_(False)``) is trained all the same: its parameters
+    require grad for the run (:func:`~pyro_unlearn.params.trainable`) and get their flags back
+    afterwards, also when the run fails.
 
     Arguments:
         model: the model, as trained (not yet wrapped by :func:`~pyro_unlearn.unlearn`).
@@ -134,7 +137,8 @@ def forget(
     if optim is None:
         optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / num_steps)})
     # Everything is checked; now act, all or nothing: a failed run leaves the store as it was.
-    with ParamSnapshot.transaction():
+    # The guide's parameters are trained even if frozen (requires_grad_(False)); flags restored.
+    with ParamSnapshot.transaction(), trainable(guide, *args, **kwargs):
         if restore:
             posterior.restore(guide)
         svi = SVI(wrapped, guide, optim, loss)

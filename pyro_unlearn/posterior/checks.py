@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.nn import PyroModule
+from torch.nn import Module
 
 from ..params import ParamSnapshot
 from ..traces import latent_sites, preserved_rng
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from .frozen import FrozenPosterior
 
 __all__ = [
+    "check_guide_arguments",
     "check_has_density",
     "check_saved_state",
     "check_saved_tensor",
@@ -28,6 +31,63 @@ __all__ = [
 ]
 
 Shapes = dict[str, torch.Size]
+
+
+def _guide_name(guide: Callable) -> str:
+    return (
+        type(guide).__name__ if isinstance(guide, Module) else getattr(guide, "__name__", "guide")
+    )
+
+
+def check_guide_arguments(guide: Callable, args: tuple, kwargs: dict, caller: str) -> None:
+    """Raise, naming what to pass, unless ``guide`` can be called with ``args`` and ``kwargs``:
+    a plain guide function (Pyro's coin tutorial: ``def guide(data)``) takes the data it was
+    trained with, and so must ``caller`` (``pu.freeze(guide, data)``).
+
+    Only the guide's signature is read; nothing runs. A guide without one (a builtin) passes.
+
+    Arguments:
+        guide: the guide.
+        args, kwargs: the arguments ``caller`` was given for it.
+        caller: the call to name in the message, e.g. ``"pu.freeze"``.
+
+    Raises:
+        TypeError: naming the guide's parameters that were not given and the call to make.
+
+    Example:
+        >>> def guide(data):
+        ...     pass
+        >>> check_guide_arguments(guide, (), {}, "pu.freeze")
+        Traceback (most recent call last):
+        ...
+        TypeError: pu.freeze could not call the guide 'guide' with the arguments given (...); it
+        needs ['data']: pass the guide's arguments after it, as it was trained: pu.freeze(guide,
+        data)
+    """
+    try:  # a module's __call__ takes anything: read its forward's
+        signature = inspect.signature(guide.forward if isinstance(guide, Module) else guide)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as e:
+        required = [
+            p.name
+            for p in signature.parameters.values()
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        try:
+            bound = signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:  # too many arguments, or an unknown keyword
+            bound = {}
+        missing = [p for p in required if p not in bound] or required
+        name = _guide_name(guide)
+        call = ", ".join([name, *required])
+        raise TypeError(
+            f"{caller} could not call the guide {name!r} with the arguments given ({e}); it "
+            f"needs {missing}: pass the guide's arguments after it, as it was trained: "
+            f"{caller}({call})"
+        ) from None
 
 
 def guide_structure(guide: Callable, args: tuple, kwargs: dict) -> tuple[Shapes, Shapes]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import types
+from typing import Any
 
 import torch
 from pyro.infer.autoguide import AutoGuide
@@ -27,13 +29,48 @@ def _clear_transform_caches(module: torch.nn.Module) -> None:
                     setattr(m, name, None)
 
 
+_OPAQUE = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType)
+
+
+def _non_leaf_tensors(guide: torch.nn.Module) -> dict[int, torch.Tensor]:
+    """Every non-leaf tensor a deepcopy of ``guide`` would meet, by id: an AutoGuide's prototype
+    trace holds the model's values, and a model's ``pyro.param`` (an empirical-Bayes prior scale)
+    is a non-leaf tensor there (its constrained value) and in the distributions built from it."""
+    found: dict[int, torch.Tensor] = {}
+    seen: set[int] = set()
+    stack: list[Any] = []
+    for m in guide.modules():
+        skip = {"_parameters", "_buffers", "_modules"}
+        if isinstance(m, AutoGuide):
+            skip |= {"_model", "master"}  # AutoGuide.__getstate__ drops both from the copy
+        stack.extend(v for k, v in vars(m).items() if k not in skip)
+    while stack:
+        value = stack.pop()
+        if id(value) in seen or isinstance(value, _OPAQUE):
+            continue
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            if not value.is_leaf:
+                found[id(value)] = value
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple | set | frozenset):
+            stack.extend(value)
+        elif hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module):
+            stack.extend(vars(value).values())
+    return found
+
+
 def independent_copy(guide: PyroModule) -> PyroModule:
     r"""A deep copy of a PyroModule guide that shares nothing with it, not even param-store names'
     tensors: run it against a private store (``ParamSnapshot().register(copy, *args)``) and it
     registers its own copies.
 
     ``AutoGuide.__getstate__`` sets ``_model`` and ``master`` to None on the *original* during a
-    deepcopy; both are given back (and the copy gets the same model reference).
+    deepcopy; both are given back (and the copy gets the same model reference). Tensors that
+    ``copy.deepcopy`` refuses (non-leaf tensors: the values a model's own ``pyro.param``, e.g. an
+    empirical-Bayes prior scale, left in an AutoGuide's prototype trace) are copied detached: the
+    copy keeps their values, never a graph into the model's parameters.
 
     Arguments:
         guide: a PyroModule guide (an AutoGuide, or a module holding plain ``nn.Module``\ s).
@@ -59,8 +96,9 @@ def independent_copy(guide: PyroModule) -> PyroModule:
     """
     _clear_transform_caches(guide)
     refs = {m: (m._model, m.master) for m in guide.modules() if isinstance(m, AutoGuide)}
+    memo: dict[int, Any] = {k: t.detach().clone() for k, t in _non_leaf_tensors(guide).items()}
     try:
-        copied = copy.deepcopy(guide)
+        copied = copy.deepcopy(guide, memo)
     except RuntimeError as e:
         raise TypeError(f"cannot copy {type(guide).__name__}: deepcopy failed ({e})") from e
     finally:

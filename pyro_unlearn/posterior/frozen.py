@@ -16,6 +16,7 @@ from ..params import ParamSnapshot
 from ..traces import latent_sites, preserved_rng, sum_sites_per_particle
 from ..validation import check_finite_data, check_positive, check_positive_int
 from .checks import (
+    check_guide_arguments,
     check_has_density,
     check_saved_state,
     check_scores_external_points,
@@ -337,6 +338,7 @@ def freeze(
             "search refines the best mode_starts of mode_samples draws"
         )
     check_finite_data(args, kwargs)
+    check_guide_arguments(guide, args, kwargs, "pu.freeze")
     if isinstance(guide, PyroModule):
         for name, value in guide.named_parameters():
             _check_finite_parameter(f"{type(guide).__name__}.{name}", value)

@@ -71,3 +71,33 @@ def test_a_point_mass_has_no_density_to_divide(unchanged):
 def test_not_a_guide(unchanged, bad):
     with unchanged(), pytest.raises(TypeError, match="freeze expects a guide"):
         pu.freeze(bad)
+
+
+def guide_function(y):
+    loc = pyro.param("loc", torch.tensor(1.0))
+    pyro.sample("mu", dist.Normal(loc, 1.0))
+
+
+class ModuleGuide(pyro.nn.PyroModule):
+    def forward(self, y, weights):
+        pyro.sample("mu", dist.Normal(0.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "guide, args, kwargs, match",
+    [
+        (guide_function, (), {}, r"it needs \['y'\].*pu.freeze\(guide_function, y\)"),
+        (guide_function, (Y, Y), {}, r"too many.*pu.freeze\(guide_function, y\)"),
+        (guide_function, (), {"data": Y}, r"it needs \['y'\].*pu.freeze\(guide_function, y\)"),
+        (ModuleGuide(), (Y,), {}, r"it needs \['weights'\].*pu.freeze\(ModuleGuide, y, weights\)"),
+    ],
+    ids=["function-no-data", "function-too-many", "function-wrong-keyword", "module-missing-one"],
+)
+def test_a_guide_not_given_its_arguments_is_named_what_to_pass(
+    unchanged, guide, args, kwargs, match
+):
+    """Pyro's coin tutorial writes ``def guide(data)``: freeze(guide) names the data to pass
+    instead of failing with the guide's own TypeError."""
+    guide_function(Y)
+    with unchanged(), pytest.raises(TypeError, match=match):
+        pu.freeze(guide, *args, **kwargs)
