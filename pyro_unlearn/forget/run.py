@@ -79,7 +79,9 @@ def forget(
         posterior: the frozen q(θ|D) to start from (default: ``freeze(guide, *args)``); it
             must have the guide's structure.
         num_particles: draws of θ per step, a positive integer.
-        vectorize_particles: draw them in one vectorised plate.
+        vectorize_particles: draw them in one vectorised plate; a model that cannot take one is
+            batched by ``torch.func.vmap``, or else run one particle at a time
+            (``result.particles`` says which).
         max_plate_nesting: as in Pyro's losses.
         optim: a Pyro optimiser (default: ClippedAdam, ``lr`` decaying tenfold over
             ``num_steps``).
@@ -161,6 +163,7 @@ def forget(
         diagnostics=diagnostics,
         seconds=seconds,
         converged=converged,
+        particles=loss.particles or "vectorized",
     )
 
 
