@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import pyro
@@ -275,7 +276,9 @@ def guide_tensors(guide: Callable, *args, **kwargs) -> list[torch.Tensor]:
         True
     """
     private = ParamSnapshot.of_store(clone=False)
-    with preserved_rng(args, kwargs), torch.no_grad():
+    with preserved_rng(args, kwargs), torch.no_grad(), warnings.catch_warnings():
+        # pyro.module's note that it skips a frozen plain module: those come from parameters()
+        warnings.filterwarnings("ignore", message=".*not registered in the param store")
         names = private.register(guide, *args, **kwargs)
     tensors = {id(private[n]): private[n] for n in names}
     if isinstance(guide, torch.nn.Module):
@@ -311,12 +314,18 @@ def trainable(guide: Callable, *args, **kwargs) -> Iterator[list[torch.Tensor]]:
         >>> [p.requires_grad for p in guide.parameters()]
         [False, False]
     """
-    tensors = guide_tensors(guide, *args, **kwargs)
-    flags = [t.requires_grad for t in tensors]
-    try:
+    flags: dict[int, tuple[torch.Tensor, bool]] = {}
+
+    def switch_on(tensors: Iterable[torch.Tensor]) -> None:
         for tensor in tensors:
+            flags.setdefault(id(tensor), (tensor, tensor.requires_grad))
             tensor.requires_grad_(True)
-        yield tensors
+
+    try:
+        if isinstance(guide, torch.nn.Module):  # first: pyro.module registers only these then
+            switch_on(guide.parameters())
+        switch_on(guide_tensors(guide, *args, **kwargs))
+        yield [tensor for tensor, _ in flags.values()]
     finally:
-        for tensor, flag in zip(tensors, flags, strict=True):
+        for tensor, flag in flags.values():
             tensor.requires_grad_(flag)

@@ -6,13 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
+import pyro.poutine as poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoGuide
 
 from .forget import run_until_flat
-from .params import ParamSnapshot
+from .params import ParamSnapshot, trainable
 from .posterior import FrozenPosterior, freeze, independent_copy
+from .posterior.checks import check_guide_arguments
 from .results import UnlearningResult
+from .traces import preserved_rng
 from .validation import check_finite_data, check_positive, check_positive_int
 
 __all__ = ["RetrainResult", "retrain"]
@@ -50,19 +53,26 @@ def retrain(
 
     .. math:: q(θ|D_r) = \arg\max_q \; E_q[\log p(D_r|θ) + \log p(θ) − \log q(θ)].
 
-    Trains an independent copy of ``guide`` in a private, empty param store
+    Trains an independent copy of ``guide`` in a private param store
     (:class:`~pyro_unlearn.params.ParamSnapshot`), so the live guide, its parameters and anything
-    frozen from it are left as they are. Stops at ``num_steps`` or once the loss is flat
-    (:func:`~pyro_unlearn.forget.has_converged` over ``window`` steps, the rule
-    :func:`~pyro_unlearn.forget` uses), so retraining and unlearning times compare like for like.
+    frozen from it are left as they are. A ``PyroModule`` guide is deep-copied; a plain guide
+    function's parameters (``pyro.param``) are copied into the private store. The model's own
+    parameters (e.g. an empirical-Bayes prior scale ``pyro.param("prior_scale", ...)``) are
+    copied in too and held fixed at their trained values, as the unlearning losses hold them, so
+    the reference and the unlearned posterior target the same q(θ|D_r). The guide's parameters
+    are trained even if they were frozen (``guide.requires_grad_(False)``). Stops at
+    ``num_steps`` or once the loss is flat (:func:`~pyro_unlearn.forget.has_converged` over
+    ``window`` steps, the rule :func:`~pyro_unlearn.forget` uses), so retraining and unlearning
+    times compare like for like.
 
     Arguments:
         model: the Pyro model.
-        guide: a ``PyroModule`` guide trained on D (e.g. an AutoGuide).
-        *args, **kwargs: D_r, as the model takes it.
+        guide: the guide trained on D: a ``PyroModule`` guide (e.g. an AutoGuide) or a guide
+            function using ``pyro.param``.
+        *args, **kwargs: D_r, as the model (and the guide) takes it.
         init: ``"posterior"`` starts from the guide's current values, q(θ|D) (the choice of
             Nguyen et al.); ``"prior"`` re-initialises an AutoGuide as when it was built (its
-            ``init_loc_fn``).
+            ``init_loc_fn``), or a guide function at its ``pyro.param`` initial values.
         num_steps: the most SVI steps.
         window: the steps over which the loss must be flat to stop early.
         lr: the default optimiser's learning rate (ClippedAdam, decaying tenfold over
@@ -76,7 +86,9 @@ def retrain(
         ``seconds`` and whether the run ``converged``.
 
     Raises:
-        TypeError: for a guide that is not a ``PyroModule`` or an option of the wrong type.
+        TypeError: for a guide that is neither a ``PyroModule`` nor a function reading
+            ``pyro.param``s, a guide function not given its arguments, ``init="prior"`` for a
+            ``PyroModule`` guide that is not an AutoGuide, or an option of the wrong type.
         ValueError: for an option out of range or non-finite data (naming the argument and
             its first non-finite row), before anything runs.
 
@@ -90,10 +102,7 @@ def retrain(
     """
     if not isinstance(init, str) or init not in ("posterior", "prior"):
         raise ValueError(f"init must be 'posterior' or 'prior', got {init!r}")
-    if not isinstance(guide, pyro.nn.PyroModule):
-        raise TypeError(
-            f"retrain needs a PyroModule guide (e.g. an AutoGuide), got {type(guide).__name__}"
-        )
+    _check_guide(guide, init, args, kwargs)
     for name, value in (("num_steps", num_steps), ("window", window)):
         check_positive_int(name, value)
     num_particles = check_positive_int("num_particles", num_particles)
@@ -101,16 +110,14 @@ def retrain(
     if optim is not None and not isinstance(optim, pyro.optim.PyroOptim):
         raise TypeError(f"optim must be a Pyro optimiser or None, got {type(optim).__name__}")
     check_finite_data(args, kwargs)
-    work = independent_copy(guide)
-    if init == "prior":
-        if not isinstance(work, AutoGuide):
-            raise TypeError("init='prior' re-initialises AutoGuides only")
-        work.prototype_trace = None  # the next call runs _setup_prototype: fresh parameters
+    work, store = _private_start(model, guide, init, args, kwargs)
     if optim is None:
         optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / max(num_steps, 1))})
     loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
-    with ParamSnapshot().active():  # a private, empty store: the copy registers its own tensors
-        svi = SVI(model, work, optim, loss)
+    # A private store: the model's parameters (held fixed) and a plain guide's start; a module
+    # copy registers its own tensors. Frozen guide parameters are made trainable in there.
+    with store.active(), trainable(work, *args, **kwargs):
+        svi = SVI(poutine.block(model, hide_types=["param"]), work, optim, loss)
         losses, converged, seconds = run_until_flat(
             lambda: svi.step(*args, **kwargs),
             num_steps,
@@ -120,3 +127,45 @@ def retrain(
         )
         posterior = freeze(work, *args, **kwargs)
     return RetrainResult(posterior=posterior, losses=losses, seconds=seconds, converged=converged)
+
+
+def _check_guide(guide: Callable, init: str, args: tuple, kwargs: dict) -> None:
+    """Raise unless ``guide`` is something retrain can copy and train with ``init``."""
+    if isinstance(guide, pyro.nn.PyroModule):
+        if init == "prior" and not isinstance(guide, AutoGuide):
+            raise TypeError("init='prior' re-initialises AutoGuides (or guide functions) only")
+        return
+    if not callable(guide):
+        raise TypeError(
+            f"retrain needs a PyroModule guide (e.g. an AutoGuide) or a guide function using "
+            f"pyro.param, got {type(guide).__name__}"
+        )
+    check_guide_arguments(guide, args, kwargs, "pu.retrain")
+    with preserved_rng(args, kwargs):
+        reads = ParamSnapshot.take(guide, *args, **kwargs)
+    if not reads:
+        raise TypeError(
+            "retrain needs a PyroModule guide (e.g. an AutoGuide) or a guide function using "
+            f"pyro.param; {getattr(guide, '__name__', type(guide).__name__)} reads no parameter"
+        )
+
+
+def _private_start(
+    model: Callable, guide: Callable, init: str, args: tuple, kwargs: dict
+) -> tuple[Callable, ParamSnapshot]:
+    """The guide to train and the private store to train it in: the model's parameters (copies
+    of their trained values, fixed), and a plain guide function's parameters (copies of q(θ|D)'s
+    values for ``init="posterior"``; none for ``"prior"``: it registers its initial values)."""
+    is_module = isinstance(guide, pyro.nn.PyroModule)
+    with preserved_rng(args, kwargs):  # probes: a seeded run draws as without them
+        start = ParamSnapshot.take(independent_copy(guide) if is_module else guide, *args, **kwargs)
+        model_params = ParamSnapshot.take(model, *args, **kwargs)
+    store = model_params.select(n for n in model_params if n not in start)
+    if is_module:
+        work = independent_copy(guide)
+        if init == "prior":
+            work.prototype_trace = None  # the next call runs _setup_prototype: fresh parameters
+        return work, store
+    if init == "posterior":
+        store.update(start.clone(requires_grad=True))
+    return guide, store

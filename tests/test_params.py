@@ -7,7 +7,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
-from pyro_unlearn.params import ParamSnapshot
+from pyro_unlearn.params import ParamSnapshot, guide_tensors, trainable
 
 
 def live():
@@ -115,3 +115,41 @@ def test_restore_refuses_a_shape_mismatch():
     with pytest.raises(ValueError, match="shape"):
         ParamSnapshot({"w": torch.zeros(2)}).restore()
     assert torch.equal(pyro.param("w").detach(), torch.zeros(3))
+
+
+def test_trainable_switches_exactly_the_guides_tensors_on_and_back():
+    def guide():
+        pyro.param("loc", torch.tensor(0.0))
+        pyro.param("scale", torch.tensor(1.0), constraint=dist.constraints.positive)
+
+    guide()
+    other = pyro.param("other", torch.tensor(2.0))  # not the guide's
+    store = pyro.get_param_store()
+    store._params["loc"].requires_grad_(False)
+    tensors = guide_tensors(guide)
+    assert tensors == [store._params["loc"], store._params["scale"]]
+    with pytest.raises(RuntimeError, match="inside"), trainable(guide):
+        assert store._params["loc"].requires_grad and store._params["scale"].requires_grad
+        other.requires_grad_(False)
+        raise RuntimeError("inside")  # the flags come back on failure too
+    assert not store._params["loc"].requires_grad and store._params["scale"].requires_grad
+    assert not other.requires_grad  # untouched by trainable
+    assert set(store.keys()) == {"loc", "scale", "other"}
+
+
+def test_trainable_covers_a_modules_plain_children_that_pyro_module_skips():
+    class Guide(pyro.nn.PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(1, 1)  # a plain nn.Module: pyro.module registers it
+
+        def forward(self):
+            pyro.sample("z", dist.Normal(self.net.bias.squeeze(), 1.0))
+
+    g = Guide()
+    g()
+    g.requires_grad_(False)
+    with trainable(g) as tensors:
+        assert {id(p) for p in g.parameters()} <= {id(t) for t in tensors}
+        assert all(p.requires_grad for p in g.parameters())
+    assert not any(p.requires_grad for p in g.parameters())

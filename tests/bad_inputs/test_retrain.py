@@ -49,10 +49,47 @@ def test_bad_input(unchanged, kwargs, error, match):
         pu.retrain(regression, guide, *args, progress=False, **kwargs)
 
 
-def test_guide_function(unchanged):
-    def guide(x, y=None):
-        pyro.sample("w", dist.Normal(pyro.param("loc", torch.zeros(2)), 1.0).to_event(1))
+def guide_function(x, y=None):
+    pyro.sample("w", dist.Normal(pyro.param("loc", torch.zeros(2)), 1.0).to_event(1))
 
-    guide(X, Y)
-    with unchanged(), pytest.raises(TypeError, match="PyroModule guide"):
-        pu.retrain(regression, guide, X, Y, progress=False)
+
+def test_guide_function_is_retrained_in_a_private_store(unchanged):
+    """A guide function's parameters live in the param store: retrain trains copies of them in a
+    private store (it refused guide functions before)."""
+    guide_function(X, Y)
+    with unchanged():
+        result = pu.retrain(regression, guide_function, X, Y, num_steps=50, lr=0.1, progress=False)
+    assert not torch.equal(result.posterior.params["loc"], pyro.param("loc").detach())
+
+
+def no_parameters(x, y=None):
+    pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+
+class Fixed(pyro.nn.PyroModule):
+    def forward(self, x, y=None):
+        pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+
+GUIDES = {
+    "not-callable": (dict(guide=3), TypeError, "PyroModule guide.*got int"),
+    "function-reads-no-param": (dict(guide=no_parameters), TypeError, "reads no parameter"),
+    "function-without-its-arguments": (
+        dict(guide=guide_function, args=()),
+        TypeError,
+        r"needs \['x'\].*pu.retrain\(guide_function, x\)",
+    ),
+    "prior-of-a-module-not-autoguide": (
+        dict(guide=Fixed(), init="prior"),
+        TypeError,
+        "init='prior' re-initialises AutoGuides",
+    ),
+}
+
+
+@pytest.mark.parametrize("kwargs, error, match", GUIDES.values(), ids=GUIDES.keys())
+def test_bad_guide(unchanged, kwargs, error, match):
+    guide_function(X, Y)
+    guide, args = kwargs.pop("guide"), kwargs.pop("args", (X, Y))
+    with unchanged(), pytest.raises(error, match=match):
+        pu.retrain(regression, guide, *args, progress=False, **kwargs)
