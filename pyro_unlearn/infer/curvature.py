@@ -18,6 +18,7 @@ from ..guides.gaussian import LatentLayout, latent_layout
 from ..handlers import ERASED, erased_log_likelihood, unlearn
 from ..posterior import FrozenPosterior
 from ..traces import subsampled_plates
+from .base import INDEPENDENT_LIKELIHOOD
 
 __all__ = ["CURVATURES", "ErasedLogLikelihood"]
 
@@ -146,7 +147,29 @@ class ErasedLogLikelihood:
         value = erased_log_likelihood(trace)[0]
         if not bool(torch.isfinite(value)):
             raise ValueError(f"log p(D_e|θ) = {float(value)} at the posterior mean μ_D")
+        self.check_depends_on_theta(theta)
         return trace
+
+    def check_depends_on_theta(self, theta: torch.Tensor) -> None:
+        """Raise a ``ValueError`` if log p(D_e|θ) does not depend on θ: no autograd path from θ
+        to it, or a gradient exactly zero at θ and at a second point near it (a likelihood
+        computed from something other than the latents, e.g. a model's parameters)."""
+        offset = 0.1 * torch.linspace(-1.0, 1.0, theta.numel(), dtype=theta.dtype)
+        for point in (theta, theta + offset.to(theta.device).reshape(theta.shape)):
+            with torch.enable_grad():
+                point = point.detach().requires_grad_(True)
+                value = self(point)
+                if not value.requires_grad:
+                    break
+                (gradient,) = torch.autograd.grad(value, point, allow_unused=True)
+            if gradient is None:
+                break
+            if bool(gradient.ne(0).any()):
+                return
+        raise ValueError(
+            f"log p(D_e|θ) has no gradient with respect to θ at the posterior mean μ_D: "
+            f"{INDEPENDENT_LIKELIHOOD}"
+        )
 
 
 def _func(transform: Callable, *args):

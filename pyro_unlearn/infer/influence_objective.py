@@ -21,6 +21,7 @@ from ..params import ParamSnapshot
 from ..posterior import FrozenPosterior, independent_copy
 from ..traces import max_plate_nesting
 from ..validation import check_finite
+from .base import check_likelihood_connected
 from .newton import MiniBatchHessian, flatten, unflatten
 
 __all__ = ["Antithetic", "GuideParameters", "InfluenceObjective", "remaining_batches"]
@@ -263,6 +264,7 @@ class InfluenceObjective:
         self.particles, self.antithetic = particles, antithetic
         self.evaluations = 0
         self.dim = -self._check() - 1
+        self._check_dependence()
 
     def _check(self) -> int:
         """One plain run on D_e: clear errors (erased rows, plates, non-reparameterised guide
@@ -281,6 +283,17 @@ class InfluenceObjective:
                     "reparameterised: BIF differentiates −ELBO twice through θ(γ, ε)"
                 )
         return max(max_plate_nesting(guide_tr), max_plate_nesting(model_tr))
+
+    def _check_dependence(self) -> None:
+        """One run on D_e with gradients: log p(D_e|θ) must depend on the guide's draws θ (a
+        model computing it from anything else leaves ∇_γ h = 0: BIF would do nothing)."""
+        with torch.enable_grad(), self.params.context(), poutine.block():
+            guide_tr = poutine.trace(self.params.guide).get_trace(*self.erased_args, **self.kwargs)
+            model_tr = poutine.trace(poutine.replay(self.erased_model, trace=guide_tr)).get_trace(
+                *self.erased_args, **self.kwargs
+            )
+            model_tr.compute_log_prob(site_filter=lambda _, s: s["infer"].get(ERASED) is not None)
+            check_likelihood_connected(model_tr, erased_log_likelihood(model_tr)[0])
 
     def _run(self, model: Callable, args: tuple, seed: int) -> tuple[Trace, Trace]:
         torch.manual_seed(seed)

@@ -17,6 +17,7 @@ from .mcmc_checks import (
     MIN_DRAWS,
     RejuvenationOptions,
     check_enough_draws,
+    check_likelihood_depends,
     check_options,
     flatten_samples,
     rejuvenation_options,
@@ -124,6 +125,7 @@ def _reweight(
             f"{first}, value {float(log_lik[first])}): such a θ_s cannot be a draw of p(θ|D), "
             "or the draws are corrupt (NaN)"
         )
+    check_likelihood_depends(draws, log_lik)
     log_weights = torch.log_softmax(-log_lik, dim=0)
     weights = log_weights.exp()
     ess = float(effective_sample_size(weights))

@@ -16,6 +16,7 @@ from ..validation import (
     check_positive,
     check_positive_int,
 )
+from .base import INDEPENDENT_LIKELIHOOD
 
 __all__ = [
     "MIN_DRAWS",
@@ -23,6 +24,7 @@ __all__ = [
     "VECTORIZE",
     "RejuvenationOptions",
     "check_enough_draws",
+    "check_likelihood_depends",
     "check_options",
     "flatten_samples",
     "rejuvenation_options",
@@ -295,3 +297,29 @@ def resolve_generator(
     if generator is not None and torch.device(generator.device).type != device.type:
         raise ValueError(f"the generator is on {generator.device}, the draws on {device}")
     return generator
+
+
+def check_likelihood_depends(draws: Mapping[str, torch.Tensor], log_lik: torch.Tensor) -> None:
+    """Raise a ``ValueError`` if log p(D_e|θ_s) is the same at every draw although the draws
+    differ: a likelihood that does not depend on the latents (reweighting would leave p(θ|D)
+    as it is, ESS = S).
+
+    Arguments:
+        draws: site → draws along dim 0.
+        log_lik: log p(D_e|θ_s) per draw, ``(S,)``.
+
+    Example:
+        >>> draws = {"theta": torch.tensor([0.0, 1.0])}
+        >>> check_likelihood_depends(draws, torch.tensor([-2.0, -2.0]))
+        Traceback (most recent call last):
+        ...
+        ValueError: log p(D_e|θ_s) is -2 at all 2 draws, which differ: the erased observations' ...
+    """
+    if log_lik.numel() < 2 or bool((log_lik != log_lik[0]).any()):
+        return
+    distinct = any(bool((v != v[:1]).any()) for v in draws.values() if v.dim() and len(v) > 1)
+    if distinct:
+        raise ValueError(
+            f"log p(D_e|θ_s) is {float(log_lik[0]):.6g} at all {log_lik.numel()} draws, which "
+            f"differ: {INDEPENDENT_LIKELIHOOD}"
+        )

@@ -130,3 +130,25 @@ def test_a_newton_step_that_fails_midway_changes_nothing(unchanged):
         pytest.raises(IndefiniteHessianError, match="not positive definite"),
     ):
         pu.influence_unlearn(square_model, guide, y[:1], remaining=(y[1:],), progress=False)
+
+
+def param_model(x, y):
+    """The likelihood reads a pyro.param, not the latent w: ∇_w log p(D_e|w) = 0."""
+    pyro.sample("w", dist.Normal(0.0, 1.0))
+    slope = pyro.param("slope", torch.tensor(0.5))
+    with pyro.plate("data", len(x)):
+        pyro.sample("y", dist.Normal(slope * x, 1.0), obs=y)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["live", "frozen"])
+def test_a_likelihood_that_ignores_the_latents_is_refused(trained, unchanged, frozen):
+    live, posterior = trained
+    pyro.param("slope", torch.tensor(0.5))
+    with (
+        unchanged(live, posterior),
+        pytest.raises(ValueError, match=r"no gradient with respect to the sampled.*does not dep"),
+    ):
+        pu.influence_unlearn(
+            param_model, posterior if frozen else live, *D_E, remaining=D_R, progress=False,
+            num_particles=8, seed=0,
+        )  # fmt: skip

@@ -137,3 +137,31 @@ def test_a_search_that_fails_midway_leaves_everything_unchanged(unchanged):
     posterior = pu.freeze(guide)
     with unchanged(guide, posterior), pytest.raises(NotNormalizableError, match="no maximum"):
         pu.laplace_unlearn(model, posterior, x, x)
+
+
+def param_model(x, y):
+    """The likelihood reads a pyro.param, not the latent w: log p(D_e|w) is constant in w."""
+    pyro.sample("w", dist.Normal(0.0, 1.0))
+    slope = pyro.param("slope", torch.tensor(0.5))
+    with pyro.plate("data", len(x)):
+        pyro.sample("y", dist.Normal(slope * x, 1.0), obs=y)
+
+
+def test_a_likelihood_that_ignores_the_latents_is_refused(unchanged):
+    guide = AutoMultivariateNormal(param_model, init_scale=0.3)
+    guide(X, Y)
+    posterior = pu.freeze(guide, X, Y)
+    with (
+        unchanged(guide, posterior),
+        pytest.raises(ValueError, match=r"no gradient with respect to θ.*does not depend on"),
+    ):
+        pu.laplace_unlearn(param_model, guide, X, Y, erased=[1], plate="data")
+
+
+def test_a_likelihood_flat_at_the_mean_only_is_accepted():
+    """A zero gradient at μ_D alone (the erased point fits μ_D exactly) is no reason to refuse."""
+    guide = AutoMultivariateNormal(model, init_loc_fn=lambda site: torch.tensor(0.0))
+    x, y = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0])
+    guide(x, y)
+    result = pu.laplace_unlearn(model, guide, x, y, erased=[1], plate="data")
+    assert result.min_eigenvalue > 0

@@ -125,3 +125,33 @@ def test_the_fewest_draws_allowed_run():
     result = pu.mcmc_unlearn(model, draws, X, Y, erased=[1], plate="data", ess_threshold=0)
     assert result.weights.shape == (MIN_DRAWS,)
     assert torch.allclose(result.weights.sum(), torch.tensor(1.0))
+
+
+def param_model(x, y):
+    """The likelihood reads a pyro.param, not the latent w: log p(D_e|w) is constant in w."""
+    pyro.sample("w", dist.Normal(0.0, 1.0))
+    slope = pyro.param("slope", torch.tensor(0.5))
+    with pyro.plate("data", len(x)):
+        pyro.sample("y", dist.Normal(slope * x, 1.0), obs=y)
+
+
+@pytest.mark.parametrize("vectorize", ["vmap", "plate"])
+def test_a_likelihood_that_ignores_the_latents_is_refused(unchanged, vectorize):
+    pyro.param("slope", torch.tensor(0.5))
+    draws = _draws()
+    with (
+        unchanged(),
+        pytest.raises(ValueError, match=r"is -\S+ at all 200 draws, which differ: .*does not dep"),
+    ):
+        pu.mcmc_unlearn(
+            param_model, draws, X, Y, erased=[1], plate="data", seed=0, resample="systematic",
+            vectorize=vectorize,
+        )  # fmt: skip
+    assert torch.equal(draws["w"], _draws()["w"])
+
+
+def test_identical_draws_with_a_constant_likelihood_are_not_refused():
+    """All draws equal (a stuck chain): equal likelihoods say nothing about the model."""
+    draws = {"w": torch.full((20,), 0.3)}
+    result = pu.mcmc_unlearn(model, draws, X, Y, erased=[1], plate="data", ess_threshold=0)
+    assert torch.allclose(result.weights, torch.full((20,), 0.05))
