@@ -44,7 +44,7 @@ INDEPENDENT_LIKELIHOOD = (
     "so no unlearning loss can move the guide (the model computes it from something else, e.g. "
     "pyro.contrib.gp's VariationalSparseGP and VariationalGP compute f from the variational "
     "parameters, not from the sampled u: unlearn them through the adapter "
-    "pyro_unlearn.contrib.pyro_gp)"
+    "pyro_unlearn.contrib.pyro_gp.VariationalGPAdapter)"
 )
 
 

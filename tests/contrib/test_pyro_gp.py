@@ -232,7 +232,9 @@ def test_the_raw_model_is_refused_and_points_to_the_adapter(data):
     x, y, erased, _ = data
     vsgp = _sparse(x, y)
     vsgp.set_data(x[erased], y[erased])
-    with pytest.raises(ValueError, match=r"does not depend on the latent.*contrib\.pyro_gp"):
+    with pytest.raises(
+        ValueError, match=r"does not depend on the latent.*contrib\.pyro_gp\.VariationalGPAdapter"
+    ):
         pu.forget(vsgp.model, vsgp.guide, num_steps=5, progress=False)
 
 
