@@ -290,7 +290,10 @@ def freeze(
     Works for Pyro AutoGuides (and any :class:`~pyro.nn.PyroModule` guide) and for plain guide
     functions that use ``pyro.param`` (their parameters are read with
     :meth:`ParamSnapshot.take <pyro_unlearn.params.ParamSnapshot.take>`, which registers
-    nothing in the live store). log q* = max_θ log q(θ|D) (the adjusted likelihood's threshold
+    nothing in the live store). The snapshot holds the guide's parameters only: a model's own
+    ``pyro.param``\ s (an empirical-Bayes prior scale) stay in the live param store, where the
+    model reads them and where unlearning holds them fixed (the losses hide them from the
+    optimiser). log q* = max_θ log q(θ|D) (the adjusted likelihood's threshold
     is log λ + log q*) is found on first use: exactly when every auxiliary site is Gaussian,
     otherwise as the best of ``mode_samples`` draws, refined by ``mode_steps`` Adam steps on
     log q from the ``mode_starts`` best, all batched (see ``mode_info``).
@@ -298,15 +301,17 @@ def freeze(
     Arguments:
         guide: the trained guide (a :class:`FrozenPosterior` is returned as it is).
         *args, **kwargs: the guide's arguments, needed only for guides that cannot be called
-            without them.
+            without them (a guide function ``def guide(data)``, as Pyro's tutorials write it:
+            ``freeze(guide, data)``).
         mode_samples, mode_starts, mode_steps, mode_lr: the numeric search for log q*.
 
     Returns:
         The :class:`FrozenPosterior` q(θ|D).
 
     Raises:
-        TypeError: for a guide that is not callable, registers plain ``nn.Module``\ s from a
-            function, or cannot score points it did not sample.
+        TypeError: for a guide that is not callable, is not given the arguments its signature
+            requires (naming them and the call to make), registers plain ``nn.Module``\ s from
+            a function, or cannot score points it did not sample.
 
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
