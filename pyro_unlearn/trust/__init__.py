@@ -1,0 +1,41 @@
+"""How far to trust an unlearned posterior, judged without D_r.
+
+The unlearned q_u approximates a target known up to its constant,
+p̃(θ) ∝ q(θ|D)/p_adj(D_e|θ; λ), so it can be checked as variational approximations are checked
+against a posterior: Pareto-smoothed importance sampling (Yao et al. 2018, Vehtari et al. 2024)
+gives k̂ and an estimate of KL(q_u ‖ p̃); the effective sample size of the weights 1/p_adj(D_e|θ)
+under q(θ|D) says how large the requested update is. :func:`diagnose` computes them,
+:func:`verdict` turns them into ``"trusted"``, ``"approximate"`` or ``"retrain"`` with a one-line
+explanation.
+"""
+
+from .diagnostics import MIN_SAMPLES, TrustDiagnostics, diagnose
+from .verdicts import (
+    GOOD_PARETO_K,
+    KL_FLOOR,
+    MAX_KL_SHARE,
+    MIN_UPDATE_ESS_FRACTION,
+    VERDICTS,
+    Verdict,
+    pareto_k_threshold,
+    verdict,
+)
+from .weights import WeightSummary, as_log_weights, pareto_smooth, summarize_weights
+
+__all__ = [
+    "GOOD_PARETO_K",
+    "KL_FLOOR",
+    "MAX_KL_SHARE",
+    "MIN_SAMPLES",
+    "MIN_UPDATE_ESS_FRACTION",
+    "VERDICTS",
+    "TrustDiagnostics",
+    "Verdict",
+    "WeightSummary",
+    "as_log_weights",
+    "diagnose",
+    "pareto_k_threshold",
+    "pareto_smooth",
+    "summarize_weights",
+    "verdict",
+]

@@ -1,0 +1,145 @@
+"""The verdict on an unlearned posterior: trusted, approximate, or retrain, and why."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from ..validation import check_in_unit_interval, check_positive_int
+from .diagnostics import TrustDiagnostics
+
+__all__ = [
+    "GOOD_PARETO_K",
+    "KL_FLOOR",
+    "MAX_KL_SHARE",
+    "MIN_UPDATE_ESS_FRACTION",
+    "VERDICTS",
+    "Verdict",
+    "pareto_k_threshold",
+    "verdict",
+]
+
+#: The verdicts, from best to worst.
+VERDICTS = ("trusted", "approximate", "retrain")
+#: k̂ below it: the importance weights have finite variance, q_u is close to the target.
+GOOD_PARETO_K = 0.5
+#: Below this fraction of q(θ|D)'s draws, the update is too large for q(θ|D) to carry it.
+MIN_UPDATE_ESS_FRACTION = 0.01
+#: A trusted q_u has KL(q_u ‖ p̃) at most this share of KL(q(θ|D) ‖ p̃), the error of doing nothing,
+MAX_KL_SHARE = 0.5
+#: or at most this many nats (an update too small to halve measurably).
+KL_FLOOR = 0.01
+
+
+class Verdict(NamedTuple):
+    """``label`` (one of :data:`VERDICTS`) and a one-line ``explanation`` quoting the evidence."""
+
+    label: str
+    explanation: str
+
+
+def pareto_k_threshold(num_samples: int) -> float:
+    """The k̂ above which PSIS is unreliable with S draws: min(1 − 1/log₁₀ S, 0.7).
+
+    References:
+        A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry. Pareto Smoothed Importance
+        Sampling. JMLR 25(72), 2024.
+
+    Example:
+        >>> pareto_k_threshold(1000), pareto_k_threshold(10_000)
+        (0.6666666666666667, 0.7)
+    """
+    if check_positive_int("num_samples", num_samples) < 2:
+        raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+    return min(1.0 - 1.0 / math.log10(num_samples), 0.7)
+
+
+def verdict(
+    diagnostics: TrustDiagnostics, *, min_update_ess_fraction: float = MIN_UPDATE_ESS_FRACTION
+) -> Verdict:
+    r"""``"trusted"``, ``"approximate"`` or ``"retrain"``, with a one-line explanation.
+
+    Two errors count (Nguyen et al. 2020): q_u's distance to the target p̃ ∝ q(θ|D)/p_adj(D_e|θ),
+    and p̃'s own unreliability when the erased data move the posterior further than q(θ|D)
+    reaches. With k̂ the PSIS shape of p̃/q_u and k_S = min(1 − 1/log₁₀ S, 0.7)
+    (:func:`pareto_k_threshold`; 0.67 at S = 1000), the first rule that holds decides:
+
+    * ``"retrain"`` when fewer than ``min_update_ess_fraction`` (1 %) of q(θ|D)'s draws carry
+      p̃'s weight (update ESS / S: p̃ then rests on q(θ|D)'s tails, where VI is least accurate,
+      and no q_u repairs that); when Σ⁻¹ − H_e(μ) is not positive definite (the division has
+      no Gaussian answer near μ; Rawat et al. 2022); or when k̂ > k_S (importance sampling
+      from q_u is unreliable: q_u is far from p̃; Vehtari et al. 2024);
+    * ``"approximate"`` when 0.5 ≤ k̂ ≤ k_S (the weights' variance is infinite, PSIS still
+      converges: usable; Yao et al. 2018); when unlearning removed less than half of q(θ|D)'s
+      distance to p̃ (KL(q_u ‖ p̃) > max(½ KL(q(θ|D) ‖ p̃), :data:`KL_FLOOR`): a q_u near q(θ|D)
+      passes the k̂ test whenever the update is small); or when the update's own k̂ exceeds k_S
+      (as PSIS-LOO's for a left-out set: q(θ|D)'s draws do not reach p̃ reliably; Vehtari,
+      Gelman, Gabry 2017);
+    * ``"trusted"`` otherwise: k̂ < 0.5, most of the update made, and within q(θ|D)'s reach.
+
+    Arguments:
+        diagnostics: from :func:`diagnose`.
+        min_update_ess_fraction: the update ESS fraction below which to retrain, in [0, 1].
+
+    Returns:
+        A :class:`Verdict` ``(label, explanation)``.
+
+    References:
+        Y. Yao, A. Vehtari, D. Simpson, A. Gelman. Yes, but Did It Work?: Evaluating
+        Variational Inference. ICML 2018.
+
+        A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry. Pareto Smoothed Importance
+        Sampling. JMLR 25(72), 2024.
+
+        A. Vehtari, A. Gelman, J. Gabry. Practical Bayesian Model Evaluation Using
+        Leave-One-Out Cross-Validation and WAIC. Statistics and Computing 27, 2017.
+
+        A. Rawat, J. Requeima, W. Bruinsma, R. E. Turner. Challenges and Pitfalls of Bayesian
+        Unlearning. ICML 2022 Workshop on Updatable Machine Learning.
+
+    Example:
+        >>> d = TrustDiagnostics(pareto_k=0.2, kl=0.01, kl_se=0.005, psis_ess=900.0,
+        ...                      update_ess=800.0, update_ess_fraction=0.8, update_pareto_k=0.1,
+        ...                      update_kl=0.3, num_samples=1000, lam=0.0)
+        >>> verdict(d).label
+        'trusted'
+        >>> from dataclasses import replace
+        >>> print(verdict(replace(d, update_ess=2.0, update_ess_fraction=0.002)).explanation)
+        retrain: the erased data move ... (update ESS 2.0 of 1000 draws = 0.2% < 1%); retrain ...
+    """
+    if not isinstance(diagnostics, TrustDiagnostics):
+        raise TypeError(f"verdict takes TrustDiagnostics, got {type(diagnostics).__name__}")
+    limit = check_in_unit_interval("min_update_ess_fraction", min_update_ess_fraction)
+    d, k_max = diagnostics, pareto_k_threshold(diagnostics.num_samples)
+    fit = (
+        f"k̂ = {d.pareto_k:.2f}, KL(q_u ‖ p̃) ≈ {d.kl:.3g} ± {d.kl_se:.2g} nats "
+        f"(q(θ|D)'s {d.update_kl:.3g})"
+    )
+    update = (
+        f"update ESS {d.update_ess:.1f} of {d.num_samples} draws = "
+        f"{100 * d.update_ess_fraction:.2g}%"
+    )
+    if d.update_ess_fraction < limit:
+        why = f"the erased data move the posterior further than q(θ|D) reaches ({update} < "
+        return Verdict("retrain", f"retrain: {why}{100 * limit:.2g}%); retrain on D_r. {fit}")
+    if d.precision_positive_definite is False:
+        why = f"the erased data carry more precision than q(θ|D) holds ({d.precision_share:.3g}"
+        return Verdict("retrain", f"retrain: {why} ≥ 1 of it); retrain on D_r. {fit}; {update}")
+    if not d.pareto_k <= k_max:  # nan counts as unreliable
+        return Verdict("retrain", f"retrain: q_u is far from p̃ ({fit}; k̂ > {k_max:.2f}). {update}")
+    if d.pareto_k >= GOOD_PARETO_K:
+        return Verdict(
+            "approximate", f"approximate: q_u is near p̃ ({fit}; k̂ ≤ {k_max:.2f}). {update}"
+        )
+    if d.kl > max(MAX_KL_SHARE * d.update_kl, KL_FLOOR):
+        return Verdict(
+            "approximate",
+            f"approximate: q_u is more than half as far from p̃ as q(θ|D) is ({fit}). {update}",
+        )
+    if not d.update_pareto_k <= k_max:
+        return Verdict(
+            "approximate",
+            f"approximate: q_u matches p̃ ({fit}), but p̃ rests on q(θ|D)'s tails ({update}, "
+            f"their k̂ = {d.update_pareto_k:.2f} > {k_max:.2f})",
+        )
+    return Verdict("trusted", f"trusted: q_u matches p̃ ({fit}). {update}")

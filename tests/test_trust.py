@@ -1,0 +1,287 @@
+"""The trust diagnostics and verdict on a conjugate linear regression, whose p(θ|D_r) is exact."""
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
+
+import pyro_unlearn as pu
+from pyro_unlearn.exact import gaussian_linear_posterior
+from pyro_unlearn.guides import write_gaussian
+from pyro_unlearn.trust import (
+    MIN_UPDATE_ESS_FRACTION,
+    VERDICTS,
+    TrustDiagnostics,
+    diagnose,
+    pareto_k_threshold,
+    verdict,
+)
+
+SIGMA, N, D = 1.0, 300, 3
+
+
+def model(x, y):
+    w = pyro.sample("w", dist.Normal(x.new_zeros(D), 10.0).to_event(1))
+    with pyro.plate("data", len(x)):
+        pyro.sample("y", dist.Normal((x * w).sum(-1), SIGMA), obs=y)
+
+
+def regression(poisoned: bool) -> SimpleNamespace:
+    """N rows of y = x·w + N(0, 1); the cluster x₀ > 1 (about 16 %) is an informative erasure,
+    and with ``poisoned`` its labels are shifted by 5 (a poisoned batch that moved the fit)."""
+    x = torch.randn(N, D)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + SIGMA * torch.randn(N)
+    cluster = x[:, 0] > 1.0
+    if poisoned:
+        y = torch.where(cluster, y + 5.0, y)
+    return SimpleNamespace(x=x, y=y, cluster=cluster)
+
+
+def exact(data: SimpleNamespace, keep: torch.Tensor) -> dist.MultivariateNormal:
+    """The exact p(w|D[keep]) under the prior N(0, 10² I)."""
+    loc, precision = gaussian_linear_posterior(
+        torch.zeros(D), torch.eye(D) / 100.0, data.x[keep], data.y[keep], SIGMA
+    )
+    return dist.MultivariateNormal(loc, precision_matrix=precision)
+
+
+def frozen(data: SimpleNamespace, mvn: dist.MultivariateNormal) -> pu.FrozenPosterior:
+    """An AutoMultivariateNormal holding ``mvn``, frozen."""
+    guide = AutoMultivariateNormal(model)
+    guide(data.x, data.y)
+    return pu.freeze(write_gaussian(guide, mvn.loc, mvn.covariance_matrix))
+
+
+def random_rows(count: int) -> torch.Tensor:
+    erased = torch.zeros(N, dtype=torch.bool)
+    erased[torch.randperm(N)[:count]] = True
+    return erased
+
+
+def run(data, posterior, original, erased, **options) -> TrustDiagnostics:
+    return diagnose(
+        model, posterior, original, data.x, data.y, erased=erased, plate="data", **options
+    )
+
+
+@pytest.fixture
+def clean():
+    return regression(poisoned=False)
+
+
+@pytest.fixture
+def poisoned():
+    return regression(poisoned=True)
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_exact_target_is_trusted(clean, repeat):
+    # q(θ|D) = p(θ|D) exactly, so p̃ = p(θ|D_r), and q_u holds it: the weights are constant
+    erased = random_rows(5)
+    full = frozen(clean, exact(clean, torch.ones(N, dtype=torch.bool)))
+    d = run(clean, frozen(clean, exact(clean, ~erased)), full, erased)
+    assert d.pareto_k < 0.5
+    assert abs(d.kl) <= 3 * d.kl_se + 1e-4 and abs(d.kl) < 1e-3
+    assert d.psis_ess > 0.99 * d.num_samples
+    assert d.update_ess_fraction > 0.3  # a random small erasure: a small update
+    assert verdict(d).label == "trusted"
+    assert "k̂ = " in verdict(d).explanation and "update ESS" in verdict(d).explanation
+
+
+def test_kl_estimate_matches_the_closed_form(clean):
+    # q_u wider than the exact p(θ|D_r) and shifted: bounded weights, a known KL
+    erased = random_rows(5)
+    full = frozen(clean, exact(clean, torch.ones(N, dtype=torch.bool)))
+    target = exact(clean, ~erased)
+    wide = dist.MultivariateNormal(
+        target.loc + 0.3 * target.covariance_matrix.diagonal().sqrt(),
+        1.5 * target.covariance_matrix,
+    )
+    d = run(clean, frozen(clean, wide), full, erased, num_samples=4000)
+    true = float(torch.distributions.kl_divergence(wide, target))  # ≈ 0.28
+    assert abs(d.kl - true) < 4 * d.kl_se + 0.01
+    assert d.kl_se < 0.02
+    assert d.pareto_k < 0.5
+    # worse than not unlearning at all (q(θ|D) is ≈ 0.02 nats from p̃): not trusted
+    assert d.update_kl < 0.5 * d.kl
+    assert verdict(d).label == "approximate"
+    assert "more than half as far" in verdict(d).explanation
+
+
+def test_original_on_a_clustered_erasure_is_not_trusted(poisoned):
+    # q_u = q(θ|D) itself: narrower than p(θ|D_r) and far from it
+    full = frozen(poisoned, exact(poisoned, torch.ones(N, dtype=torch.bool)))
+    d = run(poisoned, full, full, poisoned.cluster)
+    true = float(
+        torch.distributions.kl_divergence(
+            exact(poisoned, torch.ones(N, dtype=torch.bool)), exact(poisoned, ~poisoned.cluster)
+        )
+    )
+    assert true > 20.0
+    assert d.pareto_k > 1.0
+    assert d.kl > 3.0 and d.kl > 10 * d.kl_se
+    assert verdict(d).label != "trusted"
+
+
+def test_large_informative_erasure_asks_to_retrain(poisoned):
+    # even with q_u exactly p(θ|D_r): p̃ lies where q(θ|D) has almost no draws
+    full = frozen(poisoned, exact(poisoned, torch.ones(N, dtype=torch.bool)))
+    retrained = frozen(poisoned, exact(poisoned, ~poisoned.cluster))
+    d = run(poisoned, retrained, full, poisoned.cluster, num_samples=4000)
+    assert d.update_ess_fraction < 0.25 * MIN_UPDATE_ESS_FRACTION  # true: ~exp(−30)
+    assert d.update_pareto_k > 1.0
+    label, why = verdict(d)
+    assert label == "retrain"
+    assert why.startswith("retrain: the erased data move the posterior")
+
+
+def test_lam_one_unlearns_nothing(poisoned):
+    # λ = 1: p_adj ≡ 1, so p̃ = q(θ|D): q_u = q(θ|D) is exact and the update is empty, where at
+    # λ = 0 the same request collapses the update's weights
+    full = frozen(poisoned, exact(poisoned, torch.ones(N, dtype=torch.bool)))
+    d = run(poisoned, full, full, poisoned.cluster, lam=1.0)
+    assert d.update_ess == pytest.approx(d.num_samples) and d.update_kl == 0.0
+    assert d.kl == 0.0 and d.pareto_k == float("-inf") and d.lam == 1.0
+    assert verdict(d).label == "trusted"
+    moved = run(poisoned, full, full, poisoned.cluster, lam=0.0)
+    assert moved.update_ess_fraction < MIN_UPDATE_ESS_FRACTION and moved.kl > 3.0
+
+
+@pytest.mark.parametrize("structure", ["full", "ggn", "diag"])
+def test_precision_share_is_the_erased_information(clean, structure):
+    # H_e = X_eᵀX_e/σ² exactly; the share is the top eigenvalue of Lᵀ H_e L, Σ = L Lᵀ
+    erased = clean.cluster
+    posterior = exact(clean, torch.ones(N, dtype=torch.bool))
+    full = frozen(clean, posterior)
+    d = run(clean, full, full, erased, curvature=structure)
+    h = clean.x[erased].T @ clean.x[erased] / SIGMA**2
+    if structure == "diag":
+        h = torch.diag(h.diagonal())
+    tril = torch.linalg.cholesky(posterior.covariance_matrix)
+    expected = float(torch.linalg.eigvalsh(tril.T @ h @ tril)[-1])
+    assert d.precision_share == pytest.approx(expected, rel=1e-3)
+    assert 0.1 < d.precision_share < 1.0 and d.precision_positive_definite is True
+
+
+def test_precision_not_positive_definite(clean):
+    # q(θ|D) fitted to 20 rows cannot have held 150 erased rows
+    few = torch.arange(N) < 20
+    narrow = frozen(clean, exact(clean, few))
+    d = run(clean, narrow, narrow, torch.arange(N) >= 150, curvature="full")
+    assert d.precision_share > 2.0 and d.precision_positive_definite is False
+    assert verdict(d).label == "retrain"
+
+
+def test_caller_random_stream_is_left_alone(clean):
+    full, erased = frozen(clean, exact(clean, torch.ones(N, dtype=torch.bool))), random_rows(5)
+    state = torch.get_rng_state()
+    first = run(clean, full, full, erased)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert run(clean, full, full, erased) == first  # the same draws again
+
+
+def test_mean_field_guide_is_scored_in_its_own_space(clean):
+    # AutoNormal: site-wise loc and scale; q_u = q(θ|D) with λ = 1 has constant weights
+    guide = AutoNormal(model)
+    guide(clean.x, clean.y)
+    full = pu.freeze(guide)
+    d = run(clean, full, full, random_rows(5), lam=1.0, num_samples=200)
+    assert d.pareto_k == float("-inf") and d.num_samples == 200
+
+
+# -- the verdict's rules -----------------------------------------------------------------------
+GOOD = TrustDiagnostics(
+    pareto_k=0.2,
+    kl=0.01,
+    kl_se=0.005,
+    psis_ess=900.0,
+    update_ess=800.0,
+    update_ess_fraction=0.8,
+    update_pareto_k=0.1,
+    update_kl=0.3,
+    num_samples=1000,
+    lam=0.0,
+)
+
+
+@pytest.mark.parametrize(
+    "changes, label, phrase",
+    [
+        ({}, "trusted", "matches"),
+        ({"kl": 0.009, "update_kl": 0.001}, "trusted", "matches"),  # below the floor
+        ({"pareto_k": 0.55}, "approximate", "near p̃"),
+        ({"kl": 0.2}, "approximate", "more than half as far"),
+        ({"update_pareto_k": 0.9}, "approximate", "tails"),
+        ({"pareto_k": 0.69}, "retrain", "far from p̃"),  # above k_S = 0.67 at S = 1000
+        ({"pareto_k": float("nan")}, "retrain", "far from p̃"),
+        ({"update_ess": 5.0, "update_ess_fraction": 0.005}, "retrain", "further than"),
+        (
+            {"precision_share": 1.2, "precision_positive_definite": False},
+            "retrain",
+            "more precision",
+        ),
+    ],
+)
+def test_verdict_rules(changes, label, phrase):
+    result = verdict(replace(GOOD, **changes))
+    assert result.label == label and result.label in VERDICTS
+    assert result.explanation.startswith(f"{label}: ") and phrase in result.explanation
+    assert "\n" not in result.explanation
+
+
+def test_verdict_threshold_is_an_option():
+    small = replace(GOOD, update_ess=50.0, update_ess_fraction=0.05)
+    assert verdict(small).label == "trusted"
+    assert verdict(small, min_update_ess_fraction=0.1).label == "retrain"
+
+
+def test_pareto_k_threshold():
+    assert pareto_k_threshold(100) == pytest.approx(0.5)
+    assert pareto_k_threshold(1000) == pytest.approx(2 / 3)
+    assert pareto_k_threshold(10**6) == 0.7
+    with pytest.raises(ValueError, match="at least 2"):
+        pareto_k_threshold(1)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_bad_input(clean):
+    full = frozen(clean, exact(clean, torch.ones(N, dtype=torch.bool)))
+    erased = random_rows(5)
+    with pytest.raises(TypeError, match="posterior must be a FrozenPosterior"):
+        run(clean, full.guide, full, erased)
+    with pytest.raises(TypeError, match="original must be a FrozenPosterior"):
+        run(clean, full, None, erased)
+    with pytest.raises(ValueError, match="at least 100"):
+        run(clean, full, full, erased, num_samples=50)
+    with pytest.raises(ValueError, match="curvature must be"):
+        run(clean, full, full, erased, curvature="exact")
+    with pytest.raises(ValueError, match="lam"):
+        run(clean, full, full, erased, lam=1.5)
+    with pytest.raises(TypeError, match="not Gaussian|Gaussian"):
+        iaf = AutoIAFNormal(model, hidden_dim=[4])
+        iaf(clean.x, clean.y)
+        flow = pu.freeze(iaf)
+        run(clean, flow, flow, erased, curvature="full")
+    other = AutoNormal(lambda x, y: pyro.sample("v", dist.Normal(0.0, 1.0)))
+    other(clean.x, clean.y)
+    with pytest.raises(ValueError, match="same structure"):
+        run(clean, pu.freeze(other), full, erased)
+    with pytest.raises(TypeError, match="TrustDiagnostics"):
+        verdict(GOOD.as_dict())
+    with pytest.raises(ValueError, match="min_update_ess_fraction"):
+        verdict(GOOD, min_update_ess_fraction=2.0)
+
+
+def test_a_model_that_mixes_particles_is_refused(clean):
+    def flat(x, y):  # reads the first particle's w only: cannot take a particle plate
+        w = pyro.sample("w", dist.Normal(x.new_zeros(D), 10.0).to_event(1))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(x @ w.reshape(-1)[:D], SIGMA), obs=y)
+
+    full = frozen(clean, exact(clean, torch.ones(N, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="cannot take"):
+        diagnose(flat, full, full, clean.x, clean.y, erased=random_rows(5), plate="data")
