@@ -508,8 +508,9 @@ def erased_log_likelihood(
 ) -> torch.Tensor:
     """log p(D_e|θ) per particle, summed over the sites flagged by :func:`unlearn`.
 
-    Reads ``site["log_prob"]`` (so a subsampling plate's N/B scale is included: an unbiased
-    estimate over D_e), masked to the erased rows. Priors and ``pyro.factor`` sites are never
+    Reads ``site["log_prob"]``, scale included, masked to the erased rows: on a named
+    subsampling plate every erased row counted once (or, with ``subsample="batch"``, the batch's
+    erased rows scaled by N/B: an unbiased estimate). Priors and ``pyro.factor`` sites are never
     part of it.
 
     Arguments:
