@@ -185,8 +185,8 @@ class UnlearnMessenger(Messenger):
     instead of the batch's share, (N/B) Σ_{i ∈ batch ∩ D_e} log p(y_i|θ): unbiased too, but
     with the variance of which erased rows fall in the batch (the reverse KL's importance
     weights collapse on it). With ``subsample_size=B`` the batch keeps B rows: D_e padded with
-    rows that are not flagged, or, when |D_e| > B, B erased rows drawn uniformly each step and
-    scaled by |D_e|/B. The model must index its data by the plate's indices (``with
+    rows that are not flagged, or, when ``|D_e| > B``, B erased rows drawn uniformly each step and
+    scaled by ``|D_e|/B``. The model must index its data by the plate's indices (``with
     pyro.plate("data", N, subsample_size=B) as idx: ... obs=y[idx]``). ``subsample="batch"``
     keeps the model's own batch. When the guide subsamples the plate too (local latent
     variables), its batch is replayed into the model and kept, with its share.
