@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 import pyro
 import pyro.poutine as poutine
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI
 from pyro.infer.autoguide import AutoGuide
 
 from .forget import run_until_flat
+from .infer.particle_paths import elbo_particles
 from .params import ParamSnapshot, trainable
 from .posterior import FrozenPosterior, freeze, independent_copy
 from .posterior.checks import check_guide_arguments
@@ -30,10 +31,14 @@ class RetrainResult(UnlearningResult):
         losses: the ELBO loss of every step.
         seconds: wall time of the optimisation.
         converged: whether the convergence rule stopped the run before ``num_steps``.
+        particles: how the ELBO's particles were drawn: ``"vectorized"`` (a particle plate),
+            ``"vmap"`` (``torch.func.vmap`` over a model that cannot take the plate) or
+            ``"sequential"`` (one at a time).
     """
 
     posterior: FrozenPosterior
     losses: list[float] = field(default_factory=list)
+    particles: str = "vectorized"
 
 
 def retrain(
@@ -77,7 +82,9 @@ def retrain(
         window: the steps over which the loss must be flat to stop early.
         lr: the default optimiser's learning rate (ClippedAdam, decaying tenfold over
             ``num_steps``).
-        num_particles: Trace_ELBO's particles (vectorised).
+        num_particles: Trace_ELBO's particles: vectorised in a plate when the model takes one,
+            else by ``torch.func.vmap`` over the model, else one at a time
+            (:attr:`RetrainResult.particles`).
         optim: an optimiser instead of the default.
         progress: show a progress bar.
 
@@ -113,11 +120,13 @@ def retrain(
     work, store = _private_start(model, guide, init, args, kwargs)
     if optim is None:
         optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / max(num_steps, 1))})
-    loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
     # A private store: the model's parameters (held fixed) and a plain guide's start; a module
     # copy registers its own tensors. Frozen guide parameters are made trainable in there.
     with store.active(), trainable(work, *args, **kwargs):
-        svi = SVI(poutine.block(model, hide_types=["param"]), work, optim, loss)
+        fitted, loss, particles = elbo_particles(
+            poutine.block(model, hide_types=["param"]), work, args, kwargs, num_particles
+        )
+        svi = SVI(fitted, work, optim, loss)
         losses, converged, seconds = run_until_flat(
             lambda: svi.step(*args, **kwargs),
             num_steps,
@@ -126,7 +135,13 @@ def retrain(
             progress,
         )
         posterior = freeze(work, *args, **kwargs)
-    return RetrainResult(posterior=posterior, losses=losses, seconds=seconds, converged=converged)
+    return RetrainResult(
+        posterior=posterior,
+        losses=losses,
+        seconds=seconds,
+        converged=converged,
+        particles=particles,
+    )
 
 
 def _check_guide(guide: Callable, init: str, args: tuple, kwargs: dict) -> None:

@@ -30,7 +30,7 @@ def forget(
     guide: Callable,
     *args,
     erased: Any = None,
-    plate: str | None = None,
+    plate: str | tuple[str, ...] | None = None,
     method: str = "rkl",
     lam: float = 0.0,
     posterior: FrozenPosterior | None = None,
@@ -71,7 +71,8 @@ def forget(
         args: the model's and guide's arguments: the erased data alone (``erased=None``) or the
             full data with ``erased`` rows of ``plate``.
         erased: the erased rows, as :func:`~pyro_unlearn.unlearn` takes them.
-        plate: the plate the rows index.
+        plate: the plate the rows index, or a tuple of nested plates for cells (``erased`` then
+            a boolean mask with one axis per plate), as :func:`~pyro_unlearn.unlearn` takes it.
         method: ``"rkl"`` (:class:`~pyro_unlearn.ReverseKL`, the robust default) or ``"eubo"``
             (:class:`~pyro_unlearn.Trace_EUBO`); the keys of
             :data:`~pyro_unlearn.forget.methods.METHODS`.

@@ -37,7 +37,9 @@ logger = logging.getLogger("pyro_unlearn")
 LOG_DENSITY_SITE = "_vmapped_log_density"
 
 
-def plate_nesting(model: Callable[..., Any], guide: Callable[..., Any], args, kwargs) -> int:
+def plate_nesting(
+    model: Callable[..., Any], guide: Callable[..., Any], args: tuple, kwargs: dict
+) -> int:
     """The plate nesting of a (model, guide) pair, read off one trace of each, quietly (Pyro's
     ``ELBO`` guesses the same but logs it at INFO on every new loss).
 
@@ -148,7 +150,9 @@ class VmappedModel:
             if site["type"] == "sample" and not site_is_subsample(site)
         )
 
-    def log_density(self, values: dict[str, torch.Tensor], args: tuple, kwargs: dict):
+    def log_density(
+        self, values: dict[str, torch.Tensor], args: tuple, kwargs: dict
+    ) -> torch.Tensor:
         """The log-density of every particle, ``(num_particles,)``, by ``vmap``."""
         with poutine.block(), pyro.validation_enabled(False):
             return vmap(lambda v: self.single(v, args, kwargs), randomness="same")(values)

@@ -6,18 +6,18 @@ priors, ``pyro.factor`` sites and unflagged observations are never part of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from pyro.poutine import Trace
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_factor, site_is_subsample
 
-from .traces import sum_per_particle
+from ..traces import sum_per_particle
+from .rows import WHOLE, as_plates, as_row_spec, batch_mask, coordinates, full_mask
 
-__all__ = ["UnlearnMessenger", "unlearn", "erased_log_likelihood", "ERASED", "SUBSAMPLE_MODES"]
+__all__ = ["ERASED", "SUBSAMPLE_MODES", "UnlearnMessenger", "erased_log_likelihood", "unlearn"]
 
 #: Key of ``msg["infer"]`` under which a site's erased rows are flagged: ``True`` (the whole site)
 #: or a boolean tensor that broadcasts against the site's ``log_prob``.
@@ -27,140 +27,6 @@ ERASED = "erased"
 #: erased rows, each counted once) or ``"batch"`` (the model's own mini-batch, erased rows
 #: counted by their share of it).
 SUBSAMPLE_MODES = ("erased", "batch")
-
-_WHOLE = object()  # marks "every row of this site"
-
-
-def _as_plates(plate: Any, what: str) -> tuple[str, ...]:
-    """A plate name or a non-empty tuple of distinct names, as a tuple."""
-    if isinstance(plate, str):
-        return (plate,)
-    if isinstance(plate, tuple | list) and plate and all(isinstance(p, str) for p in plate):
-        if len(set(plate)) != len(plate):
-            raise ValueError(f"{what} names a plate twice: {tuple(plate)}")
-        return tuple(plate)
-    raise TypeError(
-        f"{what} must be a plate name or a tuple of plate names (for cells of nested plates), "
-        f"got {plate!r}"
-    )
-
-
-def _as_tensor(value: Any, what: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, np.ndarray | Sequence | range) and not isinstance(value, str | bytes):
-        return torch.as_tensor(np.asarray(value), device="cpu")
-    raise TypeError(
-        f"{what} must be indices or a boolean mask (tensor, array or list), got {type(value)}"
-    )
-
-
-def _as_row_spec(value: Any, what: str, plates: tuple[str, ...] | None) -> torch.Tensor:
-    """Validate erased rows: indices or a boolean mask over the plates (over their cells for
-    several plates, or ``(K, len(plates))`` cell indices); a mask shaped like the observed site
-    when ``plates`` is ``None``."""
-    rows = _as_tensor(value, what)
-    if rows.numel() == 0:
-        raise ValueError(f"{what} is empty: there is nothing to erase")
-    if rows.dtype != torch.bool and (rows.is_floating_point() or rows.is_complex()):
-        raise TypeError(f"{what} must be integer indices or a boolean mask, got {rows.dtype}")
-    if plates is None and rows.dtype != torch.bool:
-        raise ValueError(
-            "erased rows need the plate they index: pass plate='<name of the data plate>', or a "
-            "boolean mask shaped like the observed site (erased={site: mask})"
-        )
-    k = 1 if plates is None else len(plates)
-    if rows.dtype == torch.bool:
-        fits = rows.dim() >= 1 if plates is None else rows.dim() == k
-    else:
-        fits = rows.dim() == 1 if k == 1 else rows.dim() == 2 and rows.shape[1] == k
-    if not fits:
-        if k == 1:
-            raise ValueError(
-                f"{what} must be 1-D for one plate {plates[0]!r}, got shape "
-                f"{tuple(rows.shape)}; for cells of nested plates pass plate=(outer, inner), or "
-                "erased={site: mask} shaped like the observed site"
-            )
-        raise ValueError(
-            f"{what} must be a {k}-D mask over plates {plates} or (K, {k}) cell indices, got "
-            f"shape {tuple(rows.shape)}"
-        )
-    if rows.dtype == torch.bool:
-        if not bool(rows.any()):
-            raise ValueError(f"{what} is an all-False mask: the erased set is empty")
-        return rows
-    if bool((rows < 0).any()):
-        raise ValueError(f"{what} has negative indices; give positions 0..N-1 in the plate")
-    if rows.unique(dim=0).shape[0] != rows.shape[0]:
-        raise ValueError(f"{what} has duplicate indices: each erased row must be named once")
-    return rows.long()
-
-
-def _full_mask(
-    rows: torch.Tensor, plates: tuple[str, ...], sizes: tuple[int, ...], device: torch.device
-) -> torch.Tensor:
-    """The erased rows (cells) as a boolean mask of shape ``sizes``, the plates' full sizes."""
-    if rows.dtype == torch.bool:
-        if tuple(rows.shape) != sizes:
-            if len(plates) == 1:
-                raise ValueError(
-                    f"erased mask has length {rows.numel()}, but plate {plates[0]!r} of size "
-                    f"{sizes[0]}"
-                    + (
-                        "; a mask over the cells of nested plates is shaped like them and "
-                        "needs plate=(outer, inner)"
-                        if rows.numel() % max(sizes[0], 1) == 0 and rows.numel() > sizes[0]
-                        else ""
-                    )
-                )
-            raise ValueError(
-                f"erased mask has shape {tuple(rows.shape)}, but plates {plates} have sizes {sizes}"
-            )
-        return rows.to(device)
-    cells = rows.reshape(len(rows), -1)
-    for axis, (plate, size) in enumerate(zip(plates, sizes, strict=True)):
-        largest = int(cells[:, axis].max())
-        if largest >= size:
-            raise IndexError(
-                f"erased index {largest} is out of range for plate {plate!r} of size {size}"
-            )
-    mask = torch.zeros(sizes, dtype=torch.bool, device=device)
-    mask[tuple(cells.to(device).T)] = True
-    return mask
-
-
-def _coordinates(rows: torch.Tensor, axis: int, size: int, plate: str) -> torch.Tensor:
-    """The distinct positions along one plate (``axis`` of the row spec) of the erased cells."""
-    if rows.dtype == torch.bool:
-        if rows.shape[axis] != size:
-            raise ValueError(
-                f"erased mask has shape {tuple(rows.shape)}, but plate {plate!r} has size {size}"
-                if rows.dim() > 1
-                else f"erased mask has length {rows.numel()}, but plate {plate!r} of size {size}"
-            )
-        return rows.nonzero()[:, axis].unique()
-    coordinates = rows.reshape(len(rows), -1)[:, axis].unique()
-    if int(coordinates.max()) >= size:
-        raise IndexError(
-            f"erased index {int(coordinates.max())} is out of range for plate {plate!r} of "
-            f"size {size}"
-        )
-    return coordinates
-
-
-def _batch_mask(full_mask: torch.Tensor, frames: list, indices: list) -> torch.Tensor:
-    """The full mask at the batch's indices (``None``: all), its axes moved to the frames'
-    batch dims so that it broadcasts against the site's ``log_prob``."""
-    mask = full_mask
-    for axis, index in enumerate(indices):
-        if index is not None:
-            mask = mask.index_select(axis, index.to(mask.device))
-    order = sorted(range(len(frames)), key=lambda axis: frames[axis].dim)
-    mask = mask.permute(order)
-    shape = [1] * -frames[order[0]].dim
-    for axis in order:
-        shape[frames[axis].dim] = mask.shape[order.index(axis)]
-    return mask.reshape(shape)
 
 
 class UnlearnMessenger(Messenger):
@@ -185,8 +51,8 @@ class UnlearnMessenger(Messenger):
     instead of the batch's share, (N/B) Σ_{i ∈ batch ∩ D_e} log p(y_i|θ): unbiased too, but
     with the variance of which erased rows fall in the batch (the reverse KL's importance
     weights collapse on it). With ``subsample_size=B`` the batch keeps B rows: D_e padded with
-    rows that are not flagged, or, when ``|D_e| > B``, B erased rows drawn uniformly each step and
-    scaled by ``|D_e|/B``. The model must index its data by the plate's indices (``with
+    rows that are not flagged, or, when ``|D_e|`` > B, B erased rows drawn uniformly each step and
+    scaled by ``|D_e|``/B. The model must index its data by the plate's indices (``with
     pyro.plate("data", N, subsample_size=B) as idx: ... obs=y[idx]``). ``subsample="batch"``
     keeps the model's own batch. When the guide subsamples the plate too (local latent
     variables), its batch is replayed into the model and kept, with its share.
@@ -249,20 +115,20 @@ class UnlearnMessenger(Messenger):
             raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {subsample!r}")
         self.plate, self.subsample = plate, subsample
         if isinstance(plate, Mapping):
-            self._plate_map = {str(s): _as_plates(p, f"plate[{s!r}]") for s, p in plate.items()}
+            self._plate_map = {str(s): as_plates(p, f"plate[{s!r}]") for s, p in plate.items()}
         else:
-            self._plate_map = {None: None if plate is None else _as_plates(plate, "plate")}
+            self._plate_map = {None: None if plate is None else as_plates(plate, "plate")}
         if erased is None:
             if plate is not None:
                 raise ValueError("plate was given without erased rows; pass erased=indices too")
-            self._spec: dict[str | None, Any] = {None: _WHOLE}
+            self._spec: dict[str | None, Any] = {None: WHOLE}
         elif isinstance(erased, Mapping):
             if not erased:
                 raise ValueError("erased is an empty dict: name at least one observed site")
             self._spec = {
-                str(site): _WHOLE
+                str(site): WHOLE
                 if rows is None
-                else _as_row_spec(rows, f"erased[{site!r}]", self._plates_of(str(site)))
+                else as_row_spec(rows, f"erased[{site!r}]", self._plates_of(str(site)))
                 for site, rows in erased.items()
             }
         elif self._plates_of(None) is None:
@@ -270,11 +136,11 @@ class UnlearnMessenger(Messenger):
                 "erased rows need the plate they index: pass plate='<name of the data plate>'"
             )
         else:
-            self._spec = {None: _as_row_spec(erased, "erased", self._plates_of(None))}
+            self._spec = {None: as_row_spec(erased, "erased", self._plates_of(None))}
         self._named_plates = {
             name
             for site, rows in self._spec.items()
-            if rows is not _WHOLE
+            if rows is not WHOLE
             for name in self._plates_of(site) or ()
         }
         self._masks: dict[tuple[Any, ...], torch.Tensor] = {}
@@ -300,7 +166,7 @@ class UnlearnMessenger(Messenger):
         if missing:
             raise ValueError(f"erased names observed site(s) {missing} that the model never ran")
         for site, rows in self._spec.items():
-            for plate in self._plates_of(site) or () if rows is not _WHOLE else ():
+            for plate in self._plates_of(site) or () if rows is not WHOLE else ():
                 if plate not in self._seen_plates:
                     raise ValueError(
                         f"plate {plate!r} never appeared around an observed site of the model; "
@@ -344,9 +210,9 @@ class UnlearnMessenger(Messenger):
         key = ("coordinates", plate, size)
         if key not in self._masks:
             rows = [
-                _coordinates(spec, plates.index(plate), size, plate)
+                coordinates(spec, plates.index(plate), size, plate)
                 for site, spec in self._spec.items()
-                if spec is not _WHOLE and plate in (plates := self._plates_of(site) or ())
+                if spec is not WHOLE and plate in (plates := self._plates_of(site) or ())
             ]
             self._masks[key] = torch.cat(rows).unique()
         return self._masks[key]
@@ -366,7 +232,7 @@ class UnlearnMessenger(Messenger):
         rows = self._spec[site]
         if site is not None:
             self._seen_sites.add(site)
-        if rows is _WHOLE:
+        if rows is WHOLE:
             msg["infer"][ERASED] = True
             return
         plates = self._plates_of(site)
@@ -405,8 +271,8 @@ class UnlearnMessenger(Messenger):
         device = next((i.device for i in indices if i is not None), msg["value"].device)
         key = (id(rows), tuple(sizes), device)
         if key not in self._masks:
-            self._masks[key] = _full_mask(rows, plates, tuple(sizes), device)
-        return _batch_mask(self._masks[key], frames, indices)
+            self._masks[key] = full_mask(rows, plates, tuple(sizes), device)
+        return batch_mask(self._masks[key], frames, indices)
 
     def _site_mask(self, msg, rows: torch.Tensor) -> torch.Tensor:
         """A mask shaped like the observed value, read positionally."""
