@@ -1,6 +1,6 @@
 """Bayesian machine unlearning for Pyro: forget data from a variational posterior."""
 
-from . import codec, exact, guides, lcodec, metrics, params
+from . import codec, exact, guides, lcodec, metrics, params, trust
 from .forget import ForgetResult, forget
 from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
@@ -56,5 +56,6 @@ __all__ = [
     "metrics",
     "params",
     "retrain",
+    "trust",
     "unlearn",
 ]

@@ -94,10 +94,10 @@ def _run(block: str, namespace: dict) -> dict:
 
 
 def test_the_readme_has_the_examples_this_test_knows():
-    assert len(BLOCKS) == 5
+    assert len(BLOCKS) == 6
     assert "pu.Trace_EUBO" in BLOCKS[0] and "pu.forget" in BLOCKS[1]
-    assert "pug.VariationalEUBO" in BLOCKS[2] and "pu.retrain" in BLOCKS[3]
-    assert "pu.laplace_unlearn" in BLOCKS[4]
+    assert "pug.VariationalEUBO" in BLOCKS[2] and "VariationalGPAdapter" in BLOCKS[3]
+    assert "pu.retrain" in BLOCKS[4] and "pu.laplace_unlearn" in BLOCKS[5]
 
 
 def test_readme_losses_and_forget(namespace):
@@ -117,7 +117,7 @@ def test_readme_evaluation(namespace):
     ns = dict(namespace, unlearned=pu.freeze(namespace["guide"]))
     ns["my_metrics"] = lambda q: {"kl_erased_mean": 1.0, "kl_remaining_mean": 0.1}
     ns["pu"] = pu
-    ns = _run(BLOCKS[3], ns)
+    ns = _run(BLOCKS[4], ns)
     assert ns["kl"].shape == (len(ns["x_e"]),)
     assert len(ns["sweep"].rows) == 1 + 2 * len(pu.LAMBDAS)
     plt.close("all")
@@ -132,7 +132,7 @@ def test_readme_other_methods(namespace, linreg):
     )
     ns = dict(namespace, pu=pu, loc=loc, precision=precision, noise_scale=linreg.noise_scale)
     ns["X_e"] = features[linreg.erased]
-    ns = _run(BLOCKS[4], ns)
+    ns = _run(BLOCKS[5], ns)
     assert isinstance(ns["result"], pu.InfluenceUnlearnResult)
 
 
@@ -155,3 +155,13 @@ def test_readme_gpytorch():
     )
     ns = _run(BLOCKS[2], ns)
     assert set(ns["rkl"].diagnostics()) <= {"ess", "temperature"}
+
+
+def test_readme_pyro_gp():
+    """Pyro's GP tutorial's sparse GP (1-D inputs), trained by gp.util.train as there."""
+    torch.manual_seed(0)
+    X = torch.linspace(-3, 3, 40)
+    y = torch.sin(2 * X) + 0.1 * torch.randn(40)
+    ns = dict(pu=pu, torch=torch, X=X, y=y, Xu=torch.linspace(-3, 3, 6), idx=torch.arange(30, 40))
+    ns = _run(BLOCKS[3], ns)
+    assert isinstance(ns["result"], pu.UnlearningResult)
