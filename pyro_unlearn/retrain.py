@@ -173,7 +173,11 @@ def _private_start(
     values for ``init="posterior"``; none for ``"prior"``: it registers its initial values)."""
     is_module = isinstance(guide, pyro.nn.PyroModule)
     with preserved_rng(args, kwargs):  # probes: a seeded run draws as without them
-        start = ParamSnapshot.take(independent_copy(guide) if is_module else guide, *args, **kwargs)
+        if is_module:  # a copy registers its own tensors, in an empty store (not the live one's)
+            start = ParamSnapshot()
+            start.register(independent_copy(guide), *args, **kwargs)
+        else:
+            start = ParamSnapshot.take(guide, *args, **kwargs)
         model_params = ParamSnapshot.take(model, *args, **kwargs)
     store = model_params.select(n for n in model_params if n not in start)
     if is_module:
