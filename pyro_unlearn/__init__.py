@@ -1,7 +1,7 @@
 """Bayesian machine unlearning for Pyro: forget data from a variational posterior."""
 
 from . import codec, exact, guides, lcodec, metrics, params, trust
-from .forget import ForgetResult, forget
+from .forget import ForgetResult, WeightCollapseWarning, forget
 from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
 from .infer import (
@@ -41,6 +41,7 @@ __all__ = [
     "Trace_EUBO",
     "UnlearnMessenger",
     "UnlearningResult",
+    "WeightCollapseWarning",
     "adjusted_log_likelihood",
     "codec",
     "erased_log_likelihood",

@@ -42,7 +42,10 @@ class SweepResult:
     Attributes:
         rows: one dict per (method, λ), plus ``method="full"`` (q(θ|D), no unlearning): keys
             ``guide, method, lam`` (1.0 for full: λ = 1 unlearns nothing), the ``evaluate``
-            keys, ``seconds``, ``steps``, ``converged`` and ``ess`` (the last step's, rKL only).
+            keys, ``seconds``, ``steps``, ``converged``, ``ess`` (the last step's, rKL only),
+            ``verdict`` and ``pareto_k`` (:attr:`ForgetResult.trust_row
+            <pyro_unlearn.ForgetResult.trust_row>`: ``None`` and NaN for ``full`` and for
+            runs not diagnosed).
         posteriors: the frozen q(θ|D) (``"full"``) and each unlearned posterior
             (``"eubo λ=1e-05"``...), e.g. for :func:`pyro_unlearn.metrics.to_inference_data`.
     """
@@ -142,6 +145,8 @@ def lambda_sweep(
             "steps": 0,
             "converged": True,
             "ess": math.nan,
+            "verdict": None,
+            "pareto_k": math.nan,
         }
     ]
     posteriors = {"full": posterior}
@@ -170,6 +175,8 @@ def lambda_sweep(
                     "steps": result.num_steps,
                     "converged": result.converged,
                     "ess": result.ess[-1] if result.ess else math.nan,
+                    "verdict": result.verdict,
+                    "pareto_k": result.trust_row["pareto_k"],
                 }
             )
         posterior.restore(guide)

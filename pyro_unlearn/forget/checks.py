@@ -13,6 +13,7 @@ from ..handlers import ERASED
 from ..infer.adjusted_likelihood import check_lam
 from ..params import ParamSnapshot
 from ..traces import preserved_rng
+from ..trust import MIN_SAMPLES
 from ..validation import check_positive, check_positive_int
 from .methods import METHODS, SET_BY_FORGET, loss_option_names
 
@@ -28,13 +29,16 @@ def check_forget_options(
     lr: float,
     optim: pyro.optim.PyroOptim | None,
     loss_options: Mapping[str, Any] | None,
+    *,
+    diagnose: bool = True,
+    diagnose_samples: int = MIN_SAMPLES,
 ) -> None:
     """The argument checks of :func:`~pyro_unlearn.forget` that need neither the model nor the
     guide.
 
     Arguments:
-        method, lam, num_particles, num_steps, window, lr, optim, loss_options: as
-            :func:`~pyro_unlearn.forget` takes them.
+        method, lam, num_particles, num_steps, window, lr, optim, loss_options, diagnose,
+            diagnose_samples: as :func:`~pyro_unlearn.forget` takes them.
 
     Raises:
         TypeError: for an option of the wrong type.
@@ -54,6 +58,10 @@ def check_forget_options(
     check_positive_int("num_steps", num_steps)
     check_positive_int("window", window)
     check_positive("lr", lr)
+    if not isinstance(diagnose, bool):
+        raise TypeError(f"diagnose must be True or False, got {type(diagnose).__name__}")
+    if check_positive_int("diagnose_samples", diagnose_samples) < MIN_SAMPLES:
+        raise ValueError(f"diagnose_samples must be at least {MIN_SAMPLES}, got {diagnose_samples}")
     if optim is not None and not isinstance(optim, pyro.optim.PyroOptim):
         raise TypeError(
             f"optim must be a Pyro optimiser (e.g. pyro.optim.Adam({{'lr': 1e-3}})) or None, "

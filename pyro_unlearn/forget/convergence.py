@@ -1,14 +1,80 @@
-"""The convergence rule of forget and retrain: run until the loss is flat up to its noise."""
+"""The convergence rule of forget and retrain: run until the loss is flat up to its noise, with
+importance weights that have not collapsed."""
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm import tqdm
 
-__all__ = ["has_converged", "run_until_flat"]
+from ..infer.mcmc import LowESSWarning
+
+__all__ = [
+    "COLLAPSED_ESS",
+    "COLLAPSED_ESS_FRACTION",
+    "WeightCollapseWarning",
+    "collapsed_ess_threshold",
+    "has_converged",
+    "run_until_flat",
+    "weights_collapsed",
+]
+
+#: An ESS below this many particles is a collapse, whatever the number of particles,
+COLLAPSED_ESS = 2.0
+#: as is one below this fraction of them.
+COLLAPSED_ESS_FRACTION = 0.01
+
+
+class WeightCollapseWarning(LowESSWarning):
+    """The importance weights of an unlearning loss have collapsed during
+    :func:`~pyro_unlearn.forget`: one particle carries the estimate (:func:`weights_collapsed`).
+    A :class:`~pyro_unlearn.infer.mcmc.LowESSWarning`, so one filter silences both."""
+
+
+def collapsed_ess_threshold(num_particles: int) -> float:
+    """The ESS below which the weights of ``num_particles`` draws count as collapsed:
+    max(:data:`COLLAPSED_ESS`, :data:`COLLAPSED_ESS_FRACTION` · S).
+
+    Example:
+        >>> collapsed_ess_threshold(64), collapsed_ess_threshold(1000)
+        (2.0, 10.0)
+    """
+    return max(COLLAPSED_ESS, COLLAPSED_ESS_FRACTION * num_particles)
+
+
+def weights_collapsed(ess: Sequence[float], num_particles: int, window: int) -> bool:
+    r"""Whether the importance weights of the last ``window`` steps have collapsed: their median
+    ESS is below max(2, 0.01 S) (:func:`collapsed_ess_threshold`).
+
+    An ESS near 1 means one of the S particles carries the whole gradient: the reverse KL's
+    estimate is then as noisy as a single draw, its loss may look flat while the posterior has
+    not reached the target (Nguyen et al. 2020 note the estimator's variance; the erased data
+    move the posterior further than q(θ|D) reaches). With fewer than 4 particles there is no
+    telling a collapse from S itself, and nothing is reported.
+
+    Arguments:
+        ess: the ESS of every step so far (``ForgetResult.ess``).
+        num_particles: S, the particles per step.
+        window: steps per window (the last ``window`` steps are judged, or all if fewer).
+
+    Returns:
+        ``False`` with no ESS recorded (a loss without weights, as the EUBO) or S < 4.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+
+    Example:
+        >>> weights_collapsed([1.0] * 100, num_particles=64, window=50)
+        True
+        >>> weights_collapsed([1.0] * 50 + [20.0] * 50, num_particles=64, window=50)
+        False
+    """
+    if not ess or num_particles < 4:
+        return False
+    return statistics.median(ess[-window:]) < collapsed_ess_threshold(num_particles)
 
 
 def has_converged(losses: list[float], window: int) -> bool:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ..posterior import FrozenPosterior
 from ..results import UnlearningResult
+from ..trust import TrustDiagnostics
 
 __all__ = ["ForgetResult"]
 
@@ -25,8 +28,22 @@ class ForgetResult(UnlearningResult):
         diagnostics: the loss's per-step diagnostics (its ``diagnostics()``), one list per name,
             one value per step: ``"ess"`` and ``"temperature"`` for the reverse KL, none for
             the EUBO.
-        seconds: wall time of the optimisation (freezing the result is not counted).
-        converged: whether the convergence rule stopped the run before ``num_steps``.
+        seconds: wall time of the optimisation (freezing and diagnosing the result are not
+            counted).
+        converged: whether the convergence rule stopped the run before ``num_steps``, at
+            temperature β = 1 for an annealed loss, with weights that had not collapsed over
+            the last window (``collapsed``).
+        collapsed: whether the loss's importance weights had collapsed over the last window
+            (:func:`~pyro_unlearn.forget.convergence.weights_collapsed`: median ESS below
+            max(2, 1 % of the particles)); a
+            :class:`~pyro_unlearn.forget.WeightCollapseWarning` was raised.
+        trust: the :class:`~pyro_unlearn.trust.TrustDiagnostics` of ``posterior`` against
+            q(θ|D)/p_adj(D_e|θ) (:func:`pyro_unlearn.trust.diagnose`), ``None`` when not
+            diagnosed.
+        verdict: ``"trusted"``, ``"approximate"`` or ``"retrain"``
+            (:func:`pyro_unlearn.trust.verdict`), ``None`` when not diagnosed.
+        explanation: the verdict's one-line explanation, or why the result was not diagnosed
+            (:meth:`summary`).
         particles: how the loss drew its particles (:attr:`UnlearningLoss.particles
             <pyro_unlearn.infer.base.UnlearningLoss>`): ``"vectorized"``, ``"vmap"`` (a model
             that cannot take a particle plate, batched by ``torch.func.vmap``) or
@@ -35,8 +52,12 @@ class ForgetResult(UnlearningResult):
     Example:
         >>> result = ForgetResult(guide=print, posterior=None, original=None, losses=[2.0, 1.0],
         ...                       diagnostics={"ess": [60.0, 50.0]})
-        >>> result.num_steps, result.ess
-        (2, [60.0, 50.0])
+        >>> result.num_steps, result.ess, result.verdict
+        (2, [60.0, 50.0], None)
+        >>> result.summary()
+        'not diagnosed'
+        >>> result.trust_row["verdict"], math.isnan(result.trust_row["pareto_k"])
+        (None, True)
     """
 
     guide: Callable
@@ -45,6 +66,10 @@ class ForgetResult(UnlearningResult):
     losses: list[float] = field(default_factory=list)
     diagnostics: dict[str, list[float]] = field(default_factory=dict)
     particles: str = "vectorized"
+    collapsed: bool = False
+    trust: TrustDiagnostics | None = None
+    verdict: str | None = None
+    explanation: str = "not diagnosed"
 
     @property
     def ess(self) -> list[float]:
@@ -56,3 +81,20 @@ class ForgetResult(UnlearningResult):
     def num_steps(self) -> int:
         """The number of SVI steps taken."""
         return len(self.losses)
+
+    def summary(self) -> str:
+        """One line: the verdict and its evidence (k̂, the KL estimate, the update's ESS), or
+        why the result was not diagnosed."""
+        return self.explanation
+
+    @property
+    def trust_row(self) -> dict[str, Any]:
+        """``verdict`` and the trust diagnostics by name (:meth:`TrustDiagnostics.as_dict
+        <pyro_unlearn.trust.TrustDiagnostics.as_dict>`), NaN (``None`` for the verdict and
+        the precision test) when not diagnosed: columns of a results table."""
+        if self.trust is not None:
+            return {"verdict": self.verdict, **self.trust.as_dict()}
+        row: dict[str, Any] = {"verdict": None}
+        for item in fields(TrustDiagnostics):
+            row[item.name] = None if item.name.startswith("precision") else math.nan
+        return row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +17,16 @@ from ..handlers import unlearn
 from ..infer import UnlearningLoss
 from ..params import ParamSnapshot, trainable
 from ..posterior import FrozenPosterior, freeze
+from ..trust import diagnose as diagnose_trust
+from ..trust import verdict as trust_verdict
 from ..validation import check_finite_data
 from .checks import check_erased_rows, check_forget_options
-from .convergence import run_until_flat
+from .convergence import (
+    WeightCollapseWarning,
+    collapsed_ess_threshold,
+    run_until_flat,
+    weights_collapsed,
+)
 from .methods import METHODS
 from .result import ForgetResult
 
@@ -43,6 +51,8 @@ def forget(
     window: int = 100,
     progress: bool = True,
     loss_options: dict[str, Any] | None = None,
+    diagnose: bool = True,
+    diagnose_samples: int = 1000,
     **kwargs,
 ) -> ForgetResult:
     """Unlearn the erased data from a trained guide without retraining.
@@ -54,6 +64,21 @@ def forget(
     (:func:`~pyro_unlearn.forget.convergence.has_converged` over ``window`` steps) and, for an
     annealed loss, its ``"temperature"`` diagnostic has reached 1. Every diagnostic the loss
     reports (``loss.diagnostics()``) is recorded per step.
+
+    The run is watched for a collapse of the loss's importance weights: when the median ESS of
+    a window of steps falls below max(2, 1 % of ``num_particles``)
+    (:func:`~pyro_unlearn.forget.convergence.weights_collapsed`), one
+    :class:`~pyro_unlearn.forget.WeightCollapseWarning` (a
+    :class:`~pyro_unlearn.LowESSWarning`) is raised, and a run whose last window collapsed is
+    not ``converged``, however flat its loss.
+
+    Then the result is checked without D_r (``diagnose=True``): :func:`pyro_unlearn.trust.diagnose`
+    scores the unlearned posterior against q(θ|D)/p_adj(D_e|θ; λ) with ``diagnose_samples``
+    draws, and :func:`pyro_unlearn.trust.verdict` says how far to trust it
+    (``result.verdict``, ``result.summary()``). A model the diagnostics cannot take (one that
+    cannot take a particle plate: ``result.particles`` is not ``"vectorized"``; a subsampling
+    plate smaller than D_e...) leaves the unlearning as it is: ``verdict`` is ``None`` and
+    ``summary()`` says why.
 
     Validate, then act: every argument is checked first (the options' types and ranges, the
     data's finiteness, the erased rows against their plate in one dry run of the model, and
@@ -93,11 +118,15 @@ def forget(
         loss_options: more arguments of the loss
             (:func:`~pyro_unlearn.forget.methods.loss_option_names`), e.g. ``{"proposal":
             "current", "anneal": 0.8}`` for the rKL on an erasure too informative for q(θ|D).
+        diagnose: attach the trust diagnostics and verdict to the result.
+        diagnose_samples: draws from each of q_u and q(θ|D) for them (at least
+            :data:`pyro_unlearn.trust.MIN_SAMPLES`).
         kwargs: more keyword arguments of the model and guide.
 
     Returns:
         A :class:`~pyro_unlearn.forget.result.ForgetResult`: ``posterior`` the unlearned
-        posterior (frozen), ``original`` q(θ|D), the losses and diagnostics of every step.
+        posterior (frozen), ``original`` q(θ|D), the losses and diagnostics of every step,
+        ``collapsed``, and ``trust``, ``verdict`` and ``summary()``.
 
     Raises:
         TypeError: for an option of the wrong type (a string λ, a fractional ``num_steps``...).
@@ -106,16 +135,34 @@ def forget(
             run that diverged.
         IndexError: for an erased index out of range of its plate.
 
+    Warns:
+        WeightCollapseWarning: once per run, when the weights collapse.
+
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+
+        Y. Yao, A. Vehtari, D. Simpson, A. Gelman. Yes, but Did It Work?: Evaluating
+        Variational Inference. ICML 2018.
 
     Example (``tests/test_forget.py`` runs it)::
 
         result = forget(model, guide, x, y, erased=idx, plate="data", method="rkl")
         result.posterior, result.seconds, result.ess[-1]
+        result.verdict, result.summary()  # "trusted", "trusted: q_u matches p̃ (k̂ = 0.12, ..."
         later = forget(model, guide, x, y, erased=other, plate="data", posterior=result.original)
     """
-    check_forget_options(method, lam, num_particles, num_steps, window, lr, optim, loss_options)
+    check_forget_options(
+        method,
+        lam,
+        num_particles,
+        num_steps,
+        window,
+        lr,
+        optim,
+        loss_options,
+        diagnose=diagnose,
+        diagnose_samples=diagnose_samples,
+    )
     check_finite_data(args, kwargs)
     wrapped = unlearn(model, erased=erased, plate=plate)
     check_erased_rows(wrapped, *args, **kwargs)
@@ -145,7 +192,8 @@ def forget(
         if restore:
             posterior.restore(guide)
         svi = SVI(wrapped, guide, optim, loss)
-        step, diagnostics = _recording_step(svi, loss, args, kwargs)
+        watch = _collapse_watch(num_particles, window)
+        step, diagnostics = _recording_step(svi, loss, args, kwargs, watch)
         losses, converged, seconds = run_until_flat(
             step,
             num_steps,
@@ -156,16 +204,96 @@ def forget(
         )
         _check_trained_finite(optim, len(losses))
         unlearned = freeze(guide, *args, **kwargs)
-    return ForgetResult(
+    collapsed = watch(diagnostics, True)
+    result = ForgetResult(
         guide=guide,
         posterior=unlearned,
         original=posterior,
         losses=losses,
         diagnostics=diagnostics,
         seconds=seconds,
-        converged=converged,
+        converged=converged and not collapsed,  # and at β = 1: run_until_flat's ready()
         particles=loss.particles or "vectorized",
+        collapsed=collapsed,
     )
+    if not diagnose:
+        result.explanation = "not diagnosed: forget(..., diagnose=False)"
+        return result
+    _attach_trust(result, model, args, kwargs, erased, plate, lam, diagnose_samples)
+    return result
+
+
+def _attach_trust(
+    result: ForgetResult,
+    model: Callable,
+    args: tuple,
+    kwargs: dict,
+    erased: Any,
+    plate: Any,
+    lam: float,
+    num_samples: int,
+) -> None:
+    """Diagnose ``result.posterior`` (:func:`pyro_unlearn.trust.diagnose`) and write the
+    diagnostics, verdict and explanation into ``result``; a model the diagnostics cannot take
+    leaves ``verdict`` ``None`` and the reason in the explanation."""
+    if result.particles != "vectorized":
+        result.explanation = (
+            f"not diagnosed: the model cannot take a particle plate (the loss drew its particles "
+            f"by {result.particles}), and the trust diagnostics draw θ in one pyro.plate"
+        )
+        return
+    try:
+        trust = diagnose_trust(
+            model,
+            result.posterior,
+            result.original,
+            *args,
+            erased=erased,
+            plate=plate,
+            lam=lam,
+            num_samples=num_samples,
+            **kwargs,
+        )
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        result.explanation = f"not diagnosed: {first_line}"
+        return
+    label, explanation = trust_verdict(trust)
+    if result.collapsed:
+        explanation += "; the weights collapsed during the run"
+    result.trust, result.verdict, result.explanation = trust, label, explanation
+
+
+def _collapse_watch(
+    num_particles: int, window: int
+) -> Callable[[dict[str, list[float]], bool], bool]:
+    """``watch(record, final)``: at the end of every window (or at ``final``), whether the
+    weights of the last window collapsed, warning the first time they do."""
+    warned = [False]
+    threshold = collapsed_ess_threshold(num_particles)
+
+    def watch(record: dict[str, list[float]], final: bool) -> bool:
+        ess = record.get("ess", [])
+        if not ess or not (final or len(ess) % window == 0):
+            return False
+        collapsed = weights_collapsed(ess, num_particles, window)
+        if collapsed and not warned[0]:
+            warned[0] = True
+            first, last = max(1, len(ess) - window + 1), len(ess)
+            warnings.warn(
+                f"forget: the importance weights collapsed: median ESS "
+                f"{statistics.median(ess[-window:]):.3g} of {num_particles} particles over "
+                f"steps {first}-{last}, below {threshold:g} (max(2, 1% of the particles)); one "
+                "draw carries the loss's gradient, and the run is not counted as converged. "
+                "The erased data may move the posterior further than q(θ|D) reaches: try "
+                "loss_options={'proposal': 'current', 'anneal': 0.5}, more particles, a larger "
+                "lam, or retrain",
+                WeightCollapseWarning,
+                stacklevel=2,
+            )
+        return collapsed
+
+    return watch
 
 
 def _check_trained_finite(optim: pyro.optim.PyroOptim, steps: int) -> None:
@@ -181,7 +309,11 @@ def _check_trained_finite(optim: pyro.optim.PyroOptim, steps: int) -> None:
 
 
 def _recording_step(
-    svi: SVI, loss: UnlearningLoss, args: tuple, kwargs: dict
+    svi: SVI,
+    loss: UnlearningLoss,
+    args: tuple,
+    kwargs: dict,
+    watch: Callable[[dict[str, list[float]], bool], bool],
 ) -> tuple[Callable[[], float], dict[str, list[float]]]:
     """One SVI step that appends the loss's diagnostics to a record, and that record. A
     non-finite loss raises a ``ValueError`` naming its cause (diverged parameters, or a target
@@ -216,6 +348,7 @@ def _recording_step(
             )
         for name, diagnostic in loss.diagnostics().items():
             record.setdefault(name, []).append(diagnostic)
+        watch(record, False)
         return value
 
     return step, record

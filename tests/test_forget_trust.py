@@ -1,0 +1,168 @@
+"""forget's trust check and collapse watch on the conjugate linear regression (exact targets)."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide import AutoMultivariateNormal
+
+import pyro_unlearn as pu
+from pyro_unlearn.exact import gaussian_linear_posterior, gaussian_linear_unlearn
+from pyro_unlearn.experiments.datasets import linear_regression
+from pyro_unlearn.experiments.linear_regression import linear_model
+from pyro_unlearn.forget import (
+    WeightCollapseWarning,
+    collapsed_ess_threshold,
+    weights_collapsed,
+)
+from pyro_unlearn.guides import read_gaussian, write_gaussian
+from pyro_unlearn.metrics import gaussian_kl
+from pyro_unlearn.trust import TrustDiagnostics
+
+QUICK = {"method": "eubo", "num_steps": 5, "progress": False}
+
+
+def features(x):
+    return torch.cat([x, x.new_ones(len(x), 1)], dim=-1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_small_erasure_is_trusted(linreg, model, trained, seed):
+    guide = trained(AutoMultivariateNormal)
+    torch.manual_seed(seed)
+    erased = torch.zeros(len(linreg.x), dtype=torch.bool)
+    erased[torch.randperm(len(linreg.x))[:5]] = True
+    loc, cov = (t.clone() for t in read_gaussian(guide))
+    t_loc, t_prec = gaussian_linear_unlearn(
+        loc, torch.linalg.inv(cov), features(linreg.x[erased]), linreg.y[erased], 0.5
+    )
+    target = (t_loc, torch.linalg.inv(t_prec))
+    before = float(gaussian_kl(loc, cov, *target))
+    result = pu.forget(
+        model,
+        guide,
+        linreg.x,
+        linreg.y,
+        erased=erased,
+        plate="data",
+        num_particles=512,
+        num_steps=400,
+        window=50,
+        lr=0.02,
+        progress=False,
+    )
+    after = float(gaussian_kl(*read_gaussian(result.posterior), *target))
+    assert after < 0.01 and after < 0.25 * before  # 0.001-0.004 from 0.03-0.08
+    assert result.converged and not result.collapsed
+    assert result.verdict == "trusted", result.summary()
+    assert result.summary().startswith("trusted: ") and "k̂ = " in result.summary()
+    assert isinstance(result.trust, TrustDiagnostics) and result.trust.num_samples == 1000
+    # the estimate of KL(q_u ‖ p̃) tracks the exact one (p̃ is Gaussian here)
+    assert abs(result.trust.kl - after) < 4 * result.trust.kl_se + 0.005
+    row = result.trust_row
+    assert row["verdict"] == "trusted" and row["pareto_k"] == result.trust.pareto_k
+
+
+def poisoned_regression():
+    """20 of 100 rows shifted by 3 in x and y: a cluster that moved the fit (KL(full ‖
+    retrained) ≈ 37 nats); q(θ|D) is the exact p(θ|D) in an AutoMultivariateNormal."""
+    data = linear_regression(num_erased=20, shift=3.0)
+
+    def model(x, y=None):
+        return linear_model(x, y, data.noise_scale)
+
+    def exact(keep):
+        loc, precision = gaussian_linear_posterior(
+            torch.zeros(3), torch.eye(3) / 100.0, features(data.x[keep]), data.y[keep], 0.5
+        )
+        return loc, torch.linalg.inv(precision)
+
+    keep = torch.ones(len(data.x), dtype=torch.bool)
+    guide = AutoMultivariateNormal(model)
+    guide(data.x, data.y)
+    write_gaussian(guide, *exact(keep))
+    keep[data.erased] = False
+    return data, model, guide, exact(keep)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_collapse_warns_and_is_not_converged(seed):
+    data, model, guide, retrained = poisoned_regression()
+    full = float(gaussian_kl(*read_gaussian(guide), *retrained))
+    pyro.set_rng_seed(seed)
+    with pytest.warns(WeightCollapseWarning, match="importance weights collapsed") as record:
+        result = pu.forget(  # the paper's reverse KL: θ_s ~ q(θ|D), 64 particles
+            model,
+            guide,
+            data.x,
+            data.y,
+            erased=data.erased,
+            plate="data",
+            num_steps=300,
+            progress=False,
+        )
+    assert len([w for w in record if w.category is WeightCollapseWarning]) == 1  # once per run
+    assert issubclass(WeightCollapseWarning, pu.LowESSWarning)
+    assert result.collapsed and not result.converged
+    assert weights_collapsed(result.ess, 64, 100)
+    # far from the retrained posterior, and the verdict says so
+    assert float(gaussian_kl(*read_gaussian(result.posterior), *retrained)) > 0.5 * full
+    assert result.verdict == "retrain", result.summary()
+    assert "weights collapsed" in result.summary()
+    assert result.trust.update_ess_fraction < 0.01
+
+
+def test_diagnose_false_skips_the_check(linreg, model, trained):
+    guide = trained(AutoMultivariateNormal)
+    args = (model, guide, linreg.x, linreg.y)
+    result = pu.forget(*args, erased=linreg.erased, plate="data", diagnose=False, **QUICK)
+    assert result.trust is None and result.verdict is None
+    assert "diagnose=False" in result.summary()
+    row = result.trust_row
+    assert row["verdict"] is None and math.isnan(row["pareto_k"]) and math.isnan(row["kl"])
+    assert set(row) == {"verdict", *TrustDiagnostics.__dataclass_fields__}
+
+
+def test_model_without_particle_plate_is_not_diagnosed(linreg, trained):
+    def flat(x, y=None):  # reads w as one vector: cannot take a particle plate (vmap can)
+        w = pyro.sample("w", dist.Normal(x.new_zeros(2), 10.0).to_event(1))
+        b = pyro.sample("b", dist.Normal(x.new_zeros(()), 10.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Normal(x @ w.reshape(-1)[:2] + b.reshape(-1)[0], 0.5), obs=y)
+
+    guide = AutoMultivariateNormal(flat)
+    guide(linreg.x, linreg.y)
+    result = pu.forget(
+        flat,
+        guide,
+        linreg.x,
+        linreg.y,
+        erased=linreg.erased,
+        plate="data",
+        num_particles=8,
+        **QUICK,
+    )
+    assert result.particles != "vectorized"
+    assert result.verdict is None and result.trust is None
+    assert result.summary().startswith("not diagnosed: the model cannot take a particle plate")
+    assert result.num_steps == 5  # the unlearning itself ran
+
+
+def test_diagnose_options_are_checked(linreg, model, trained):
+    guide = trained(AutoMultivariateNormal)
+    args = (model, guide, linreg.x, linreg.y)
+    with pytest.raises(ValueError, match="diagnose_samples must be at least 100"):
+        pu.forget(*args, erased=linreg.erased, plate="data", diagnose_samples=50, **QUICK)
+    with pytest.raises(TypeError, match="diagnose must be True or False"):
+        pu.forget(*args, erased=linreg.erased, plate="data", diagnose="yes", **QUICK)
+
+
+def test_collapse_rule():
+    assert collapsed_ess_threshold(64) == 2.0 and collapsed_ess_threshold(1000) == 10.0
+    assert weights_collapsed([1.0] * 100, 64, 50)
+    assert not weights_collapsed([1.0] * 50 + [3.0] * 50, 64, 50)  # recovered
+    assert weights_collapsed([3.0] * 50 + [9.0] * 50, 1000, 50)  # 1 % of 1000 = 10
+    assert not weights_collapsed([], 64, 50)  # no weights (the EUBO)
+    assert not weights_collapsed([1.0] * 100, 3, 50)  # too few particles to tell
