@@ -321,8 +321,9 @@ class VariationalGPAdapter:
 
     Example::
 
-        >>> import torch, pyro.contrib.gp as gp
+        >>> import pyro, torch, pyro.contrib.gp as gp
         >>> import pyro_unlearn as pu
+        >>> pyro.clear_param_store()  # one GP per name_prefix in the store
         >>> from pyro_unlearn.contrib.pyro_gp import VariationalGPAdapter
         >>> x = torch.linspace(0, 1, 30); y = torch.sin(6 * x)
         >>> vsgp = gp.models.VariationalSparseGP(
@@ -331,7 +332,8 @@ class VariationalGPAdapter:
         >>> # (train it here, e.g. with TraceMeanField_ELBO)
         >>> adapter = VariationalGPAdapter(vsgp)
         >>> result = pu.forget(adapter.model, adapter.guide, x, y, erased=range(5),
-        ...                    plate=adapter.plate, num_steps=20, progress=False)
+        ...                    plate=adapter.plate, num_steps=20, progress=False,
+        ...                    loss_options={"proposal": "current", "anneal": 0.5})
     """
 
     def __init__(self, gp: VariationalSparseGP | VariationalGP, name_prefix: str = "gp") -> None:

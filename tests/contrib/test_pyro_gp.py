@@ -3,6 +3,8 @@ sampled u, against closed-form targets (Gaussian likelihood, hyperparameters fix
 
 from __future__ import annotations
 
+import warnings
+
 import pyro
 import pyro.contrib.gp as gp
 import pyro.poutine as poutine
@@ -207,10 +209,12 @@ def test_binary_classification_moves_q_through_forget():
     )
     adapter = pgp.VariationalGPAdapter(vsgp, name_prefix="clf")
     before = pgp.inducing_distribution(vsgp)
-    result = pu.forget(
-        adapter.model, adapter.guide, x, y, erased=torch.arange(25, 30), plate=adapter.plate,
-        num_steps=20, progress=False,
-    )  # fmt: skip
+    with warnings.catch_warnings():  # an untrained q(u): the paper's rKL weights may collapse
+        warnings.simplefilter("ignore", pu.WeightCollapseWarning)
+        result = pu.forget(
+            adapter.model, adapter.guide, x, y, erased=torch.arange(25, 30), plate=adapter.plate,
+            num_steps=20, progress=False,
+        )  # fmt: skip
     assert float(pgp.inducing_kl(result.posterior, vsgp)) == pytest.approx(0.0, abs=1e-6)
     assert not torch.equal(pgp.inducing_distribution(vsgp).mean, before.mean)
 

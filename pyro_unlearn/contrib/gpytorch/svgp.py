@@ -107,6 +107,7 @@ class PyroSVGP:
     Example::
 
         >>> import gpytorch, torch, pyro
+        >>> pyro.clear_param_store()  # one GP per name_prefix in the store
         >>> import pyro_unlearn as pu
         >>> from pyro_unlearn.contrib.gpytorch import PyroSVGP
         >>> class GP(gpytorch.models.ApproximateGP):
@@ -124,7 +125,8 @@ class PyroSVGP:
         >>> svgp = PyroSVGP(gp, likelihood)
         >>> posterior = svgp.freeze()
         >>> result = pu.forget(svgp.model, svgp.guide, x, y, erased=range(5), plate=svgp.plate,
-        ...                    posterior=posterior, num_steps=20, progress=False)
+        ...                    posterior=posterior, num_steps=20, progress=False,
+        ...                    loss_options={"proposal": "current", "anneal": 0.5})
     """
 
     def __init__(
