@@ -9,7 +9,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from ..handlers import ERASED
+from ..handlers import is_erased
 from ..infer.adjusted_likelihood import check_lam
 from ..params import ParamSnapshot
 from ..traces import preserved_rng
@@ -112,7 +112,7 @@ def check_erased_rows(wrapped: Callable, *args, **kwargs) -> None:
     with preserved_rng(args, kwargs), ParamSnapshot.of_store(clone=False).active():
         with poutine.block(), torch.no_grad():
             trace = poutine.trace(wrapped).get_trace(*args, **kwargs)
-    flagged = [n for n, site in trace.nodes.items() if ERASED in site.get("infer", {})]
+    flagged = [n for n, site in trace.nodes.items() if is_erased(n, site)]
     if not flagged:
         raise ValueError(
             "the model has no erased observations: the erased data must be observed sites "

@@ -4,6 +4,20 @@ The unlearning losses read log p(D_e|θ) only from flagged sites (:func:`erased_
 priors, ``pyro.factor`` sites and unflagged observations are never part of it.
 """
 
-from .messenger import ERASED, SUBSAMPLE_MODES, UnlearnMessenger, erased_log_likelihood, unlearn
+from .messenger import (
+    ERASED,
+    SUBSAMPLE_MODES,
+    UnlearnMessenger,
+    erased_log_likelihood,
+    is_erased,
+    unlearn,
+)
 
-__all__ = ["ERASED", "SUBSAMPLE_MODES", "UnlearnMessenger", "erased_log_likelihood", "unlearn"]
+__all__ = [
+    "ERASED",
+    "SUBSAMPLE_MODES",
+    "UnlearnMessenger",
+    "erased_log_likelihood",
+    "is_erased",
+    "unlearn",
+]

@@ -17,7 +17,14 @@ from pyro.poutine.util import site_is_factor, site_is_subsample
 from ..traces import sum_per_particle
 from .rows import WHOLE, as_plates, as_row_spec, batch_mask, coordinates, full_mask
 
-__all__ = ["ERASED", "SUBSAMPLE_MODES", "UnlearnMessenger", "erased_log_likelihood", "unlearn"]
+__all__ = [
+    "ERASED",
+    "SUBSAMPLE_MODES",
+    "UnlearnMessenger",
+    "erased_log_likelihood",
+    "is_erased",
+    "unlearn",
+]
 
 #: Key of ``msg["infer"]`` under which a site's erased rows are flagged: ``True`` (the whole site)
 #: or a boolean tensor that broadcasts against the site's ``log_prob``.
@@ -367,6 +374,21 @@ def unlearn(
     """
     messenger = UnlearnMessenger(erased=erased, plate=plate, subsample=subsample)
     return messenger if fn is None else messenger(fn)
+
+
+def is_erased(_name: str, site: dict) -> bool:
+    """Whether :func:`unlearn` flagged ``site`` (some of its rows erased); shaped as Pyro's
+    ``site_filter`` (``trace.compute_log_prob(site_filter=is_erased)``).
+
+    Example:
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> def model(y):
+        ...     pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+        >>> trace = pyro.poutine.trace(unlearn(model)).get_trace(torch.tensor(0.0))
+        >>> is_erased("y", trace.nodes["y"])
+        True
+    """
+    return ERASED in site.get("infer", {})
 
 
 def erased_log_likelihood(

@@ -14,7 +14,7 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine import Trace
 from pyro.util import warn_if_inf, warn_if_nan
 
-from ..handlers import ERASED
+from ..handlers import ERASED, is_erased
 from ..posterior import FrozenPosterior
 from ..traces import latent_sites, particle_dim_of, preserved_rng
 from ..validation import check_finite, check_finite_data, check_positive_int
@@ -204,7 +204,7 @@ def check_erased_data_finite(model_trace: Trace) -> None:
         ValueError: observed site 'y' has a non-finite value (inf) at row 1: the data must be finite
     """
     for name, site in model_trace.nodes.items():
-        if site["type"] == "sample" and site["is_observed"] and ERASED in site["infer"]:
+        if site["type"] == "sample" and site["is_observed"] and is_erased(name, site):
             check_finite(f"observed site {name!r}", site["value"])
 
 

@@ -15,7 +15,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.func import grad, grad_and_value, hessian, jvp, vjp, vmap
 
 from ..guides.gaussian import LatentLayout, latent_layout
-from ..handlers import ERASED, erased_log_likelihood, unlearn
+from ..handlers import ERASED, erased_log_likelihood, is_erased, unlearn
 from ..posterior import FrozenPosterior
 from ..traces import subsampled_plates
 from .base import INDEPENDENT_LIKELIHOOD
@@ -89,7 +89,7 @@ class ErasedLogLikelihood:
         # condition outside unlearn: unlearn sees the latents before they become observed
         conditioned = poutine.condition(self.model, data=self.layout.values(theta))
         trace = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
-        trace.compute_log_prob(site_filter=lambda _, site: site["infer"].get(ERASED) is not None)
+        trace.compute_log_prob(site_filter=is_erased)
         return trace
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
@@ -258,10 +258,10 @@ def _site_output(site) -> tuple[torch.Tensor, int]:
 def _erased_sites(trace: Trace) -> list[dict]:
     return [
         site
-        for site in trace.nodes.values()
+        for name, site in trace.nodes.items()
         if site["type"] == "sample"
         and site["is_observed"]
-        and site["infer"].get(ERASED) is not None
+        and is_erased(name, site)
         and not site["infer"].get("_deterministic")
     ]
 

@@ -16,7 +16,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from ..guides.gaussian import GAUSSIAN_DISTRIBUTIONS
-from ..handlers import ERASED, erased_log_likelihood, unlearn
+from ..handlers import erased_log_likelihood, is_erased, unlearn
 from ..params import ParamSnapshot
 from ..posterior import FrozenPosterior, independent_copy
 from ..traces import max_plate_nesting
@@ -292,7 +292,7 @@ class InfluenceObjective:
             model_tr = poutine.trace(poutine.replay(self.erased_model, trace=guide_tr)).get_trace(
                 *self.erased_args, **self.kwargs
             )
-            model_tr.compute_log_prob(site_filter=lambda _, s: s["infer"].get(ERASED) is not None)
+            model_tr.compute_log_prob(site_filter=is_erased)
             check_likelihood_connected(model_tr, erased_log_likelihood(model_tr)[0])
 
     def _run(self, model: Callable, args: tuple, seed: int) -> tuple[Trace, Trace]:
@@ -318,7 +318,7 @@ class InfluenceObjective:
     def erased_gradient(self, seed: int) -> torch.Tensor:
         """∇_γ ĥ(γ), ĥ = −mean_s log p(D_e|θ_s), flat."""
         _, model_tr = self._run(self.erased_model, self.erased_args, seed)
-        model_tr.compute_log_prob(site_filter=lambda _, s: s["infer"].get(ERASED) is not None)
+        model_tr.compute_log_prob(site_filter=is_erased)
         loss = -erased_log_likelihood(model_tr, self.dim, self.particles).mean()
         grads = torch.autograd.grad(
             loss, self.params.tensors, allow_unused=True, materialize_grads=True

@@ -14,7 +14,7 @@ from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 from torch.func import vmap
 
-from ..handlers import ERASED, erased_log_likelihood
+from ..handlers import ERASED, erased_log_likelihood, is_erased
 from ..traces import (
     max_plate_nesting,
     particle_value,
@@ -141,7 +141,7 @@ class VmappedModel:
             *args, **kwargs
         )
         if self.density == "erased":
-            trace.compute_log_prob(site_filter=lambda _, site: ERASED in site["infer"])
+            trace.compute_log_prob(site_filter=is_erased)
             return erased_log_likelihood(trace)[0]
         trace.compute_log_prob()
         return sum(

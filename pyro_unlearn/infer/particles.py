@@ -16,7 +16,7 @@ from torch.distributions import Transform, biject_to
 from torch.func import grad_and_value, vmap
 from tqdm import tqdm
 
-from ..handlers import ERASED, erased_log_likelihood, unlearn
+from ..handlers import ERASED, erased_log_likelihood, is_erased, unlearn
 from ..traces import max_plate_nesting, subsampled_plates, sum_per_particle
 from .hmc import hmc_moves, whitening
 
@@ -62,10 +62,6 @@ class _Site:
 
 def _is_latent(site: dict) -> bool:
     return site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-
-
-def _is_erased(_name: str, site: dict) -> bool:
-    return site["infer"].get(ERASED) is not None
 
 
 def _chunks(total: int, size: int) -> Iterator[slice]:
@@ -136,7 +132,7 @@ class ParticleModel:
             ]
         )
         if self.latents:
-            trace.compute_log_prob(site_filter=_is_erased)
+            trace.compute_log_prob(site_filter=is_erased)
             erased_log_likelihood(trace)  # raises when nothing is flagged
 
     def _first_trace(self, draws: Mapping[str, torch.Tensor]) -> tuple[Trace, set[str]]:
@@ -210,14 +206,14 @@ class ParticleModel:
 
             def one(vals):
                 trace = self._trace(self.model, vals, self.args, self.kwargs)
-                trace.compute_log_prob(site_filter=_is_erased)
+                trace.compute_log_prob(site_filter=is_erased)
                 return erased_log_likelihood(trace)[0]
 
             return _vmapped(one, values)
         num = values[self.latents[0]].shape[0]
         model, shaped, dim = self._plated(self.model, values, num)
         trace = self._trace(model, shaped, self.args, self.kwargs)
-        trace.compute_log_prob(site_filter=_is_erased)
+        trace.compute_log_prob(site_filter=is_erased)
         return erased_log_likelihood(trace, dim, num)
 
     def constrain(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

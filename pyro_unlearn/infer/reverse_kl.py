@@ -7,7 +7,7 @@ import math
 import pyro.poutine as poutine
 import torch
 
-from ..handlers import ERASED, erased_log_likelihood
+from ..handlers import erased_log_likelihood, is_erased
 from ..posterior import FrozenPosterior
 from ..traces import sum_sites_per_particle
 from ..validation import check_in_unit_interval
@@ -220,7 +220,7 @@ class ReverseKL(UnlearningLoss):
         sites = self.posterior.sites
         posterior_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
         guide_trace.compute_log_prob(site_filter=lambda name, _: name in sites)
-        model_trace.compute_log_prob(site_filter=lambda _, site: ERASED in site["infer"])
+        model_trace.compute_log_prob(site_filter=is_erased)
         return model_trace, guide_trace, posterior_trace
 
     def _particle_terms(self, model_trace, guide_trace, posterior_trace, particle_dim, n):

@@ -11,7 +11,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..guides import is_gaussian, read_gaussian
-from ..handlers import ERASED, erased_log_likelihood, unlearn
+from ..handlers import erased_log_likelihood, is_erased, unlearn
 from ..infer.adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
 from ..infer.curvature import CURVATURES, ErasedLogLikelihood
 from ..posterior import FrozenPosterior
@@ -245,7 +245,7 @@ def _draw(
         scored.compute_log_prob(site_filter=lambda name, _: name in other.sites)
         log_other = sum_sites_per_particle(scored, other.sites, dim, num)
     trace = poutine.trace(poutine.replay(particles(model), trace=draw)).get_trace(*args, **kwargs)
-    trace.compute_log_prob(site_filter=lambda _, site: ERASED in site["infer"])
+    trace.compute_log_prob(site_filter=is_erased)
     return log_source, log_other, erased_log_likelihood(trace, dim, num)
 
 
