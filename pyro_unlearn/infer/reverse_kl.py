@@ -14,6 +14,7 @@ from ..validation import check_in_unit_interval
 from .base import UnlearningLoss
 
 __all__ = [
+    "ImportanceWeighted",
     "ImportanceWeights",
     "ReverseKL",
     "effective_sample_size",
@@ -117,7 +118,24 @@ def next_temperature(
     return candidates[ok].max()
 
 
-class ReverseKL(UnlearningLoss):
+class ImportanceWeighted:
+    """What every importance-weighted objective (:class:`ReverseKL`, the GPyTorch
+    ``VariationalReverseKL``) reads off its :class:`ImportanceWeights` ``weights``."""
+
+    weights: ImportanceWeights
+
+    @property
+    def ess(self) -> torch.Tensor | None:
+        """The effective sample size of the last evaluated step (``None`` before the first)."""
+        return self.weights.ess
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """β of the annealed target (1 without ``anneal``)."""
+        return self.weights.temperature
+
+
+class ReverseKL(ImportanceWeighted, UnlearningLoss):
     r"""Unlearning by minimising the reverse KL divergence over q_v, started at q(θ|D):
 
     .. math:: \mathrm{KL}(\tilde p_\mathrm{adj} \,\|\, q_v), \qquad
@@ -184,16 +202,6 @@ class ReverseKL(UnlearningLoss):
     ) -> None:
         super().__init__(posterior, lam, **kwargs)
         self.weights = ImportanceWeights(proposal, anneal)
-
-    @property
-    def ess(self) -> torch.Tensor | None:
-        """The effective sample size of the last evaluated step (``None`` before the first)."""
-        return self.weights.ess
-
-    @property
-    def temperature(self) -> torch.Tensor:
-        """β of the annealed target (1 without ``anneal``)."""
-        return self.weights.temperature
 
     def diagnostics(self) -> dict[str, float]:
         """``{"ess": ..., "temperature": ...}`` of the last evaluated step (see

@@ -9,7 +9,7 @@ from gpytorch.distributions import MultivariateNormal
 from pyro.infer.util import is_validation_enabled
 
 from ....infer.adjusted_likelihood import adjusted_log_likelihood
-from ....infer.reverse_kl import ImportanceWeights
+from ....infer.reverse_kl import ImportanceWeighted, ImportanceWeights
 from ....posterior import FrozenPosterior
 from ....validation import check_positive_int
 from ..conditional import Projection, check_gp_data, per_output_log_likelihood, projections
@@ -18,7 +18,7 @@ from .base import UnlearningObjective
 __all__ = ["VariationalReverseKL"]
 
 
-class VariationalReverseKL(UnlearningObjective):
+class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
     r"""The reverse-KL unlearning objective of Nguyen et al. (2020) for a sparse variational GP,
     in GPyTorch's idiom: ``-rkl(None, y_e, inputs=x_e)`` (all of D_e each step) is
     KL(p̃ ‖ q_v)/``|D_e|`` up to a constant, p̃(u) ∝ q(u|D)/p_adj(D_e|u), by the self-normalised
@@ -156,16 +156,6 @@ class VariationalReverseKL(UnlearningObjective):
         log_q_v = q_v.log_prob(u)  # (S, *batch)
         weights = self.weights(log_lik, log_q_data, self._sum_batch(log_q_v))
         return (self._per_draw(weights) * log_q_v).mean(0)
-
-    @property
-    def ess(self) -> torch.Tensor | None:
-        """The last step's effective sample size (``None`` before the first)."""
-        return self.weights.ess
-
-    @property
-    def temperature(self) -> torch.Tensor:
-        """β of the annealed target (1 without ``anneal``)."""
-        return self.weights.temperature
 
     def diagnostics(self) -> dict[str, float]:
         """The last step's diagnostics, ``{"ess": ..., "temperature": ...}`` (the keys of
