@@ -44,6 +44,14 @@ class ForgetResult(UnlearningResult):
             (:func:`pyro_unlearn.trust.verdict`), ``None`` when not diagnosed.
         explanation: the verdict's one-line explanation, or why the result was not diagnosed
             (:meth:`summary`).
+        method: the loss that produced ``posterior`` (a key of
+            :data:`~pyro_unlearn.forget.methods.METHODS`), with ``loss_options`` its options
+            and ``lam`` its λ: under ``method="auto"``, those of the attempt chosen.
+        loss_options: the loss options of that run.
+        lam: the adjusted likelihood's λ of that run.
+        attempts: under ``method="auto"``, one row per run tried, in order (method, options,
+            λ, verdict, k̂, KL estimate, converged, collapsed, seconds, steps, whether chosen,
+            error); empty for an explicit ``method``.
         particles: how the loss drew its particles (:attr:`UnlearningLoss.particles
             <pyro_unlearn.infer.base.UnlearningLoss>`): ``"vectorized"``, ``"vmap"`` (a model
             that cannot take a particle plate, batched by ``torch.func.vmap``) or
@@ -65,6 +73,10 @@ class ForgetResult(UnlearningResult):
     original: FrozenPosterior
     losses: list[float] = field(default_factory=list)
     diagnostics: dict[str, list[float]] = field(default_factory=dict)
+    method: str = "rkl"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    lam: float = 0.0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     particles: str = "vectorized"
     collapsed: bool = False
     trust: TrustDiagnostics | None = None
