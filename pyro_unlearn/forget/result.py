@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
+import math  # noqa: F401 (the doctest)
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..posterior import FrozenPosterior
 from ..results import UnlearningResult
-from ..trust import TrustDiagnostics
 
 __all__ = ["ForgetResult"]
 
@@ -37,13 +36,8 @@ class ForgetResult(UnlearningResult):
             (:func:`~pyro_unlearn.forget.convergence.weights_collapsed`: median ESS below
             max(2, 1 % of the particles)); a
             :class:`~pyro_unlearn.forget.WeightCollapseWarning` was raised.
-        trust: the :class:`~pyro_unlearn.trust.TrustDiagnostics` of ``posterior`` against
-            q(θ|D)/p_adj(D_e|θ) (:func:`pyro_unlearn.trust.diagnose`), ``None`` when not
-            diagnosed.
-        verdict: ``"trusted"``, ``"approximate"`` or ``"retrain"``
-            (:func:`pyro_unlearn.trust.verdict`), ``None`` when not diagnosed.
-        explanation: the verdict's one-line explanation, or why the result was not diagnosed
-            (:meth:`summary`).
+        trust, verdict, explanation: how far to trust ``posterior``, as on every
+            :class:`~pyro_unlearn.results.UnlearningResult` (``summary()``, ``trust_row``).
         method: the loss that produced ``posterior`` (a key of
             :data:`~pyro_unlearn.forget.methods.METHODS`), with ``loss_options`` its options
             and ``lam`` its λ: under ``method="auto"``, those of the attempt chosen.
@@ -79,9 +73,6 @@ class ForgetResult(UnlearningResult):
     attempts: list[dict[str, Any]] = field(default_factory=list)
     particles: str = "vectorized"
     collapsed: bool = False
-    trust: TrustDiagnostics | None = None
-    verdict: str | None = None
-    explanation: str = "not diagnosed"
 
     @property
     def ess(self) -> list[float]:
@@ -93,20 +84,3 @@ class ForgetResult(UnlearningResult):
     def num_steps(self) -> int:
         """The number of SVI steps taken."""
         return len(self.losses)
-
-    def summary(self) -> str:
-        """One line: the verdict and its evidence (k̂, the KL estimate, the update's ESS), or
-        why the result was not diagnosed."""
-        return self.explanation
-
-    @property
-    def trust_row(self) -> dict[str, Any]:
-        """``verdict`` and the trust diagnostics by name (:meth:`TrustDiagnostics.as_dict
-        <pyro_unlearn.trust.TrustDiagnostics.as_dict>`), NaN (``None`` for the verdict and
-        the precision test) when not diagnosed: columns of a results table."""
-        if self.trust is not None:
-            return {"verdict": self.verdict, **self.trust.as_dict()}
-        row: dict[str, Any] = {"verdict": None}
-        for item in fields(TrustDiagnostics):
-            row[item.name] = None if item.name.startswith("precision") else math.nan
-        return row
