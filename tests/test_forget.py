@@ -98,7 +98,7 @@ def test_forget_passes_loss_options_to_the_annealed_reverse_kl(
     before = float(gaussian_kl(*read_gaussian(guide), loc, cov))
     result = pu.forget(
         model, guide, linreg.x, linreg.y, erased=linreg.erased, plate="data", num_particles=256,
-        num_steps=300, window=50, lr=0.02, progress=False,
+        num_steps=300, window=50, lr=0.02, progress=False, method="rkl",
         loss_options={"proposal": "current", "anneal": 0.5},
     )  # fmt: skip
     assert float(gaussian_kl(*read_gaussian(guide), loc, cov)) < 0.05 * before
@@ -107,6 +107,11 @@ def test_forget_passes_loss_options_to_the_annealed_reverse_kl(
     assert len(beta) == result.num_steps and beta[0] < 1.0 == beta[-1]
     assert all(a <= b for a, b in zip(beta, beta[1:], strict=False))
     with pytest.raises(ValueError, match="needs proposal='current'"):
+        pu.forget(
+            model, guide, linreg.x, linreg.y, method="rkl", loss_options={"anneal": 0.5},
+            progress=False,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="method='auto' chooses the loss itself"):
         pu.forget(model, guide, linreg.x, linreg.y, loss_options={"anneal": 0.5}, progress=False)
 
 

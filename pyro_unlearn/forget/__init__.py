@@ -1,5 +1,6 @@
 """One call that unlearns: runs the SVI loop with a progress bar until the loss has converged."""
 
+from .auto import AUTO, AUTO_LADDER, Rung
 from .checks import check_erased_rows
 from .convergence import (
     COLLAPSED_ESS,
@@ -15,6 +16,9 @@ from .result import ForgetResult
 from .run import forget
 
 __all__ = [
+    "AUTO",
+    "AUTO_LADDER",
+    "Rung",
     "COLLAPSED_ESS",
     "COLLAPSED_ESS_FRACTION",
     "METHODS",

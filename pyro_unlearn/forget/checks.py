@@ -15,6 +15,7 @@ from ..params import ParamSnapshot
 from ..traces import preserved_rng
 from ..trust import MIN_SAMPLES
 from ..validation import check_positive, check_positive_int
+from .auto import AUTO
 from .methods import METHODS, SET_BY_FORGET, loss_option_names
 
 __all__ = ["check_erased_rows", "check_forget_options"]
@@ -51,8 +52,8 @@ def check_forget_options(
         ...
         ValueError: loss_options sets ['num_particles']: pass them to forget itself
     """
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if not isinstance(method, str) or method not in {*METHODS, AUTO}:
+        raise ValueError(f"method must be one of {sorted({*METHODS, AUTO})}, got {method!r}")
     check_lam(lam)
     check_positive_int("num_particles", num_particles)
     check_positive_int("num_steps", num_steps)
@@ -74,6 +75,13 @@ def check_forget_options(
     taken = sorted(set(loss_options) & SET_BY_FORGET)
     if taken:
         raise ValueError(f"loss_options sets {taken}: pass them to forget itself")
+    if method == AUTO and loss_options:
+        raise ValueError(
+            f"loss_options {sorted(loss_options, key=str)} set one loss's options, and "
+            "method='auto' chooses the loss itself: name the loss (method='rkl' or 'eubo')"
+        )
+    if method == AUTO:
+        return
     known = loss_option_names(METHODS[method])
     unknown = sorted(set(loss_options) - known, key=str)
     if unknown:

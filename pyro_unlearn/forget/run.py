@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-import math
-import statistics
+import copy
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
-import torch
 from pyro.infer import SVI
-from pyro.infer.util import is_validation_enabled
 
 from ..handlers import unlearn
-from ..infer import UnlearningLoss
 from ..params import ParamSnapshot, trainable
 from ..posterior import FrozenPosterior, freeze
 from ..trust import diagnose as diagnose_trust
 from ..trust import verdict as trust_verdict
 from ..validation import check_finite_data
+from .auto import AUTO, AUTO_LADDER, attempt_row, rank, should_escalate
 from .checks import check_erased_rows, check_forget_options
-from .convergence import (
-    WeightCollapseWarning,
-    collapsed_ess_threshold,
-    run_until_flat,
-    weights_collapsed,
-)
+from .convergence import WeightCollapseWarning, run_until_flat
 from .methods import METHODS
 from .result import ForgetResult
+from .steps import check_trained_finite, collapse_watch, recording_step, warn_collapsed
 
 __all__ = ["forget"]
 
@@ -39,7 +33,7 @@ def forget(
     *args,
     erased: Any = None,
     plate: str | tuple[str, ...] | None = None,
-    method: str = "rkl",
+    method: str = "auto",
     lam: float = 0.0,
     posterior: FrozenPosterior | None = None,
     num_particles: int = 64,
@@ -80,6 +74,17 @@ def forget(
     plate smaller than D_e...) leaves the unlearning as it is: ``verdict`` is ``None`` and
     ``summary()`` says why.
 
+    ``method="auto"`` (the default) chooses the loss by the verdict: it runs the paper's reverse
+    KL first; when that run is not ``"trusted"`` (or, undiagnosed, its weights collapsed), it
+    runs, each from q(θ|D) again, the reverse KL annealed from the current guide
+    (``proposal="current"``, ``anneal=0.5``), then the EUBO, stopping at the first trusted run
+    (:data:`~pyro_unlearn.forget.auto.AUTO_LADDER`). It keeps the best-diagnosed run
+    (:func:`~pyro_unlearn.forget.auto.rank`: verdict, no collapse, converged, then the share of
+    the distance to p̃ left), writes it into the guide, and records every run in
+    ``result.attempts``; ``result.method`` and ``result.loss_options`` name the one kept and
+    ``result.seconds`` counts them all. The collapse warning is raised only when the run kept
+    collapsed. An explicit ``method`` runs that loss once, with ``loss_options``.
+
     Validate, then act: every argument is checked first (the options' types and ranges, the
     data's finiteness, the erased rows against their plate in one dry run of the model, and
     ``posterior`` against ``guide``: parameter and site names and shapes), before the guide is
@@ -98,9 +103,11 @@ def forget(
         erased: the erased rows, as :func:`~pyro_unlearn.unlearn` takes them.
         plate: the plate the rows index, or a tuple of nested plates for cells (``erased`` then
             a boolean mask with one axis per plate), as :func:`~pyro_unlearn.unlearn` takes it.
-        method: ``"rkl"`` (:class:`~pyro_unlearn.ReverseKL`, the robust default) or ``"eubo"``
-            (:class:`~pyro_unlearn.Trace_EUBO`); the keys of
-            :data:`~pyro_unlearn.forget.methods.METHODS`.
+        method: ``"auto"`` (the default: the runs of
+            :data:`~pyro_unlearn.forget.auto.AUTO_LADDER` in turn, see above), ``"rkl"``
+            (:class:`~pyro_unlearn.ReverseKL`, the paper's robust choice) or ``"eubo"``
+            (:class:`~pyro_unlearn.Trace_EUBO`): the keys of
+            :data:`~pyro_unlearn.forget.methods.METHODS` run that loss once.
         lam: the adjusted likelihood's λ ∈ [0, 1].
         posterior: the frozen q(θ|D) to start from (default: ``freeze(guide, *args)``); it
             must have the guide's structure.
@@ -115,7 +122,7 @@ def forget(
         num_steps: the most SVI steps, a positive integer.
         window: steps per convergence window, a positive integer.
         progress: show a progress bar.
-        loss_options: more arguments of the loss
+        loss_options: more arguments of an explicitly named loss (not with ``"auto"``)
             (:func:`~pyro_unlearn.forget.methods.loss_option_names`), e.g. ``{"proposal":
             "current", "anneal": 0.8}`` for the rKL on an erasure too informative for q(θ|D).
         diagnose: attach the trust diagnostics and verdict to the result.
@@ -176,33 +183,92 @@ def forget(
         )
     else:
         posterior.check_guide(guide)
-    loss = METHODS[method](
-        posterior,
-        lam,
+    run = _Run(
+        model=model,
+        guide=guide,
+        wrapped=wrapped,
+        args=args,
+        kwargs=kwargs,
+        erased=erased,
+        plate=plate,
         num_particles=num_particles,
         vectorize_particles=vectorize_particles,
         max_plate_nesting=max_plate_nesting,
-        **(loss_options or {}),
+        optim=optim,
+        lr=lr,
+        num_steps=num_steps,
+        window=window,
+        progress=progress,
+        diagnose=diagnose,
+        diagnose_samples=diagnose_samples,
     )
+    if method == AUTO:
+        return _run_auto(run, posterior, lam)
+    return _run_once(run, posterior, restore, method, lam, loss_options or {})
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every run of one forget call shares: the model, guide, data and settings."""
+
+    model: Callable
+    guide: Callable
+    wrapped: Callable
+    args: tuple
+    kwargs: dict
+    erased: Any
+    plate: Any
+    num_particles: int
+    vectorize_particles: bool
+    max_plate_nesting: float
+    optim: pyro.optim.PyroOptim | None
+    lr: float
+    num_steps: int
+    window: int
+    progress: bool
+    diagnose: bool
+    diagnose_samples: int
+
+
+def _run_once(
+    run: _Run,
+    posterior: FrozenPosterior,
+    restore: bool,
+    method: str,
+    lam: float,
+    loss_options: dict[str, Any],
+    label: str = "",
+) -> ForgetResult:
+    """One SVI run of the loss ``method`` from ``posterior``, all or nothing, then diagnosed."""
+    loss = METHODS[method](
+        posterior,
+        lam,
+        num_particles=run.num_particles,
+        vectorize_particles=run.vectorize_particles,
+        max_plate_nesting=run.max_plate_nesting,
+        **loss_options,
+    )
+    optim = copy.deepcopy(run.optim)  # a fresh optimiser state per run (auto runs several)
     if optim is None:
-        optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / num_steps)})
+        optim = pyro.optim.ClippedAdam({"lr": run.lr, "lrd": 0.1 ** (1 / run.num_steps)})
+    guide, args, kwargs = run.guide, run.args, run.kwargs
     # Everything is checked; now act, all or nothing: a failed run leaves the store as it was.
     # The guide's parameters are trained even if frozen (requires_grad_(False)); flags restored.
     with ParamSnapshot.transaction(), trainable(guide, *args, **kwargs):
         if restore:
             posterior.restore(guide)
-        svi = SVI(wrapped, guide, optim, loss)
-        watch = _collapse_watch(num_particles, window)
-        step, diagnostics = _recording_step(svi, loss, args, kwargs, watch)
+        svi = SVI(run.wrapped, guide, optim, loss)
+        watch = collapse_watch(run.num_particles, run.window)
+        step, diagnostics = recording_step(svi, loss, args, kwargs, watch)
         losses, converged, seconds = run_until_flat(
             step,
-            num_steps,
-            window,
-            f"unlearning ({method}, λ={float(lam):g})",
-            progress,
+            run.num_steps,
+            run.window,
+            f"unlearning ({label or method}, λ={float(lam):g})",
+            run.progress,
             lambda: diagnostics.get("temperature", [1.0])[-1] >= 1.0,
         )
-        _check_trained_finite(optim, len(losses))
+        check_trained_finite(optim, len(losses))
         unlearned = freeze(guide, *args, **kwargs)
     collapsed = watch(diagnostics, True)
     result = ForgetResult(
@@ -213,26 +279,55 @@ def forget(
         diagnostics=diagnostics,
         seconds=seconds,
         converged=converged and not collapsed,  # and at β = 1: run_until_flat's ready()
+        method=method,
+        loss_options=dict(loss_options),
+        lam=float(lam),
         particles=loss.particles or "vectorized",
         collapsed=collapsed,
     )
-    if not diagnose:
+    if not run.diagnose:
         result.explanation = "not diagnosed: forget(..., diagnose=False)"
         return result
-    _attach_trust(result, model, args, kwargs, erased, plate, lam, diagnose_samples)
+    _attach_trust(result, run, lam)
     return result
 
 
-def _attach_trust(
-    result: ForgetResult,
-    model: Callable,
-    args: tuple,
-    kwargs: dict,
-    erased: Any,
-    plate: Any,
-    lam: float,
-    num_samples: int,
-) -> None:
+def _run_auto(run: _Run, original: FrozenPosterior, lam: float) -> ForgetResult:
+    """``method="auto"``: the runs of :data:`~pyro_unlearn.forget.auto.AUTO_LADDER` from
+    q(θ|D), in order, until one is trusted; the best-diagnosed one is written back into the
+    guide and returned, with every run in its ``attempts``."""
+    results: list[ForgetResult] = []
+    attempts: list[dict[str, Any]] = []
+    for number, rung in enumerate(AUTO_LADDER, 1):
+        label = f"auto {number}/{len(AUTO_LADDER)}: {rung.label}"
+        try:
+            with warnings.catch_warnings():  # reported once below, for the run kept
+                warnings.simplefilter("ignore", WeightCollapseWarning)
+                result = _run_once(run, original, True, rung.method, lam, rung.options, label)
+        except ValueError as error:  # a later rung diverged: record it, keep the others
+            if not results:
+                raise
+            attempts.append(attempt_row(rung, lam, None, error))
+            continue
+        results.append(result)
+        attempts.append(attempt_row(rung, lam, result))
+        if not should_escalate(result):
+            break
+    chosen = results[min(range(len(results)), key=lambda i: rank(results[i], lam))]
+    if chosen is not results[-1]:
+        with ParamSnapshot.transaction():
+            chosen.posterior.restore(run.guide)
+    for row in attempts:
+        row["chosen"] = row.get("run") is chosen
+        row.pop("run", None)
+    chosen.attempts = attempts
+    chosen.seconds = sum(r.seconds for r in results)
+    if chosen.collapsed:
+        warn_collapsed(chosen.ess, run.num_particles, run.window)
+    return chosen
+
+
+def _attach_trust(result: ForgetResult, run: _Run, lam: float) -> None:
     """Diagnose ``result.posterior`` (:func:`pyro_unlearn.trust.diagnose`) and write the
     diagnostics, verdict and explanation into ``result``; a model the diagnostics cannot take
     leaves ``verdict`` ``None`` and the reason in the explanation."""
@@ -244,15 +339,15 @@ def _attach_trust(
         return
     try:
         trust = diagnose_trust(
-            model,
+            run.model,
             result.posterior,
             result.original,
-            *args,
-            erased=erased,
-            plate=plate,
+            *run.args,
+            erased=run.erased,
+            plate=run.plate,
             lam=lam,
-            num_samples=num_samples,
-            **kwargs,
+            num_samples=run.diagnose_samples,
+            **run.kwargs,
         )
     except (ValueError, TypeError, RuntimeError, NotImplementedError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -262,93 +357,3 @@ def _attach_trust(
     if result.collapsed:
         explanation += "; the weights collapsed during the run"
     result.trust, result.verdict, result.explanation = trust, label, explanation
-
-
-def _collapse_watch(
-    num_particles: int, window: int
-) -> Callable[[dict[str, list[float]], bool], bool]:
-    """``watch(record, final)``: at the end of every window (or at ``final``), whether the
-    weights of the last window collapsed, warning the first time they do."""
-    warned = [False]
-    threshold = collapsed_ess_threshold(num_particles)
-
-    def watch(record: dict[str, list[float]], final: bool) -> bool:
-        ess = record.get("ess", [])
-        if not ess or not (final or len(ess) % window == 0):
-            return False
-        collapsed = weights_collapsed(ess, num_particles, window)
-        if collapsed and not warned[0]:
-            warned[0] = True
-            first, last = max(1, len(ess) - window + 1), len(ess)
-            warnings.warn(
-                f"forget: the importance weights collapsed: median ESS "
-                f"{statistics.median(ess[-window:]):.3g} of {num_particles} particles over "
-                f"steps {first}-{last}, below {threshold:g} (max(2, 1% of the particles)); one "
-                "draw carries the loss's gradient, and the run is not counted as converged. "
-                "The erased data may move the posterior further than q(θ|D) reaches: try "
-                "loss_options={'proposal': 'current', 'anneal': 0.5}, more particles, a larger "
-                "lam, or retrain",
-                WeightCollapseWarning,
-                stacklevel=2,
-            )
-        return collapsed
-
-    return watch
-
-
-def _check_trained_finite(optim: pyro.optim.PyroOptim, steps: int) -> None:
-    """Raise naming the first parameter the optimiser trains that holds NaN or ±inf."""
-    store = pyro.get_param_store()
-    for param in getattr(optim, "optim_objs", {}):
-        if not bool(torch.isfinite(param).all()):
-            raise ValueError(
-                f"the guide's parameter {store.param_name(param)!r} became non-finite by step "
-                f"{steps}: the optimisation diverged; try a smaller lr (the guide is left as it "
-                "was)"
-            )
-
-
-def _recording_step(
-    svi: SVI,
-    loss: UnlearningLoss,
-    args: tuple,
-    kwargs: dict,
-    watch: Callable[[dict[str, list[float]], bool], bool],
-) -> tuple[Callable[[], float], dict[str, list[float]]]:
-    """One SVI step that appends the loss's diagnostics to a record, and that record. A
-    non-finite loss raises a ``ValueError`` naming its cause (diverged parameters, or a target
-    that is not normalisable) instead of Pyro's warning."""
-    record: dict[str, list[float]] = {}
-    count = [0]
-
-    def step() -> float:
-        count[0] += 1
-        try:
-            with warnings.catch_warnings():  # Pyro's NaN/inf warning: the error below says more
-                warnings.filterwarnings("ignore", message="Encountered", category=UserWarning)
-                value = svi.step(*args, **kwargs)
-        except (ValueError, RuntimeError) as error:  # e.g. a distribution's own validation
-            _check_trained_finite(svi.optim, count[0] - 1)
-            if count[0] == 1:  # nothing was trained yet: the model's or guide's own error
-                raise
-            first_line = str(error).splitlines()[0] if str(error) else ""
-            raise ValueError(
-                f"step {count[0]} failed after the optimiser had moved the guide "
-                f"({type(error).__name__}: {first_line}): the optimisation diverged; try a "
-                "smaller lr (the guide is left as it was)"
-            ) from error
-        if is_validation_enabled():  # costs a sync per step; once at the end otherwise
-            _check_trained_finite(svi.optim, count[0])
-        if not math.isfinite(value):
-            raise ValueError(
-                f"the unlearning loss is {value} at step {count[0]}: the target "
-                "q(θ|D)/p_adj(D_e|θ) may not be normalisable here (erased data too informative "
-                "for q(θ|D)); try a larger lam, ReverseKL, more particles or a smaller lr (the "
-                "guide is left as it was)"
-            )
-        for name, diagnostic in loss.diagnostics().items():
-            record.setdefault(name, []).append(diagnostic)
-        watch(record, False)
-        return value
-
-    return step, record

@@ -51,7 +51,16 @@ OPTIONS = {
     "lr-string": (dict(lr="0.01"), TypeError, "lr"),
     "optim-string": (dict(optim="adam"), TypeError, "optim"),
     "loss_options-list": (dict(loss_options=[1]), TypeError, "loss_options"),
-    "loss_options-unknown": (dict(loss_options={"foo": 1}), ValueError, "unknown option.*foo"),
+    "loss_options-unknown": (
+        dict(method="rkl", loss_options={"foo": 1}),
+        ValueError,
+        "unknown option.*foo",
+    ),
+    "loss_options-with-auto": (
+        dict(loss_options={"proposal": "current"}),
+        ValueError,
+        "method='auto' chooses the loss itself",
+    ),
     "loss_options-sets-lam": (dict(loss_options={"lam": 0.1}), ValueError, "pass them to forget"),
     "loss_options-eubo-proposal": (
         dict(method="eubo", loss_options={"proposal": "current"}),
@@ -59,7 +68,7 @@ OPTIONS = {
         "unknown option.*proposal",
     ),
     "anneal-without-current": (
-        dict(loss_options={"anneal": 0.5}),
+        dict(method="rkl", loss_options={"anneal": 0.5}),
         ValueError,
         "proposal='current'",
     ),
@@ -71,7 +80,7 @@ OPTIONS = {
     ),
     "anneal-one": (dict(loss_options={"proposal": "current", "anneal": 1.0}), ValueError, "anneal"),
     "anneal-string": (
-        dict(loss_options={"proposal": "current", "anneal": "half"}),
+        dict(method="rkl", loss_options={"proposal": "current", "anneal": "half"}),
         TypeError,
         "anneal",
     ),

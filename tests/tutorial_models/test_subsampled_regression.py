@@ -55,6 +55,7 @@ def test_annealed_reverse_kl_on_a_subsampled_plate():
         y,
         erased=erased,
         plate="data",
+        method="rkl",
         loss_options={"proposal": "current", "anneal": 0.5},
         progress=False,
     )

@@ -1,0 +1,120 @@
+"""``forget(method="auto")``: the runs it tries in turn, and how it keeps the best-diagnosed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from .result import ForgetResult
+
+__all__ = ["AUTO", "AUTO_LADDER", "Rung", "attempt_row", "rank", "should_escalate"]
+
+#: The ``method`` of :func:`~pyro_unlearn.forget` that chooses the loss itself.
+AUTO = "auto"
+
+
+class Rung(NamedTuple):
+    """One run ``method="auto"`` may try: a loss (a key of
+    :data:`~pyro_unlearn.forget.methods.METHODS`), its options, and a label for the progress
+    bar and the attempts table."""
+
+    method: str
+    options: dict[str, Any]
+    label: str
+
+
+#: The runs of ``method="auto"``, in order, each from q(θ|D): the paper's reverse KL (θ_s ~
+#: q(θ|D)); the reverse KL annealed from the current guide (θ_s ~ q_v, target tempered so half
+#: the weights' ESS is kept), for erasures that move the posterior beyond q(θ|D)'s reach; the
+#: EUBO, whose mass-covering fit does not rest on importance weights.
+AUTO_LADDER: tuple[Rung, ...] = (
+    Rung("rkl", {}, "reverse KL"),
+    Rung("rkl", {"proposal": "current", "anneal": 0.5}, "annealed reverse KL"),
+    Rung("eubo", {}, "EUBO"),
+)
+
+_VERDICT_RANK = {"trusted": 0, "approximate": 1, "retrain": 2}
+
+
+def should_escalate(result: ForgetResult) -> bool:
+    """Whether ``method="auto"`` tries the next run after ``result``: when it is not
+    ``"trusted"``, or, undiagnosed (``verdict`` ``None``), when its weights collapsed.
+
+    Arguments:
+        result: a run's result, diagnosed or not.
+
+    Returns:
+        ``True`` to try the next run.
+
+    Example:
+        >>> should_escalate(ForgetResult(guide=print, posterior=None, original=None))
+        False
+    """
+    if result.verdict is None:
+        return result.collapsed
+    return result.verdict != "trusted"
+
+
+def rank(result: ForgetResult, lam: float) -> tuple[float, ...]:
+    """The sort key of ``method="auto"``'s runs, best first: the verdict (trusted, approximate,
+    retrain, undiagnosed), weights that did not collapse, a converged run, the user's λ, then
+    the share of the distance to the target p̃ left, KL(q_u ‖ p̃) / KL(q(θ|D) ‖ p̃).
+
+    Arguments:
+        result: a run's result.
+        lam: the λ the user asked for.
+
+    Returns:
+        A tuple; smaller is better.
+
+    Example:
+        >>> r = ForgetResult(guide=print, posterior=None, original=None, verdict="retrain")
+        >>> rank(r, 0.0)[:3]
+        (2, 0, 1)
+    """
+    trust = result.trust
+    share = math.inf
+    if trust is not None and math.isfinite(trust.kl):
+        share = trust.kl / max(trust.update_kl, 1e-12)
+    return (
+        _VERDICT_RANK.get(result.verdict, 3),
+        int(result.collapsed),
+        int(not result.converged),
+        int(result.lam != float(lam)),
+        share,
+    )
+
+
+def attempt_row(
+    rung: Rung, lam: float, result: ForgetResult | None, error: BaseException | None = None
+) -> dict[str, Any]:
+    """One row of ``ForgetResult.attempts``: the run's loss, options and λ, then its verdict,
+    k̂, KL estimate, convergence, collapse, seconds and steps, or the error that ended it.
+
+    Arguments:
+        rung: the run tried.
+        lam: its λ.
+        result: its result, or ``None`` when it failed.
+        error: the error it failed with.
+
+    Returns:
+        A dict (the key ``"run"`` holds the result until :func:`~pyro_unlearn.forget` has
+        chosen, and is then replaced by ``"chosen"``).
+
+    Example:
+        >>> attempt_row(AUTO_LADDER[0], 0.0, None, ValueError("diverged"))["error"]
+        'ValueError: diverged'
+    """
+    row: dict[str, Any] = {"method": rung.method, "label": rung.label, "loss_options": rung.options}
+    row["lam"] = float(lam)
+    if result is None:
+        row.update(verdict=None, pareto_k=math.nan, kl=math.nan, converged=False)
+        row.update(collapsed=False, seconds=math.nan, num_steps=0, run=None)
+        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if error else ''}"
+        return row
+    trust = result.trust
+    row.update(verdict=result.verdict, converged=result.converged, collapsed=result.collapsed)
+    row["pareto_k"] = trust.pareto_k if trust is not None else math.nan
+    row["kl"] = trust.kl if trust is not None else math.nan
+    row.update(seconds=result.seconds, num_steps=result.num_steps, run=result, error=None)
+    return row
