@@ -7,6 +7,13 @@ from .influence import IndefiniteHessianError, InfluenceUnlearnResult, influence
 from .laplace import LaplaceUnlearnResult, laplace_unlearn
 from .mcmc import LowESSWarning, MCMCUnlearnResult, mcmc_unlearn
 from .reverse_kl import ReverseKL, effective_sample_size
+from .threshold import (
+    MassScale,
+    SmallKeptMassWarning,
+    kept_mass,
+    lam_for_mass,
+    warn_small_kept_mass,
+)
 
 __all__ = [
     "IndefiniteHessianError",
@@ -14,12 +21,17 @@ __all__ = [
     "LaplaceUnlearnResult",
     "LowESSWarning",
     "MCMCUnlearnResult",
+    "MassScale",
     "ReverseKL",
+    "SmallKeptMassWarning",
     "Trace_EUBO",
     "UnlearningLoss",
     "adjusted_log_likelihood",
     "effective_sample_size",
     "influence_unlearn",
+    "kept_mass",
+    "lam_for_mass",
     "laplace_unlearn",
     "mcmc_unlearn",
+    "warn_small_kept_mass",
 ]
