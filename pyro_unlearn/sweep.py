@@ -1,9 +1,10 @@
-"""The papers' λ-sweep: EUBO and reverse KL over a λ grid, one tidy row per (method, λ)."""
+"""The papers' λ-sweep: EUBO and reverse KL over a λ (or kept-mass) grid, a row per run."""
 
 from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from .forget import METHODS, forget
 from .infer.adjusted_likelihood import check_lam
+from .infer.threshold import MassScale, SmallKeptMassWarning, check_mass
 from .params import ParamSnapshot
 from .posterior import FrozenPosterior, freeze
 from .validation import check_finite_data
@@ -41,13 +43,16 @@ class SweepResult:
 
     Attributes:
         rows: one dict per (method, λ), plus ``method="full"`` (q(θ|D), no unlearning): keys
-            ``guide, method, lam`` (1.0 for full: λ = 1 unlearns nothing), the ``evaluate``
-            keys, ``seconds``, ``steps``, ``converged``, ``ess`` (the last step's, rKL only),
+            ``guide, method, lam`` (1.0 for full: λ = 1 unlearns nothing), ``mass`` (the share
+            of q(θ|D)'s mass that λ's threshold keeps, :func:`~pyro_unlearn.infer.kept_mass`:
+            the one asked for when sweeping ``masses``; 0 for full), the ``evaluate`` keys,
+            ``seconds``, ``steps``, ``converged``, ``ess`` (the last step's, rKL only),
             ``verdict`` and ``pareto_k`` (:attr:`ForgetResult.trust_row
             <pyro_unlearn.ForgetResult.trust_row>`: ``None`` and NaN for ``full`` and for
             runs not diagnosed).
         posteriors: the frozen q(θ|D) (``"full"``) and each unlearned posterior
-            (``"eubo λ=1e-05"``...), e.g. for :func:`pyro_unlearn.metrics.to_inference_data`.
+            (``"eubo λ=1e-05"``..., or ``"eubo mass=0.9"``... when sweeping ``masses``),
+            e.g. for :func:`pyro_unlearn.metrics.to_inference_data`.
     """
 
     rows: list[dict[str, Any]]
@@ -82,7 +87,8 @@ def lambda_sweep(
     guide: Callable,
     *args,
     evaluate: Callable[[FrozenPosterior], dict[str, Any]],
-    lambdas: Sequence[float] = LAMBDAS,
+    lambdas: Sequence[float] | None = None,
+    masses: Sequence[float] | None = None,
     methods: Sequence[str] = ("eubo", "rkl"),
     posterior: FrozenPosterior | None = None,
     guide_name: str = "guide",
@@ -91,6 +97,14 @@ def lambda_sweep(
 ) -> SweepResult:
     """Unlearn with every method at every λ, each run from q(θ|D), and evaluate each result:
     the papers' λ-sweep.
+
+    The grid is either λ itself (``lambdas``, the papers' protocol) or the share of q(θ|D)'s
+    mass that the adjusted likelihood keeps (``masses``), which means the same in every
+    dimension: each mass m becomes λ = :func:`~pyro_unlearn.infer.lam_for_mass` (q(θ|D), m)
+    (λ = exp(−F⁻¹_{χ²_M}(m)/2) for a Gaussian q(θ|D) over M dimensions). A λ grid whose
+    λ ∈ (0, 1) keep less than 5 % of the mass warns once
+    (:class:`~pyro_unlearn.infer.SmallKeptMassWarning`): in a few dozen dimensions λ = 1e-5
+    keeps almost nothing, and those runs unlearn nothing.
 
     ``evaluate(posterior)`` is called on q(θ|D) (the ``full`` row) and on every unlearned
     posterior (:attr:`ForgetResult.posterior <pyro_unlearn.ForgetResult>`). The live ``guide``
@@ -103,7 +117,8 @@ def lambda_sweep(
         evaluate: the metrics of one posterior as a dict of numbers (e.g. the averaged
             predictive KL to the retrained posterior on D_e and on D_r, see
             :mod:`pyro_unlearn.metrics`).
-        lambdas: the λ grid.
+        lambdas: the λ grid (default :data:`LAMBDAS`, unless ``masses`` is given).
+        masses: instead of ``lambdas``, the grid of kept masses m ∈ (0, 1] (1: λ = 0).
         methods: names of :data:`pyro_unlearn.forget.METHODS` (``"eubo"``, ``"rkl"``).
         posterior: the frozen q(θ|D) (default: ``freeze(guide, *args)``).
         guide_name: the ``guide`` column of the rows.
@@ -117,7 +132,9 @@ def lambda_sweep(
     Raises:
         TypeError: for an ``evaluate`` that is not callable or returns no dict, or an
             argument :func:`~pyro_unlearn.forget` does not take.
-        ValueError: for an empty or unknown ``methods``, a λ outside [0, 1], non-finite data,
+        ValueError: for an empty or unknown ``methods``, a λ outside [0, 1], a mass outside
+            (0, 1], both ``lambdas`` and ``masses``, a mass whose λ underflows a float
+            (:meth:`MassScale.lam <pyro_unlearn.infer.MassScale.lam>`), non-finite data,
             or any error of :func:`~pyro_unlearn.forget`; a failed sweep leaves the live guide
             as it was before the call.
 
@@ -129,17 +146,23 @@ def lambda_sweep(
 
         result = lambda_sweep(model, guide, x_e, y_e, evaluate=lambda q: {"kl": kl_to_ref(q)})
         result.table.pivot(index="lam", columns="method", values="kl")
+        # on the mass scale: keep 50 %, 90 %, 99 % and all of q(θ|D)'s mass
+        lambda_sweep(model, guide, x_e, y_e, evaluate=..., masses=[0.5, 0.9, 0.99, 1.0])
     """
-    lambdas, methods = _check_sweep(guide, args, evaluate, lambdas, methods, forget_kwargs)
+    lambdas, masses, methods = _check_sweep(
+        guide, args, evaluate, lambdas, masses, methods, forget_kwargs
+    )
     if posterior is None:
         posterior = freeze(guide, *args)
     elif not isinstance(posterior, FrozenPosterior):
         raise TypeError(f"posterior must be a FrozenPosterior, got {type(posterior).__name__}")
+    lambdas, masses, labels = _grid(posterior, args, lambdas, masses)
     rows = [
         {
             "guide": guide_name,
             "method": "full",
             "lam": 1.0,  # λ = 1 unlearns nothing
+            "mass": 0.0,
             **_evaluated(evaluate, posterior),
             "seconds": 0.0,
             "steps": 0,
@@ -150,26 +173,30 @@ def lambda_sweep(
         }
     ]
     posteriors = {"full": posterior}
-    jobs = [(method, lam) for lam in lambdas for method in methods]
+    jobs = [(method, i) for i in range(len(lambdas)) for method in methods]
     with ParamSnapshot.transaction():  # a failed run leaves the guide as it was
-        for method, lam in tqdm(jobs, desc=f"λ-sweep ({guide_name})", disable=not progress):
-            result = forget(
-                model,
-                guide,
-                *args,
-                method=method,
-                lam=lam,
-                posterior=posterior,
-                progress=False,
-                **forget_kwargs,
-            )
+        for method, i in tqdm(jobs, desc=f"λ-sweep ({guide_name})", disable=not progress):
+            lam = lambdas[i]
+            with warnings.catch_warnings():  # the grid's small kept masses warned above, once
+                warnings.simplefilter("ignore", SmallKeptMassWarning)
+                result = forget(
+                    model,
+                    guide,
+                    *args,
+                    method=method,
+                    lam=lam,
+                    posterior=posterior,
+                    progress=False,
+                    **forget_kwargs,
+                )
             unlearned = result.posterior
-            posteriors[f"{method} λ={lam:g}"] = unlearned
+            posteriors[f"{method} {labels[i]}"] = unlearned
             rows.append(
                 {
                     "guide": guide_name,
                     "method": method,
                     "lam": lam,
+                    "mass": masses[i],
                     **_evaluated(evaluate, unlearned),
                     "seconds": result.seconds,
                     "steps": result.num_steps,
@@ -183,8 +210,9 @@ def lambda_sweep(
     return SweepResult(rows, posteriors)
 
 
-def _check_sweep(guide, args, evaluate, lambdas, methods, forget_kwargs):
-    """The argument checks of :func:`lambda_sweep`; returns λs as floats and the methods."""
+def _check_sweep(guide, args, evaluate, lambdas, masses, methods, forget_kwargs):
+    """The argument checks of :func:`lambda_sweep`; returns λs (``None`` when sweeping masses)
+    and masses (``None`` when sweeping λ) as floats, and the methods."""
     if not callable(evaluate):
         raise TypeError(
             f"evaluate must be a function of a posterior, got {type(evaluate).__name__}"
@@ -194,10 +222,25 @@ def _check_sweep(guide, args, evaluate, lambdas, methods, forget_kwargs):
     for method in methods:
         if not isinstance(method, str) or method not in METHODS:
             raise ValueError(f"methods must be among {sorted(METHODS)}, got {method!r}")
-    if isinstance(lambdas, str) or not list(lambdas):
-        raise ValueError(f"lambdas must be a non-empty list of numbers in [0, 1], got {lambdas!r}")
-    lambdas = [check_lam(lam) for lam in lambdas]
-    taken = {"model", "guide", "args", "kwargs", "method", "lam", "posterior", "progress"}
+    if masses is not None:
+        if lambdas is not None:
+            raise ValueError(
+                "pass lambdas (the λ grid) or masses (the kept-mass grid), not both; got "
+                f"lambdas={lambdas!r} and masses={masses!r}"
+            )
+        if isinstance(masses, str) or not list(masses):
+            raise ValueError(
+                f"masses must be a non-empty list of numbers in (0, 1], got {masses!r}"
+            )
+        masses = [check_mass(mass) for mass in masses]
+    else:
+        lambdas = LAMBDAS if lambdas is None else lambdas
+        if isinstance(lambdas, str) or not list(lambdas):
+            raise ValueError(
+                f"lambdas must be a non-empty list of numbers in [0, 1], got {lambdas!r}"
+            )
+        lambdas = [check_lam(lam) for lam in lambdas]
+    taken = {"model", "guide", "args", "kwargs", "method", "lam", "mass", "posterior", "progress"}
     known = set(inspect.signature(forget).parameters) - taken
     unknown = sorted(set(forget_kwargs) - known)
     if unknown:
@@ -205,7 +248,26 @@ def _check_sweep(guide, args, evaluate, lambdas, methods, forget_kwargs):
             f"lambda_sweep got unknown argument(s) {unknown}; forget takes {sorted(known)}"
         )
     check_finite_data(args, {})
-    return lambdas, list(methods)
+    return lambdas, masses, list(methods)
+
+
+def _grid(
+    posterior: FrozenPosterior,
+    args: tuple,
+    lambdas: list[float] | None,
+    masses: list[float] | None,
+) -> tuple[list[float], list[float], list[str]]:
+    """Each run's λ, the share of q(θ|D)'s mass its threshold keeps, and its label; warns once
+    for the λ ∈ (0, 1) of a λ grid that keep less than 5 % of the mass."""
+    if masses is not None:
+        scale = MassScale(posterior, *args)
+        return [scale.lam(m) for m in masses], masses, [f"mass={m:g}" for m in masses]
+    labels = [f"λ={lam:g}" for lam in lambdas]
+    if all(lam == 0.0 for lam in lambdas):  # λ = 0 keeps everything; needs no log q*
+        return lambdas, [1.0] * len(lambdas), labels
+    # stacklevel 3: the warning points at the caller of lambda_sweep
+    kept = MassScale(posterior, *args).warn_if_small(lambdas, stacklevel=3)
+    return lambdas, kept, labels
 
 
 def _evaluated(evaluate: Callable, posterior: FrozenPosterior) -> dict[str, Any]:

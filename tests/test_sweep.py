@@ -3,9 +3,12 @@
 import math
 
 import matplotlib.pyplot as plt
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer.autoguide import AutoMultivariateNormal
+from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+from scipy.stats import chi2
 
 import pyro_unlearn as pu
 from pyro_unlearn.guides import read_gaussian
@@ -82,3 +85,57 @@ def test_sweep_plot_draws_the_papers_panels():
     with pytest.raises(ValueError, match="no column"):
         result.plot({"kl_target": "KL"})
     plt.close(fig)
+
+
+def test_sweep_on_the_mass_scale(linreg, model, trained):
+    """``masses`` sweeps the share of q(θ|D) kept: each becomes λ = lam_for_mass(q(θ|D), m),
+    the χ²_M quantile's (M = 3: w ∈ R², b); rows hold both; a small mass asked for on
+    purpose does not warn."""
+    guide = trained(AutoMultivariateNormal)
+    posterior = pu.freeze(guide)
+    erased = linreg.x[linreg.erased], linreg.y[linreg.erased]
+    masses = (0.01, 0.5, 1.0)
+    result = pu.lambda_sweep(
+        model,
+        guide,
+        *erased,
+        evaluate=lambda q: {},
+        masses=masses,
+        methods=("eubo",),
+        posterior=posterior,
+        num_steps=5,
+        num_particles=16,
+        diagnose=False,
+        progress=False,
+    )
+    rows = result.rows[1:]
+    assert [r["mass"] for r in rows] == list(masses)
+    for row, mass in zip(rows, masses, strict=True):
+        assert row["lam"] == pytest.approx(math.exp(-chi2.ppf(mass, 3) / 2), rel=1e-6)
+    assert rows[-1]["lam"] == 0.0 and result.rows[0]["mass"] == 0.0
+    assert set(result.posteriors) == {"full", "eubo mass=0.01", "eubo mass=0.5", "eubo mass=1"}
+
+
+def test_sweep_warns_once_for_lambdas_that_keep_almost_no_mass():
+    """At M = 50, λ = 1e-5 and 1e-6 keep 0.04 % and 0.003 % of q(θ|D): one warning for both;
+    each row records the share its λ keeps (the χ²₅₀ CDF)."""
+    x, y = torch.randn(6, 49), torch.randn(6)
+
+    def regression(x, y=None):
+        w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[-1] + 1), 1.0).to_event(1))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal((x * w[:-1]).sum(-1) + w[-1], 1.0), obs=y)
+
+    guide = AutoNormal(regression)
+    guide(x, y)
+    options = dict(evaluate=lambda q: {}, methods=("eubo",), num_steps=2, num_particles=4)
+    options.update(diagnose=False, progress=False)
+    with pytest.warns(pu.infer.SmallKeptMassWarning) as caught:
+        result = pu.lambda_sweep(regression, guide, x, y, lambdas=(1e-5, 1e-6, 0.0), **options)
+    assert len(caught) == 1
+    assert "λ = 1e-05 keeps 0.038 %" in str(caught[0].message)
+    assert "λ = 1e-06 keeps" in str(caught[0].message)
+    assert caught[0].filename == __file__  # it points at the sweep's caller
+    kept = [r["mass"] for r in result.rows[1:]]
+    assert kept[:2] == pytest.approx([chi2.cdf(-2 * math.log(lam), 50) for lam in (1e-5, 1e-6)])
+    assert kept[2] == 1.0
