@@ -239,7 +239,9 @@ class RequestLedger:
 
     def erased(self) -> list[Any]:
         """The keys of every row erased by a request, in row order."""
-        rows = self._conn.execute("SELECT key FROM rows WHERE erased_by IS NOT NULL ORDER BY 1")
+        rows = self._conn.execute(
+            "SELECT key FROM rows WHERE erased_by IS NOT NULL ORDER BY position"
+        )
         return [json.loads(k) for (k,) in rows]
 
     def is_erased(self, key: Any) -> bool:

@@ -122,6 +122,7 @@ def _check_file(conn: sqlite3.Connection, path: Path) -> None:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     except sqlite3.DatabaseError as error:
         raise CorruptLedgerError(f"the ledger {path} is damaged: {error}") from error
+    _check_length(path)
     if problems != ["ok"]:
         shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
         raise CorruptLedgerError(
@@ -135,6 +136,23 @@ def _check_file(conn: sqlite3.Connection, path: Path) -> None:
         )
     if not _TABLES <= tables:
         raise CorruptLedgerError(f"the ledger {path} lacks the table(s) {sorted(_TABLES - tables)}")
+
+
+def _check_length(path: Path) -> None:
+    """A file shorter than its header's page count says was truncated: SQLite would read it as
+    a smaller database, and its ``quick_check`` misses the loss when the lost pages were the
+    last ones."""
+    with open(path, "rb") as f:
+        header = f.read(100)
+        size = f.seek(0, os.SEEK_END)
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if len(header) == 100 and size < pages * page_size:
+        raise CorruptLedgerError(
+            f"the ledger {path} is truncated: {size} bytes, its header says {pages} pages of "
+            f"{page_size} bytes ({pages * page_size}); restore it from a backup"
+        )
 
 
 def create_file(path: str | os.PathLike, fill) -> None:

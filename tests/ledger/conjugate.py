@@ -9,6 +9,7 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_unlearn.exact import normal_normal_posterior
+from pyro_unlearn.guides import read_gaussian
 
 NUM_ROWS = 40
 PRIOR_SCALE = 3.0
@@ -44,8 +45,5 @@ def exact_guide(y: torch.Tensor) -> AutoNormal:
 
 
 def moments(posterior) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviations of a frozen AutoNormal posterior, from its state."""
-    params = posterior.state_dict()["params"]
-    loc = next(v for k, v in params.items() if "locs" in k)
-    scale = next(v for k, v in params.items() if "scales" in k)
-    return loc, scale
+    """Mean and standard deviations of a frozen AutoNormal posterior."""
+    return read_gaussian(posterior, diagonal=True)
