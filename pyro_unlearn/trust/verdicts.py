@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from ..validation import check_in_unit_interval, check_positive_int
@@ -14,9 +15,12 @@ __all__ = [
     "MAX_KL_SHARE",
     "MIN_UPDATE_ESS_FRACTION",
     "VERDICTS",
+    "Caveats",
     "Verdict",
+    "cap_verdict",
     "pareto_k_threshold",
     "verdict",
+    "weighted_verdict",
 ]
 
 #: The verdicts, from best to worst.
@@ -36,6 +40,53 @@ class Verdict(NamedTuple):
 
     label: str
     explanation: str
+
+
+class Caveats(NamedTuple):
+    """What a method cannot vouch for, whatever the diagnostics say (:func:`cap_verdict`).
+
+    Each entry is a short clause quoting its evidence, e.g. ``"θ* missed its tolerance after 20
+    Newton steps"``.
+    """
+
+    #: reasons that make the verdict ``"retrain"`` (a result built on a repair).
+    retrain: Sequence[str] = ()
+    #: reasons that make a ``"trusted"`` verdict ``"approximate"`` (not converged, a
+    #: first-order step on influential data).
+    approximate: Sequence[str] = ()
+    #: remarks appended to the explanation, leaving the label as it is.
+    notes: Sequence[str] = ()
+
+
+def cap_verdict(judged: Verdict, caveats: Caveats) -> Verdict:
+    """The verdict no better than the method vouches for: ``"retrain"`` when ``caveats.retrain``
+    holds a reason, at most ``"approximate"`` when ``caveats.approximate`` does, the notes
+    appended; the diagnostics' own explanation is kept after the reasons.
+
+    Arguments:
+        judged: the diagnostics' verdict (:func:`verdict` or :func:`weighted_verdict`).
+        caveats: the method's :class:`Caveats`.
+
+    Returns:
+        A :class:`Verdict`.
+
+    Example:
+        >>> judged = Verdict("trusted", "trusted: q_u matches p̃ (k̂ = 0.10)")
+        >>> cap_verdict(judged, Caveats(approximate=["not converged"])).explanation
+        'approximate: not converged; the diagnostics alone: trusted: q_u matches p̃ (k̂ = 0.10)'
+        >>> cap_verdict(judged, Caveats(notes=["one note"])).explanation
+        'trusted: q_u matches p̃ (k̂ = 0.10); one note'
+    """
+    label, explanation = judged
+    for worse, reasons in (("retrain", caveats.retrain), ("approximate", caveats.approximate)):
+        if reasons and VERDICTS.index(label) < VERDICTS.index(worse):
+            label = worse
+            explanation = f"{worse}: {'; '.join(reasons)}; the diagnostics alone: {explanation}"
+        elif reasons:
+            explanation = f"{explanation}; also {'; '.join(reasons)}"
+    if caveats.notes:
+        explanation = f"{explanation}; {'; '.join(caveats.notes)}"
+    return Verdict(label, explanation)
 
 
 def pareto_k_threshold(num_samples: int) -> float:
@@ -143,3 +194,77 @@ def verdict(
             f"their k̂ = {d.update_pareto_k:.2f} > {k_max:.2f})",
         )
     return Verdict("trusted", f"trusted: q_u matches p̃ ({fit}). {update}")
+
+
+def weighted_verdict(
+    diagnostics: TrustDiagnostics, *, min_update_ess_fraction: float = MIN_UPDATE_ESS_FRACTION
+) -> Verdict:
+    r"""The verdict on weighted draws: draws θ_s of p(θ|D) reweighted by v_s = 1/p_adj(D_e|θ_s)
+    (:func:`~pyro_unlearn.mcmc_unlearn`), diagnosed by :func:`~pyro_unlearn.trust.diagnose_draws`.
+
+    The reweighting *is* importance sampling of p̃ ∝ p(θ|D)/p_adj(D_e|θ) from p(θ|D)'s draws, so
+    its own PSIS k̂ and effective sample size are the evidence (Vehtari et al. 2024); there is
+    no density to score p̃ against (``kl`` is NaN). With k_S = min(1 − 1/log₁₀ S, 0.7):
+
+    * ``"retrain"`` (rerun MCMC on D_r) when the ESS is below ``min_update_ess_fraction`` (1 %)
+      of the S draws, or k̂ > k_S: the weights rest on a few draws in p(θ|D)'s tail and the
+      estimates' error is unbounded in practice;
+    * ``"approximate"`` when 0.5 ≤ k̂ ≤ k_S: the weights' variance is infinite but PSIS still
+      converges, with a large Monte-Carlo error;
+    * ``"trusted"`` otherwise: the weighted draws stand for p(θ|D_r) up to the Monte-Carlo
+      error of their ESS.
+
+    Arguments:
+        diagnostics: from :func:`~pyro_unlearn.trust.diagnose_draws`.
+        min_update_ess_fraction: the ESS fraction below which to retrain, in [0, 1].
+
+    Returns:
+        A :class:`Verdict` ``(label, explanation)``.
+
+    References:
+        A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry. Pareto Smoothed Importance
+        Sampling. JMLR 25(72), 2024.
+
+        A. Kong, J. S. Liu, W. H. Wong. Sequential Imputations and Bayesian Missing Data
+        Problems. Journal of the American Statistical Association, 1994.
+
+    Example:
+        >>> d = TrustDiagnostics(pareto_k=0.3, kl=math.nan, kl_se=math.nan, psis_ess=700.0,
+        ...                      update_ess=690.0, update_ess_fraction=0.69, update_pareto_k=0.3,
+        ...                      update_kl=0.2, num_samples=1000, lam=0.0)
+        >>> weighted_verdict(d).label
+        'trusted'
+        >>> from dataclasses import replace
+        >>> weighted_verdict(replace(d, pareto_k=0.9)).label
+        'retrain'
+    """
+    if not isinstance(diagnostics, TrustDiagnostics):
+        raise TypeError(
+            f"weighted_verdict takes TrustDiagnostics, got {type(diagnostics).__name__}"
+        )
+    limit = check_in_unit_interval("min_update_ess_fraction", min_update_ess_fraction)
+    d, k_max = diagnostics, pareto_k_threshold(diagnostics.num_samples)
+    evidence = (
+        f"k̂ = {d.pareto_k:.2f} of the weights 1/p(D_e|θ_s), ESS {d.update_ess:.1f} of "
+        f"{d.num_samples} draws = {100 * d.update_ess_fraction:.2g}%, KL(p(θ|D) ‖ p̃) ≈ "
+        f"{d.update_kl:.3g} nats"
+    )
+    if d.update_ess_fraction < limit:
+        return Verdict(
+            "retrain",
+            f"retrain: the erased data move the posterior further than the draws of p(θ|D) "
+            f"reach ({evidence}; ESS < {100 * limit:.2g}%); rerun MCMC on D_r",
+        )
+    if not d.pareto_k <= k_max:  # nan counts as unreliable
+        return Verdict(
+            "retrain",
+            f"retrain: the reweighted draws are unreliable ({evidence}; k̂ > {k_max:.2f}); "
+            "rerun MCMC on D_r",
+        )
+    if d.pareto_k >= GOOD_PARETO_K:
+        return Verdict(
+            "approximate",
+            f"approximate: the reweighted draws are usable with a large Monte-Carlo error "
+            f"({evidence}; {GOOD_PARETO_K} ≤ k̂ ≤ {k_max:.2f})",
+        )
+    return Verdict("trusted", f"trusted: the reweighted draws stand for p(θ|D_r) ({evidence})")
