@@ -21,6 +21,8 @@ from .validation import check_finite_data, check_positive, check_positive_int
 
 __all__ = ["RetrainResult", "retrain"]
 
+_REFERENCE = "not judged: retrained on D_r, the reference the unlearning verdicts stand in for"
+
 
 @dataclass(kw_only=True)
 class RetrainResult(UnlearningResult):
@@ -34,11 +36,21 @@ class RetrainResult(UnlearningResult):
         particles: how the ELBO's particles were drawn: ``"vectorized"`` (a particle plate),
             ``"vmap"`` (``torch.func.vmap`` over a model that cannot take the plate) or
             ``"sequential"`` (one at a time).
+        verdict: always ``None``: retraining is the reference the verdicts of the unlearning
+            methods stand in for, not a result judged against q(θ|D)/p(D_e|θ) (it never sees
+            D_e). ``trust`` is ``None`` too, and ``explanation`` (``summary()``) says so, with
+            whether the run converged.
+
+    Example:
+        >>> result = RetrainResult(posterior=None, converged=True, losses=[3.0, 2.0])
+        >>> result.verdict, result.summary()
+        (None, 'not judged: retrained on D_r, the reference the unlearning verdicts stand in for')
     """
 
     posterior: FrozenPosterior
     losses: list[float] = field(default_factory=list)
     particles: str = "vectorized"
+    explanation: str = _REFERENCE
 
 
 def retrain(
@@ -90,7 +102,8 @@ def retrain(
 
     Returns:
         A :class:`RetrainResult`: the frozen ``posterior`` q(θ|D_r), the ``losses``,
-        ``seconds`` and whether the run ``converged``.
+        ``seconds`` and whether the run ``converged``; its ``verdict`` is ``None`` (retraining
+        is the reference) and ``summary()`` says so.
 
     Raises:
         TypeError: for a guide that is neither a ``PyroModule`` nor a function reading
@@ -141,6 +154,12 @@ def retrain(
         seconds=seconds,
         converged=converged,
         particles=particles,
+        explanation=f"{_REFERENCE}; "
+        + (
+            f"converged after {len(losses)} steps"
+            if converged
+            else f"not converged after {len(losses)} steps: the reference is still moving"
+        ),
     )
 
 

@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -21,6 +21,9 @@ from ..validation import (
 )
 from .influence_objective import GuideParameters, InfluenceObjective, remaining_batches
 from .newton import SOLVERS, HessianSolver, IndefiniteHessianError
+
+if TYPE_CHECKING:
+    from ..trust import Caveats, TrustDiagnostics
 
 __all__ = ["IndefiniteHessianError", "InfluenceUnlearnResult", "influence_unlearn"]
 
@@ -208,6 +211,8 @@ def influence_unlearn(
     retain_graph: bool = True,
     seed: int | None = None,
     progress: bool = True,
+    diagnose: bool = True,
+    diagnose_samples: int = 1000,
     **kwargs,
 ) -> InfluenceUnlearnResult:
     r"""BIF: forget D_e by Newton steps on the guide's variational parameters γ.
@@ -243,6 +248,12 @@ def influence_unlearn(
     front; other iterables as each mini-batch is read) are checked first; non-finite data are
     named with the argument and the first bad row.
 
+    Then the result is checked without D_r (``diagnose=True``,
+    :func:`pyro_unlearn.trust.attach_trust`) against p̃ ∝ q(θ|D)/p(D_e|θ). The verdict is at
+    most ``"approximate"`` when a solve missed its tolerance, or when the one BIF step is
+    first-order in erased data that are influential (the PSIS k̂ of 1/p(D_e|θ) under q(θ|D)
+    ≥ 0.5, as PSIS-LOO flags them); ``None`` for a model the diagnostics cannot take.
+
     Arguments:
         model: the Pyro model.
         guide: the guide trained on D (a live guide, or the :class:`~pyro_unlearn.FrozenPosterior`
@@ -272,10 +283,14 @@ def influence_unlearn(
         seed: the seed of the Monte Carlo noise (drawn if ``None``); the caller's RNG state is
             left as it was.
         progress: show a progress bar.
+        diagnose: attach the trust diagnostics and verdict to the result.
+        diagnose_samples: draws from each of the result and q(θ|D) for them (at least
+            :data:`pyro_unlearn.trust.MIN_SAMPLES`).
 
     Returns:
         An :class:`InfluenceUnlearnResult`: ``posterior`` (the unlearned guide, frozen), the
-        total ``step`` γ − γ_D by param-store name, and the solver's diagnostics.
+        total ``step`` γ − γ_D by param-store name, the solver's diagnostics; ``verdict``,
+        ``trust`` and ``summary()``.
 
     Raises:
         IndefiniteHessianError: when H_r + δI is not positive definite at γ.
@@ -285,6 +300,9 @@ def influence_unlearn(
 
         P. W. Koh, P. Liang. Understanding Black-box Predictions via Influence Functions.
         ICML 2017.
+
+        A. Vehtari, A. Gelman, J. Gabry. Practical Bayesian Model Evaluation Using
+        Leave-One-Out Cross-Validation and WAIC. Statistics and Computing 27, 2017.
 
     Example:
         >>> import pyro, torch, pyro.distributions as dist
@@ -305,7 +323,10 @@ def influence_unlearn(
         >>> result.converged, pyro.param("loc").item()  # the live guide is untouched
         (True, 1.0)
     """
+    from ..trust import attach_trust, check_diagnose_options  # trust imports this package
+
     start = time.perf_counter()
+    diagnose_samples = check_diagnose_options(diagnose, diagnose_samples)
     num_particles, steps, solve = _check_settings(
         num_particles,
         antithetic,
@@ -340,7 +361,7 @@ def influence_unlearn(
         params, objective, done, unlearned = _unlearn(
             model, guide, batches, args, kwargs, settings, solve
         )
-    return InfluenceUnlearnResult(
+    result = InfluenceUnlearnResult(
         posterior=unlearned,
         step=dict(zip(params.names, (d.clone() for d in params.split(done.total)), strict=True)),
         steps=steps,
@@ -355,3 +376,34 @@ def influence_unlearn(
         hessian_vector_products=done.products,
         seconds=time.perf_counter() - start,
     )
+    if not diagnose:
+        result.explanation = "not diagnosed: influence_unlearn(..., diagnose=False)"
+        return result
+    return attach_trust(
+        result,
+        model,
+        guide,
+        args,
+        kwargs,
+        erased=erased,
+        plate=plate,
+        num_samples=diagnose_samples,
+        caveats=lambda trust: _caveats(result, trust),
+    )
+
+
+def _caveats(result: InfluenceUnlearnResult, trust: TrustDiagnostics) -> Caveats:
+    """What BIF cannot vouch for: a missed solve, one first-order step on influential data."""
+    from ..trust import GOOD_PARETO_K, Caveats
+
+    approximate = []
+    if not result.converged:
+        worst = max(result.residuals, default=math.nan)
+        approximate.append(f"a Hessian solve missed its tolerance (residual {worst:.2g})")
+    if result.steps == 1 and not trust.update_pareto_k < GOOD_PARETO_K:
+        approximate.append(
+            f"BIF's one step is first-order in the erased data, which are influential here "
+            f"(k̂ of 1/p(D_e|θ) under q(θ|D) = {trust.update_pareto_k:.2f} ≥ {GOOD_PARETO_K}); "
+            "more steps, or forget, may do better"
+        )
+    return Caveats(approximate=approximate)

@@ -24,7 +24,7 @@ from ..posterior import FrozenPosterior, freeze
 from ..results import UnlearningResult
 from ..validation import check_finite, check_finite_data, check_positive, check_positive_int
 from .curvature import CURVATURES, ErasedLogLikelihood
-from .lbun import CAUSE, LBUNObjective, check_precision, lbfgs, newton
+from .lbun import CAUSE, LBUNObjective, check_precision, lbfgs, lbun_caveats, newton
 
 __all__ = ["LaplaceUnlearnResult", "laplace_unlearn"]
 
@@ -238,6 +238,8 @@ def laplace_unlearn(
     tol: float | None = None,
     probes: int | None = None,
     chunk_size: int = 64,
+    diagnose: bool = True,
+    diagnose_samples: int = 1000,
     **kwargs: Any,
 ) -> LaplaceUnlearnResult:
     r"""L-BUN: the Laplace approximation of q(θ|D)/p(D_e|θ) for a Gaussian q(θ|D) = N(μ_D, Λ_D⁻¹).
@@ -267,6 +269,14 @@ def laplace_unlearn(
     argument is checked first (non-finite data are named with the argument and the first bad
     row; a non-finite μ_D or Λ_D is refused), and the result is a new guide.
 
+    Then the result is checked without D_r (``diagnose=True``,
+    :func:`pyro_unlearn.trust.attach_trust`): scored against p̃ ∝ q(θ|D)/p(D_e|θ) with
+    ``diagnose_samples`` draws and L-BUN's test at μ_D (Λ_D − H_e(μ_D) positive definite, H_e
+    of ``curvature``; skipped with ``probes``). ``result.verdict`` is ``"retrain"`` for a
+    repaired Λ̃ (a stand-in, not the division), at most ``"approximate"`` when θ* missed its
+    tolerance or is no maximum; ``None`` for a model the diagnostics cannot take
+    (``result.summary()`` says why).
+
     Arguments:
         model: the Pyro model.
         guide: q(θ|D): an AutoMultivariateNormal (also ``laplace_approximation()``'s output),
@@ -286,16 +296,22 @@ def laplace_unlearn(
         probes: with ``"diag"``, Hutchinson's estimate from that many Rademacher vectors
             (``None``: exact, from P products).
         chunk_size: products batched at a time by ``vmap``.
+        diagnose: attach the trust diagnostics and verdict to the result.
+        diagnose_samples: draws from each of the result and q(θ|D) for them (at least
+            :data:`pyro_unlearn.trust.MIN_SAMPLES`).
 
     Returns:
         A :class:`LaplaceUnlearnResult`: the unlearned guide of the input's kind, its frozen
-        ``posterior``, θ*, Λ̃ and diagnostics.
+        ``posterior``, θ*, Λ̃ and diagnostics; ``verdict``, ``trust`` and ``summary()``.
 
     References:
         A. Rawat, J. Requeima, W. Bruinsma, R. E. Turner. Challenges and Pitfalls of Bayesian
         Unlearning. ICML 2022 Workshop on Updatable Machine Learning (arXiv:2207.03227).
 
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
+
+        Y. Yao, A. Vehtari, D. Simpson, A. Gelman. Yes, but Did It Work?: Evaluating
+        Variational Inference. ICML 2018.
 
     Example (deleting the second of two points; the exact p(w|D_r) is N(1/2, 1/2))::
 
@@ -314,8 +330,14 @@ def laplace_unlearn(
         (tensor([0.5000]), tensor([[2.0000]]))
         >>> type(result.guide).__name__
         'AutoMultivariateNormal'
+        >>> first = laplace_unlearn(model, guide, x, y, erased=[0], plate="data")
+        >>> first.verdict  # exact here, and a small update: judged so without D_r
+        'trusted'
     """
+    from ..trust import attach_trust, check_diagnose_options  # trust imports this package
+
     start = time.perf_counter()
+    diagnose_samples = check_diagnose_options(diagnose, diagnose_samples)
     check_finite_data(args, kwargs)
     q = _read_q(guide)
     retention, steps, tol, probes, chunk_size = _check_arguments(
@@ -344,7 +366,7 @@ def laplace_unlearn(
             )
         new_guide = _unlearned_guide(q, found.theta, precision, args, kwargs)
     seconds = time.perf_counter() - start
-    return LaplaceUnlearnResult(
+    result = LaplaceUnlearnResult(
         guide=new_guide,
         posterior=freeze(new_guide, *args, **kwargs),
         theta_star=found.theta,
@@ -361,4 +383,19 @@ def laplace_unlearn(
         floor=used_floor,
         probes=probes if curvature == "diag" else None,
         seconds=seconds,
+    )
+    if not diagnose:
+        result.explanation = "not diagnosed: laplace_unlearn(..., diagnose=False)"
+        return result
+    return attach_trust(
+        result,
+        model,
+        guide,
+        args,
+        kwargs,
+        erased=erased,
+        plate=plate,
+        num_samples=diagnose_samples,
+        curvature=None if probes is not None else curvature,  # Hutchinson: P is too large
+        caveats=lbun_caveats(result),
     )

@@ -6,13 +6,18 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyro
 import torch
 
 from ..exact import NotNormalizableError
 
-__all__ = ["LBUNObjective", "check_precision", "lbfgs", "newton"]
+if TYPE_CHECKING:
+    from ..trust import Caveats
+    from .laplace import LaplaceUnlearnResult
+
+__all__ = ["LBUNObjective", "check_precision", "lbfgs", "lbun_caveats", "newton"]
 
 #: Why Λ̃ or θ* may not exist, for the error messages.
 CAUSE = (
@@ -194,3 +199,38 @@ def check_precision(
         stacklevel=3,
     )
     return precision, smallest, count, floor
+
+
+def lbun_caveats(result: LaplaceUnlearnResult) -> Caveats:
+    """What L-BUN cannot vouch for, whatever the trust diagnostics say: a repaired Λ̃ (the
+    result is a stand-in: ``"retrain"``), a θ* that missed its tolerance or is no maximum (at
+    most ``"approximate"``).
+
+    Arguments:
+        result: a :class:`~pyro_unlearn.LaplaceUnlearnResult`.
+
+    Returns:
+        The :class:`~pyro_unlearn.trust.Caveats` of
+        :func:`~pyro_unlearn.trust.cap_verdict`.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> done = SimpleNamespace(repaired=False, converged=False, steps=20, optimizer="newton",
+        ...                        concave=True)
+        >>> lbun_caveats(done).approximate
+        ['θ* missed its tolerance after 20 newton steps']
+    """
+    from ..trust import Caveats  # trust imports this package
+
+    retrain, approximate = [], []
+    if result.repaired:
+        retrain.append(
+            f"Λ̃ = Λ_D − H_e(θ*) was not positive definite (smallest {result.min_eigenvalue:.3g}) "
+            f"and repair='clip' raised {result.num_clipped} to {result.floor:.3g}: a stand-in, "
+            "not q(θ|D)/p(D_e|θ)"
+        )
+    if not result.converged:
+        approximate.append(f"θ* missed its tolerance after {result.steps} {result.optimizer} steps")
+    if result.concave is False:
+        approximate.append("λ_L Λ_D − H_e(θ) was indefinite on the Newton path: θ* is no maximum")
+    return Caveats(retrain=retrain, approximate=approximate)

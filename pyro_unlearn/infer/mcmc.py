@@ -29,6 +29,8 @@ from .reverse_kl import effective_sample_size
 if TYPE_CHECKING:
     import arviz
 
+    from ..trust import Caveats
+
 __all__ = ["MIN_ACCEPTANCE", "MIN_DRAWS", "LowESSWarning", "MCMCUnlearnResult", "mcmc_unlearn"]
 
 #: The lowest mean HMC acceptance rate at which a rejuvenated result counts as converged: below
@@ -243,6 +245,7 @@ def mcmc_unlearn(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    diagnose: bool = True,
     **kwargs: Any,
 ) -> MCMCUnlearnResult:
     r"""Unlearn D_e from MCMC draws θ_s ~ p(θ|D) by importance reweighting (exact as S → ∞).
@@ -267,6 +270,13 @@ def mcmc_unlearn(
     reweight p(θ|D): the estimates carry a large Monte-Carlo error. For sequential requests keep
     the original draws and unlearn the union of all erased data from them, rather than
     reweighting an already unlearned result.
+
+    Then the result is judged without D_r (``diagnose=True``): the reweighting is importance
+    sampling from p(θ|D)'s draws, so the PSIS k̂ and ESS of its own weights over all S draws
+    are the evidence (:func:`pyro_unlearn.trust.diagnose_draws`: no new draws, and NaN KL
+    fields, draws having no density); ``verdict`` is ``"retrain"`` for ESS/S < 1 % or k̂ >
+    min(1 − 1/log₁₀ S, 0.7), at most ``"approximate"`` for k̂ ≥ 0.5 or an unconverged result
+    (:func:`pyro_unlearn.trust.weighted_verdict`), ``None`` below 100 draws.
 
     Arguments:
         model: the Pyro model p(θ) p(D|θ).
@@ -295,11 +305,13 @@ def mcmc_unlearn(
         chunk_size: draws per model run.
         seed, generator: the randomness of resampling and HMC, on the draws' device (not both).
         progress: progress bars.
+        diagnose: attach the trust diagnostics and verdict to the result.
 
     Returns:
         an :class:`MCMCUnlearnResult`: ``samples`` (= ``posterior``), the weights, the ESS and
         the HMC diagnostics; ``converged`` when ESS/S ≥ ``ess_threshold`` and, if rejuvenated,
-        the mean acceptance rate is at least :data:`MIN_ACCEPTANCE`.
+        the mean acceptance rate is at least :data:`MIN_ACCEPTANCE`; ``verdict``, ``trust``
+        and ``summary()``.
 
     References:
         A. E. Gelfand, D. K. Dey, H. Chang. Model Determination Using Predictive Distributions
@@ -315,6 +327,9 @@ def mcmc_unlearn(
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
         (p(θ|D_r) ∝ p(θ|D)/p(D_e|θ)).
 
+        A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry. Pareto Smoothed Importance
+        Sampling. JMLR 25(72), 2024.
+
     Example:
         y_n ~ N(θ, 1), θ ~ N(0, 1); forgetting y₃ = 2 leaves p(θ|D_r) = N(1/3, 1/3):
 
@@ -329,11 +344,17 @@ def mcmc_unlearn(
         >>> result = mcmc_unlearn(model, draws, y, erased=[2], plate="data", seed=0)
         >>> round(result.ess_fraction, 1), result.converged  # 1 / E[w²] = 1/3 as S → ∞
         (0.3, True)
+        >>> result.verdict != "retrain"  # k̂ ≈ 0.5: one of three points is a large update
+        True
         >>> theta = result.posterior["theta"]
         >>> bool(abs(theta.mean() - 1 / 3) < 0.02), bool(abs(theta.var() - 1 / 3) < 0.02)
         (True, True)
     """
+    from ..trust import attach_draws_trust  # trust imports this package
+
     start = time.perf_counter()
+    if not isinstance(diagnose, bool):
+        raise TypeError(f"diagnose must be True or False, got {type(diagnose).__name__}")
     ess_threshold, chunk_size, num_samples, seed = check_options(
         resample, vectorize, ess_threshold, chunk_size, num_samples, seed, generator
     )
@@ -356,4 +377,26 @@ def mcmc_unlearn(
     moved = not result.rejuvenated or result.acceptance_rate >= MIN_ACCEPTANCE
     result.converged = result.ess_fraction >= float(ess_threshold) and moved
     result.seconds = time.perf_counter() - start
-    return result
+    if not diagnose:
+        result.explanation = "not diagnosed: mcmc_unlearn(..., diagnose=False)"
+        return result
+    return attach_draws_trust(
+        result, result.log_likelihood, caveats=_caveats(result, float(ess_threshold))
+    )
+
+
+def _caveats(result: MCMCUnlearnResult, ess_threshold: float) -> Caveats:
+    """What the reweighting cannot vouch for: an ESS below the caller's threshold, rejected HMC
+    moves; and a note of the rejuvenation."""
+    from ..trust import Caveats
+
+    approximate, notes = [], []
+    if result.ess_fraction < ess_threshold:
+        approximate.append(f"ESS/S = {result.ess_fraction:.3g} < ess_threshold = {ess_threshold:g}")
+    if result.rejuvenated:
+        rate = f"{result.num_moves} HMC moves on D_r, acceptance {result.acceptance_rate:.2f}"
+        if result.acceptance_rate < MIN_ACCEPTANCE:
+            approximate.append(f"{rate} < {MIN_ACCEPTANCE}: the duplicates stayed")
+        else:
+            notes.append(f"then {rate}")
+    return Caveats(approximate=approximate, notes=notes)
