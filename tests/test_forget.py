@@ -58,6 +58,25 @@ def test_forget_unlearns_and_reports(linreg, model, trained, exact_target):
     assert not torch.allclose(read_gaussian(again.posterior)[0], unlearned, atol=1e-2)
 
 
+def test_forget_takes_lam_on_the_mass_scale(linreg, model, trained):
+    """mass=m runs at the λ whose threshold keeps m of q(θ|D)'s mass (χ²₃ for this 3-dim
+    Gaussian guide); a λ keeping under 5 % of the mass warns before anything is trained."""
+    guide = trained(AutoMultivariateNormal)
+    posterior = pu.freeze(guide, linreg.x, linreg.y)
+    common = dict(erased=linreg.erased, plate="data", num_steps=5, progress=False)
+    result = pu.forget(model, guide, linreg.x, linreg.y, method="eubo", mass=0.9, **common)
+    assert result.lam == pytest.approx(pu.lam_for_mass(posterior, 0.9))
+    assert pu.kept_mass(posterior, result.lam) == pytest.approx(0.9, abs=1e-6)
+    # χ²₃: P(χ² ≤ 2·log(1/λ)) = 0.9 at 2·log(1/λ) = 6.2514
+    assert math.log(1.0 / result.lam) == pytest.approx(6.2514 / 2, rel=1e-3)
+    with pytest.warns(pu.SmallKeptMassWarning, match="keeps"):
+        pu.forget(  # λ = 0.999 keeps F_χ²₃(0.002) ≈ 1e-5 of the mass
+            model, guide, linreg.x, linreg.y, method="eubo", lam=0.999, posterior=posterior,
+            **common,
+        )  # fmt: skip
+    assert pu.kept_mass(posterior, 0.999) < 1e-4
+
+
 def test_forget_rejects_unknown_method(linreg, model, trained):
     with pytest.raises(ValueError, match="method"):
         pu.forget(model, trained(AutoMultivariateNormal), linreg.x, linreg.y, method="retrain")

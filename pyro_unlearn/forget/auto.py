@@ -16,21 +16,27 @@ AUTO = "auto"
 class Rung(NamedTuple):
     """One run ``method="auto"`` may try: a loss (a key of
     :data:`~pyro_unlearn.forget.methods.METHODS`), its options, and a label for the progress
-    bar and the attempts table."""
+    bar and the attempts table; ``mass`` sets λ to the share of q(θ|D)'s mass kept
+    (:func:`~pyro_unlearn.infer.lam_for_mass`), ``None`` keeps the caller's λ."""
 
     method: str
     options: dict[str, Any]
     label: str
+    mass: float | None = None
 
 
 #: The runs of ``method="auto"``, in order, each from q(θ|D): the paper's reverse KL (θ_s ~
 #: q(θ|D)); the reverse KL annealed from the current guide (θ_s ~ q_v, target tempered so half
 #: the weights' ESS is kept), for erasures that move the posterior beyond q(θ|D)'s reach; the
-#: EUBO, whose mass-covering fit does not rest on importance weights.
+#: EUBO, whose fit does not rest on importance weights; last, the annealed reverse KL with the
+#: adjusted likelihood's λ raised to keep 90 % of q(θ|D)'s mass (skipped when the caller's λ is
+#: larger): unlearning is then curbed in q(θ|D)'s 10 % tail, where VI is least reliable
+#: (Nguyen et al. 2020, Sec. 3.3).
 AUTO_LADDER: tuple[Rung, ...] = (
     Rung("rkl", {}, "reverse KL"),
     Rung("rkl", {"proposal": "current", "anneal": 0.5}, "annealed reverse KL"),
     Rung("eubo", {}, "EUBO"),
+    Rung("rkl", {"proposal": "current", "anneal": 0.5}, "annealed reverse KL, mass 0.9", 0.9),
 )
 
 _VERDICT_RANK = {"trusted": 0, "approximate": 1, "retrain": 2}

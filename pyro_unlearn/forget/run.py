@@ -12,6 +12,8 @@ import pyro
 from pyro.infer import SVI
 
 from ..handlers import unlearn
+from ..infer import lam_for_mass, warn_small_kept_mass
+from ..infer.threshold import check_mass
 from ..params import ParamSnapshot, trainable
 from ..posterior import FrozenPosterior, freeze
 from ..trust import diagnose as diagnose_trust
@@ -35,6 +37,7 @@ def forget(
     plate: str | tuple[str, ...] | None = None,
     method: str = "auto",
     lam: float = 0.0,
+    mass: float | None = None,
     posterior: FrozenPosterior | None = None,
     num_particles: int = 64,
     vectorize_particles: bool = True,
@@ -77,13 +80,14 @@ def forget(
     ``method="auto"`` (the default) chooses the loss by the verdict: it runs the paper's reverse
     KL first; when that run is not ``"trusted"`` (or, undiagnosed, its weights collapsed), it
     runs, each from q(θ|D) again, the reverse KL annealed from the current guide
-    (``proposal="current"``, ``anneal=0.5``), then the EUBO, stopping at the first trusted run
-    (:data:`~pyro_unlearn.forget.auto.AUTO_LADDER`). It keeps the best-diagnosed run
-    (:func:`~pyro_unlearn.forget.auto.rank`: verdict, no collapse, converged, then the share of
-    the distance to p̃ left), writes it into the guide, and records every run in
-    ``result.attempts``; ``result.method`` and ``result.loss_options`` name the one kept and
-    ``result.seconds`` counts them all. The collapse warning is raised only when the run kept
-    collapsed. An explicit ``method`` runs that loss once, with ``loss_options``.
+    (``proposal="current"``, ``anneal=0.5``), then the EUBO, then the annealed reverse KL with λ
+    raised to keep 90 % of q(θ|D)'s mass (when that is above the caller's λ), stopping at the
+    first trusted run (:data:`~pyro_unlearn.forget.auto.AUTO_LADDER`). It keeps the
+    best-diagnosed run (:func:`~pyro_unlearn.forget.auto.rank`: verdict, no collapse,
+    converged, then the share of the distance to p̃ left), writes it into the guide, and records
+    every run in ``result.attempts``; ``result.method`` and ``result.loss_options`` name the one
+    kept and ``result.seconds`` counts them all. The collapse warning is raised only when the
+    run kept collapsed. An explicit ``method`` runs that loss once, with ``loss_options``.
 
     Validate, then act: every argument is checked first (the options' types and ranges, the
     data's finiteness, the erased rows against their plate in one dry run of the model, and
@@ -108,7 +112,13 @@ def forget(
             (:class:`~pyro_unlearn.ReverseKL`, the paper's robust choice) or ``"eubo"``
             (:class:`~pyro_unlearn.Trace_EUBO`): the keys of
             :data:`~pyro_unlearn.forget.methods.METHODS` run that loss once.
-        lam: the adjusted likelihood's λ ∈ [0, 1].
+        lam: the adjusted likelihood's λ ∈ [0, 1] (the papers' scale: unlearn where
+            q(θ|D) > λ·max q). A λ ∈ (0, 1) that keeps less than 5 % of q(θ|D)'s mass warns
+            (:class:`~pyro_unlearn.infer.SmallKeptMassWarning`): in a few dozen dimensions
+            almost no draw of q(θ|D) is above the threshold, and nothing is unlearned.
+        mass: instead of ``lam``, the share m ∈ (0, 1] of q(θ|D)'s mass the threshold keeps
+            (λ = :func:`~pyro_unlearn.infer.lam_for_mass` (q(θ|D), m); m = 1 is λ = 0), which
+            means the same in every dimension; ``result.lam`` is the λ it gave.
         posterior: the frozen q(θ|D) to start from (default: ``freeze(guide, *args)``); it
             must have the guide's structure.
         num_particles: draws of θ per step, a positive integer.
@@ -170,6 +180,10 @@ def forget(
         diagnose=diagnose,
         diagnose_samples=diagnose_samples,
     )
+    if mass is not None:
+        check_mass(mass)
+        if lam != 0.0:
+            raise ValueError(f"pass lam or mass, not both; got lam={lam!r} and mass={mass!r}")
     check_finite_data(args, kwargs)
     wrapped = unlearn(model, erased=erased, plate=plate)
     check_erased_rows(wrapped, *args, **kwargs)
@@ -183,6 +197,10 @@ def forget(
         )
     else:
         posterior.check_guide(guide)
+    if mass is not None:
+        lam = lam_for_mass(posterior, mass, *args, **kwargs)
+    elif 0.0 < lam < 1.0:
+        warn_small_kept_mass(posterior, lam, *args, stacklevel=3, **kwargs)
     run = _Run(
         model=model,
         guide=guide,
@@ -294,23 +312,29 @@ def _run_once(
 
 def _run_auto(run: _Run, original: FrozenPosterior, lam: float) -> ForgetResult:
     """``method="auto"``: the runs of :data:`~pyro_unlearn.forget.auto.AUTO_LADDER` from
-    q(θ|D), in order, until one is trusted; the best-diagnosed one is written back into the
-    guide and returned, with every run in its ``attempts``."""
+    q(θ|D), in order (each at the caller's λ or its own kept mass), until one is trusted; the
+    best-diagnosed one is written back into the guide and returned, with every run in its
+    ``attempts``."""
     results: list[ForgetResult] = []
     attempts: list[dict[str, Any]] = []
     for number, rung in enumerate(AUTO_LADDER, 1):
         label = f"auto {number}/{len(AUTO_LADDER)}: {rung.label}"
+        rung_lam = lam
         try:
+            if rung.mass is not None:
+                rung_lam = lam_for_mass(original, rung.mass, *run.args, **run.kwargs)
+                if rung_lam <= lam:  # the caller's λ already curbs more
+                    continue
             with warnings.catch_warnings():  # reported once below, for the run kept
                 warnings.simplefilter("ignore", WeightCollapseWarning)
-                result = _run_once(run, original, True, rung.method, lam, rung.options, label)
+                result = _run_once(run, original, True, rung.method, rung_lam, rung.options, label)
         except ValueError as error:  # a later rung diverged: record it, keep the others
             if not results:
                 raise
-            attempts.append(attempt_row(rung, lam, None, error))
+            attempts.append(attempt_row(rung, rung_lam, None, error))
             continue
         results.append(result)
-        attempts.append(attempt_row(rung, lam, result))
+        attempts.append(attempt_row(rung, rung_lam, result))
         if not should_escalate(result):
             break
     chosen = results[min(range(len(results)), key=lambda i: rank(results[i], lam))]
