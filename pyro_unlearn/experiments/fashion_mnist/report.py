@@ -18,8 +18,21 @@ __all__ = ["plot_class_probabilities", "reproduce"]
 
 
 def plot_class_probabilities(results: dict):
-    """Fig. 6c–d: the predictive class probabilities of the four shown test images under
-    q(θ|D), the retrained posterior and the EUBO's and rKL's at λ = 0. Returns the figure."""
+    """The paper's Fig. 6c–d: the predictive class probabilities of the four shown test images
+    (:data:`~pyro_unlearn.experiments.fashion_mnist.SHOWN_CLASSES`) under q(θ|D), the retrained
+    posterior and the EUBO's and reverse KL's at λ = 0, one panel per image.
+
+    Arguments:
+        results: what :func:`~pyro_unlearn.experiments.fashion_mnist.run` returned.
+
+    Returns:
+        The matplotlib figure.
+
+    Example::
+
+        fig = plot_class_probabilities(run(**QUICK))
+        fig.savefig("fashion_mnist_probabilities.png")
+    """
     import matplotlib.pyplot as plt
 
     probs = results["class_probabilities"]
@@ -68,16 +81,24 @@ def _table(rows: list[dict]) -> str:
 
 
 def reproduce(args: argparse.Namespace) -> dict:
-    """``pyro-unlearn reproduce fashion-mnist``: :func:`run` with the command's options
-    (``--quick`` or ``$CI``: :data:`QUICK` on the shipped subset; ``--fashion-dir``, ``--seed``,
-    ``--device``, ``--out``, ``--no-progress``), printing the table and writing
-    ``fashion_mnist_kl.png`` and ``fashion_mnist_probabilities.png`` into ``--out``. Returns
-    the results (JSON-serialisable).
+    """``pyro-unlearn reproduce fashion-mnist``: :func:`~.study.run` with the command's options,
+    the table printed and the two figures (KL against λ, class probabilities) written.
+
+    Arguments:
+        args: the command's options: ``quick`` (or ``$CI``: :data:`~.study.QUICK` on the
+            shipped subset), ``out`` (the figures' directory, created), ``seed`` (``None``: 0),
+            ``device``, and optionally ``no_progress`` and ``fashion_dir`` (the IDX files).
+
+    Returns:
+        The results (JSON-serialisable), as :func:`~.study.run` returns them.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
+        (Sec. 4.3, Fig. 6).
 
     Example::
 
-        reproduce(argparse.Namespace(quick=True, out="results", seed=0, device="cpu",
-                                     no_progress=False, fashion_dir=None))
+        reproduce(argparse.Namespace(quick=True, out="results", seed=0, device="cpu"))
     """
     import matplotlib.pyplot as plt
 

@@ -84,11 +84,26 @@ REDUCED = dict(
 
 
 def last_layer_model(features: torch.Tensor, y: torch.Tensor | None = None, prior_scale=1.0):
-    """p(y|h) = Categorical(softmax(h W + b)), W ~ N(0, s²)^{H×10}, b ~ N(0, s²)^{10}, for the
-    fixed features h of the network's last hidden layer.
+    r"""The paper's Bayesian last layer on the fixed features h of the last hidden layer:
 
-    Example::
+    .. math:: W \sim N(0, s^2)^{H \times 10}, \quad b \sim N(0, s^2)^{10}, \quad
+              p(y_n|h_n, W, b) = \mathrm{Categorical}(\mathrm{softmax}(h_n W + b)).
 
+    Draws of (W, b) in plates left of ``"data"`` (particles, predictive samples) are vectorised.
+
+    Arguments:
+        features: h, shape ``(points, H)``.
+        y: the labels in 0..9, shape ``(points,)``; ``None`` to sample them.
+        prior_scale: s.
+
+    Returns:
+        The labels (observed or sampled).
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
+        (Sec. 4.3).
+
+    Example:
         >>> h = torch.zeros(3, 4)
         >>> pyro.poutine.trace(last_layer_model).get_trace(h).nodes["y"]["value"].shape
         torch.Size([3])
@@ -114,9 +129,28 @@ def train_network(
     lr: float = 1e-3,
     progress: bool = True,
 ) -> tuple[nn.Sequential, dict]:
-    """The point-estimate network 784 → hidden → 10 (ReLU), trained by Adam on mini-batches
-    of cross-entropy. Returns the network (its last module the softmax layer) and
-    ``{"epochs", "seconds", "losses"}`` (the mean loss of each epoch)."""
+    """The point-estimate network d → hidden → 10 (ReLU between layers), trained by Adam on
+    shuffled mini-batches of the cross-entropy.
+
+    Arguments:
+        x: the images, flattened, shape ``(points, d)``.
+        y: the labels in 0..9.
+        hidden: the sizes of the hidden layers.
+        epochs: passes over the data.
+        batch_size: images per Adam step.
+        lr: Adam's learning rate.
+        progress: show a progress bar over the epochs.
+
+    Returns:
+        The network in eval mode (``net[:-1]`` gives the features, ``net[-1]`` is the softmax
+        layer) and ``{"epochs", "seconds", "losses"}`` (the mean loss of each epoch).
+
+    Example:
+        >>> net, info = train_network(torch.rand(20, 6), torch.arange(20) % 10, (5, 4, 3),
+        ...                           epochs=2, progress=False)
+        >>> net[:-1](torch.rand(2, 6)).shape, len(info["losses"])
+        (torch.Size([2, 3]), 2)
+    """
     sizes = (x.shape[-1], *hidden)
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:], strict=True):
@@ -136,8 +170,8 @@ def train_network(
     return net.eval(), {"epochs": epochs, "seconds": time.perf_counter() - start, "losses": losses}
 
 
-def _kl(p, q, h: torch.Tensor, num_samples: int, chunk: int = 10000) -> dict[str, float]:
-    """KL[p(y|h) ‖ q(y|h)] at every row of ``h``, in chunks of rows (bounded memory)."""
+def _kl(p, q, h: torch.Tensor, num_samples: int, chunk: int = 10000) -> tuple[float, float]:
+    """Mean and std of KL[p(y|h) ‖ q(y|h)] over the rows of ``h``, in chunks of rows."""
     kl = torch.cat(
         [
             predictive_kl(last_layer_model, p, q, part, site="y", num_samples=num_samples)
@@ -228,15 +262,44 @@ def run(
     progress: bool = True,
     keep_posteriors: bool = False,
 ) -> dict:
-    """The Fashion-MNIST reproduction (module docstring). ``directory`` holds the IDX files
-    (default: the shipped subset when ``quick``, else ``$FASHION_MNIST_DIR`` or the Debian
-    package ``dataset-fashion-mnist``). Returns ``{"rows", "settings", "training",
-    "retrain_seconds", "retrained", "noise_floor", "class_probabilities"}``: one row per (method,
-    λ), ``full`` being q(θ|D), with ``kl_{erased,remaining}_{mean,std}``, ``acc_test``,
-    ``mia_accuracy``, ``mia_auc``, ``seconds``, ``verdict`` and ``pareto_k``.
+    """The Fashion-MNIST reproduction: train the network on D, fit the mean-field last layer
+    q(θ|D) on its fixed features, retrain it on D_r from q(θ|D) (:func:`~pyro_unlearn.retrain`),
+    unlearn D_e with the EUBO and the reverse KL over ``lambdas``
+    (:func:`~pyro_unlearn.lambda_sweep`) and score every posterior.
+
+    Arguments:
+        directory: the four IDX ``.gz`` files (default: :data:`SUBSET_DIR` when ``quick``, else
+            ``$FASHION_MNIST_DIR``, else the Debian package ``dataset-fashion-mnist``).
+        num_train: a random subset of the training images (``None``: all of them).
+        num_erased: |D_e|, training images drawn at random.
+        hidden: the network's hidden layers (:func:`train_network`); ``epochs`` its passes.
+        train_steps: at most this many SVI steps for q(θ|D) (stops when the loss is flat
+            over ``window`` steps); ``retrain_steps`` and ``unlearn_steps`` likewise.
+        lr: Adam's learning rate for fitting, retraining and unlearning the last layer.
+        num_particles: particles of the unlearning losses; ``train_particles`` of the ELBO.
+        num_eval_samples: θ-samples of the predictive KL and of membership inference.
+        lambdas: the λ grid.
+        quick: read :data:`SUBSET_DIR` unless ``directory`` is given (:data:`QUICK`).
+        seed: seeds Pyro, the subset, D_e and the attack's folds.
+        device: the tensors' device.
+        progress: progress bars.
+        keep_posteriors: add ``"posteriors"`` (frozen; not JSON-serialisable).
+
+    Returns:
+        ``{"rows", "settings", "network", "training", "retrain_seconds", "retrain_steps",
+        "retrained", "noise_floor", "class_probabilities"}``: one row per (method, λ) plus
+        ``full`` (q(θ|D), λ = 1), with ``guide``, ``method``, ``lam``, ``mass`` (the share of
+        q(θ|D) the adjusted likelihood unlearns), ``kl_{erased,remaining}_{mean,std}`` (the
+        averaged predictive KL to the retrained posterior), ``acc_test``, ``mia_accuracy`` and
+        ``mia_auc`` (loss-threshold attack, D_e against the test images), ``seconds``, ``ess``,
+        ``verdict`` and ``pareto_k`` (:mod:`pyro_unlearn.trust`); ``retrained`` the same scores
+        of the retrained posterior (its KL columns: the Monte-Carlo noise floor);
+        ``class_probabilities`` the predictive of four test images (:data:`SHOWN_CLASSES`)
+        under q(θ|D), the retrained and the λ = 0 posteriors.
 
     Raises:
         FileNotFoundError: naming the Debian package, when the files are missing.
+        ValueError: ``num_erased`` not in (0, training images), before anything is trained.
 
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
