@@ -39,7 +39,9 @@ def setup():
     gp = GP(x[::4].clone().unsqueeze(-1))
     gp(x)  # initialises q(u)
     with torch.no_grad():
-        gp.variational_strategy._variational_distribution.variational_mean.normal_()
+        q = gp.variational_strategy._variational_distribution
+        q.variational_mean.normal_()
+        q.chol_variational_covar.mul_(0.1)  # as narrow as data make it: D_e can be divided out
     likelihood = gpytorch.likelihoods.GaussianLikelihood()
     return gp, likelihood, pug.freeze_inducing(gp), x[:5], torch.sin(6 * x[:5])
 

@@ -48,6 +48,7 @@ from .inducing import (
 from .objectives import VariationalEUBO, VariationalReverseKL
 from .strategy import clone
 from .svgp import PyroSVGP
+from .trust import diagnose_inducing, erased_precision_share
 
 __all__ = [
     "InducingGuide",
@@ -55,6 +56,8 @@ __all__ = [
     "VariationalEUBO",
     "VariationalReverseKL",
     "clone",
+    "diagnose_inducing",
+    "erased_precision_share",
     "freeze_inducing",
     "inducing_distribution",
     "inducing_kl",

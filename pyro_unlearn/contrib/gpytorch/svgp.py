@@ -125,7 +125,7 @@ class PyroSVGP:
         >>> svgp = PyroSVGP(gp, likelihood)
         >>> posterior = svgp.freeze()
         >>> result = pu.forget(svgp.model, svgp.guide, x, y, erased=range(5), plate=svgp.plate,
-        ...                    posterior=posterior, num_steps=20, progress=False,
+        ...                    posterior=posterior, num_steps=20, progress=False, method="rkl",
         ...                    loss_options={"proposal": "current", "anneal": 0.5})
     """
 

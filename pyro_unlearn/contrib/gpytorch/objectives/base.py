@@ -6,15 +6,20 @@ from __future__ import annotations
 import gpytorch
 import torch
 from gpytorch.distributions import MultivariateNormal
+from gpytorch.likelihoods import _GaussianLikelihoodBase
 from gpytorch.mlls._approximate_mll import _ApproximateMarginalLogLikelihood
 from pyro.infer.util import is_validation_enabled
 
+from ....exact import NotNormalizableError
 from ....infer.adjusted_likelihood import check_lam, log_threshold
 from ....posterior import FrozenPosterior
+from ....trust import TrustDiagnostics
 from ....validation import check_finite, check_positive_int
-from ..conditional import check_gp_data
+from ..conditional import Projection, check_gp_data
 from ..inducing import inducing_distribution
 from ..strategy import variational_strategy
+from ..trust import diagnose_inducing, erased_precision_share
+from .guards import FixedParameters, train_mode
 
 __all__ = ["UnlearningObjective"]
 
@@ -95,6 +100,8 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
         with torch.no_grad():
             log_q_max = self._log_q_data(self.q_data.mean.unsqueeze(0))[0]
         self.log_threshold = log_threshold(self.lam, log_q_max)
+        self._fixed = FixedParameters(model, likelihood)
+        self._divided: tuple | None = None  # key of the D_e whose division was checked
 
     @property
     def num_erased(self) -> int:
@@ -166,15 +173,132 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
         Returns a tensor of the GP's batch shape, or (data term, KL term) with
         ``combine_terms=False``.
 
+        The GP and likelihood are put in ``train()`` mode for the call and given their mode
+        back: after ``gp.eval()`` an ``output`` comes from the caches of the last prediction, so
+        it is recomputed from ``inputs`` (required then). A hyperparameter, mean, inducing input
+        or likelihood parameter that moved since construction (an optimiser built on
+        ``model.parameters()``) is put back and refused.
+
         Raises:
             ValueError: a batch of another size than ``num_erased`` allows, inputs, target and
-                output of inconsistent sizes, or (under Pyro's validation, see
-                :meth:`_check_data`) non-finite data, named with their first row."""
+                output of inconsistent sizes, an ``output`` computed in eval mode without
+                ``inputs``, or (under Pyro's validation) non-finite data, named with their first
+                row (:meth:`_check_data`), or a non-finite value (q(u) diverged).
+            RuntimeError: when the optimiser moved the fixed parameters (put back first).
+            NotNormalizableError: at λ = 0 with a Gaussian likelihood, on the first call with
+                all of D_e, when q(u|D)/p̃(D_e|u) is not a distribution (:meth:`check_division`)."""
+        self._fixed.check()
         self._check_batch(output, target, inputs)
-        num_batch = target.shape[-1]
-        data_term = self._log_likelihood_term(output, target, inputs=inputs, **kwargs)
-        data_term = data_term.div(num_batch)
-        kl_term = self._kl_term().div(self.num_data / self.beta)
+        stale = output is not None and not (self.model.training and self.likelihood.training)
+        if stale and inputs is None:
+            raise ValueError(
+                "the GP (or its likelihood) is in eval() mode, where output = gp(x_b) comes from "
+                "the caches of its last prediction and q(u)'s covariance gets no gradient: call "
+                "gp.train() and likelihood.train() before unlearning, or pass inputs=x_b (the "
+                "objective then recomputes output in train mode and gives the modes back)"
+            )
+        with train_mode(self.model, self.likelihood):
+            if stale:
+                output = self.model(inputs)
+            num_batch = target.shape[-1]
+            data_term = self._log_likelihood_term(output, target, inputs=inputs, **kwargs)
+            self._check_division_once(target, inputs)
+            data_term = data_term.div(num_batch)
+            kl_term = self._kl_term().div(self.num_data / self.beta)
+        finite = torch.isfinite(data_term).all() & torch.isfinite(kl_term).all()
+        if is_validation_enabled() and not bool(finite):  # one synchronisation per step
+            raise ValueError(
+                f"{type(self).__name__} is not finite at this q(u) (data term "
+                f"{data_term.detach().tolist()}, KL term {kl_term.detach().tolist()}): q(u) has "
+                "diverged, typically because q(u|D)/p(D_e|u) is not a distribution (q(u|D) short "
+                "of its optimum, or a mean-field q(u|D) facing a cluster); check "
+                "objective.diagnose(x_e, y_e) (precision_share ≥ 1: retrain) or use lam > 0"
+            )
         if self.combine_terms:
             return data_term - kl_term
         return data_term, kl_term
+
+    def _projections_of(self, inputs: torch.Tensor) -> list[Projection] | None:
+        """D_e's cached p(f|u) algebra where an objective keeps one (``None``: computed anew)."""
+        return None
+
+    def _check_division_once(self, target: torch.Tensor, inputs: torch.Tensor | None) -> None:
+        """:meth:`check_division` on the first call that holds all of D_e (λ = 0, Gaussian
+        likelihood: where the division is exact and the objective diverges without it)."""
+        if (
+            self.lam != 0.0
+            or inputs is None
+            or target.shape[-1] != self.num_erased
+            or not isinstance(self.likelihood, _GaussianLikelihoodBase)
+        ):
+            return
+        key = (inputs.data_ptr(), tuple(inputs.shape), inputs._version, target.data_ptr())
+        if key != self._divided:
+            self.check_division(inputs, target)
+            self._divided = key
+
+    def check_division(self, inputs: torch.Tensor, target: torch.Tensor) -> float:
+        r"""Refuse a q(u|D) that the erased data cannot be divided out of: the share s of
+        q(u|D)'s precision they carry (:func:`~pyro_unlearn.contrib.gpytorch.\
+erased_precision_share`, L-BUN's test) must be below 1, else q(u|D)/p̃(D_e|u) is no
+        distribution and the λ = 0 objectives diverge (the EUBO to an unbounded KL, NGD to
+        ``NotPSDError``). Run on the first call holding all of D_e at λ = 0 with a Gaussian
+        likelihood; call it on all of D_e when stepping on mini-batches.
+
+        Arguments:
+            inputs: all of D_e's inputs.
+            target: their targets.
+
+        Returns:
+            s, when below 1.
+
+        Raises:
+            NotNormalizableError: a ``ValueError``, when s ≥ 1, with the remedies.
+
+        References:
+            A. Rawat, J. Requeima, W. Bruinsma, R. E. Turner. Challenges and Pitfalls of
+            Bayesian Unlearning. ICML 2022 Workshop on Updatable Machine Learning.
+        """
+        share = erased_precision_share(
+            self.model, self.likelihood, self.posterior, inputs, target,
+            getattr(self, "chunk_size", 4096), chunks=self._projections_of(inputs),
+            finite=is_validation_enabled(),
+        )  # fmt: skip
+        if share >= 1.0:
+            raise NotNormalizableError(
+                f"the erased data carry {share:.3g} ≥ 1 of q(u|D)'s precision along their most "
+                "informative direction, so q(u|D)/p(D_e|u) is not a distribution and unlearning "
+                "at lam=0 would diverge. If q(u|D) is short of its optimum (as training loops "
+                "leave it), put it there first (Gaussian likelihood: one gpytorch.optim.NGD step "
+                "at lr=1 on all of D with the hyperparameters fixed) and freeze again; a "
+                "mean-field q(u|D) cannot carry a cluster's correlations. Otherwise use lam > 0 "
+                "or retrain on D_r"
+            )
+        return share
+
+    def diagnose(
+        self,
+        inputs: torch.Tensor,
+        target: torch.Tensor,
+        num_samples: int = 1000,
+        precision: bool | None = None,
+    ) -> TrustDiagnostics:
+        """How far to trust the GP's current q(u) as the answer of this objective:
+        :func:`~pyro_unlearn.contrib.gpytorch.diagnose_inducing` with this objective's GP,
+        likelihood, q(u|D) and λ, on all of D_e; pass the result to
+        :func:`pyro_unlearn.trust.verdict`.
+
+        Arguments:
+            inputs: all of D_e's inputs.
+            target: their targets.
+            num_samples: draws from each of q(u) and q(u|D).
+            precision: the precision test (``None``: for a Gaussian likelihood).
+
+        Returns:
+            :class:`pyro_unlearn.trust.TrustDiagnostics`.
+        """
+        return diagnose_inducing(
+            self.model, self.likelihood, self.posterior, inputs, target, lam=self.lam,
+            num_samples=num_samples, chunk_size=getattr(self, "chunk_size", 4096),
+            precision=precision,
+        )  # fmt: skip

@@ -3,11 +3,14 @@ GPyTorch's idiom: self-normalised importance weights over draws of u."""
 
 from __future__ import annotations
 
+import warnings
+
 import gpytorch
 import torch
 from gpytorch.distributions import MultivariateNormal
 from pyro.infer.util import is_validation_enabled
 
+from ....forget import WeightCollapseWarning, collapsed_ess_threshold
 from ....infer.adjusted_likelihood import adjusted_log_likelihood
 from ....infer.reverse_kl import ImportanceWeighted, ImportanceWeights
 from ....posterior import FrozenPosterior
@@ -15,7 +18,10 @@ from ....validation import check_positive_int
 from ..conditional import Projection, check_gp_data, per_output_log_likelihood, projections
 from .base import UnlearningObjective
 
-__all__ = ["VariationalReverseKL"]
+__all__ = ["COLLAPSE_WINDOW", "VariationalReverseKL"]
+
+#: Training steps whose median ESS is judged for a weight collapse.
+COLLAPSE_WINDOW = 10
 
 
 class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
@@ -53,6 +59,13 @@ class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
     Returns:
         Called as ``rkl(output, target, inputs=x_e)``: the estimate above, of the GP's batch
         shape; :meth:`diagnostics` then holds the step's ESS and temperature.
+
+    Warns:
+        WeightCollapseWarning: (a :class:`~pyro_unlearn.LowESSWarning`), once, when the median
+            ESS of :data:`COLLAPSE_WINDOW` training steps falls below max(2, 1 % of
+            ``num_samples``) (:func:`~pyro_unlearn.forget.collapsed_ess_threshold`, the rule of
+            :func:`~pyro_unlearn.forget`); :attr:`collapsed` then stays ``True`` until a window
+            recovers. A collapsed reverse KL stops far from its target while its loss looks flat.
 
     Raises:
         TypeError, ValueError: as
@@ -97,6 +110,8 @@ class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
         self.chunk_size = chunk_size
         self._cache: tuple | None = None  # (key of the inputs, their chunks' p(f|u) algebra)
         self._checked: tuple | None = None  # keys of the last data found finite
+        self._recent_ess: list[torch.Tensor] = []  # the ESS of the training steps since a check
+        self.collapsed = False
 
     @staticmethod
     def _key(value: torch.Tensor | None) -> tuple | None:
@@ -155,7 +170,33 @@ class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
             )
         log_q_v = q_v.log_prob(u)  # (S, *batch)
         weights = self.weights(log_lik, log_q_data, self._sum_batch(log_q_v))
+        if torch.is_grad_enabled():
+            self._watch(self.weights.ess)
         return (self._per_draw(weights) * log_q_v).mean(0)
+
+    def _watch(self, ess: torch.Tensor) -> None:
+        """Warn once when the median ESS of :data:`COLLAPSE_WINDOW` training steps falls below
+        max(2, 1 % of the draws) (read once per window: no synchronisation per step)."""
+        self._recent_ess.append(ess.detach())
+        if len(self._recent_ess) < COLLAPSE_WINDOW:
+            return
+        median = float(torch.stack(self._recent_ess).median())
+        self._recent_ess = []
+        if median >= collapsed_ess_threshold(self.num_samples):
+            self.collapsed = False
+            return
+        if not self.collapsed:
+            warnings.warn(
+                f"VariationalReverseKL's importance weights have collapsed: a median ESS of "
+                f"{median:.1f} of {self.num_samples} draws over the last {COLLAPSE_WINDOW} steps, "
+                "so one draw carries each step and q(u) will not reach q(u|D)/p(D_e|u). The "
+                "erased data move q(u) further than draws from q(u|D) reach: use "
+                "proposal='current', anneal=0.5 (its weights follow q(u)); "
+                "objective.diagnose(x_e, y_e) says how large the update is",
+                WeightCollapseWarning,
+                stacklevel=4,
+            )
+        self.collapsed = True
 
     def diagnostics(self) -> dict[str, float]:
         """The last step's diagnostics, ``{"ess": ..., "temperature": ...}`` (the keys of
