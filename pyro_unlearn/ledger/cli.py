@@ -38,13 +38,20 @@ def _cells(event: dict[str, Any]) -> list[str]:
         event["kind"],
         event["status"] or "",
         rows,
-        ",".join(map(str, covers)) if covers else "",
+        _ids(covers),
         event["method"] or "",
         "" if event["lam"] is None else f"{event['lam']:g}",
         event["verdict"] or "",
         "" if event["seconds"] is None else f"{event['seconds']:.1f}",
         text,
     ]
+
+
+def _ids(ids: list[int] | None) -> str:
+    """Request ids as a cell: ``2,4,7``, or ``2…21 (10)`` for more than four."""
+    if not ids:
+        return ""
+    return ",".join(map(str, ids)) if len(ids) <= 4 else f"{ids[0]}…{ids[-1]} ({len(ids)})"
 
 
 def format_history(history: list[dict[str, Any]], width: int = 40) -> str:
