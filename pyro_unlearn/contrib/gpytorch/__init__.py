@@ -26,6 +26,14 @@ objectives with :class:`gpytorch.optim.NGD` only) natural-parameter Gaussian. Tw
   :mod:`gpytorch.mlls`: ``loss = -objective(model(x_e), y_e, inputs=x_e)`` in the usual loop,
   from q(u|D) frozen by :func:`freeze_inducing`.
 
+The objectives guard what GPyTorch's training loops leave behind: they run in ``train()`` mode
+and give the GP its mode back, refuse (and put back) hyperparameters an optimiser over
+``model.parameters()`` moved, and the λ = 0 EUBO refuses a q(u|D) the erased data cannot be
+divided out of (:func:`erased_precision_share` ≥ 1, typical of a q(u|D) short of its optimum).
+How far to trust the answer, without D_r: :func:`diagnose_inducing` (``objective.diagnose``)
+and :func:`pyro_unlearn.trust.verdict`; :func:`restore_inducing` serves the next request from
+q(u|D).
+
 References:
     - Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
     - J. Hensman, A. Matthews, Z. Ghahramani. Scalable Variational Gaussian Process
@@ -43,6 +51,7 @@ from .inducing import (
     freeze_inducing,
     inducing_distribution,
     inducing_kl,
+    restore_inducing,
     set_inducing_distribution,
 )
 from .objectives import VariationalEUBO, VariationalReverseKL
@@ -62,6 +71,7 @@ __all__ = [
     "inducing_distribution",
     "inducing_kl",
     "inducing_log_likelihood",
+    "restore_inducing",
     "set_inducing_distribution",
 ]
 

@@ -23,6 +23,7 @@ __all__ = [
     "freeze_inducing",
     "inducing_distribution",
     "inducing_kl",
+    "restore_inducing",
     "set_inducing_distribution",
 ]
 
@@ -246,3 +247,33 @@ def inducing_kl(
         )
     kl = torch.distributions.kl_divergence(q_p, q_q)
     return kl.sum()
+
+
+def restore_inducing(gp: gpytorch.models.ApproximateGP, posterior: FrozenPosterior) -> None:
+    """Write a frozen q(u|D) back into a live GP's q(u), in place (any of the four
+    parameterisations): serve each new deletion request from the original posterior, as
+    :meth:`~pyro_unlearn.FrozenPosterior.restore` does for Pyro guides (which takes a guide, not
+    a GPyTorch model). Nothing is written when the shapes differ.
+
+    Arguments:
+        gp: a supported ``ApproximateGP`` of the structure frozen.
+        posterior: its frozen q(u|D) (:func:`freeze_inducing`).
+
+    Raises:
+        TypeError: ``posterior`` not frozen from a GPyTorch GP.
+        ValueError: a q(u|D) of another shape than the GP's q(u).
+
+    Example::
+
+        posterior = freeze_inducing(gp)  # q(u|D)
+        ...  # unlearn one request: gp's q(u) moves
+        restore_inducing(gp, posterior)  # back to q(u|D) for the next request
+    """
+    q = inducing_distribution(posterior)
+    want = variational_strategy(gp)._variational_distribution.shape()
+    if q.mean.shape != want:
+        raise ValueError(
+            f"the frozen q(u|D) has shape {tuple(q.mean.shape)}, this GP's q(u) {tuple(want)}: "
+            "restore it into a GP of the structure it was frozen from"
+        )
+    set_inducing_distribution(gp, q.mean, q.covariance_matrix)

@@ -269,8 +269,8 @@ def test_reverse_kl_computes_the_erased_kernel_algebra_once_per_inputs(data):
     x, y, erased, _ = data
     gp, likelihood = trained(x, y), gaussian_likelihood()
     rkl = pug.VariationalReverseKL(
-        likelihood, gp, pug.freeze_inducing(gp), len(erased), lam=0.5, num_samples=8
-    )  # λ > 0: the moved inputs below need no division check (they fail it at λ = 0)
+        likelihood, gp, pug.freeze_inducing(gp), len(erased), num_samples=8
+    )
     x_e, y_e = x[erased].clone(), y[erased]
     rkl(None, y_e, inputs=x_e)
     first = rkl._cache[1]

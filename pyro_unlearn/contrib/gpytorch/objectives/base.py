@@ -103,6 +103,9 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
         self._fixed = FixedParameters(model, likelihood)
         self._divided: tuple | None = None  # key of the D_e whose division was checked
 
+    #: Whether a λ = 0 call on all of D_e checks the division first (:meth:`check_division`).
+    divides = True
+
     @property
     def num_erased(self) -> int:
         """``|D_e|`` (GPyTorch's ``num_data``)."""
@@ -185,8 +188,9 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
                 ``inputs``, or (under Pyro's validation) non-finite data, named with their first
                 row (:meth:`_check_data`), or a non-finite value (q(u) diverged).
             RuntimeError: when the optimiser moved the fixed parameters (put back first).
-            NotNormalizableError: at λ = 0 with a Gaussian likelihood, on the first call with
-                all of D_e, when q(u|D)/p̃(D_e|u) is not a distribution (:meth:`check_division`)."""
+            NotNormalizableError: (the EUBO) at λ = 0 with a Gaussian likelihood, on the first
+                call with all of D_e, when q(u|D)/p̃(D_e|u) is not a distribution
+                (:meth:`check_division`)."""
         self._fixed.check()
         self._check_batch(output, target, inputs)
         stale = output is not None and not (self.model.training and self.likelihood.training)
@@ -226,7 +230,8 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
         """:meth:`check_division` on the first call that holds all of D_e (λ = 0, Gaussian
         likelihood: where the division is exact and the objective diverges without it)."""
         if (
-            self.lam != 0.0
+            not self.divides
+            or self.lam != 0.0
             or inputs is None
             or target.shape[-1] != self.num_erased
             or not isinstance(self.likelihood, _GaussianLikelihoodBase)
@@ -241,9 +246,11 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
         r"""Refuse a q(u|D) that the erased data cannot be divided out of: the share s of
         q(u|D)'s precision they carry (:func:`~pyro_unlearn.contrib.gpytorch.\
 erased_precision_share`, L-BUN's test) must be below 1, else q(u|D)/p̃(D_e|u) is no
-        distribution and the λ = 0 objectives diverge (the EUBO to an unbounded KL, NGD to
-        ``NotPSDError``). Run on the first call holding all of D_e at λ = 0 with a Gaussian
-        likelihood; call it on all of D_e when stepping on mini-batches.
+        distribution and the λ = 0 EUBO diverges (to an unbounded KL, or NGD to
+        ``NotPSDError``). The EUBO runs it on its first call holding all of D_e at λ = 0 with a
+        Gaussian likelihood; call it on all of D_e when stepping on mini-batches. The reverse
+        KL's weights stay finite there (its answer is bounded by q(u|D)'s draws) and it does not
+        run it: :meth:`diagnose` reports it (``precision_positive_definite``).
 
         Arguments:
             inputs: all of D_e's inputs.

@@ -91,6 +91,8 @@ class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
                 break
     """
 
+    divides = False  # its weights stay finite where q(u|D)/p(D_e|u) is no distribution
+
     def __init__(
         self,
         likelihood: gpytorch.likelihoods.Likelihood,
