@@ -6,6 +6,7 @@ from .eubo import Trace_EUBO
 from .influence import IndefiniteHessianError, InfluenceUnlearnResult, influence_unlearn
 from .laplace import LaplaceUnlearnResult, laplace_unlearn
 from .mcmc import LowESSWarning, MCMCUnlearnResult, mcmc_unlearn
+from .natural import NaturalGradientResult, gaussian_reverse_kl
 from .reverse_kl import ReverseKL, effective_sample_size
 from .threshold import (
     MassScale,
@@ -22,12 +23,14 @@ __all__ = [
     "LowESSWarning",
     "MCMCUnlearnResult",
     "MassScale",
+    "NaturalGradientResult",
     "ReverseKL",
     "SmallKeptMassWarning",
     "Trace_EUBO",
     "UnlearningLoss",
     "adjusted_log_likelihood",
     "effective_sample_size",
+    "gaussian_reverse_kl",
     "influence_unlearn",
     "kept_mass",
     "lam_for_mass",

@@ -1,0 +1,476 @@
+"""The reverse KL for Gaussian guides, solved by damped moment matching (natural-gradient steps)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal
+from tqdm import tqdm
+
+from ..guides import LatentLayout, is_gaussian, latent_layout, read_gaussian, write_gaussian
+from ..handlers import erased_log_likelihood, is_erased, unlearn
+from ..params import ParamSnapshot
+from ..posterior import FrozenPosterior, freeze
+from ..results import UnlearningResult
+from ..traces import max_plate_nesting, preserved_rng, vectorization_problem
+from ..validation import check_finite_data, check_positive_int
+from .adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
+from .mcmc import LowESSWarning
+from .reverse_kl import ImportanceWeights, effective_sample_size, next_temperature
+
+__all__ = ["NaturalGradientResult", "gaussian_reverse_kl"]
+
+_PARTICLES = "_natural_particles"
+_SUPPORTED = "AutoNormal, AutoDiagonalNormal or AutoMultivariateNormal"
+
+
+@dataclass(kw_only=True)
+class NaturalGradientResult(UnlearningResult):
+    """What :func:`gaussian_reverse_kl` returns.
+
+    Attributes:
+        guide: the live guide, holding the unlearned N(μ, Σ).
+        posterior: the unlearned posterior, frozen (independent of the live guide).
+        original: the q(θ|D) the run started from, frozen.
+        loc: μ (P,) of the unlearned posterior, in the guide's flat unconstrained space.
+        covariance: Σ (P, P) (diagonal for a mean-field guide).
+        ess: the effective sample size of each step's S weights.
+        temperature: β of each step (1 throughout without ``anneal``).
+        num_steps: the steps taken.
+        collapsed: the median ESS of the last window fell below the fewest effective draws a
+            moment estimate needs (P + 1 for a full covariance, 2 for a mean-field guide).
+        seconds, converged: as :class:`~pyro_unlearn.results.UnlearningResult`; converged
+            when the window averages of the moments stopped moving within their Monte-Carlo
+            error at β = 1, without collapse.
+    """
+
+    guide: Any
+    posterior: FrozenPosterior
+    original: FrozenPosterior
+    loc: torch.Tensor
+    covariance: torch.Tensor
+    ess: list[float] = field(default_factory=list)
+    temperature: list[float] = field(default_factory=list)
+    num_steps: int = 0
+    collapsed: bool = False
+
+
+# -- log p(D_e|θ) for a batch of flat θ ----------------------------------------------------------
+class _ErasedBatch:
+    """θ (S, P) ↦ log p(D_e|θ_s) (S,): the model, wrapped by ``unlearn`` and conditioned on each
+    site's slice of θ (through its bijection), runs once in a ``pyro.plate`` of S particles."""
+
+    def __init__(
+        self, model: Callable, layout: LatentLayout, like: torch.Tensor, args: tuple, kwargs: dict
+    ) -> None:
+        self.model, self.layout, self.args, self.kwargs = model, layout, args, kwargs
+        values = layout.values(torch.zeros_like(like))  # only the shapes are read
+        with poutine.block(), preserved_rng(args, kwargs):
+            trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+        self.nesting = max_plate_nesting(trace)
+        self.batch_dims = {
+            s.name: trace.nodes[s.name]["value"].dim() - trace.nodes[s.name]["fn"].event_dim
+            for s in layout.sites
+        }
+
+    def values(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        S = theta.shape[0]
+        out = {}
+        for s in self.layout.sites:
+            ones = (1,) * (self.nesting - self.batch_dims[s.name])
+            out[s.name] = s.transform(theta[:, s.start : s.stop].reshape((S, *ones, *s.shape)))
+        return out
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        S, dim = theta.shape[0], -self.nesting - 1
+        conditioned = poutine.condition(self.model, data=self.values(theta))
+        with poutine.block():
+            trace = poutine.trace(pyro.plate(_PARTICLES, S, dim=dim)(conditioned)).get_trace(
+                *self.args, **self.kwargs
+            )
+        trace.compute_log_prob(site_filter=is_erased)
+        return erased_log_likelihood(trace, dim, S)
+
+
+# -- Gaussians held as (μ, Σ) or, mean-field, (μ, σ²) --------------------------------------------
+def _draw(loc: torch.Tensor, spread: torch.Tensor, num: int) -> torch.Tensor:
+    noise = torch.randn((num, loc.numel()), dtype=loc.dtype, device=loc.device)
+    if spread.dim() == 1:
+        return loc + noise * spread.sqrt()
+    return loc + noise @ torch.linalg.cholesky(spread).mT
+
+
+def _log_density(theta: torch.Tensor, loc: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    if spread.dim() == 1:
+        return torch.distributions.Normal(loc, spread.sqrt()).log_prob(theta).sum(-1)
+    return torch.distributions.MultivariateNormal(loc, spread).log_prob(theta)
+
+
+def _weighted_moments(
+    theta: torch.Tensor, weights: torch.Tensor, diagonal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """m̂ = Σ w θ and Ĉ = Σ w (θ − m̂)(θ − m̂)ᵀ (its diagonal for a mean-field guide), Σ w = 1."""
+    mean = weights @ theta
+    centred = theta - mean
+    if diagonal:
+        return mean, weights @ centred**2
+    return mean, (centred * weights[:, None]).mT @ centred
+
+
+def _mix(
+    loc: torch.Tensor, spread: torch.Tensor, new_loc: torch.Tensor, new_spread: torch.Tensor, rho
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A convex step ρ in the expectation parameters (E θ, E θθᵀ): positive definite whenever
+    Σ is and Σ̂ is positive semi-definite, ρ < 1."""
+    gap = loc - new_loc
+    outer = gap**2 if spread.dim() == 1 else gap[:, None] * gap[None, :]
+    moved = (1 - rho) * spread + rho * new_spread + rho * (1 - rho) * outer
+    return (1 - rho) * loc + rho * new_loc, moved
+
+
+def _average(iterates: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    """The moments of the equal mixture of the iterates: averaging in expectation parameters."""
+    locs = torch.stack([m for m, _ in iterates])
+    loc = locs.mean(0)
+    gaps = locs - loc
+    spread = torch.stack([c for _, c in iterates]).mean(0)
+    if spread.dim() == 1:
+        return loc, spread + (gaps**2).mean(0)
+    return loc, spread + gaps.mT @ gaps / len(iterates)
+
+
+def _kl(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> float:
+    """KL(N(a) ‖ N(b)) in closed form."""
+    if a[1].dim() == 1:
+        p, q = (torch.distributions.Normal(m, v.sqrt()) for m, v in (a, b))
+    else:
+        p, q = (torch.distributions.MultivariateNormal(m, c) for m, c in (a, b))
+    return float(torch.distributions.kl_divergence(p, q).sum())
+
+
+# -- checks ---------------------------------------------------------------------------------------
+def _check_guide(guide: Any) -> None:
+    if isinstance(guide, AutoLowRankMultivariateNormal):
+        raise TypeError(
+            "gaussian_reverse_kl cannot write the moment match into an "
+            "AutoLowRankMultivariateNormal: its family (D + W Wᵀ, fixed rank) does not hold "
+            f"every covariance, and no closed-form projection onto it exists; use an "
+            f"{_SUPPORTED}, or pu.forget(..., method='rkl'), which trains the low-rank guide"
+        )
+    if isinstance(guide, FrozenPosterior) or not is_gaussian(guide):
+        raise TypeError(
+            f"gaussian_reverse_kl needs a live Gaussian guide ({_SUPPORTED}), got "
+            f"{type(guide).__name__}; other guides (flows) take pu.forget(..., method='rkl')"
+        )
+
+
+def _check_options(
+    proposal, anneal, lam, num_samples, num_steps, step_size, window, progress
+) -> tuple:
+    ImportanceWeights(proposal, anneal)  # the reverse KL's own checks of proposal and anneal
+    lam = check_lam(lam)
+    num_samples = check_positive_int("num_samples", num_samples)
+    num_steps = check_positive_int("num_steps", num_steps)
+    window = check_positive_int("window", window)
+    if isinstance(step_size, bool) or not isinstance(step_size, int | float):
+        raise TypeError(f"step_size must be a real number in (0, 1), got {step_size!r}")
+    if not 0.0 < float(step_size) < 1.0:
+        raise ValueError(
+            f"step_size must be in (0, 1) (ρ = 1 would replace q_v by one batch's moments, "
+            f"whose weighted covariance may be singular), got {step_size!r}"
+        )
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {type(progress).__name__}")
+    return lam, num_samples, num_steps, float(step_size), window
+
+
+def _prepare(model, guide, posterior, args, kwargs, erased, plate) -> tuple:
+    """q(θ|D) frozen, the flat layout and the batched log p(D_e|θ), every check passed."""
+    _check_guide(guide)
+    check_finite_data(args, kwargs)
+    if posterior is None:
+        with preserved_rng(args, kwargs):
+            posterior = freeze(guide, *args, **kwargs)
+    elif not isinstance(posterior, FrozenPosterior):
+        raise TypeError(
+            f"posterior must be a FrozenPosterior (pu.freeze(guide)), got "
+            f"{type(posterior).__name__}"
+        )
+    else:
+        posterior.check_guide(guide, *args, **kwargs)
+    wrapped = unlearn(model, erased=erased, plate=plate)
+    problem = vectorization_problem(wrapped, posterior, args, kwargs, 2)
+    if problem is not None:
+        raise ValueError(
+            f"gaussian_reverse_kl draws θ in a pyro.plate, which the model cannot take: {problem}"
+        )
+    return posterior, latent_layout(guide), wrapped
+
+
+@dataclass
+class _State:
+    """What the iteration carries: q_v's moments, β, the records, the iterates at β = 1."""
+
+    loc: torch.Tensor
+    spread: torch.Tensor
+    beta: torch.Tensor
+    ess: list[float] = field(default_factory=list)
+    temperature: list[float] = field(default_factory=list)
+    tail: deque = field(default_factory=deque)
+
+
+def _step(state: _State, run: dict[str, Any]) -> None:
+    """One iteration: draw S θ, weigh them towards p̃_β, move q_v a fraction ρ_t of the way."""
+    target, current = run["target"], run["proposal"] == "current"
+    source = (state.loc, state.spread) if current else target
+    theta = _draw(*source, run["num_samples"])
+    log_lik = run["loglik"](theta)
+    bad = int((~torch.isfinite(log_lik)).sum())
+    if bad:
+        raise ValueError(
+            f"log p(D_e|θ) is not finite at {bad} of {theta.shape[0]} draws: the erased data "
+            "are impossible where q_v puts mass, and p̃ ∝ q(θ|D)/p(D_e|θ) is not defined there"
+        )
+    log_base = torch.zeros_like(log_lik)
+    if current or run["threshold"] is not None:
+        log_q = _log_density(theta, *target)
+        if run["threshold"] is not None:
+            log_lik = adjusted_log_likelihood(log_lik, log_q, run["threshold"])
+        if current:
+            log_base = log_q - _log_density(theta, *source)
+    if run["anneal"] is not None:
+        state.beta = next_temperature(log_base, log_lik, state.beta, run["anneal"])
+    weights = torch.softmax(log_base - state.beta * log_lik, 0)
+    ess = float(effective_sample_size(weights))
+    # Fewer effective draws than a moment estimate needs: a proportionally shorter step.
+    rho = run["step_size"] * min(1.0, ess / run["min_ess"])
+    moments = _weighted_moments(theta, weights, state.spread.dim() == 1)
+    state.loc, state.spread = _mix(state.loc, state.spread, *moments, rho)
+    state.ess.append(ess)
+    state.temperature.append(float(state.beta))
+    if float(state.beta) < 1.0:
+        state.tail.clear()  # only iterates at the target itself are averaged
+    else:
+        state.tail.append((state.loc, state.spread))
+
+
+def _settled(state: _State, window: int, min_ess: float, num_moments: int) -> bool:
+    """The last two windows' averaged moments agree within 3× the KL their Monte-Carlo error
+    alone would put between them (≈ k/(ESS·W) for k moment parameters), without collapse."""
+    if len(state.tail) < 2 * window or _collapsed(state.ess, window, min_ess):
+        return False
+    tail = list(state.tail)
+    older, newer = _average(tail[:window]), _average(tail[window:])
+    ess = sum(state.ess[-2 * window :]) / (2 * window)
+    return _kl(newer, older) < 3.0 * num_moments / (ess * window)
+
+
+def _collapsed(ess: list[float], window: int, min_ess: float) -> bool:
+    last = sorted(ess[-window:])
+    return bool(last) and last[len(last) // 2] < min_ess
+
+
+def gaussian_reverse_kl(
+    model: Callable[..., Any],
+    guide: Any,
+    *args: Any,
+    erased: Any = None,
+    plate: str | tuple[str, ...] | Mapping[str, Any] | None = None,
+    posterior: FrozenPosterior | None = None,
+    lam: float = 0.0,
+    proposal: str = "posterior",
+    anneal: float | None = None,
+    num_samples: int = 1000,
+    num_steps: int = 500,
+    step_size: float = 0.5,
+    window: int = 20,
+    progress: bool = True,
+    diagnose: bool = True,
+    diagnose_samples: int = 1000,
+    **kwargs: Any,
+) -> NaturalGradientResult:
+    r"""Unlearn by minimising the reverse KL over a Gaussian guide's own family, by damped
+    moment matching instead of stochastic gradient steps:
+
+    .. math:: \min_{q_v} \mathrm{KL}(\tilde p_\mathrm{adj} \,\|\, q_v), \qquad
+              \tilde p_\mathrm{adj}(θ) \propto q(θ|D) \,/\, p_\mathrm{adj}(D_e|θ; λ).
+
+    Over full-covariance Gaussians the optimum is the moment match N(E_p̃[θ], Cov_p̃[θ])
+    (AutoMultivariateNormal); over mean-field ones, p̃'s marginal means and variances
+    (AutoNormal, AutoDiagonalNormal). Each step draws S θ_s from the proposal r, weighs them by
+    self-normalised importance sampling, w_s ∝ q(θ_s|D) / (p_adj(D_e|θ_s)^β r(θ_s)), and moves
+    q_v = N(m, C) a fraction ρ of the way to the weighted moments m̂, Ĉ in the expectation
+    parameters (E θ, E θθᵀ), a natural-gradient step:
+
+    .. math:: m ← (1−ρ)m + ρ\hat m, \qquad
+              C ← (1−ρ)C + ρ\hat C + ρ(1−ρ)(m − \hat m)(m − \hat m)^\top,
+
+    positive definite for ρ < 1. With fewer than P + 1 effective draws (2 for a mean-field
+    guide) the step shrinks in proportion. The answer is the average, in expectation
+    parameters, of the iterates of the last two windows at β = 1 (iterate averaging); the run
+    stops once those two windows' averages agree within their Monte-Carlo error. All in the
+    guide's flat unconstrained space; log p(D_e|θ) of the S draws comes from one run of the
+    model in a ``pyro.plate`` (the model must vectorise), on the guide's device and dtype.
+
+    Arguments:
+        model: the Pyro model.
+        guide: the trained live AutoNormal, AutoDiagonalNormal or AutoMultivariateNormal; it
+            receives the answer (all or nothing: a failed run leaves it as it was).
+        *args, **kwargs: the model's arguments: D_e alone (``erased=None``) or the full data
+            with ``erased`` rows of ``plate``, as :func:`~pyro_unlearn.unlearn` takes them.
+        erased, plate: as :func:`~pyro_unlearn.unlearn`'s.
+        posterior: q(θ|D), frozen (default: ``pu.freeze(guide)``); the run starts from it,
+            whatever the guide holds (lazy unlearning from the original posterior).
+        lam: λ ∈ [0, 1] of the adjusted likelihood.
+        proposal: ``"posterior"`` (the paper's: θ_s ~ q(θ|D), w_s ∝ 1/p_adj(D_e|θ_s)) or
+            ``"current"`` (θ_s ~ q_v, for erasures too informative to propose from q(θ|D)).
+        anneal: with ``proposal="current"``, the ESS fraction kept while β rises from 0 to 1
+            (:func:`~pyro_unlearn.infer.reverse_kl.next_temperature`); ``None``: β = 1.
+        num_samples: S draws per step (more than P + 1 for a full covariance).
+        num_steps: the most steps.
+        step_size: ρ ∈ (0, 1).
+        window: W steps per window of the stopping rule and of the average.
+        progress: show a tqdm bar.
+        diagnose, diagnose_samples: attach the trust check
+            (:func:`pyro_unlearn.trust.attach_trust`), as :func:`~pyro_unlearn.forget` does.
+
+    Returns:
+        A :class:`NaturalGradientResult`; ``converged`` is ``False`` when β < 1 at the end or
+        the weights collapsed (then a :class:`~pyro_unlearn.LowESSWarning` is raised).
+
+    Raises:
+        TypeError: for a guide that is not one of the three (an AutoLowRankMultivariateNormal
+            cannot hold the moment match; flows take :func:`~pyro_unlearn.forget`).
+        ValueError: for bad options, a model that cannot take a particle plate, or a
+            non-finite log p(D_e|θ), before the guide changes.
+
+    References:
+        Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
+        (Sec. 3.3.2: the reverse KL).
+
+        M. E. Khan, H. Rue. The Bayesian Learning Rule. JMLR 24(281), 2023.
+
+    Example:
+        >>> import pyro, torch, pyro.distributions as dist, pyro_unlearn as pu
+        >>> from pyro.infer.autoguide import AutoMultivariateNormal
+        >>> from pyro_unlearn.guides import read_gaussian, write_gaussian
+        >>> pyro.clear_param_store()
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(torch.zeros(1), 10.0).to_event(1))
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu[..., 0], 1.0), obs=y)
+        >>> y = torch.arange(10.0) / 10
+        >>> guide = AutoMultivariateNormal(model)
+        >>> _ = guide(y)
+        >>> _ = write_gaussian(guide, y.mean(0, keepdim=True), torch.eye(1) / 10)  # ≈ p(μ|y)
+        >>> result = gaussian_reverse_kl(model, guide, y, erased=[0, 1], plate="data",
+        ...                              num_samples=2000, progress=False, diagnose=False)
+        >>> loc, cov = read_gaussian(result.posterior)  # p(μ|y[2:]) = N(0.55, 1/8)
+        >>> abs(float(loc) - 0.55) < 0.05, abs(float(cov) - 0.125) < 0.02, result.converged
+        (True, True, True)
+    """
+    from ..trust import Caveats, attach_trust, check_diagnose_options  # trust imports us
+
+    start = time.perf_counter()
+    diagnose_samples = check_diagnose_options(diagnose, diagnose_samples)
+    lam, num_samples, num_steps, step_size, window = _check_options(
+        proposal, anneal, lam, num_samples, num_steps, step_size, window, progress
+    )
+    original, layout, wrapped = _prepare(model, guide, posterior, args, kwargs, erased, plate)
+    diagonal, P = not isinstance(guide, AutoMultivariateNormal), layout.size
+    min_ess = 2.0 if diagonal else P + 1.0
+    if num_samples <= min_ess:
+        raise ValueError(
+            f"num_samples must exceed {int(min_ess)} (P + 1 for a full covariance over P = {P} "
+            f"dimensions, 2 for a mean-field guide), got {num_samples}"
+        )
+    loc, spread = read_gaussian(original, diagonal=diagonal)
+    target = (loc, spread**2 if diagonal else spread)
+    run = {
+        "target": target,
+        "proposal": proposal,
+        "anneal": anneal,
+        "num_samples": num_samples,
+        "step_size": step_size,
+        "min_ess": min_ess,
+        "loglik": _ErasedBatch(wrapped, layout, loc, args, kwargs),
+        "threshold": None if lam == 0.0 else log_threshold(lam, original.log_q_max),
+    }
+    beta = torch.tensor(1.0 if anneal is None else 0.0, dtype=loc.dtype, device=loc.device)
+    state = _State(*target, beta, tail=deque(maxlen=2 * window))
+    converged = _iterate(state, run, num_steps, window, progress)
+    final = _average(list(state.tail)) if state.tail else (state.loc, state.spread)
+    collapsed = _collapsed(state.ess, window, min_ess)
+    if collapsed:
+        warnings.warn(
+            f"gaussian_reverse_kl: the importance weights collapsed (median ESS of the last "
+            f"{window} steps below {min_ess:g} of {num_samples} draws): the moments are those "
+            "of a few draws; use proposal='current' with anneal=0.5",
+            LowESSWarning,
+            stacklevel=2,
+        )
+    with ParamSnapshot.transaction():  # all or nothing
+        scale = final[1].sqrt() if diagonal else None
+        covariance = None if diagonal else 0.5 * (final[1] + final[1].mT)
+        write_gaussian(guide, final[0], covariance, scale=scale)
+        frozen = freeze(guide, *args, **kwargs)
+    result = NaturalGradientResult(
+        guide=guide,
+        posterior=frozen,
+        original=original,
+        loc=final[0],
+        covariance=torch.diag_embed(final[1]) if diagonal else final[1],
+        ess=state.ess,
+        temperature=state.temperature,
+        num_steps=len(state.ess),
+        collapsed=collapsed,
+        converged=converged and not collapsed and float(state.beta) == 1.0,
+        seconds=time.perf_counter() - start,
+    )
+    if not diagnose:
+        result.explanation = "not diagnosed: gaussian_reverse_kl(..., diagnose=False)"
+        return result
+    reasons = [] if result.converged else [_unsettled(state, collapsed, num_steps)]
+    return attach_trust(
+        result,
+        model,
+        original,
+        args,
+        kwargs,
+        erased=erased,
+        plate=plate,
+        lam=lam,
+        num_samples=diagnose_samples,
+        caveats=Caveats(approximate=reasons),
+    )
+
+
+def _iterate(state: _State, run: dict[str, Any], num_steps: int, window: int, progress: bool):
+    """Step until the moments settle (:func:`_settled`) or ``num_steps``; whether they did."""
+    P = state.loc.numel()
+    num_moments = 2 * P if state.spread.dim() == 1 else P + P * (P + 1) // 2
+    with torch.no_grad(), tqdm(total=num_steps, desc="rKL (moments)", disable=not progress) as bar:
+        for _ in range(num_steps):
+            _step(state, run)
+            bar.update()
+            bar.set_postfix(ess=f"{state.ess[-1]:.0f}", beta=f"{state.temperature[-1]:.3g}")
+            if _settled(state, window, run["min_ess"], num_moments):
+                return True
+    return False
+
+
+def _unsettled(state: _State, collapsed: bool, num_steps: int) -> str:
+    """Why the run is not converged, quoting its evidence."""
+    if collapsed:
+        return f"the weights collapsed (last ESS {state.ess[-1]:.1f})"
+    if float(state.beta) < 1.0:
+        return f"β = {float(state.beta):.3g} < 1 after {num_steps} steps"
+    return f"the moments still moved after {num_steps} steps"
