@@ -34,6 +34,12 @@ def test_retrain_reaches_the_exact_posterior_of_the_remaining_data(
     assert kl < 0.05, kl
     assert len(result.losses) <= 1500
     assert isinstance(result, UnlearningResult)
+    # the reference is not judged: verdict None, and the explanation says why and how it ended
+    assert result.verdict is None and result.trust is None
+    assert result.summary().startswith("not judged: retrained on D_r, the reference")
+    assert f"after {len(result.losses)} steps" in result.summary()
+    assert ("not converged" in result.summary()) is not result.converged
+    assert result.trust_row["verdict"] is None
     # the live guide and the param store are untouched
     for name, value in pyro.get_param_store().items():
         assert torch.equal(value.detach(), live_before[name]), name
@@ -58,6 +64,8 @@ def test_warm_start_starts_at_q_of_d(linreg, model, trained):
     )
     loc, _ = read_gaussian(guide)
     assert torch.allclose(read_gaussian(start.posterior)[0], loc, atol=1e-6)
+    assert not start.converged and start.verdict is None
+    assert "not converged after 1 steps: the reference is still moving" in start.summary()
     assert not torch.allclose(read_gaussian(fresh.posterior)[0], loc, atol=0.1)
 
 

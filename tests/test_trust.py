@@ -1,5 +1,6 @@
 """The trust diagnostics and verdict on a conjugate linear regression, whose p(θ|D_r) is exact."""
 
+import math
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -12,13 +13,21 @@ from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNorm
 import pyro_unlearn as pu
 from pyro_unlearn.exact import gaussian_linear_posterior
 from pyro_unlearn.guides import write_gaussian
+from pyro_unlearn.results import UnlearningResult
 from pyro_unlearn.trust import (
     MIN_UPDATE_ESS_FRACTION,
     VERDICTS,
+    Caveats,
     TrustDiagnostics,
+    Verdict,
+    attach_trust,
+    cap_verdict,
+    check_diagnose_options,
     diagnose,
+    diagnose_draws,
     pareto_k_threshold,
     verdict,
+    weighted_verdict,
 )
 
 SIGMA, N, D = 1.0, 300, 3
@@ -285,3 +294,126 @@ def test_a_model_that_mixes_particles_is_refused(clean):
     full = frozen(clean, exact(clean, torch.ones(N, dtype=torch.bool)))
     with pytest.raises(ValueError, match="cannot take"):
         diagnose(flat, full, full, clean.x, clean.y, erased=random_rows(5), plate="data")
+
+
+# -- caveats: a verdict no better than the method vouches for ----------------------------------
+TRUSTED = Verdict("trusted", "trusted: q_u matches p̃ (k̂ = 0.10)")
+
+
+def test_caveats_cap_the_verdict():
+    capped = cap_verdict(TRUSTED, Caveats(approximate=["θ* missed its tolerance"]))
+    assert capped.label == "approximate"
+    assert capped.explanation == (
+        "approximate: θ* missed its tolerance; the diagnostics alone: " + TRUSTED.explanation
+    )
+    repaired = cap_verdict(TRUSTED, Caveats(retrain=["repaired"], approximate=["slow"]))
+    assert repaired.label == "retrain" and repaired.explanation.startswith("retrain: repaired; ")
+    assert repaired.explanation.endswith("; also slow")  # already worse: the reason is kept
+    worse = Verdict("retrain", "retrain: far")
+    assert cap_verdict(worse, Caveats(approximate=["slow"])) == (
+        "retrain",
+        "retrain: far; also slow",
+    )
+    noted = cap_verdict(TRUSTED, Caveats(notes=["then 5 HMC moves"]))
+    assert noted.label == "trusted" and noted.explanation.endswith("; then 5 HMC moves")
+    assert cap_verdict(TRUSTED, Caveats()) == TRUSTED
+
+
+# -- weighted draws: the reweighting's own k̂ and ESS ------------------------------------------
+def test_draws_of_a_gaussian_reweighted_match_the_closed_forms():
+    # p(θ|D) = N(0, v) reweighted by 1/N(y; θ, 1) is p̃ = N(m_r, v_r), v_r = 1/(1/v − 1):
+    # ESS/S = 1/E[w²] and KL(p(θ|D) ‖ p̃) in closed form; the tail of w has shape k = v
+    v, y = 0.1, 1.5  # ESS/S ≈ 0.73, KL ≈ 0.13
+    v_r = 1 / (1 / v - 1)
+    m_r = -v_r * y
+    theta = math.sqrt(v) * torch.randn(20000, dtype=torch.float64)
+    d = diagnose_draws(dist.Normal(theta, 1.0).log_prob(torch.tensor(y, dtype=torch.float64)))
+    gap = 2 * v - v_r  # > 0: the weights' variance is finite
+    ess_fraction = math.sqrt(v_r * gap) / v * math.exp(-(m_r**2) / gap)
+    kl = 0.5 * (v / v_r + m_r**2 / v_r - 1 + math.log(v_r / v))
+    assert d.update_ess_fraction == pytest.approx(ess_fraction, rel=0.1)
+    assert d.update_kl == pytest.approx(kl, rel=0.15)
+    assert d.pareto_k == d.update_pareto_k and d.pareto_k < 0.5  # k = 0.1
+    assert math.isnan(d.kl) and math.isnan(d.kl_se) and d.precision_share is None
+    assert d.num_samples == 20000 and weighted_verdict(d).label == "trusted"
+
+
+def test_heavy_tailed_weights_ask_to_retrain():
+    # v = 0.95: the weights' tail has k = 0.95 (infinite variance); PSIS sees it
+    theta = math.sqrt(0.95) * torch.randn(20000, dtype=torch.float64)
+    d = diagnose_draws(dist.Normal(theta, 1.0).log_prob(torch.tensor(0.0, dtype=torch.float64)))
+    assert d.pareto_k > 0.6
+    label, why = weighted_verdict(d)
+    assert label == "retrain" and "rerun MCMC on D_r" in why
+
+
+@pytest.mark.parametrize(
+    "changes, label, phrase",
+    [
+        ({}, "trusted", "stand for p(θ|D_r)"),
+        ({"pareto_k": 0.55, "update_pareto_k": 0.55}, "approximate", "large Monte-Carlo error"),
+        ({"pareto_k": 0.69, "update_pareto_k": 0.69}, "retrain", "unreliable"),
+        ({"pareto_k": float("nan")}, "retrain", "unreliable"),
+        ({"update_ess": 5.0, "update_ess_fraction": 0.005}, "retrain", "further than the draws"),
+    ],
+)
+def test_weighted_verdict_rules(changes, label, phrase):
+    draws = replace(GOOD, kl=math.nan, kl_se=math.nan, update_pareto_k=GOOD.pareto_k)
+    result = weighted_verdict(replace(draws, **changes))
+    assert result.label == label and result.explanation.startswith(f"{label}: ")
+    assert phrase in result.explanation and "\n" not in result.explanation
+
+
+def test_bad_draws_are_refused():
+    with pytest.raises(ValueError, match="at least 100 draws"):
+        diagnose_draws(torch.zeros(50))
+    with pytest.raises(ValueError, match=r"tensor \(S,\)"):
+        diagnose_draws(torch.zeros(200, 2))
+    with pytest.raises(ValueError, match="−log p_adj"):
+        diagnose_draws(torch.cat([torch.zeros(199), torch.tensor([float("nan")])]))
+    with pytest.raises(TypeError, match="TrustDiagnostics"):
+        weighted_verdict(GOOD.as_dict())
+
+
+# -- attaching the check to a result -------------------------------------------------------------
+def test_attach_trust_judges_and_caps(clean):
+    erased = random_rows(5)
+    full = frozen(clean, exact(clean, torch.ones(N, dtype=torch.bool)))
+    result = UnlearningResult()
+    result.posterior = frozen(clean, exact(clean, ~erased))
+    seen = []
+
+    def caveats(d):
+        seen.append(d)
+        return Caveats(approximate=["not converged"])
+
+    args = (clean.x, clean.y)
+    attach_trust(result, model, full, args, {}, erased=erased, plate="data", caveats=caveats)
+    assert seen == [result.trust] and result.trust.pareto_k < 0.5
+    assert result.verdict == "approximate"
+    assert result.summary().startswith("approximate: not converged; the diagnostics alone: trusted")
+
+
+def test_attach_trust_leaves_an_undiagnosable_model_unjudged(clean):
+    def flat(x, y):  # cannot take a particle plate
+        w = pyro.sample("w", dist.Normal(x.new_zeros(D), 10.0).to_event(1))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(x @ w.reshape(-1)[:D], SIGMA), obs=y)
+
+    full = frozen(clean, exact(clean, torch.ones(N, dtype=torch.bool)))
+    result = UnlearningResult()
+    result.posterior = full
+    attach_trust(result, flat, full, (clean.x, clean.y), {}, erased=random_rows(5), plate="data")
+    assert result.verdict is None and result.trust is None
+    assert result.summary().startswith("not diagnosed: diagnose draws θ in a pyro.plate")
+    assert set(result.trust_row) == {"verdict", *TrustDiagnostics.__dataclass_fields__}
+
+
+def test_check_diagnose_options():
+    assert check_diagnose_options(False, 100) == 100
+    with pytest.raises(TypeError, match="diagnose must be True or False"):
+        check_diagnose_options(None)
+    with pytest.raises(ValueError, match="at least 100, got 99"):
+        check_diagnose_options(True, 99)
+    with pytest.raises(TypeError, match="diagnose_samples must be a positive integer"):
+        check_diagnose_options(True, 1000.0)

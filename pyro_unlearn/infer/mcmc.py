@@ -355,6 +355,11 @@ def mcmc_unlearn(
     start = time.perf_counter()
     if not isinstance(diagnose, bool):
         raise TypeError(f"diagnose must be True or False, got {type(diagnose).__name__}")
+    if "diagnose_samples" in kwargs:  # not the model's: the other methods' option
+        raise TypeError(
+            "mcmc_unlearn diagnoses the weights of all S draws it was given (no new draws): "
+            "diagnose_samples is for the methods that draw from a posterior"
+        )
     ess_threshold, chunk_size, num_samples, seed = check_options(
         resample, vectorize, ess_threshold, chunk_size, num_samples, seed, generator
     )

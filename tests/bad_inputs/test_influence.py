@@ -84,6 +84,10 @@ CASES = [
     ({"args": (X, Y), "erased": [1, 1], "plate": "data"}, ValueError, r"duplicate indices"),
     ({"args": (X, Y), "erased": [], "plate": "data"}, ValueError, r"erased is empty"),
     ({"args": (X, Y), "erased": [1], "plate": "dta"}, ValueError, r"plate 'dta' never appeared"),
+    # the trust check's options
+    ({"diagnose_samples": 99}, ValueError, r"diagnose_samples must be at least 100, got 99"),
+    ({"diagnose_samples": 1e3}, TypeError, r"diagnose_samples must be a positive integer"),
+    ({"diagnose": 1}, TypeError, r"diagnose must be True or False, got int"),
 ]  # fmt: skip
 IDS = [
     "nan-erased", "inf-erased-row", "nan-remaining", "inf-remaining-batch",
@@ -93,6 +97,7 @@ IDS = [
     "lissa-depth-zero", "solver-unknown", "seed-float", "seed-str", "seed-negative",
     "remaining-empty", "remaining-tensor", "remaining-iterator", "remaining-batch-tensor",
     "no-erased-data", "erased-out-of-range", "erased-duplicated", "erased-empty", "plate-unknown",
+    "diagnose-samples-few", "diagnose-samples-float", "diagnose-int",
 ]  # fmt: skip
 
 

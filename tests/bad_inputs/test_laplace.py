@@ -61,6 +61,11 @@ OPTIONS = [
     ({"erased": []}, ValueError, r"erased is empty: there is nothing to erase"),
     ({"erased": [-1]}, ValueError, r"negative indices"),
     ({"plate": "dta"}, ValueError, r"plate 'dta' never appeared"),
+    # the trust check's options
+    ({"diagnose_samples": 50}, ValueError, r"diagnose_samples must be at least 100, got 50"),
+    ({"diagnose_samples": 500.5}, TypeError, r"diagnose_samples must be a positive integer"),
+    ({"diagnose_samples": 0}, ValueError, r"diagnose_samples must be a positive integer, got 0"),
+    ({"diagnose": "yes"}, TypeError, r"diagnose must be True or False, got str"),
 ]
 
 

@@ -88,6 +88,9 @@ CASES = [
     ({"erased": [1, 1]}, ValueError, r"duplicate indices"),
     ({"erased": []}, ValueError, r"erased is empty"),
     ({"plate": "dta"}, ValueError, r"plate 'dta' never appeared"),
+    # the trust check: diagnose is a bool; the draws' own weights are diagnosed (no new draws)
+    ({"diagnose": "yes"}, TypeError, r"diagnose must be True or False, got str"),
+    ({"diagnose_samples": 1000}, TypeError, r"all S draws it was given \(no new draws\)"),
 ]  # fmt: skip
 IDS = [
     "nan-draw", "inf-draws",
@@ -101,6 +104,7 @@ IDS = [
     "target-accept-nan", "target-accept-one", "remaining-args-tensor", "remaining-kwargs-list",
     "rejuvenate-str",
     "erased-out-of-range", "erased-duplicated", "erased-empty", "plate-unknown",
+    "diagnose-str", "no-diagnose-samples",
 ]  # fmt: skip
 
 

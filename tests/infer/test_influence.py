@@ -157,6 +157,53 @@ def test_two_steps_correct_an_unconverged_guide():
     assert len(two.iterations) == 2 and two.model_evaluations == 2
 
 
+# -- the trust verdict -----------------------------------------------------------------------------
+def unlearn_rows(erased, **kwargs):
+    return influence_unlearn(
+        model,
+        mvn_guide(*FULL),
+        DATA.x,
+        DATA.y,
+        remaining=(DATA.x[~erased], DATA.y[~erased]),
+        erased=erased,
+        plate="data",
+        progress=False,
+        **kwargs,
+    )
+
+
+def random_rows(seed, count, low=0):
+    erased = torch.zeros(len(DATA.x), dtype=torch.bool)
+    rows = torch.randperm(len(DATA.x) - low, generator=torch.Generator().manual_seed(seed))
+    erased[low + rows[:count]] = True
+    return erased
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_one_step_on_a_small_random_erasure_is_trusted(seed):
+    # three rows outside the cluster: one step is near exact (the mean exactly), and says so
+    result = unlearn_rows(random_rows(seed, 3, low=10), seed=seed, diagnose_samples=400)
+    assert result.verdict == "trusted", result.summary()
+    assert result.trust.pareto_k < 0.5 and result.trust.kl < 0.01
+    assert result.trust.update_pareto_k < 0.5 and result.trust.num_samples == 400
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_one_first_order_step_on_a_large_erasure_is_never_trusted(seed):
+    # 70 of 100 rows carry ≈ 70 % of the precision: the update's k̂ ≈ 0.7 ≥ 0.5
+    erased = random_rows(seed, 70)
+    one = unlearn_rows(erased, seed=seed, diagnose_samples=400)
+    assert one.trust.update_pareto_k >= 0.5
+    assert one.verdict != "trusted" and "BIF's one step is first-order" in one.summary()
+    # (a second Newton step from there often meets an indefinite H_r: the first step went far)
+
+
+def test_diagnose_false_skips_the_check():
+    result = unlearn_linear(mvn_guide(*FULL), seed=0, diagnose=False)
+    assert result.verdict is None and result.trust is None
+    assert result.summary() == "not diagnosed: influence_unlearn(..., diagnose=False)"
+
+
 # -- mini-batches of D_r ---------------------------------------------------------------------------
 @pytest.mark.parametrize("retain_graph", [True, False])
 def test_mini_batches_give_the_full_batch_step(retain_graph):
@@ -259,6 +306,7 @@ def test_frozen_posterior_as_input():
     for name, step in live.step.items():
         torch.testing.assert_close(lazy.step[name], step, rtol=1e-12, atol=1e-14)
     assert torch.equal(read_gaussian(frozen)[0], FULL[0])
+    assert lazy.verdict is not None and lazy.trust == live.trust  # the same q(θ|D) diagnosed
 
 
 # -- errors ----------------------------------------------------------------------------------------

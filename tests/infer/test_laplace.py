@@ -533,3 +533,98 @@ def test_structure_and_state_errors():
         student = AutoNormal(student_model)
         student(DATA.x, DATA.y)
         pu.laplace_unlearn(student_model, student, DATA.x, DATA.y, curvature="ggn_diag")
+
+
+# -- 5. the trust verdict (diagnosed without D_r) ------------------------------------------------
+def random_rows(seed, count=3):
+    """``count`` random rows outside the informative cluster."""
+    erased = torch.zeros(len(DATA.x), dtype=torch.bool)
+    erased[10 + torch.randperm(90, generator=torch.Generator().manual_seed(seed))[:count]] = True
+    return erased
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_exact_unlearning_of_a_random_erasure_is_trusted(seed):
+    # q(θ|D) exact and L-BUN exact (linear-Gaussian): q_u is the target p̃ itself
+    guide, erased = mvn_guide(*exact_posterior(slice(None))), random_rows(seed)
+    result = pu.laplace_unlearn(
+        model, guide, DATA.x, DATA.y, erased=erased, plate="data", diagnose_samples=400
+    )
+    d = result.trust
+    assert result.verdict == "trusted", result.summary()
+    assert d.num_samples == 400 and not d.pareto_k >= 0.5 and abs(d.kl) < 1e-6
+    assert d.update_ess_fraction > 0.3  # three of 100 rows: a small update
+    # L-BUN's precision test at μ_D counts: three rows carry a small share of the precision
+    assert d.precision_positive_definite is True and 0.0 < d.precision_share < 0.5
+    assert result.summary().startswith("trusted: ") and result.trust_row["verdict"] == "trusted"
+
+
+def test_a_cluster_that_moved_the_fit_asks_to_retrain():
+    # 20 of 100 rows shifted by 3: the exact answer, but far beyond q(θ|D)'s reach (≈ 37 nats)
+    data = linear_regression(num_erased=20, shift=3.0, dtype=F64)
+    rows = torch.ones(len(data.x), dtype=torch.bool)
+    features = torch.cat([data.x, data.x.new_ones(len(data.x), 1)], dim=-1)
+    loc, precision = gaussian_linear_posterior(
+        torch.zeros(3, dtype=F64), PRIOR_PRECISION, features, data.y, data.noise_scale
+    )
+    guide = AutoMultivariateNormal(model)
+    guide(data.x, data.y)
+    write_gaussian(guide, loc, torch.linalg.inv(precision))
+    result = pu.laplace_unlearn(model, guide, data.x, data.y, erased=data.erased, plate="data")
+    assert result.converged and not result.repaired  # the method itself has no complaint
+    assert result.verdict == "retrain", result.summary()
+    assert result.trust.update_ess_fraction < 0.01
+    assert result.summary().startswith("retrain: the erased data move the posterior")
+    rows[data.erased] = False  # and the answer is in fact exact: the verdict cannot know it
+    retrained_loc = gaussian_linear_posterior(
+        torch.zeros(3, dtype=F64), PRIOR_PRECISION, features[rows], data.y[rows], data.noise_scale
+    )[0]
+    torch.testing.assert_close(result.theta_star, retrained_loc, rtol=1e-8, atol=1e-8)
+
+
+def test_a_repaired_precision_is_never_trusted():
+    # q(θ|D) fitted to three other rows cannot have held the erased cluster
+    guide, _, _ = never_observed_guide()
+    with pytest.warns(UserWarning, match="repair='clip' raised"):
+        result = unlearn_linear(guide, repair="clip", floor=0.5, diagnose_samples=200)
+    assert result.repaired and result.verdict == "retrain"
+    assert "repair='clip' raised 3 to 0.5: a stand-in" in result.summary()
+    assert result.trust.precision_positive_definite is False  # the test at μ_D agrees
+    assert result.trust.precision_share > 1.0
+
+
+def test_an_unconverged_search_is_at_most_approximate():
+    # one Newton step lands on θ* (the objective is quadratic), but the method cannot tell
+    guide = mvn_guide(*exact_posterior(slice(None)))
+    erased = random_rows(0)
+    result = pu.laplace_unlearn(
+        model, guide, DATA.x, DATA.y, erased=erased, plate="data", steps=1, diagnose_samples=200
+    )
+    assert not result.converged and result.trust.kl < 1e-6  # the diagnostics alone: trusted
+    assert result.verdict == "approximate", result.summary()
+    assert "θ* missed its tolerance after 1 newton steps" in result.summary()
+    assert "the diagnostics alone: trusted" in result.summary()
+
+
+def test_diagnose_false_skips_the_check():
+    guide = mvn_guide(*exact_posterior(slice(None)))
+    result = unlearn_linear(guide, diagnose=False)
+    assert result.trust is None and result.verdict is None
+    assert result.summary() == "not diagnosed: laplace_unlearn(..., diagnose=False)"
+    row = result.trust_row
+    assert row["verdict"] is None and math.isnan(row["pareto_k"]) and row["precision_share"] is None
+
+
+def test_a_model_the_diagnostics_cannot_take_is_not_judged():
+    def flat(x, y=None):  # reads the first particle's θ only: no particle plate possible
+        w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=F64), 10.0).to_event(1))
+        b = pyro.sample("b", dist.Normal(torch.zeros((), dtype=F64), 10.0))
+        mean = x @ w.reshape(-1)[:2] + b.reshape(-1)[0]
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(mean, DATA.noise_scale), obs=y)
+
+    guide = AutoMultivariateNormal(flat)
+    guide(DATA.x, DATA.y)
+    result = pu.laplace_unlearn(flat, guide, DATA.x, DATA.y, erased=random_rows(1), plate="data")
+    assert result.converged and result.verdict is None and result.trust is None
+    assert result.summary().startswith("not diagnosed: diagnose draws θ in a pyro.plate")

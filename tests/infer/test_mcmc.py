@@ -157,6 +157,52 @@ def test_ess_matches_closed_form_and_warns_below_threshold():
     assert issubclass(LowESSWarning, UserWarning)
 
 
+# -- the trust verdict: the weights' own PSIS k̂ and ESS -------------------------------------------
+@pytest.mark.parametrize("seed", range(3))
+def test_verdict_follows_the_pareto_k_of_the_weights(seed):
+    # y_n ~ N(θ, 1), θ ~ N(0, 1), n = 20: the weights ∏ 1/N(y_e; θ, 1) of m erased rows under
+    # p(θ|D) = N(μ, 1/21) have a Pareto tail of shape k = m/21 exactly
+    y = torch.linspace(-1.0, 3.0, 20, dtype=F64, device=DEVICE)
+    mean_d, var_d = normal_posterior(y)
+    draws = {"theta": mean_d + math.sqrt(var_d) * torch.randn(20000, dtype=F64, device=DEVICE)}
+    one = [int(torch.randint(0, 20, ()))]  # a random small erasure: k = 1/21
+    small = mcmc_unlearn(normal_model, draws, y, erased=one, plate="data", resample=None)
+    assert small.verdict == "trusted", small.summary()
+    assert small.trust.pareto_k < 0.5 and small.trust.update_ess_fraction > 0.5
+    assert small.trust.update_ess == pytest.approx(small.ess, rel=1e-4)
+    assert small.trust.pareto_k == small.trust.update_pareto_k and math.isnan(small.trust.kl)
+    with pytest.warns(LowESSWarning):  # 18 of 20 rows: k = 18/21 > 0.7, the variance infinite
+        huge = mcmc_unlearn(normal_model, draws, y, erased=list(range(2, 20)), plate="data")
+    assert huge.verdict == "retrain", huge.summary()
+    assert huge.trust.pareto_k > 0.7 and huge.ess_fraction < 0.01
+    assert huge.summary().startswith("retrain: ") and "rerun MCMC on D_r" in huge.summary()
+    assert huge.trust_row["verdict"] == "retrain" and huge.trust_row["num_samples"] == 20000
+
+
+def test_unconverged_reweighting_is_at_most_approximate():
+    # a moderate erasure whose ESS/S falls below the caller's threshold, not below 1 %
+    y = torch.linspace(-1.0, 3.0, 20, dtype=F64, device=DEVICE)
+    mean_d, var_d = normal_posterior(y)
+    draws = {"theta": mean_d + math.sqrt(var_d) * torch.randn(20000, dtype=F64, device=DEVICE)}
+    with pytest.warns(LowESSWarning):
+        result = mcmc_unlearn(
+            normal_model, draws, y, erased=[19, 18], plate="data", ess_threshold=0.95
+        )
+    assert not result.converged and result.ess_fraction > 0.1
+    assert result.verdict == "approximate" and "< ess_threshold = 0.95" in result.summary()
+
+
+def test_diagnose_false_and_too_few_draws():
+    draws = exact_draws(50)
+    kwargs = {"erased": DATA.erased, "plate": "data", "ess_threshold": 0.0}
+    skipped = mcmc_unlearn(model, draws, DATA.x, DATA.y, diagnose=False, **kwargs)
+    assert skipped.verdict is None and skipped.trust is None
+    assert skipped.summary() == "not diagnosed: mcmc_unlearn(..., diagnose=False)"
+    few = mcmc_unlearn(model, draws, DATA.x, DATA.y, **kwargs)
+    assert few.verdict is None and "at least 100 draws" in few.summary()
+    assert math.isnan(few.trust_row["pareto_k"])
+
+
 # -- how log p(D_e|θ_s) is evaluated ---------------------------------------------------------------
 def matmul_model(x, y=None):
     """Written for one θ (x @ w does not broadcast over a leading draw dim)."""
@@ -297,6 +343,9 @@ def test_rejuvenation_that_rejects_its_moves_does_not_converge():
     )
     assert bad.ess_fraction > 0.1 and bad.acceptance_rate < MIN_ACCEPTANCE
     assert not bad.converged
+    # the weights are fine either way; the rejected moves cap the verdict
+    assert good.verdict != "retrain" and "HMC moves on D_r, acceptance" in good.summary()
+    assert bad.verdict == "approximate" and "the duplicates stayed" in bad.summary()
 
 
 def beta_model(y):
