@@ -174,7 +174,8 @@ def serve_pending(
     covered = [r for r, *_ in snap["requests"]]
     installed = result.verdict != "retrain"
     method = getattr(result, "method", None) or options.get("method", _SIGNATURE["method"].default)
-    lam = float(options.get("lam", _SIGNATURE["lam"].default))
+    lam = getattr(result, "lam", None)  # under method="auto": the attempt chosen
+    lam = float(options.get("lam", _SIGNATURE["lam"].default) if lam is None else lam)
     with write(conn):
         if _meta(conn, "generation") != snap["generation"]:
             raise LedgerError(
