@@ -1,9 +1,10 @@
 """Bayesian machine unlearning for Pyro: forget data from a variational posterior."""
 
-from . import codec, exact, guides, lcodec, metrics, params, trust
+from . import codec, exact, guides, lcodec, ledger, metrics, params, trust
 from .forget import ForgetResult, WeightCollapseWarning, forget
 from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
+from .ledger import RequestLedger
 from .infer import (
     IndefiniteHessianError,
     InfluenceUnlearnResult,
@@ -38,6 +39,7 @@ __all__ = [
     "LaplaceUnlearnResult",
     "LowESSWarning",
     "MCMCUnlearnResult",
+    "RequestLedger",
     "SmallKeptMassWarning",
     "RetrainResult",
     "ReverseKL",
@@ -59,6 +61,7 @@ __all__ = [
     "lambda_sweep",
     "laplace_unlearn",
     "lcodec",
+    "ledger",
     "mcmc_unlearn",
     "metrics",
     "params",

@@ -94,10 +94,11 @@ def _run(block: str, namespace: dict) -> dict:
 
 
 def test_the_readme_has_the_examples_this_test_knows():
-    assert len(BLOCKS) == 6
+    assert len(BLOCKS) == 7
     assert "pu.Trace_EUBO" in BLOCKS[0] and "pu.forget" in BLOCKS[1]
     assert "pug.VariationalEUBO" in BLOCKS[2] and "VariationalGPAdapter" in BLOCKS[3]
     assert "pu.retrain" in BLOCKS[4] and "pu.laplace_unlearn" in BLOCKS[5]
+    assert "pu.RequestLedger" in BLOCKS[6]
 
 
 def test_readme_losses_and_forget(namespace):
@@ -165,3 +166,13 @@ def test_readme_pyro_gp():
     ns = dict(pu=pu, torch=torch, X=X, y=y, Xu=torch.linspace(-3, 3, 6), idx=torch.arange(30, 40))
     ns = _run(BLOCKS[3], ns)
     assert isinstance(ns["result"], pu.UnlearningResult)
+
+
+def test_readme_ledger(namespace, trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the block writes model.ledger in the working directory
+    ns = dict(namespace, pu=pu, retrained_guide=trained(AutoMultivariateNormal))
+    ns["user_ids"] = [f"u{i}" for i in range(len(namespace["x"]))]
+    ns = _run(BLOCKS[6], ns)
+    assert ns["record"].status in ("served", "retrain advised")
+    assert len(ns["record"].requests) == 1 and (tmp_path / "model.ledger").exists()
+    assert isinstance(ns["posterior"], pu.FrozenPosterior)
