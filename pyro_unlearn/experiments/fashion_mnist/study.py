@@ -52,9 +52,11 @@ SUBSET_DIR = Path(__file__).resolve().parents[1] / "data"
 #: and a T-shirt; the pullover and the coat are the other classes they are confused with).
 SHOWN_CLASSES = (6, 0, 2, 4)
 
-#: Settings of a short run (``--quick``, CI and the tests): the shipped subset, fewer steps.
+#: Settings of a short run (``--quick``, CI and the tests): the shipped subset (or 1200 training
+#: and 300 test images drawn from ``--fashion-dir``), a smaller network, fewer steps.
 QUICK = dict(
-    num_train=None,
+    num_train=1200,
+    num_test=300,
     num_erased=200,
     hidden=(64, 32, 16),
     epochs=15,
@@ -215,11 +217,12 @@ def _fit_last_layer(net, h, y, *, steps, window, lr, num_particles, progress):
     return guide, {"steps": len(losses), "converged": converged, "seconds": seconds}
 
 
-def _data(directory, num_train, num_erased, seed, device):
+def _data(directory, num_train, num_test, num_erased, seed, device):
     """Fashion-MNIST (the shipped subset in quick mode), D_e drawn at random, float32."""
     data = fashion_mnist(
-        directory, num_train=num_train, seed=seed, device=device, dtype=torch.float32
-    )
+        directory, num_train=num_train, num_validation=num_test, seed=seed, device=device,
+        dtype=torch.float32,
+    )  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     erased = torch.randperm(len(data.y), generator=generator)[:num_erased].to(data.y.device)
     keep = torch.ones(len(data.y), dtype=torch.bool, device=data.y.device)
@@ -244,6 +247,7 @@ def run(
     directory: str | os.PathLike | None = None,
     *,
     num_train: int | None = None,
+    num_test: int | None = None,
     num_erased: int = 10000,
     hidden: Sequence[int] = (256, 128, 64),
     epochs: int = 8,
@@ -271,6 +275,7 @@ def run(
         directory: the four IDX ``.gz`` files (default: :data:`SUBSET_DIR` when ``quick``, else
             ``$FASHION_MNIST_DIR``, else the Debian package ``dataset-fashion-mnist``).
         num_train: a random subset of the training images (``None``: all of them).
+        num_test: a random subset of the test images (``None``: all of them).
         num_erased: |D_e|, training images drawn at random.
         hidden: the network's hidden layers (:func:`train_network`); ``epochs`` its passes.
         train_steps: at most this many SVI steps for q(θ|D) (stops when the loss is flat
@@ -312,7 +317,7 @@ def run(
     """
     if directory is None and quick:
         directory = SUBSET_DIR
-    data, erased, keep = _data(directory, num_train, num_erased, seed, device)
+    data, erased, keep = _data(directory, num_train, num_test, num_erased, seed, device)
     if not 0 < num_erased < len(data.y):
         raise ValueError(f"num_erased must be in (0, {len(data.y)}), got {num_erased}")
     pyro.clear_param_store()
