@@ -115,10 +115,10 @@ def test_kl_estimate_matches_the_closed_form(clean):
     assert abs(d.kl - true) < 4 * d.kl_se + 0.01
     assert d.kl_se < 0.02
     assert d.pareto_k < 0.5
-    # worse than not unlearning at all (q(θ|D) is ≈ 0.02 nats from p̃): not trusted
+    # worse than not unlearning at all (q(θ|D) is ≈ 0.02 nats from p̃): retrain
     assert d.update_kl < 0.5 * d.kl
-    assert verdict(d).label == "approximate"
-    assert "more than half as far" in verdict(d).explanation
+    assert verdict(d).label == "retrain"
+    assert "made it worse" in verdict(d).explanation
 
 
 def test_original_on_a_clustered_erasure_is_not_trusted(poisoned):
@@ -136,16 +136,19 @@ def test_original_on_a_clustered_erasure_is_not_trusted(poisoned):
     assert verdict(d).label != "trusted"
 
 
-def test_large_informative_erasure_asks_to_retrain(poisoned):
-    # even with q_u exactly p(θ|D_r): p̃ lies where q(θ|D) has almost no draws
+def test_large_informative_erasure_is_at_best_approximate(poisoned):
+    # even with q_u exactly p(θ|D_r): p̃ lies where q(θ|D) has almost no draws, so p̃ is only
+    # as good as q(θ|D)'s tails (exact here, but nothing without D_r can tell)
     full = frozen(poisoned, exact(poisoned, torch.ones(N, dtype=torch.bool)))
     retrained = frozen(poisoned, exact(poisoned, ~poisoned.cluster))
     d = run(poisoned, retrained, full, poisoned.cluster, num_samples=4000)
     assert d.update_ess_fraction < 0.25 * MIN_UPDATE_ESS_FRACTION  # true: ~exp(−30)
     assert d.update_pareto_k > 1.0
     label, why = verdict(d)
-    assert label == "retrain"
-    assert why.startswith("retrain: the erased data move the posterior")
+    assert label == "approximate" and "only as good as q(θ|D)'s tails" in why
+    # both errors at once: q(θ|D) itself, not unlearned, facing that request
+    label, why = verdict(run(poisoned, full, full, poisoned.cluster, num_samples=4000))
+    assert label == "retrain" and why.startswith("retrain: ")
 
 
 def test_lam_one_unlearns_nothing(poisoned):
@@ -227,7 +230,13 @@ GOOD = TrustDiagnostics(
         ({"update_pareto_k": 0.9}, "approximate", "tails"),
         ({"pareto_k": 0.69}, "retrain", "far from p̃"),  # above k_S = 0.67 at S = 1000
         ({"pareto_k": float("nan")}, "retrain", "far from p̃"),
-        ({"update_ess": 5.0, "update_ess_fraction": 0.005}, "retrain", "further than"),
+        ({"update_ess": 5.0, "update_ess_fraction": 0.005}, "approximate", "only as good as"),
+        (
+            {"update_ess": 5.0, "update_ess_fraction": 0.005, "kl": 0.2},
+            "retrain",
+            "further than q(θ|D) reaches",
+        ),
+        ({"kl": 0.5, "kl_se": 0.01}, "retrain", "made it worse"),  # q(θ|D) is 0.3 away
         (
             {"precision_share": 1.2, "precision_positive_definite": False},
             "retrain",
@@ -245,7 +254,7 @@ def test_verdict_rules(changes, label, phrase):
 def test_verdict_threshold_is_an_option():
     small = replace(GOOD, update_ess=50.0, update_ess_fraction=0.05)
     assert verdict(small).label == "trusted"
-    assert verdict(small, min_update_ess_fraction=0.1).label == "retrain"
+    assert verdict(small, min_update_ess_fraction=0.1).label == "approximate"
 
 
 def test_pareto_k_threshold():

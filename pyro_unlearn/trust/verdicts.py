@@ -115,17 +115,20 @@ def verdict(
     reaches. With k̂ the PSIS shape of p̃/q_u and k_S = min(1 − 1/log₁₀ S, 0.7)
     (:func:`pareto_k_threshold`; 0.67 at S = 1000), the first rule that holds decides:
 
-    * ``"retrain"`` when fewer than ``min_update_ess_fraction`` (1 %) of q(θ|D)'s draws carry
-      p̃'s weight (update ESS / S: p̃ then rests on q(θ|D)'s tails, where VI is least accurate,
-      and no q_u repairs that); when Σ⁻¹ − H_e(μ) is not positive definite (the division has
-      no Gaussian answer near μ; Rawat et al. 2022); or when k̂ > k_S (importance sampling
-      from q_u is unreliable: q_u is far from p̃; Vehtari et al. 2024);
-    * ``"approximate"`` when 0.5 ≤ k̂ ≤ k_S (the weights' variance is infinite, PSIS still
-      converges: usable; Yao et al. 2018); when unlearning removed less than half of q(θ|D)'s
-      distance to p̃ (KL(q_u ‖ p̃) > max(½ KL(q(θ|D) ‖ p̃), :data:`KL_FLOOR`): a q_u near q(θ|D)
-      passes the k̂ test whenever the update is small); or when the update's own k̂ exceeds k_S
-      (as PSIS-LOO's for a left-out set: q(θ|D)'s draws do not reach p̃ reliably; Vehtari,
-      Gelman, Gabry 2017);
+    * ``"retrain"`` when Σ⁻¹ − H_e(μ) is not positive definite (the division has no Gaussian
+      answer near μ; Rawat et al. 2022); when k̂ > k_S (importance sampling from q_u is
+      unreliable: q_u is far from p̃; Vehtari et al. 2024); when q_u is further from p̃ than
+      q(θ|D) is (KL(q_u ‖ p̃) > KL(q(θ|D) ‖ p̃) + 2 se: the unlearning made it worse); or when
+      fewer than ``min_update_ess_fraction`` (1 %) of q(θ|D)'s draws carry p̃'s weight (update
+      ESS / S: p̃ rests on q(θ|D)'s tails, where VI is least accurate) *and* q_u is not close
+      to p̃ (k̂ ≥ 0.5 or more than half of q(θ|D)'s distance left): both errors at once;
+    * ``"approximate"`` when the update ESS is below 1 % but q_u matches p̃ (p̃ is then only as
+      good as q(θ|D)'s tails, which nothing but retraining checks); when 0.5 ≤ k̂ ≤ k_S (the
+      weights' variance is infinite, PSIS still converges: usable; Yao et al. 2018); when
+      unlearning removed less than half of q(θ|D)'s distance to p̃ (KL(q_u ‖ p̃) > max(½
+      KL(q(θ|D) ‖ p̃), :data:`KL_FLOOR`): a q_u near q(θ|D) passes the k̂ test whenever the
+      update is small); or when the update's own k̂ exceeds k_S (as PSIS-LOO's for a left-out
+      set: q(θ|D)'s draws do not reach p̃ reliably; Vehtari, Gelman, Gabry 2017);
     * ``"trusted"`` otherwise: k̂ < 0.5, most of the update made, and within q(θ|D)'s reach.
 
     Arguments:
@@ -155,8 +158,11 @@ def verdict(
         >>> verdict(d).label
         'trusted'
         >>> from dataclasses import replace
-        >>> print(verdict(replace(d, update_ess=2.0, update_ess_fraction=0.002)).explanation)
-        retrain: the erased data move ... (update ESS 2.0 of 1000 draws = 0.2% < 1%); retrain ...
+        >>> far = replace(d, update_ess=2.0, update_ess_fraction=0.002)
+        >>> print(verdict(far).explanation)
+        approximate: q_u matches p̃ (...), but the erased data move ... = 0.2% < 1%): p̃ is ...
+        >>> print(verdict(replace(far, kl=0.2)).explanation)
+        retrain: the erased data move ... (update ESS 2.0 of 1000 draws = 0.2% < 1%) and k̂ = ...
     """
     if not isinstance(diagnostics, TrustDiagnostics):
         raise TypeError(f"verdict takes TrustDiagnostics, got {type(diagnostics).__name__}")
@@ -170,19 +176,29 @@ def verdict(
         f"update ESS {d.update_ess:.1f} of {d.num_samples} draws = "
         f"{100 * d.update_ess_fraction:.2g}%"
     )
-    if d.update_ess_fraction < limit:
-        why = f"the erased data move the posterior further than q(θ|D) reaches ({update} < "
-        return Verdict("retrain", f"retrain: {why}{100 * limit:.2g}%); retrain on D_r. {fit}")
     if d.precision_positive_definite is False:
         why = f"the erased data carry more precision than q(θ|D) holds ({d.precision_share:.3g}"
         return Verdict("retrain", f"retrain: {why} ≥ 1 of it); retrain on D_r. {fit}; {update}")
     if not d.pareto_k <= k_max:  # nan counts as unreliable
         return Verdict("retrain", f"retrain: q_u is far from p̃ ({fit}; k̂ > {k_max:.2f}). {update}")
+    if d.kl > d.update_kl + 2.0 * d.kl_se and d.kl > KL_FLOOR:
+        why = "q_u is further from p̃ than q(θ|D) is: the unlearning made it worse"
+        return Verdict("retrain", f"retrain: {why} ({fit}). {update}")
+    far = d.pareto_k >= GOOD_PARETO_K or d.kl > max(MAX_KL_SHARE * d.update_kl, KL_FLOOR)
+    if d.update_ess_fraction < limit:
+        reach = f"the erased data move the posterior further than q(θ|D) reaches ({update} < "
+        if far:
+            return Verdict("retrain", f"retrain: {reach}{100 * limit:.2g}%) and {fit}")
+        return Verdict(
+            "approximate",
+            f"approximate: q_u matches p̃ ({fit}), but {reach}{100 * limit:.2g}%): p̃ is only "
+            "as good as q(θ|D)'s tails; retraining is the check",
+        )
     if d.pareto_k >= GOOD_PARETO_K:
         return Verdict(
             "approximate", f"approximate: q_u is near p̃ ({fit}; k̂ ≤ {k_max:.2f}). {update}"
         )
-    if d.kl > max(MAX_KL_SHARE * d.update_kl, KL_FLOOR):
+    if far:
         return Verdict(
             "approximate",
             f"approximate: q_u is more than half as far from p̃ as q(θ|D) is ({fit}). {update}",
