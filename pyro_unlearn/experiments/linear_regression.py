@@ -49,6 +49,7 @@ from pyro_unlearn.forget import has_converged
 from pyro_unlearn.guides import read_gaussian
 from pyro_unlearn.metrics import gaussian_kl, membership_attack
 
+from . import TRUST_COLUMNS, trust_columns
 from .datasets import LinearRegressionData, linear_regression
 
 __all__ = [
@@ -408,10 +409,11 @@ def _unlearn(
     steps: int,
     num_particles: int,
     lr: float,
-) -> tuple[_Gaussian, list[float], float, dict[str, float]]:
+    diagnose_samples: int,
+) -> tuple[_Gaussian, list[float], float, dict[str, Any]]:
     """Step 2, one unlearning run from q(θ|D): ``steps`` ClippedAdam steps on the ``method``
     loss at ``lam``; returns the unlearned (loc, cov), the loss trace, the seconds and the
-    loss's diagnostics at the last step."""
+    loss's diagnostics at the last step with the trust check of the result (:func:`_trust`)."""
     fits.posterior.restore(fits.guide)
     loss = LOSSES[method](
         fits.posterior, lam, num_particles=num_particles, vectorize_particles=True,
@@ -423,7 +425,24 @@ def _unlearn(
     start = time.perf_counter()
     trace = [svi.step(x_e, y_e) for _ in range(steps)]
     seconds = time.perf_counter() - start
-    return _moments(fits.guide), trace, seconds, loss.diagnostics()
+    trust = _trust(model, pu.freeze(fits.guide), fits.posterior, x_e, y_e, lam, diagnose_samples)
+    return _moments(fits.guide), trace, seconds, loss.diagnostics() | trust
+
+
+def _trust(
+    model: Callable,
+    unlearned: pu.FrozenPosterior,
+    original: pu.FrozenPosterior,
+    x_e: torch.Tensor,
+    y_e: torch.Tensor,
+    lam: float,
+    num_samples: int,
+) -> dict[str, Any]:
+    """The trust columns of an unlearned posterior, judged without D_r
+    (:func:`pyro_unlearn.trust.diagnose`, :func:`pyro_unlearn.trust.verdict`): ``verdict``,
+    ``pareto_k`` and ``kl_to_target``, the estimate of KL(q_u ‖ q(θ|D)/p_adj(D_e|θ; λ))."""
+    d = pu.trust.diagnose(model, unlearned, original, x_e, y_e, lam=lam, num_samples=num_samples)
+    return trust_columns(d)
 
 
 def _sweep(
@@ -457,6 +476,7 @@ def _sweep(
                 "seconds": seconds,
                 "ess": diagnostics.get("ess"),
                 "converged": has_converged(trace, max(1, steps // 4)),
+                **{k: diagnostics[k] for k in TRUST_COLUMNS},
             }
         )
     fits.posterior.restore(fits.guide)
@@ -547,6 +567,7 @@ def run(
     progress: bool = True,
     trace_blocks: int = 50,
     nonmembers: tuple[torch.Tensor, torch.Tensor] | None = None,
+    diagnose_samples: int = 1000,
 ) -> dict:
     """Train q(θ|D) and the retrained reference, unlearn with EUBO and rKL over ``lambdas``.
 
@@ -573,7 +594,12 @@ def run(
       D_e (``mia_accuracy``, ``mia_auc``...: :func:`~pyro_unlearn.metrics.membership_attack`
       on the exact predictive NLL; 0.5 is chance) against ``nonmembers`` ``(x, y)`` — by
       default the erased clusters of 20 independent draws of the default data (seeds
-      ``seed + 1``…), when their shape matches;
+      ``seed + 1``…), when their shape matches; and the trust check, judged without D_r from
+      ``diagnose_samples`` draws (:func:`pyro_unlearn.trust.diagnose`): ``verdict``
+      ("trusted", "approximate" or "retrain", :func:`pyro_unlearn.trust.verdict`),
+      ``pareto_k`` (PSIS k̂) and ``kl_to_target`` (the estimate of KL(q_u ‖ p̃_adj), p̃_adj =
+      q(θ|D)/p_adj(D_e|θ; λ): at λ = 0 an estimate of ``kl_target``) — ``None``/NaN for
+      ``full``;
     * ``mia``: the same attack on the retrained and on the exact p(θ|D_r) posteriors;
     * ``posteriors``: ``{label: {"loc", "cov"}}`` of full, retrained, exact (p(θ|D_r)), target,
       the loss optima and every unlearned posterior (``"eubo λ=1e-05"``...), for
@@ -606,14 +632,15 @@ def run(
         nonmembers = _default_nonmembers(data, guide, seed)
     score = _Scorer(data, fits, optima.get("target"), nonmembers, seed)
     full_row = {"method": "full", "lam": math.nan, **score(*fits.full), "seconds": 0.0}
-    rows = [{**full_row, "ess": None, "converged": True}]
+    rows = [{**full_row, "ess": None, "converged": True, **trust_columns()}]
     unlearned, posteriors, traces = _sweep(
         model, data, fits, score, lambdas, steps=unlearn_steps, trace_blocks=trace_blocks,
-        progress=progress, num_particles=num_particles, lr=lr,
+        progress=progress, num_particles=num_particles, lr=lr, diagnose_samples=diagnose_samples,
     )  # fmt: skip
     settings = _settings(
         data, guide, train_steps=train_steps, unlearn_steps=unlearn_steps,
         num_particles=num_particles, lr=lr, train_lr=train_lr, seed=seed,
+        diagnose_samples=diagnose_samples,
     )  # fmt: skip
     return _report(fits, optima, not_normalizable, score, rows + unlearned, posteriors, traces,
                    guide, settings)  # fmt: skip

@@ -54,7 +54,7 @@ from pyro_unlearn.guides import LatentLayout, latent_layout, read_gaussian, writ
 from pyro_unlearn.infer.curvature import ErasedLogLikelihood
 from pyro_unlearn.metrics import MembershipAttack, membership_attack
 
-from . import json_safe
+from . import json_safe, trust_columns
 from .datasets import SineData, sine
 
 __all__ = [
@@ -92,6 +92,7 @@ QUICK = dict(
     num_particles=8,
     rkl_particles=64,
     num_samples=200,
+    diagnose_samples=300,
 )
 
 
@@ -284,13 +285,17 @@ def _compare(moments, reference, gap_mask, n_grid, n_keep) -> dict[str, float]:
     }
 
 
-def _lbun(net, full, x, y, erased, lam: float, curvature: str, steps: int) -> tuple:
+def _lbun(
+    net, full, x, y, erased, lam: float, curvature: str, steps: int, diagnose_samples: int
+) -> tuple:
     """L-BUN at one λ_L as the study records it: the guide (None on failure) and the outcome,
     ``failed`` (the NotNormalizableError's message), ``repaired`` (a retry with
     ``repair="clip"`` succeeded: a stand-in, not the division), ``warnings`` (their messages,
-    e.g. L-BFGS short of a stationary point) and ``converged``."""
+    e.g. L-BFGS short of a stationary point), ``converged`` and the trust columns
+    (:func:`~pyro_unlearn.experiments.trust_columns`, from ``diagnose_samples`` draws)."""
     kwargs = dict(erased=erased, plate="data", retention=lam, curvature=curvature, steps=steps)
-    outcome = dict(failed=None, repaired=False, converged=False, warnings=[])
+    kwargs["diagnose_samples"] = diagnose_samples
+    outcome = dict(failed=None, repaired=False, converged=False, warnings=[], **trust_columns())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -304,7 +309,7 @@ def _lbun(net, full, x, y, erased, lam: float, curvature: str, steps: int) -> tu
     outcome["warnings"] = [str(w.message) for w in caught]
     if result is None:
         return None, outcome
-    outcome.update(repaired=result.repaired, converged=result.converged)
+    outcome.update(repaired=result.repaired, converged=result.converged, **trust_columns(result))
     return result.guide, outcome
 
 
@@ -360,8 +365,10 @@ class _Study:
         **extra,
     ) -> dict:
         """Add the row of one posterior (``guide``; None: a failed run, NaN metrics) compared
-        with the retrained predictive ``reference``, and its curve on the test grid."""
-        row = dict(scheme=scheme, method=method, lam=lam, seconds=seconds, failed=failed, **extra)
+        with the retrained predictive ``reference``, and its curve on the test grid; the trust
+        columns are ``extra``'s, else not diagnosed (``full``, ``retrained``)."""
+        row = dict(scheme=scheme, method=method, lam=lam, seconds=seconds, failed=failed)
+        row.update(trust_columns(), **extra)
         if guide is None:
             row.update(kl_gap=math.nan, rmse_gap=math.nan, kl_remaining=math.nan)
             row.update(dict.fromkeys(MIA_COLUMNS, math.nan))
@@ -407,6 +414,7 @@ def _laplace_scheme(
     curvature: str,
     lambdas: Sequence[float],
     lbun_steps: int,
+    diagnose_samples: int,
     bar: tqdm,
 ) -> None:
     """Laplace with one curvature: fit on D and on D_r from the MAPs (step 2), unlearn D_e by
@@ -425,7 +433,7 @@ def _laplace_scheme(
     study.record(scheme, "full", math.nan, full, reference, t_full + map_seconds["D"])
     for lam in lambdas:
         (guide, outcome), seconds = _timed(
-            _lbun, net, full, x, y, erased, lam, curvature, lbun_steps
+            _lbun, net, full, x, y, erased, lam, curvature, lbun_steps, diagnose_samples
         )
         study.record(scheme, "lbun", lam, guide, reference, seconds, **outcome)
         bar.update()
@@ -477,10 +485,11 @@ def _vi_unlearn(
     rkl_particles: int,
     lr: float,
     seed: int,
+    diagnose_samples: int,
     bar: tqdm,
 ) -> None:
     """Unlearn D_e from q(θ|D) with the EUBO and the rKL at every λ, each from q(θ|D) (step 3),
-    recorded against the retrained predictive (step 4)."""
+    recorded against the retrained predictive (step 4) with its trust columns."""
     x, y, erased, net = data.x, data.y, data.erased, study.net
     posterior = pu.freeze(full, x, y)
     for method in ("eubo", "rkl"):
@@ -488,13 +497,18 @@ def _vi_unlearn(
             pyro.set_rng_seed(seed)
             with warnings.catch_warnings():  # the paper's rKL may collapse here: as published
                 warnings.simplefilter("ignore", pu.WeightCollapseWarning)
+                # the paper's λ grid, as published: at M = 151 weights a λ > 0 keeps almost none
+                # of q(θ|D)'s mass (the rows show nothing moved, and the verdict says so)
+                warnings.simplefilter("ignore", pu.SmallKeptMassWarning)
                 result = pu.forget(
                     net, full, x, y, erased=erased, plate="data", method=method, lam=lam,
                     posterior=posterior, lr=lr, num_steps=steps, window=steps,
                     num_particles=num_particles if method == "eubo" else rkl_particles,
-                    progress=False, max_plate_nesting=1,
+                    progress=False, max_plate_nesting=1, diagnose_samples=diagnose_samples,
                 )  # fmt: skip
-            study.record("vi", method, lam, full, reference, result.seconds)
+            study.record(
+                "vi", method, lam, full, reference, result.seconds, **trust_columns(result)
+            )
             bar.update()
     posterior.restore(full)
 
@@ -540,6 +554,7 @@ def run(
     rkl_particles: int = 256,
     lr: float = 0.005,
     num_samples: int = 1000,
+    diagnose_samples: int = 1000,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -554,7 +569,10 @@ def run(
     Returns ``{"rows": [...], "curves": {...}, "data": {...}, "settings": {...}}``: per row the
     ``scheme`` ("laplace-diag", "laplace-ggn_diag", "vi"), ``method`` ("full", "retrained",
     "lbun", "eubo", "rkl"), ``lam``, ``kl_gap``, ``rmse_gap``, ``kl_remaining``, ``seconds``,
-    ``failed`` (the error's message, or None) and, for L-BUN, ``repaired``; ``curves`` holds
+    ``failed`` (the error's message, or None), for L-BUN ``repaired``, and the trust check of
+    every unlearned posterior, judged without D_r from ``diagnose_samples`` draws
+    (:data:`~pyro_unlearn.experiments.TRUST_COLUMNS`: ``verdict``, ``pareto_k``,
+    ``kl_to_target``; None for ``full``, ``retrained`` and failed runs); ``curves`` holds
     each row's predictive mean and sd on the test grid, keyed by :func:`curve_key`. NaN
     (no λ, or no number for a failed run) is ``None``, so the result is strict JSON.
 
@@ -579,7 +597,9 @@ def run(
     )
     maps = _maps(net, data, map_steps, seed)
     for curvature in curvatures:
-        _laplace_scheme(study, data, maps, curvature, laplace_lambdas, lbun_steps, bar)
+        _laplace_scheme(
+            study, data, maps, curvature, laplace_lambdas, lbun_steps, diagnose_samples, bar
+        )
     if vi:  # mean-field VI, started at the Laplace MAP of the same data
         full, reference = _vi_fits(
             study, data, maps[0], steps=vi_steps, num_particles=num_particles, seed=seed,
@@ -587,12 +607,14 @@ def run(
         )  # fmt: skip
         _vi_unlearn(
             study, data, full, reference, lambdas=vi_lambdas, steps=unlearn_steps,
-            num_particles=num_particles, rkl_particles=rkl_particles, lr=lr, seed=seed, bar=bar,
+            num_particles=num_particles, rkl_particles=rkl_particles, lr=lr, seed=seed,
+            diagnose_samples=diagnose_samples, bar=bar,
         )  # fmt: skip
     bar.close()
     settings = dict(
         map_steps=map_steps, vi_steps=vi_steps, unlearn_steps=unlearn_steps,
         num_particles=num_particles, lr=lr, num_samples=num_samples, seed=seed,
+        diagnose_samples=diagnose_samples,
     )  # fmt: skip
     return _report(study, data, settings)
 

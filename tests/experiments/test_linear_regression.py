@@ -167,6 +167,16 @@ def test_run_with_the_diagonal_guide_unlearns_towards_retraining(data):
     assert rows["eubo"]["kl_target"] == pytest.approx(
         results["optima"]["eubo"]["kl_target"], abs=0.05
     )
+    # the trust check, blind to D_r and to the closed form: every unlearned row is judged
+    assert rows["full"]["verdict"] is None and math.isnan(rows["full"]["pareto_k"])
+    for method in ("eubo", "rkl"):
+        assert rows[method]["verdict"] in pu.trust.VERDICTS
+    # its KL estimate finds the size of the exact KL(q_u ‖ p̃) of the EUBO (0.36 nats), low by
+    # ~30 %: the mean-field q_u is narrower than the correlated p̃, so PSIS misses p̃'s tails
+    assert 0.4 < rows["eubo"]["kl_to_target"] / rows["eubo"]["kl_target"] < 1.2
+    # the rKL's diagonal q_u is far from p̃ (over half of q(θ|D)'s KL to it): never trusted
+    assert rows["rkl"]["kl_target"] > 0.5 * rows["full"]["kl_target"]
+    assert rows["rkl"]["verdict"] != "trusted" and rows["rkl"]["pareto_k"] > 0.7
     # no independent Gaussian gets closer to the exact p(θ|D_r) than its mean-field
     # projection (the mean, precisions diag Λ_r): a floor that every posterior respects
     r = data.remaining

@@ -11,6 +11,7 @@ import torch
 from torch.func import hessian, jacrev
 
 import pyro_unlearn as pu
+from pyro_unlearn.experiments import TRUST_COLUMNS
 from pyro_unlearn.experiments import sine as study
 from pyro_unlearn.experiments.datasets import sine
 
@@ -122,6 +123,12 @@ def test_lbun_moves_the_predictive_toward_the_retrained_one_in_the_gap():
         assert lbun["kl_gap"] < 0.75 * full["kl_gap"], (lbun["kl_gap"], full["kl_gap"])
         exact = rows[scheme, "lbun", 1.0]
         assert "no maximum" in exact["failed"] or "not positive definite" in exact["failed"]
+        # the trust check judges every L-BUN posterior; a clipped stand-in for the failed
+        # division (repaired) is never better than "retrain", and no posterior was diagnosed
+        # where no run succeeded
+        assert lbun["verdict"] in pu.trust.VERDICTS and "pareto_k" in lbun  # None: k̂ = ∞
+        assert exact["verdict"] == ("retrain" if exact["repaired"] else None)
+        assert full["verdict"] is None and full["pareto_k"] is None  # JSON-safe NaN
         assert (
             f"{scheme}/lbun/100" in results["curves"] and f"{scheme}/retrained" in results["curves"]
         )
@@ -140,6 +147,10 @@ def test_vi_branch_records_every_method_and_lambda():
     for row in results["rows"]:  # membership inference on D_e, for every posterior
         assert math.isfinite(row["mia_accuracy"]) and math.isfinite(row["mia_auc"])
     assert len(results["curves"]["vi/rkl/0"]["mean"]) == len(results["data"]["grid"])
+    for row in results["rows"]:  # the trust check's columns: the unlearned rows judged
+        judged = row["method"] in ("lbun", "eubo", "rkl")
+        assert set(TRUST_COLUMNS) <= set(row)
+        assert (row["verdict"] in pu.trust.VERDICTS) if judged else row["verdict"] is None
     fig = study.plot_predictives(results, "vi")
     assert len(fig.axes) == 3  # full, eubo, rkl
 
@@ -154,6 +165,6 @@ def test_lbun_on_a_300k_weight_sine_network_never_forms_a_dense_hessian():
         warnings.simplefilter("ignore", UserWarning)
         result = pu.laplace_unlearn(  # a large λ_L keeps θ* at μ_D, where Λ_D ⪰ H_e
             net, guide, data.x, data.y, erased=data.erased, plate="data", retention=1e6,
-            curvature="ggn_diag", steps=5,
+            curvature="ggn_diag", steps=5, diagnose=False,  # 1000 draws of 300k weights: 16 GB
         )  # fmt: skip
     assert result.precision.shape == (300_001,) and bool((result.precision > 0).all())
