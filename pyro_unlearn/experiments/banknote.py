@@ -96,6 +96,7 @@ QUICK = dict(
     num_particles=64,
     num_eval_samples=100,
     lambdas={"mvn": (1e-3, 0.0), "maf": (1e-5, 0.0)},
+    diagnose_samples=300,
 )
 
 
@@ -396,6 +397,7 @@ def run(
     flow_hidden: Sequence[int] = (16, 16),
     mia_holdout: int = 0,
     mia_repeats: int = 10,
+    diagnose_samples: int = 1000,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -403,8 +405,10 @@ def run(
 ) -> dict:
     """The banknote reproduction. Returns ``{"rows", "retrain_seconds", "settings", "training",
     "noise_floor"}``: one row per (guide, method, λ) with the averaged predictive KL to the
-    retrained posterior on D_e and on D_r (mean and std over points) and the seconds taken; the
-    ``full`` rows (λ = 1: nothing unlearned) are q(θ|D) itself. ``noise_floor`` is the same
+    retrained posterior on D_e and on D_r (mean and std over points), the seconds taken and the
+    trust check of the unlearned posterior, judged without D_r from ``diagnose_samples`` draws
+    (``verdict`` and ``pareto_k``, :func:`~pyro_unlearn.lambda_sweep`'s); the ``full`` rows
+    (λ = 1: nothing unlearned) are q(θ|D) itself. ``noise_floor`` is the same
     metric between two independent evaluations of the retrained posterior: the smallest KL the
     Monte-Carlo predictive can resolve. ``mia_holdout`` rows of D_e are held out of D as
     non-members for membership inference (module docstring; default 0, the paper's protocol):
@@ -435,7 +439,7 @@ def run(
     train_particles = num_particles // 8  # the ELBO needs far fewer than the unlearning losses
     scores = _Scores(*split[1:], num_eval_samples, mia_repeats, seed)
     sweep_options = dict(progress=progress, num_particles=num_particles, window=window)
-    sweep_options.update(num_steps=unlearn_steps)
+    sweep_options.update(num_steps=unlearn_steps, diagnose_samples=diagnose_samples)
     flow = {"flow_transforms": flow_transforms, "flow_hidden": flow_hidden}
     per_guide = {
         name: _run_guide(
@@ -459,7 +463,7 @@ def run(
         num_erased=len(y_e), mia_holdout=mia_holdout, mia_repeats=mia_repeats, map_steps=map_steps,
         train_steps=train_steps, retrain_steps=retrain_steps, unlearn_steps=unlearn_steps,
         window=window, num_particles=num_particles, train_particles=train_particles, lr=lr,
-        num_eval_samples=num_eval_samples, seed=seed,
+        num_eval_samples=num_eval_samples, diagnose_samples=diagnose_samples, seed=seed,
         flow={"preset": "maf", "transforms": flow_transforms, "hidden": list(flow_hidden)},
     )  # fmt: skip
     results = _report(per_guide, mia_holdout, settings | _machine(x))

@@ -70,12 +70,13 @@ from pyro_unlearn.contrib.gpytorch import (
     VariationalEUBO,
     VariationalReverseKL,
     clone,
+    diagnose_inducing,
     freeze_inducing,
     inducing_distribution,
     inducing_kl,
     set_inducing_distribution,
 )
-from pyro_unlearn.experiments import json_safe
+from pyro_unlearn.experiments import json_safe, trust_columns
 from pyro_unlearn.experiments.datasets import FlightsData, flights
 from pyro_unlearn.experiments.machine import machine_info
 from pyro_unlearn.forget import run_until_flat
@@ -111,6 +112,7 @@ QUICK = dict(
     unlearn_steps=1000,
     rkl_steps=1000,
     lambdas=(1e-20, 0.0),
+    diagnose_samples=300,
 )
 
 
@@ -677,9 +679,22 @@ def _reference_record(alternatives: dict, likelihood, data, optimum, membership,
     }
 
 
+def _trust(model: SVGP, likelihood, posterior, x_e, y_e, lam: float, info, config) -> dict:
+    """The trust columns of an unlearned q(u), judged without D_r
+    (:func:`~pyro_unlearn.contrib.gpytorch.diagnose_inducing`); not diagnosed (None, NaN) for a
+    run that diverged."""
+    if info.get("failed"):
+        return trust_columns()
+    diagnostics = diagnose_inducing(
+        model, likelihood, posterior, x_e, y_e, lam=lam,
+        num_samples=config["diagnose_samples"], chunk_size=config["unlearn"]["chunk_size"],
+    )  # fmt: skip
+    return trust_columns(diagnostics)
+
+
 def _unlearning_rows(gp: SVGP, likelihood, posterior, split, data, scores, config) -> list[dict]:
-    """One row per method and λ: each unlearning run's info and metrics (:func:`_metrics`,
-    ``scores = (retrained, optimum, membership)``)."""
+    """One row per method and λ: each unlearning run's info, metrics (:func:`_metrics`,
+    ``scores = (retrained, optimum, membership)``) and trust columns (:func:`_trust`)."""
     x_e, y_e = split[:2]
     retrained, optimum, membership = scores
     rows = []
@@ -703,6 +718,7 @@ def _unlearning_rows(gp: SVGP, likelihood, posterior, split, data, scores, confi
                     "lam": float(lam),
                     **_metrics(model, likelihood, data, retrained, optimum, info, membership),
                     **info,
+                    **_trust(model, likelihood, posterior, x_e, y_e, float(lam), info, config),
                 }
             )
     return rows
@@ -733,6 +749,7 @@ def _erasure(name: str, erased, gp, likelihood, posterior, data, full_metrics, c
         "steps": 0,
         "converged": True,
         "ess": math.nan,
+        **trust_columns(),
     }
     scores = (retrained, optimum, membership)
     rows = [full, *_unlearning_rows(gp, likelihood, posterior, split, data, scores, config)]
@@ -785,6 +802,7 @@ def _settings(data: FlightsData, chosen: dict, config: dict) -> dict:
         "chunk_size": options["chunk_size"],
         "mia_nonmembers": "the test rows (all carriers: not matched to a carrier erasure)",
         "mia_repeats": config["mia_repeats"],
+        "diagnose_samples": config["diagnose_samples"],
         "seed": config["seed"],
         "device": str(x.device),
         "dtype": str(x.dtype),
@@ -815,6 +833,7 @@ def run(
     rkl_anneal: float = 0.8,
     chunk_size: int = 4096,
     mia_repeats: int = 5,
+    diagnose_samples: int = 1000,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -844,6 +863,7 @@ def run(
         eubo_samples, rkl_samples, rkl_ngd_lr, rkl_anneal, chunk_size: :func:`unlearn`'s.
         rkl_steps: the rKL's most steps.
         mia_repeats: the attacks' balanced resamples.
+        diagnose_samples: u-samples of each unlearned q(u) and of q(u|D) for its trust check.
         seed: the random seed of every step.
         device: the device of the default data.
         progress: progress bars.
@@ -853,11 +873,14 @@ def run(
         "references", "training", "settings"}``: one row per (erasure, method, λ) with ``kl`` =
         KL(q(u) ‖ q_retrained(u)), ``kl_exact`` = KL(q(u) ‖ the closed-form optimum on D_r,
         :func:`optimal_q`, which retraining approaches), test ``rmse``/``nll``, ``seconds``,
-        ``steps``, ``converged``, ``ess`` and the membership columns ``mia_accuracy``,
-        ``mia_auc``, ``mia_logistic_accuracy``, ``mia_logistic_auc`` (``full`` rows, λ = 1, are
-        q(u|D) unchanged); ``speedup`` per erasure and method each alternative's seconds over
-        the mean unlearning seconds; ``references`` per erasure the alternatives' steps,
-        metrics and membership columns prefixed ``retrained_``, ``finetuned_`` and ``scratch_``.
+        ``steps``, ``converged``, ``ess``, the membership columns ``mia_accuracy``,
+        ``mia_auc``, ``mia_logistic_accuracy``, ``mia_logistic_auc``, and the trust check of
+        the unlearned q(u), judged without D_r (``verdict``, ``pareto_k``, ``kl_to_target``:
+        :data:`~pyro_unlearn.experiments.TRUST_COLUMNS`; None/NaN for ``full`` and diverged
+        runs) (``full`` rows, λ = 1, are q(u|D) unchanged); ``speedup`` per erasure and method
+        each alternative's seconds over the mean unlearning seconds; ``references`` per
+        erasure the alternatives' steps, metrics and membership columns prefixed
+        ``retrained_``, ``finetuned_`` and ``scratch_``.
 
     References:
         - Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
@@ -876,7 +899,7 @@ def run(
     config = dict(train=train, common=common, unlearn=unlearn_options, lambdas=lambdas)
     config |= dict(retrain_steps=retrain_steps, unlearn_steps=unlearn_steps, rkl_steps=rkl_steps)
     config |= dict(subset=subset, erase_fraction=erase_fraction, carrier=carrier)
-    config |= dict(mia_repeats=mia_repeats, seed=seed)
+    config |= dict(mia_repeats=mia_repeats, seed=seed, diagnose_samples=diagnose_samples)
     gp, likelihood, training = train_svgp(data.x_train, data.y_train, **train)
     posterior = freeze_inducing(gp)
     full_metrics = evaluate(gp, likelihood, data)

@@ -1,10 +1,22 @@
 import json
+import math
 
+from pyro_unlearn.experiments import TRUST_COLUMNS
 from pyro_unlearn.experiments.cli import main
+from pyro_unlearn.trust import VERDICTS
 
 
 def _reject_constant(name):
     raise ValueError(f"{name} is not JSON")
+
+
+def _check_trust_columns(rows, columns=TRUST_COLUMNS):
+    """Every row says how far to trust it (judged without D_r): a verdict for each unlearned
+    row, None for q(θ|D) itself."""
+    for row in rows:
+        assert set(columns) <= set(row)
+        assert row["verdict"] in {*VERDICTS, None}
+        assert (row["verdict"] is None) == (row["method"] == "full")
 
 
 def test_demo_is_the_moons_reproduction(tmp_path, capsys, monkeypatch, moons_quick_run):
@@ -49,8 +61,9 @@ def test_reproduce_linear_regression_quick_writes_table_figure_and_json(tmp_path
     args = ["reproduce", "linear-regression", "--quick", "--no-progress", "--json", str(path)]
     assert main([*args, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "KL to closed form" in out
+    assert "KL to closed form" in out and "| k̂ | verdict |" in out
     results = json.loads(path.read_text())
+    _check_trust_columns(results["rows"])
     methods = {(r["method"], r["lam"]) for r in results["rows"]}
     assert ("eubo", 0.0) in methods and ("rkl", 0.5) in methods and len(methods) == 13
     assert (tmp_path / "linear_regression.png").is_file()
@@ -59,15 +72,25 @@ def test_reproduce_linear_regression_quick_writes_table_figure_and_json(tmp_path
     # even a short run moves both methods towards the closed form at λ = 0
     assert rows[("eubo", 0.0)]["kl_target"] < 0.5 * full["kl_target"]
     assert rows[("rkl", 0.0)]["kl_target"] < 0.5 * full["kl_target"]
+    # at λ = 0 the trust check's estimate, blind to the closed form, finds KL(q_u ‖ p̃)
+    for method in ("eubo", "rkl"):
+        row = rows[(method, 0.0)]
+        assert abs(row["kl_to_target"] - row["kl_target"]) < 0.01 + 0.3 * row["kl_target"]
+    # and vouches for no row that stayed more than half as far from retraining as q(θ|D)
+    for row in rows.values():
+        if row["verdict"] == "trusted":
+            assert row["kl_retrained"] < 0.5 * full["kl_retrained"]
 
 
 def test_reproduce_banknote_quick_writes_the_shared_json_shape(tmp_path, capsys):
     path = tmp_path / "banknote.json"
     args = ["reproduce", "banknote", "--quick", "--no-progress", "--json", str(path)]
     assert main([*args, "--out", str(tmp_path)]) == 0
-    assert "KL on D_e" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "KL on D_e" in out and "| k̂ | verdict |" in out
     results = json.loads(path.read_text(), parse_constant=_reject_constant)  # no NaN/Infinity
     assert set(results) >= {"rows", "retrain_seconds", "settings"}
+    _check_trust_columns(results["rows"], ("verdict", "pareto_k"))  # a λ-sweep's columns
     keys = {"guide", "method", "lam", "kl_erased_mean", "kl_erased_std"}
     keys |= {"kl_remaining_mean", "kl_remaining_std", "seconds"}
     for row in results["rows"]:
@@ -84,8 +107,9 @@ def test_reproduce_flights_quick_writes_strict_json_with_finetune_seconds(tmp_pa
     args = ["reproduce", "flights", "--quick", "--no-progress", "--json", str(path)]
     assert main([*args, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "stand-in" in out and "KL to retrained" in out
+    assert "stand-in" in out and "KL to retrained" in out and "| k̂ | verdict |" in out
     results = json.loads(path.read_text(), parse_constant=_reject_constant)  # no NaN/Infinity
+    _check_trust_columns(results["rows"])
     assert set(results) >= {"rows", "retrain_seconds", "finetune_seconds", "settings"}
     rows = {(r["erasure"], r["method"], r["lam"]): r for r in results["rows"]}
     erasures = {"random", "carrier:WN"}
@@ -96,6 +120,10 @@ def test_reproduce_flights_quick_writes_strict_json_with_finetune_seconds(tmp_pa
         # the rKL (importance sampling from the current q(u), annealed) gets most of the way
         assert rows[(erasure, "rkl", 0.0)]["kl_exact"] < 0.3 * full["kl_exact"]
         assert rows[(erasure, "rkl", 0.0)]["temperature"] == 1.0
+        # with a Gaussian likelihood the EUBO's q(u) is p̃ itself, which the trust check sees
+        # without D_r: weights equal up to rounding (k̂ = −∞, None in JSON) and KL̂ ≈ 0
+        eubo = rows[(erasure, "eubo", 0.0)]
+        assert eubo["kl_to_target"] < 1e-3 and (eubo["pareto_k"] or -math.inf) < 0.5
     assert set(results["finetune_seconds"]) == set(results["retrain_q_seconds"]) == erasures
     assert (tmp_path / "flights_seconds.png").is_file()
 
@@ -106,9 +134,16 @@ def test_reproduce_sine_quick_writes_table_figures_and_strict_json(tmp_path, cap
     assert main([*args, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "Sine regression, 300 points, the 200 central ones erased" in out
-    assert "KL in gap" in out and "L-BUN λ_L=1: " in out
+    assert "KL in gap" in out and "L-BUN λ_L=1: " in out and "| k̂ | verdict |" in out
     results = json.loads(path.read_text(), parse_constant=_reject_constant)
     rows = {(r["scheme"], r["method"], r["lam"]): r for r in results["rows"]}
+    for row in results["rows"]:  # every unlearned posterior judged; full and retrained not
+        assert set(TRUST_COLUMNS) <= set(row)
+        unlearned = row["method"] not in ("full", "retrained") and row["kl_gap"] is not None
+        assert (row["verdict"] is not None) == unlearned
+    # the EUBO at λ = 0 erases 200 of 300 points catastrophically: never vouched for
+    eubo, vi_full = rows[("vi", "eubo", 0.0)], rows[("vi", "full", None)]
+    assert eubo["kl_gap"] > 10 * vi_full["kl_gap"] and eubo["verdict"] != "trusted"
     full = rows[("laplace-ggn_diag", "full", None)]["kl_gap"]
     assert rows[("laplace-ggn_diag", "lbun", 100.0)]["kl_gap"] < full
     # at λ_L = 1 the exact division may fail or succeed depending on the CPU's rounding (it

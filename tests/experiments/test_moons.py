@@ -114,6 +114,20 @@ def test_quick_run_reproduces_the_papers_finding(quick_run):
     assert quick_run["entropy_reduction_exact"]["mvn"] > 0.5
 
 
+def test_quick_run_rows_carry_the_trust_verdict(quick_run):
+    # every row says how far to trust it, judged without D_r (full: nothing unlearned, None)
+    for row in quick_run["rows"]:
+        assert row["verdict"] in {*pu.trust.VERDICTS, None} and "pareto_k" in row
+        assert (row["verdict"] is None) == (row["method"] == "full")
+    assert quick_run["settings"]["diagnose_samples"] == experiment.QUICK["diagnose_samples"]
+    rows = {(r["method"], r["lam"]): r for r in quick_run["rows"]}
+    full, eubo = rows[("full", 1.0)], rows[("eubo", 0.0)]
+    # the EUBO at λ = 0 is the catastrophe of the paper (worse than no unlearning on D_e): the
+    # check, blind to D_r, must not vouch for it
+    assert eubo["kl_erased_mean"] > 2 * full["kl_erased_mean"]
+    assert eubo["verdict"] != "trusted"
+
+
 def test_quick_run_shape_and_figures(quick_run, data):
     assert quick_run["scenario"] == "sorted"
     assert quick_run["settings"]["num_erased_class_1"] == 19

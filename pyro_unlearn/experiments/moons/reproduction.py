@@ -59,6 +59,7 @@ QUICK = dict(
     num_particles=256,
     lr=0.1,
     num_eval_samples=1000,
+    diagnose_samples=300,
 )
 
 #: Settings of ``pyro-unlearn demo``: the full λ grid in under two minutes on 2 CPU cores.
@@ -140,6 +141,7 @@ class _Protocol:
     mia_repeats: int
     seed: int
     progress: bool
+    diagnose_samples: int = 1000
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,7 @@ def _run_variant(name: str, data: MoonsData, nonmembers: dict, protocol: _Protoc
         num_steps=p.unlearn_steps,
         window=max(p.unlearn_steps // 2, 1),
         max_plate_nesting=1,
+        diagnose_samples=p.diagnose_samples,
     )
     for row in sweep.table.to_dict("records"):
         results["rows"].append(
@@ -294,6 +297,7 @@ def _settings(models, built, data: MoonsData, nonmembers: dict, p: _Protocol) ->
         "num_particles": p.num_particles,
         "lr": p.lr,
         "num_eval_samples": p.num_eval_samples,
+        "diagnose_samples": p.diagnose_samples,
         "mia_nonmembers": {k: len(v[1]) for k, v in nonmembers.items()},
         "mia_repeats": p.mia_repeats,
         "seed": p.seed,
@@ -319,6 +323,7 @@ def run(
     num_eval_samples: int = 4000,
     mia_nonmembers_per_group: int = 200,
     mia_repeats: int = 10,
+    diagnose_samples: int = 1000,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -349,15 +354,18 @@ def run(
         num_eval_samples: u-samples of each predictive (the authors': 100).
         mia_nonmembers_per_group: fresh non-members per group (matched, population).
         mia_repeats: the attacks' balanced resamples.
-        seed: the random seed of every step.
+        diagnose_samples: draws of each unlearned posterior and of q(u|D) for its trust check
+            (:func:`pyro_unlearn.trust.diagnose`, judged without D_r).
         device: the device of the default data.
         progress: progress bars.
         keep_posteriors: also return the posteriors and predictive models (not JSON).
 
     Returns:
         ``{"rows", "retrain_seconds", "settings", ...}``: one row per (variant, method, λ) with
-        ``kl_{erased,remaining}_{mean,std}``, seconds, steps, ``converged``, the rKL's last ESS and
-        the ``mia_*``/``mia_population_*`` columns (the ``full`` rows, λ = 1, are q(u|D)); and
+        ``kl_{erased,remaining}_{mean,std}``, seconds, steps, ``converged``, the rKL's last ESS,
+        the trust check's ``verdict`` and ``pareto_k`` (None and NaN for ``full``; see
+        :func:`~pyro_unlearn.lambda_sweep`) and the ``mia_*``/``mia_population_*`` columns (the
+        ``full`` rows, λ = 1, are q(u|D)); and
         per variant ``"training"`` (the fits, the retraining's loss trace as block means, its KL
         to the exact optimum), ``"noise_floor"`` and ``"noise_floor_100"`` (the KL between two
         evaluations of the reference, at ``num_eval_samples`` and the authors' 100 samples),
@@ -390,6 +398,7 @@ def run(
         mia_repeats,
         seed,
         progress,
+        diagnose_samples,
     )
     nonmembers = mia_nonmembers(data, mia_nonmembers_per_group, seed)
     keys = ("training", "noise_floor", "noise_floor_100", "reference_error")
