@@ -156,12 +156,13 @@ def diagnose_inducing(
     .. math:: \log \tilde p(u) = \log q(u|D) − \log p_\mathrm{adj}(D_e|u; λ), \qquad
               \log \tilde p(D_e|u) = \textstyle\sum_i \mathbb{E}_{p(f_i|u)}[\log p(y_i|f_i)],
 
-    the likelihood the objectives use (:func:`~pyro_unlearn.contrib.gpytorch.\
-inducing_log_likelihood`). As :func:`pyro_unlearn.trust.diagnose` does for Pyro guides: the
-    PSIS k̂ of log w = log p̃(u) − log q_u(u), u ~ q_u, and KL(q_u ‖ p̃/Z̃) ± its Monte-Carlo
-    error; from u ~ q(u|D), the ESS, k̂ and KL of the weights 1/p_adj(D_e|u) (how far the erased
-    data move q(u): an ESS of a few draws means no importance-weighted method, the paper's
-    reverse KL included, reaches p̃ from q(u|D)); and, for a Gaussian likelihood (or on request,
+    the likelihood the objectives use
+    (:func:`~pyro_unlearn.contrib.gpytorch.inducing_log_likelihood`). As
+    :func:`pyro_unlearn.trust.diagnose` does for Pyro guides: the PSIS k̂ of
+    log w = log p̃(u) − log q_u(u), u ~ q_u, and KL(q_u ‖ p̃/Z̃) ± its Monte-Carlo error;
+    from u ~ q(u|D), the ESS, k̂ and KL of the weights 1/p_adj(D_e|u) (how far the erased data
+    move q(u): an ESS of a few draws means no importance-weighted method, the paper's reverse
+    KL included, reaches p̃ from q(u|D)); and, for a Gaussian likelihood (or on request,
     then at u = μ), :func:`erased_precision_share`. Draws are batched tensor ops on the GP's
     device and dtype; only k̂ and sums over draws are computed on the CPU (ArviZ's PSIS is
     NumPy). Pass the result to :func:`pyro_unlearn.trust.verdict`.
