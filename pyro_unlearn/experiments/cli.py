@@ -15,6 +15,8 @@ from typing import NoReturn
 
 import torch
 
+from pyro_unlearn.ledger import cli as ledger_cli
+
 __all__ = ["main"]
 
 
@@ -588,8 +590,16 @@ def reproduce_lcodec(args: argparse.Namespace) -> dict:
     return results
 
 
+def reproduce_fashion_mnist(args: argparse.Namespace) -> dict:
+    """Fashion-MNIST, Bayesian last layer (Nguyen et al., 2020: Sec. 4.3, Fig. 6)."""
+    from pyro_unlearn.experiments.fashion_mnist import reproduce
+
+    return reproduce(args)
+
+
 EXPERIMENTS = {
     "banknote": reproduce_banknote,
+    "fashion-mnist": reproduce_fashion_mnist,
     "flights": reproduce_flights,
     "lcodec": reproduce_lcodec,
     "linear-regression": reproduce_linear_regression,
@@ -604,7 +614,7 @@ _ONLY_FOR = {
     "model": ("--model", ("moons",)),
     "guide": ("--guide", ("linear-regression",)),
     "mia_study": ("--mia-study", ("banknote", "moons")),
-    "fashion_dir": ("--fashion-dir", ("lcodec",)),
+    "fashion_dir": ("--fashion-dir", ("fashion-mnist", "lcodec")),
 }
 #: The defaults of those options, filled in once the options are checked.
 _DEFAULTS = {"scenario": "sorted", "model": "mvn", "guide": "mvn", "seed": 0}
@@ -756,7 +766,8 @@ def _check_requirements(args: argparse.Namespace) -> None:
                 f"{name} needs the package {package}: pip install {package} "
                 "(or the experiments extra, pip install '.[experiments]')"
             )
-    if name == "lcodec" and (args.fashion_dir or os.environ.get("FASHION_MNIST_DIR")):
+    named = args.fashion_dir or os.environ.get("FASHION_MNIST_DIR")
+    if (name == "lcodec" and named) or (name == "fashion-mnist" and (named or not _quick(args))):
         from pyro_unlearn.experiments.lcodec import fashion_mnist_files
 
         flag = "--fashion-dir" if args.fashion_dir else "FASHION_MNIST_DIR"
@@ -809,8 +820,9 @@ def _reproduce_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fashion-dir",
         metavar="DIR",
-        help="lcodec only: the Fashion-MNIST IDX files, then required (else $FASHION_MNIST_DIR, "
-        "then required, else the Debian package's directory, skipped when missing)",
+        help="lcodec and fashion-mnist: the Fashion-MNIST IDX files, then required (else "
+        "$FASHION_MNIST_DIR, then required, else the Debian package's directory: skipped when "
+        "missing by lcodec, required by fashion-mnist outside --quick)",
     )
     _common_options(p)
 
@@ -825,6 +837,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=demo)
     p = sub.add_parser("reproduce", help="run one of the papers' experiments")
     _reproduce_options(p)
+    ledger_cli.add_subcommand(sub)
     return parser
 
 
@@ -880,6 +893,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         args = _parser().parse_args(argv)
+        if args.command == "ledger":  # no device, seed or output options
+            return ledger_cli.run(args)
         _check_options(args)
         _check_device(args.device)
         _check_paths(args)

@@ -81,3 +81,10 @@ def test_missing_data_names_the_package(tmp_path):
 def test_bad_num_erased(tmp_path):
     with pytest.raises(ValueError, match="num_erased must be in"):
         experiment.run(num_erased=5000, quick=True, progress=False)
+
+
+def test_cli_names_missing_fashion_files_before_running(tmp_path, capsys):
+    from pyro_unlearn.experiments.cli import main
+
+    assert main(["reproduce", "fashion-mnist", "--fashion-dir", str(tmp_path)]) == 2
+    assert "dataset-fashion-mnist" in capsys.readouterr().err

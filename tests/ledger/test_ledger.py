@@ -217,3 +217,14 @@ def test_cli_prints_and_exports_the_history(make, guide, y, tmp_path, capsys):
     assert exported["ledger"]["policy"] == "lazy" and exported["ledger"]["kept_rows"] == 2
     assert main([str(tmp_path / "missing.db")]) == 1
     assert "no ledger file" in capsys.readouterr().err
+
+
+def test_pyro_unlearn_ledger_subcommand(make, guide, y, tmp_path, capsys):
+    from pyro_unlearn.experiments.cli import main as pyro_unlearn
+
+    ledger = make()
+    ledger.request([0, 1], reason="gdpr")
+    out = tmp_path / "history.json"
+    assert pyro_unlearn(["ledger", str(ledger.path), "--json", str(out)]) == 0
+    assert "gdpr" in capsys.readouterr().out and out.exists()
+    assert pyro_unlearn(["ledger", str(tmp_path / "missing.db")]) == 1
