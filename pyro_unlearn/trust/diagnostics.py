@@ -17,7 +17,7 @@ from ..infer.curvature import CURVATURES, ErasedLogLikelihood
 from ..posterior import FrozenPosterior
 from ..traces import max_plate_nesting, preserved_rng, sum_sites_per_particle, vectorization_problem
 from ..validation import check_finite_data, check_positive_int
-from .weights import as_log_weights, summarize_weights
+from .weights import WeightSummary, as_log_weights, summarize_weights
 
 __all__ = ["MIN_SAMPLES", "TrustDiagnostics", "diagnose"]
 
@@ -62,6 +62,46 @@ class TrustDiagnostics:
     lam: float
     precision_share: float | None = None
     precision_positive_definite: bool | None = None
+
+    @classmethod
+    def from_weights(
+        cls,
+        fit: WeightSummary,
+        update: WeightSummary,
+        num_samples: int,
+        lam: float,
+        precision_share: float | None = None,
+    ) -> TrustDiagnostics:
+        """The diagnostics from the summaries of the weights p̃/q_u under q_u (``fit``) and
+        1/p_adj(D_e|θ) under q(θ|D) (``update``), :func:`~pyro_unlearn.trust.summarize_weights`.
+
+        Arguments:
+            fit, update: the two weight summaries.
+            num_samples: the draws behind each.
+            lam: λ of the adjusted likelihood.
+            precision_share: the erased share of q(θ|D)'s precision, if measured.
+
+        Returns:
+            The :class:`TrustDiagnostics`.
+
+        Example::
+
+            TrustDiagnostics.from_weights(fit, update, num_samples=1000, lam=0.0)
+        """
+        return cls(
+            pareto_k=fit.pareto_k,
+            kl=fit.kl,
+            kl_se=fit.kl_se,
+            psis_ess=fit.ess,
+            update_ess=update.raw_ess,
+            update_ess_fraction=update.raw_ess / num_samples,
+            update_pareto_k=update.pareto_k,
+            update_kl=update.kl,
+            num_samples=num_samples,
+            lam=lam,
+            precision_share=precision_share,
+            precision_positive_definite=None if precision_share is None else precision_share < 1.0,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The attributes by name (floats, ints, bools, ``None``): a JSON row."""
@@ -169,20 +209,7 @@ def diagnose(
     share = None
     if curvature is not None:
         share = _precision_share(model, original, args, kwargs, erased, plate, curvature)
-    return TrustDiagnostics(
-        pareto_k=fit.pareto_k,
-        kl=fit.kl,
-        kl_se=fit.kl_se,
-        psis_ess=fit.ess,
-        update_ess=update.raw_ess,
-        update_ess_fraction=update.raw_ess / num_samples,
-        update_pareto_k=update.pareto_k,
-        update_kl=update.kl,
-        num_samples=num_samples,
-        lam=lam,
-        precision_share=share,
-        precision_positive_definite=None if share is None else share < 1.0,
-    )
+    return TrustDiagnostics.from_weights(fit, update, num_samples, lam, share)
 
 
 def _check_call(

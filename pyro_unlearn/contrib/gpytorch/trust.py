@@ -243,17 +243,4 @@ def diagnose_inducing(
     if precision is None:
         precision = isinstance(likelihood, _GaussianLikelihoodBase)
     share = _precision_share(likelihood, q_data, chunks, targets, chunk_size) if precision else None
-    return TrustDiagnostics(
-        pareto_k=fit.pareto_k,
-        kl=fit.kl,
-        kl_se=fit.kl_se,
-        psis_ess=fit.ess,
-        update_ess=update.raw_ess,
-        update_ess_fraction=update.raw_ess / num_samples,
-        update_pareto_k=update.pareto_k,
-        update_kl=update.kl,
-        num_samples=num_samples,
-        lam=lam,
-        precision_share=share,
-        precision_positive_definite=None if share is None else share < 1.0,
-    )
+    return TrustDiagnostics.from_weights(fit, update, num_samples, lam, share)
