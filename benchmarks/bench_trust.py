@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 import time
 import warnings
@@ -492,6 +493,24 @@ def progress_line(r: dict) -> str:
 QUICK_CASES = ("logistic", "hier_mvn", "conjugate")
 
 
+def code_state() -> dict:
+    """The commit and the library files changed since it (timings and verdicts depend on both)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], capture_output=True, text=True, check=True, timeout=10
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = git("status", "--porcelain", "--", "pyro_unlearn").splitlines()
+    return {
+        "commit": git("rev-parse", "--short", "HEAD").strip(),
+        "changed": [c[3:] for c in changed],
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", help="models to run (default: all; --quick: three)")
@@ -513,6 +532,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(opts.threads)
     pyro.enable_validation(True)
     info = machine_info("cpu", torch.get_default_dtype())
+    info["code"] = code_state()
     problems = build_problems(opts.seed)
     names = opts.cases or (QUICK_CASES if opts.quick else tuple(problems))
     unknown = sorted(set(names) - set(problems))
