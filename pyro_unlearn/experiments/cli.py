@@ -766,7 +766,7 @@ def _check_requirements(args: argparse.Namespace) -> None:
                 f"{name} needs the package {package}: pip install {package} "
                 "(or the experiments extra, pip install '.[experiments]')"
             )
-    named = args.fashion_dir or os.environ.get("FASHION_MNIST_DIR")
+    named = getattr(args, "fashion_dir", None) or os.environ.get("FASHION_MNIST_DIR")
     if (name == "lcodec" and named) or (name == "fashion-mnist" and (named or not _quick(args))):
         from pyro_unlearn.experiments.lcodec import fashion_mnist_files
 
