@@ -125,6 +125,32 @@ def test_restore_writes_q_back_into_the_live_guide(linreg, model):
     assert torch.equal(guide.loc.detach(), loc)
 
 
+class _HookedGuide(AutoNormal):
+    """An AutoNormal whose frozen copy takes over restore for strings (the hook a frozen guide
+    may define for targets that are not Pyro guides, as a GPyTorch q(u|D) does for a GP)."""
+
+    def restore_into(self, posterior, target):
+        if not isinstance(target, str):
+            return False
+        self.restored = (posterior, target)
+        return True
+
+
+def test_restore_hands_other_targets_to_the_frozen_guides_hook(linreg, model):
+    guide = _HookedGuide(model)
+    guide(linreg.x, linreg.y)
+    posterior = pu.freeze(guide)
+    assert posterior.guide is not guide
+    posterior.restore("elsewhere")  # taken by the hook: no structure check, nothing run
+    assert posterior.guide.restored == (posterior, "elsewhere")
+    loc = guide.locs.w.detach().clone()
+    guide.locs.w.data.add_(1.0)
+    posterior.restore(guide)  # declined by the hook: the generic path writes q(θ|D)
+    assert torch.equal(guide.locs.w.detach(), loc)
+    with pytest.raises(ValueError, match="structure|could not run"):
+        posterior.restore(AutoNormal(lambda: pyro.sample("v", dist.Normal(0.0, 1.0))))
+
+
 def test_usable_as_a_guide_in_predictive(linreg, model, trained):
     posterior = pu.freeze(trained(AutoMultivariateNormal))
     samples = Predictive(model, guide=posterior, num_samples=200)(linreg.x)

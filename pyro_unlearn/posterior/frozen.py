@@ -238,8 +238,14 @@ class FrozenPosterior:
         not yet and binds it to the store's tensors, and q(θ|D) is written into exactly the
         parameters it read, in place. Nothing is written when a check fails.
 
+        A frozen guide may take over for targets that are not Pyro guides: when it defines
+        ``restore_into(posterior, target)`` and that returns ``True``, it has written q(θ|D)
+        into ``target`` itself (a frozen GPyTorch q(u|D),
+        :class:`~pyro_unlearn.contrib.gpytorch.InducingGuide`, writes into a GP's q(u)).
+
         Arguments:
-            guide: the live guide, of the same structure as the one frozen.
+            guide: the live guide, of the same structure as the one frozen (or a target the
+                frozen guide's ``restore_into`` takes).
 
         Raises:
             ValueError: when ``guide`` has another structure.
@@ -255,6 +261,9 @@ class FrozenPosterior:
             >>> pyro.param("AutoNormal.locs.mu").item()
             0.0
         """
+        restore_into = getattr(self._guide, "restore_into", None)
+        if callable(restore_into) and restore_into(self, guide):
+            return
         self.check_guide(guide)
         with preserved_rng(self._args, self._kwargs), poutine.block():
             trace = poutine.trace(guide, param_only=True).get_trace(*self._args, **self._kwargs)

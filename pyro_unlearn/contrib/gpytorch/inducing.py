@@ -57,6 +57,25 @@ class InducingGuide(PyroModule):
         """The name of the sample site of u."""
         return f"{self.name_prefix}.u"
 
+    def restore_into(self, posterior: FrozenPosterior, target: object) -> bool:
+        """The hook of :meth:`FrozenPosterior.restore <pyro_unlearn.FrozenPosterior.restore>`
+        for GPyTorch targets: ``posterior.restore(gp)`` (or a :class:`PyroSVGP` of it) writes
+        q(u|D) into the GP's q(u) (:func:`restore_inducing`); a Pyro guide (this class's live
+        guide included) is left to the generic path.
+
+        Arguments:
+            posterior: the frozen q(u|D) this guide belongs to.
+            target: what :meth:`~pyro_unlearn.FrozenPosterior.restore` was given.
+
+        Returns:
+            ``True`` when it wrote q(u|D) into ``target``.
+        """
+        gp = getattr(target, "gp", target)  # a PyroSVGP holds its GP as .gp
+        if not isinstance(gp, gpytorch.models.ApproximateGP):
+            return False
+        restore_inducing(gp, posterior)
+        return True
+
     def forward(self, *args, **kwargs) -> torch.Tensor:
         variational = self.strategy._variational_distribution
         for name, param in variational.named_parameters():
@@ -263,11 +282,14 @@ def restore_inducing(gp: gpytorch.models.ApproximateGP, posterior: FrozenPosteri
         TypeError: ``posterior`` not frozen from a GPyTorch GP.
         ValueError: a q(u|D) of another shape than the GP's q(u).
 
+    ``posterior.restore(gp)`` does the same (:meth:`InducingGuide.restore_into`).
+
     Example::
 
         posterior = freeze_inducing(gp)  # q(u|D)
         ...  # unlearn one request: gp's q(u) moves
         restore_inducing(gp, posterior)  # back to q(u|D) for the next request
+        posterior.restore(gp)  # the same, as for Pyro guides
     """
     q = inducing_distribution(posterior)
     want = variational_strategy(gp)._variational_distribution.shape()

@@ -10,7 +10,14 @@ import torch
 
 from pyro_unlearn.contrib import gpytorch as pug
 from pyro_unlearn.exact import NotNormalizableError
-from tests.contrib.gpytorch.closed_form import gaussian_likelihood, kl_to, optimal, trained
+from tests.contrib.gpytorch.closed_form import (
+    GP,
+    KINDS,
+    gaussian_likelihood,
+    kl_to,
+    optimal,
+    trained,
+)
 
 
 class TutorialSVGP(gpytorch.models.ApproximateGP):
@@ -146,6 +153,38 @@ def test_restore_inducing_serves_the_next_request_from_q_of_D(data):
     other = trained(x[::2], y[::2])
     with pytest.raises(ValueError, match="shape"):
         pug.restore_inducing(other, posterior)
+
+
+def test_posterior_restore_serves_the_next_request_as_for_pyro_guides(data):
+    """freeze, unlearn a request, ``posterior.restore(gp)``, unlearn another request from q(u|D):
+    each lands on its own closed-form q(u|D_r) (natural q(u), one NGD step at lr = 1, exact).
+    Before the hook, ``posterior.restore(gp)`` raised (it ran the GP as a guide)."""
+    x, y, _, _ = data
+    gp = GP(x[::6].clone(), kind=KINDS["natural"]).double()
+    gp(x)
+    pug.set_inducing_distribution(gp, *_moments(optimal(gp, x, y)))
+    likelihood, posterior = gaussian_likelihood(), pug.freeze_inducing(gp)
+    requests = [torch.arange(48, 60), torch.arange(0, 60, 5)]
+    for erased in requests:
+        keep = torch.tensor(sorted(set(range(60)) - set(erased.tolist())))
+        eubo = pug.VariationalEUBO(likelihood, gp, posterior, num_erased=len(erased))
+        optimizer = gpytorch.optim.NGD(gp.variational_parameters(), num_data=len(erased), lr=1.0)
+        optimizer.zero_grad()
+        (-eubo(gp(x[erased]), y[erased])).backward()
+        optimizer.step()
+        assert kl_to(gp, *optimal(gp, x[keep], y[keep])) < 1e-8
+        assert float(pug.inducing_kl(gp, posterior)) > 1.0  # q(u) moved off q(u|D)
+        posterior.restore(gp)
+        assert float(pug.inducing_kl(gp, posterior)) < 1e-10
+    svgp = pug.PyroSVGP(trained(x, y), likelihood)
+    pug.set_inducing_distribution(svgp.gp, *_moments(optimal(svgp.gp, x[:30], y[:30])))
+    frozen = pug.freeze_inducing(trained(x, y))
+    frozen.restore(svgp)  # a PyroSVGP: into its GP
+    assert float(pug.inducing_kl(svgp.gp, frozen)) < 1e-10
+    before = pug.inducing_distribution(gp).mean.clone()
+    with pytest.raises(ValueError, match="shape"):  # another structure: nothing written
+        pug.freeze_inducing(trained(x[::2], y[::2])).restore(gp)
+    assert torch.equal(pug.inducing_distribution(gp).mean, before)
 
 
 def _moments(loc_precision):
