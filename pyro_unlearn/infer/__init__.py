@@ -3,6 +3,7 @@
 from .adjusted_likelihood import adjusted_log_likelihood
 from .base import UnlearningLoss
 from .eubo import Trace_EUBO
+from .fused import ErasedLikelihood, erased_log_likelihood_fn
 from .influence import IndefiniteHessianError, InfluenceUnlearnResult, influence_unlearn
 from .laplace import LaplaceUnlearnResult, laplace_unlearn
 from .mcmc import LowESSWarning, MCMCUnlearnResult, mcmc_unlearn
@@ -17,6 +18,7 @@ from .threshold import (
 )
 
 __all__ = [
+    "ErasedLikelihood",
     "IndefiniteHessianError",
     "InfluenceUnlearnResult",
     "LaplaceUnlearnResult",
@@ -30,6 +32,7 @@ __all__ = [
     "UnlearningLoss",
     "adjusted_log_likelihood",
     "effective_sample_size",
+    "erased_log_likelihood_fn",
     "gaussian_reverse_kl",
     "influence_unlearn",
     "kept_mass",
