@@ -24,6 +24,7 @@ def test_forget_unlearns_and_reports(linreg, model, trained, exact_target):
         linreg.y,
         erased=linreg.erased,
         plate="data",
+        method="rkl",
         num_particles=512,
         num_steps=400,
         window=50,
@@ -31,7 +32,7 @@ def test_forget_unlearns_and_reports(linreg, model, trained, exact_target):
         progress=False,
     )
     after = float(gaussian_kl(*read_gaussian(guide), loc, cov))
-    assert after < 0.1 * before
+    assert after < 0.1 * before and result.solver == "sgd"
     assert result.guide is guide and len(result.losses) == len(result.ess) == result.num_steps
     assert all(1 <= e <= 512 for e in result.ess)
     assert result.diagnostics["temperature"] == [1.0] * result.num_steps  # no annealing
@@ -56,6 +57,28 @@ def test_forget_unlearns_and_reports(linreg, model, trained, exact_target):
     assert again.original is result.original and again.ess == [] and again.diagnostics == {}
     assert torch.equal(read_gaussian(result.posterior)[0], unlearned)  # an independent copy
     assert not torch.allclose(read_gaussian(again.posterior)[0], unlearned, atol=1e-2)
+
+
+def test_auto_solves_the_reverse_kl_of_a_gaussian_guide_by_moment_matching(
+    linreg, model, trained, exact_target
+):
+    guide = trained(AutoMultivariateNormal)
+    loc, cov = exact_target(guide)
+    before = float(gaussian_kl(*read_gaussian(guide), loc, cov))
+    result = pu.forget(
+        model, guide, linreg.x, linreg.y, erased=linreg.erased, plate="data", progress=False
+    )
+    after = float(gaussian_kl(*read_gaussian(guide), loc, cov))
+    assert after < 0.1 * before  # the 10-row cluster: ≈ 1 nat before
+    assert result.solver == "natural" and result.method == "rkl" and result.losses == []
+    assert result.num_steps == len(result.ess) > 0 and result.attempts[-1]["solver"] == "natural"
+    assert float(gaussian_kl(*read_gaussian(result.posterior), loc, cov)) == pytest.approx(after)
+    # explicit method="rkl" keeps the SGD path
+    sgd = pu.forget(
+        model, guide, linreg.x, linreg.y, erased=linreg.erased[:5], plate="data",
+        posterior=result.original, method="rkl", num_steps=5, progress=False,
+    )  # fmt: skip
+    assert sgd.solver == "sgd" and len(sgd.losses) == 5
 
 
 def test_forget_takes_lam_on_the_mass_scale(linreg, model, trained):
@@ -154,6 +177,6 @@ def test_forget_stops_on_a_diverging_run_and_rolls_back(linreg, model, trained):
     with pytest.raises(ValueError, match="diverged|normalisable"):
         pu.forget(
             model, guide, linreg.x, linreg.y, erased=linreg.erased, plate="data", lr=1e30,
-            num_steps=20, progress=False, optim=pyro.optim.Adam({"lr": 1e30}),
+            method="rkl", num_steps=20, progress=False, optim=pyro.optim.Adam({"lr": 1e30}),
         )  # fmt: skip
     assert all(torch.equal(v, guide.state_dict()[k]) for k, v in before.items())

@@ -115,12 +115,13 @@ def attempt_row(
     row["lam"] = float(lam)
     if result is None:
         row.update(verdict=None, pareto_k=math.nan, kl=math.nan, converged=False)
-        row.update(collapsed=False, seconds=math.nan, num_steps=0, run=None)
+        row.update(collapsed=False, seconds=math.nan, num_steps=0, solver=None, run=None)
         row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if error else ''}"
         return row
     trust = result.trust
     row.update(verdict=result.verdict, converged=result.converged, collapsed=result.collapsed)
     row["pareto_k"] = trust.pareto_k if trust is not None else math.nan
     row["kl"] = trust.kl if trust is not None else math.nan
-    row.update(seconds=result.seconds, num_steps=result.num_steps, run=result, error=None)
+    row.update(seconds=result.seconds, num_steps=result.num_steps, solver=result.solver)
+    row.update(run=result, error=None)
     return row

@@ -46,6 +46,10 @@ class ForgetResult(UnlearningResult):
         attempts: under ``method="auto"``, one row per run tried, in order (method, options,
             λ, verdict, k̂, KL estimate, converged, collapsed, seconds, steps, whether chosen,
             error); empty for an explicit ``method``.
+        solver: ``"sgd"`` (SVI steps on the loss) or ``"natural"`` (damped moment matching of a
+            Gaussian guide, :func:`~pyro_unlearn.infer.gaussian_reverse_kl`: what
+            ``method="auto"`` runs the reverse KL with for AutoNormal, AutoDiagonalNormal and
+            AutoMultivariateNormal guides; ``losses`` is then empty).
         particles: how the loss drew its particles (:attr:`UnlearningLoss.particles
             <pyro_unlearn.infer.base.UnlearningLoss>`): ``"vectorized"``, ``"vmap"`` (a model
             that cannot take a particle plate, batched by ``torch.func.vmap``) or
@@ -71,6 +75,7 @@ class ForgetResult(UnlearningResult):
     loss_options: dict[str, Any] = field(default_factory=dict)
     lam: float = 0.0
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    solver: str = "sgd"
     particles: str = "vectorized"
     collapsed: bool = False
 
@@ -82,5 +87,8 @@ class ForgetResult(UnlearningResult):
 
     @property
     def num_steps(self) -> int:
-        """The number of SVI steps taken."""
-        return len(self.losses)
+        """The number of steps taken (SVI steps, or moment-matching steps of the natural
+        solver, which has no loss to record)."""
+        if self.losses:
+            return len(self.losses)
+        return max((len(values) for values in self.diagnostics.values()), default=0)

@@ -11,17 +11,17 @@ from typing import Any
 import pyro
 from pyro.infer import SVI
 
+from ..guides import is_gaussian
 from ..handlers import unlearn
-from ..infer import lam_for_mass, warn_small_kept_mass
+from ..infer import LowESSWarning, gaussian_reverse_kl, lam_for_mass, warn_small_kept_mass
 from ..infer.threshold import check_mass
 from ..params import ParamSnapshot, trainable
 from ..posterior import FrozenPosterior, freeze
-from ..trust import diagnose as diagnose_trust
-from ..trust import verdict as trust_verdict
+from ..trust import Caveats, attach_trust
 from ..validation import check_finite_data
-from .auto import AUTO, AUTO_LADDER, attempt_row, rank, should_escalate
+from .auto import AUTO, AUTO_LADDER, Rung, attempt_row, rank, should_escalate
 from .checks import check_erased_rows, check_forget_options
-from .convergence import WeightCollapseWarning, run_until_flat
+from .convergence import run_until_flat
 from .methods import METHODS
 from .result import ForgetResult
 from .steps import check_trained_finite, collapse_watch, recording_step, warn_collapsed
@@ -320,14 +320,20 @@ def _run_auto(run: _Run, original: FrozenPosterior, lam: float) -> ForgetResult:
     for number, rung in enumerate(AUTO_LADDER, 1):
         label = f"auto {number}/{len(AUTO_LADDER)}: {rung.label}"
         rung_lam = lam
+        if rung.method == "eubo" and results and results[-1].verdict is None:
+            continue  # undiagnosed, a mode-seeking EUBO could not be told from a catastrophe
         try:
             if rung.mass is not None:
                 rung_lam = lam_for_mass(original, rung.mass, *run.args, **run.kwargs)
                 if rung_lam <= lam:  # the caller's λ already curbs more
                     continue
             with warnings.catch_warnings():  # reported once below, for the run kept
-                warnings.simplefilter("ignore", WeightCollapseWarning)
-                result = _run_once(run, original, True, rung.method, rung_lam, rung.options, label)
+                warnings.simplefilter("ignore", LowESSWarning)  # WeightCollapseWarning's base
+                result = _run_natural(run, original, rung, rung_lam)
+                if result is None:
+                    result = _run_once(
+                        run, original, True, rung.method, rung_lam, rung.options, label
+                    )
         except ValueError as error:  # a later rung diverged: record it, keep the others
             if not results:
                 raise
@@ -351,33 +357,56 @@ def _run_auto(run: _Run, original: FrozenPosterior, lam: float) -> ForgetResult:
     return chosen
 
 
+def _run_natural(
+    run: _Run, original: FrozenPosterior, rung: Rung, lam: float
+) -> ForgetResult | None:
+    """A reverse-KL rung of ``method="auto"`` solved by damped moment matching
+    (:func:`~pyro_unlearn.infer.gaussian_reverse_kl`) for the Gaussian guides it takes, as a
+    :class:`ForgetResult` (``solver="natural"``); ``None`` where it does not apply (another
+    loss or guide, a model without a particle plate): the SGD run then."""
+    if rung.method != "rkl" or not run.vectorize_particles or not is_gaussian(run.guide):
+        return None
+    try:
+        natural = gaussian_reverse_kl(
+            run.model, run.guide, *run.args, erased=run.erased, plate=run.plate,
+            posterior=original, lam=lam, num_steps=run.num_steps, progress=run.progress,
+            diagnose=run.diagnose, diagnose_samples=run.diagnose_samples, **rung.options,
+            **run.kwargs,
+        )  # fmt: skip
+    except (TypeError, ValueError):  # AutoLowRankMultivariateNormal, no particle plate...
+        return None
+    result = ForgetResult(
+        guide=run.guide,
+        posterior=natural.posterior,
+        original=original,
+        diagnostics={"ess": natural.ess, "temperature": natural.temperature},
+        seconds=natural.seconds,
+        converged=natural.converged,
+        method=rung.method,
+        loss_options=dict(rung.options),
+        lam=float(lam),
+        solver="natural",
+        collapsed=natural.collapsed,
+    )
+    result.trust, result.verdict = natural.trust, natural.verdict
+    result.explanation = natural.explanation
+    return result
+
+
 def _attach_trust(result: ForgetResult, run: _Run, lam: float) -> None:
-    """Diagnose ``result.posterior`` (:func:`pyro_unlearn.trust.diagnose`) and write the
-    diagnostics, verdict and explanation into ``result``; a model the diagnostics cannot take
-    leaves ``verdict`` ``None`` and the reason in the explanation."""
+    """Diagnose ``result.posterior`` (:func:`pyro_unlearn.trust.attach_trust`) and write the
+    diagnostics, verdict and explanation into ``result``; a run whose weights collapsed is at
+    most ``"approximate"``; a model the diagnostics cannot take leaves ``verdict`` ``None`` and
+    the reason in the explanation."""
     if result.particles != "vectorized":
         result.explanation = (
             f"not diagnosed: the model cannot take a particle plate (the loss drew its particles "
             f"by {result.particles}), and the trust diagnostics draw θ in one pyro.plate"
         )
         return
-    try:
-        trust = diagnose_trust(
-            run.model,
-            result.posterior,
-            result.original,
-            *run.args,
-            erased=run.erased,
-            plate=run.plate,
-            lam=lam,
-            num_samples=run.diagnose_samples,
-            **run.kwargs,
-        )
-    except (ValueError, TypeError, RuntimeError, NotImplementedError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        result.explanation = f"not diagnosed: {first_line}"
-        return
-    label, explanation = trust_verdict(trust)
-    if result.collapsed:
-        explanation += "; the weights collapsed during the run"
-    result.trust, result.verdict, result.explanation = trust, label, explanation
+    collapsed = ["the weights collapsed during the run"] if result.collapsed else []
+    attach_trust(
+        result, run.model, result.original, run.args, run.kwargs, erased=run.erased,
+        plate=run.plate, lam=lam, num_samples=run.diagnose_samples,
+        caveats=Caveats(approximate=collapsed),
+    )  # fmt: skip
