@@ -9,26 +9,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal
 from tqdm import tqdm
 
 from ..guides import LatentLayout, is_gaussian, latent_layout, read_gaussian, write_gaussian
-from ..handlers import erased_log_likelihood, is_erased, unlearn
 from ..params import ParamSnapshot
 from ..posterior import FrozenPosterior, freeze
 from ..results import UnlearningResult
-from ..traces import max_plate_nesting, preserved_rng, vectorization_problem
+from ..traces import preserved_rng
 from ..validation import check_finite_data, check_positive_int
 from .adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
+from .fused import ErasedLikelihood, erased_log_likelihood_fn
 from .mcmc import LowESSWarning
 from .reverse_kl import ImportanceWeights, effective_sample_size, next_temperature
 
 __all__ = ["NaturalGradientResult", "gaussian_reverse_kl"]
 
-_PARTICLES = "_natural_particles"
 _SUPPORTED = "AutoNormal, AutoDiagonalNormal or AutoMultivariateNormal"
 
 
@@ -45,6 +42,9 @@ class NaturalGradientResult(UnlearningResult):
         ess: the effective sample size of each step's S weights.
         temperature: β of each step (1 throughout without ``anneal``).
         num_steps: the steps taken.
+        likelihood: how log p(D_e|θ) was evaluated: ``"fused"`` (the model recorded once,
+            :func:`~pyro_unlearn.infer.fused.erased_log_likelihood_fn`) or ``"traced: <why>"``
+            (Pyro's handlers every step, and why the recording could not be used).
         collapsed: the median ESS of the last window fell below the fewest effective draws a
             moment estimate needs (P + 1 for a full covariance, 2 for a mean-field guide).
         seconds, converged: as :class:`~pyro_unlearn.results.UnlearningResult`; converged
@@ -61,43 +61,26 @@ class NaturalGradientResult(UnlearningResult):
     temperature: list[float] = field(default_factory=list)
     num_steps: int = 0
     collapsed: bool = False
+    likelihood: str = ""
 
 
 # -- log p(D_e|θ) for a batch of flat θ ----------------------------------------------------------
-class _ErasedBatch:
-    """θ (S, P) ↦ log p(D_e|θ_s) (S,): the model, wrapped by ``unlearn`` and conditioned on each
-    site's slice of θ (through its bijection), runs once in a ``pyro.plate`` of S particles."""
+class _FlatErased:
+    """θ (S, P) ↦ log p(D_e|θ_s) (S,): each site's slice of θ through its bijection, then the
+    recorded erased log-likelihood (:func:`~.fused.erased_log_likelihood_fn`)."""
 
-    def __init__(
-        self, model: Callable, layout: LatentLayout, like: torch.Tensor, args: tuple, kwargs: dict
-    ) -> None:
-        self.model, self.layout, self.args, self.kwargs = model, layout, args, kwargs
-        values = layout.values(torch.zeros_like(like))  # only the shapes are read
-        with poutine.block(), preserved_rng(args, kwargs):
-            trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-        self.nesting = max_plate_nesting(trace)
-        self.batch_dims = {
-            s.name: trace.nodes[s.name]["value"].dim() - trace.nodes[s.name]["fn"].event_dim
-            for s in layout.sites
-        }
-
-    def values(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        S = theta.shape[0]
-        out = {}
-        for s in self.layout.sites:
-            ones = (1,) * (self.nesting - self.batch_dims[s.name])
-            out[s.name] = s.transform(theta[:, s.start : s.stop].reshape((S, *ones, *s.shape)))
-        return out
+    def __init__(self, layout: LatentLayout, fn: ErasedLikelihood) -> None:
+        self.layout, self.fn = layout, fn
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
-        S, dim = theta.shape[0], -self.nesting - 1
-        conditioned = poutine.condition(self.model, data=self.values(theta))
-        with poutine.block():
-            trace = poutine.trace(pyro.plate(_PARTICLES, S, dim=dim)(conditioned)).get_trace(
-                *self.args, **self.kwargs
+        S = theta.shape[0]
+        values = {
+            s.name: s.transform(theta[:, s.start : s.stop].reshape(S, *s.shape)).reshape(
+                S, *self.fn.shapes[s.name]
             )
-        trace.compute_log_prob(site_filter=is_erased)
-        return erased_log_likelihood(trace, dim, S)
+            for s in self.layout.sites
+        }
+        return self.fn(values)
 
 
 # -- Gaussians held as (μ, Σ) or, mean-field, (μ, σ²) --------------------------------------------
@@ -192,7 +175,7 @@ def _check_options(
     return lam, num_samples, num_steps, float(step_size), window
 
 
-def _prepare(model, guide, posterior, args, kwargs, erased, plate) -> tuple:
+def _prepare(model, guide, posterior, args, kwargs, erased, plate, jit) -> tuple:
     """q(θ|D) frozen, the flat layout and the batched log p(D_e|θ), every check passed."""
     _check_guide(guide)
     check_finite_data(args, kwargs)
@@ -206,13 +189,13 @@ def _prepare(model, guide, posterior, args, kwargs, erased, plate) -> tuple:
         )
     else:
         posterior.check_guide(guide, *args, **kwargs)
-    wrapped = unlearn(model, erased=erased, plate=plate)
-    problem = vectorization_problem(wrapped, posterior, args, kwargs, 2)
-    if problem is not None:
-        raise ValueError(
-            f"gaussian_reverse_kl draws θ in a pyro.plate, which the model cannot take: {problem}"
+    try:
+        fn = erased_log_likelihood_fn(
+            model, posterior, *args, erased=erased, plate=plate, jit=jit, **kwargs
         )
-    return posterior, latent_layout(guide), wrapped
+    except ValueError as error:
+        raise ValueError(f"gaussian_reverse_kl draws θ in a pyro.plate: {error}") from None
+    return posterior, latent_layout(guide), fn
 
 
 @dataclass
@@ -295,6 +278,7 @@ def gaussian_reverse_kl(
     progress: bool = True,
     diagnose: bool = True,
     diagnose_samples: int = 1000,
+    jit: bool = True,
     **kwargs: Any,
 ) -> NaturalGradientResult:
     r"""Unlearn by minimising the reverse KL over a Gaussian guide's own family, by damped
@@ -317,8 +301,10 @@ def gaussian_reverse_kl(
     guide) the step shrinks in proportion. The answer is the average, in expectation
     parameters, of the iterates of the last two windows at β = 1 (iterate averaging); the run
     stops once those two windows' averages agree within their Monte-Carlo error. All in the
-    guide's flat unconstrained space; log p(D_e|θ) of the S draws comes from one run of the
-    model in a ``pyro.plate`` (the model must vectorise), on the guide's device and dtype.
+    guide's flat unconstrained space; log p(D_e|θ) of the S draws is the model's run in a
+    ``pyro.plate`` (the model must vectorise), recorded once and replayed without Pyro's
+    handlers (:func:`~pyro_unlearn.infer.fused.erased_log_likelihood_fn`; ``likelihood`` in the
+    result says whether it was), on the guide's device and dtype.
 
     Arguments:
         model: the Pyro model.
@@ -341,6 +327,8 @@ def gaussian_reverse_kl(
         progress: show a tqdm bar.
         diagnose, diagnose_samples: attach the trust check
             (:func:`pyro_unlearn.trust.attach_trust`), as :func:`~pyro_unlearn.forget` does.
+        jit: evaluate log p(D_e|θ) from a recording of the model (``True``) or through Pyro's
+            handlers every step (``False``); the same numbers.
 
     Returns:
         A :class:`NaturalGradientResult`; ``converged`` is ``False`` when β < 1 at the end or
@@ -384,7 +372,7 @@ def gaussian_reverse_kl(
     lam, num_samples, num_steps, step_size, window = _check_options(
         proposal, anneal, lam, num_samples, num_steps, step_size, window, progress
     )
-    original, layout, wrapped = _prepare(model, guide, posterior, args, kwargs, erased, plate)
+    original, layout, fn = _prepare(model, guide, posterior, args, kwargs, erased, plate, jit)
     diagonal, P = not isinstance(guide, AutoMultivariateNormal), layout.size
     min_ess = 2.0 if diagonal else P + 1.0
     if num_samples <= min_ess:
@@ -401,7 +389,7 @@ def gaussian_reverse_kl(
         "num_samples": num_samples,
         "step_size": step_size,
         "min_ess": min_ess,
-        "loglik": _ErasedBatch(wrapped, layout, loc, args, kwargs),
+        "loglik": _FlatErased(layout, fn),
         "threshold": None if lam == 0.0 else log_threshold(lam, original.log_q_max),
     }
     beta = torch.tensor(1.0 if anneal is None else 0.0, dtype=loc.dtype, device=loc.device)
@@ -432,6 +420,7 @@ def gaussian_reverse_kl(
         temperature=state.temperature,
         num_steps=len(state.ess),
         collapsed=collapsed,
+        likelihood="fused" if fn.fused else f"traced: {fn.reason}",
         converged=converged and not collapsed and float(state.beta) == 1.0,
         seconds=time.perf_counter() - start,
     )

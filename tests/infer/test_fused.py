@@ -156,3 +156,30 @@ def test_bad_input_is_refused():
     guide(*args)
     with pytest.raises(ValueError, match="cannot evaluate a batch of θ"):
         erased_log_likelihood_fn(mixing, pu.freeze(guide, *args), *args, erased=[0], plate="data")
+
+
+def test_gaussian_reverse_kl_uses_the_recording_and_lands_where_the_traced_path_does():
+    from pyro_unlearn.exact import gaussian_linear_posterior
+    from pyro_unlearn.guides import read_gaussian, write_gaussian
+    from pyro_unlearn.infer import gaussian_reverse_kl
+
+    model, guide_class, args, erased, plate = case("linear")
+    guide = guide_class(model)
+    guide(*args)
+    features = torch.cat([args[0], torch.ones(len(args[0]), 1)], -1)  # q(θ|D) = p(θ|D)
+    loc, precision = gaussian_linear_posterior(
+        torch.zeros(3), torch.eye(3) / 100.0, features, args[1], 0.5
+    )
+    write_gaussian(guide, loc, torch.linalg.inv(precision))
+    posterior = pu.freeze(guide, *args)
+    options = dict(erased=erased, plate=plate, posterior=posterior, num_steps=30, window=10)
+    options |= dict(num_samples=500, progress=False, diagnose=False)
+    results = {}
+    for jit in (True, False):
+        pyro.set_rng_seed(1)
+        results[jit] = gaussian_reverse_kl(model, guide, *args, jit=jit, **options)
+    assert results[True].likelihood == "fused"
+    assert results[False].likelihood == "traced: jit=False"
+    fused, traced = (read_gaussian(results[j].posterior) for j in (True, False))
+    assert torch.allclose(fused[0], traced[0], atol=1e-4)  # same draws, same numbers
+    assert not torch.allclose(fused[0], read_gaussian(posterior)[0], atol=1e-2)  # it moved
