@@ -56,7 +56,7 @@ from .inducing import (
 )
 from .objectives import VariationalEUBO, VariationalReverseKL
 from .strategy import clone
-from .svgp import PyroSVGP
+from .svgp import PyroSVGP, check_not_pyro_gp
 from .trust import diagnose_inducing, erased_precision_share
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "PyroSVGP",
     "VariationalEUBO",
     "VariationalReverseKL",
+    "check_not_pyro_gp",
     "clone",
     "diagnose_inducing",
     "erased_precision_share",

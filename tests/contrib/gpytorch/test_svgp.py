@@ -10,6 +10,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 import pyro_unlearn as pu
 from pyro_unlearn.contrib import gpytorch as pug
+from pyro_unlearn.contrib.gpytorch.conditional import project
 from tests.contrib.gpytorch.closed_form import (
     GP,
     KINDS,
@@ -85,3 +86,94 @@ def test_batch_gp_through_pyro(data):
         svi.step(x[erased], y2[:, erased].T)
     after = gp.variational_strategy._variational_distribution.variational_mean
     assert not torch.equal(before, after)
+
+
+class _TutorialSVGP(gpytorch.models.ApproximateGP):
+    """GPyTorch's SVGP tutorial model (learnt inducing inputs, constant mean, scaled RBF)."""
+
+    def __init__(self, z):
+        q = gpytorch.variational.CholeskyVariationalDistribution(z.size(0))
+        super().__init__(gpytorch.variational.VariationalStrategy(self, z, q))
+        self.mean_module = gpytorch.means.ConstantMean()
+        self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())
+
+    def forward(self, x):
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+
+@torch.no_grad()
+def _optimum(gp, likelihood, x, y):
+    """The ELBO-optimal whitened q(u) for (x, y) at the GP's hyperparameters: (mean, cov)."""
+    proj = project(gp.variational_strategy, x)
+    noise = float(likelihood.noise.detach())
+    eye = torch.eye(proj.a.shape[0], dtype=x.dtype)
+    cov = torch.linalg.inv(eye + proj.a @ proj.a.T / noise)
+    return cov @ (proj.a @ (y - proj.mean)) / noise, cov
+
+
+@torch.no_grad()
+def _kl(gp, mean_cov):
+    target = gpytorch.distributions.MultivariateNormal(*mean_cov)
+    return float(torch.distributions.kl_divergence(pug.inducing_distribution(gp), target))
+
+
+def test_readme_pyro_route_improves_q_on_a_random_erasure_at_its_lr():
+    """The README's call on a tutorial GP (1-D inputs, 200 points, M = 20, trained with Adam on
+    everything, q(u|D) then put at its optimum): at forget's default lr (0.01, Adam's steps
+    absolute, q(u|D) ≈ 0.02 wide along the data) the reverse KL random-walks q(u) away from
+    q(u|D_r) and the verdict says so; at ``svgp.unlearning_lr()`` it moves q(u) towards it."""
+    torch.manual_seed(0)
+    x = torch.linspace(0, 1, 200, dtype=torch.float64)
+    y = torch.sin(6 * x) + 0.1 * torch.randn(200, dtype=x.dtype)
+    gp = _TutorialSVGP(x[::10].clone()).double()
+    likelihood = gpytorch.likelihoods.GaussianLikelihood().double()
+    optimizer = torch.optim.Adam([*gp.parameters(), *likelihood.parameters()], lr=0.05)
+    mll = gpytorch.mlls.VariationalELBO(likelihood, gp, num_data=200)
+    for _ in range(150):
+        optimizer.zero_grad()
+        (-mll(gp(x), y)).backward()
+        optimizer.step()
+    pug.set_inducing_distribution(gp, *_optimum(gp, likelihood, x, y))
+    erased = torch.randperm(200)[:20]
+    keep = torch.tensor(sorted(set(range(200)) - set(erased.tolist())))
+    target = _optimum(gp, likelihood, x[keep], y[keep])
+    before = _kl(gp, target)
+    pyro.clear_param_store()
+    svgp = pug.PyroSVGP(gp, likelihood)
+    posterior = svgp.freeze()
+    lr = svgp.unlearning_lr(posterior)
+    assert 1e-4 < lr < 2e-3  # 2 % of q(u|D)'s narrowest std (0.018)
+    runs = {}
+    for name, options in (("default", {}), ("scaled", {"lr": lr})):
+        pyro.set_rng_seed(1)
+        result = pu.forget(
+            svgp.model, svgp.guide, x[erased], y[erased], posterior=posterior, method="rkl",
+            progress=False, **options,
+        )  # fmt: skip
+        runs[name] = (_kl(gp, target), result.verdict)
+    assert runs["default"][0] > before  # measured 0.35 → 0.77
+    assert runs["default"][1] != "trusted"  # ... and forget's verdict does not trust it
+    assert runs["scaled"][0] < 0.5 * before  # measured 0.35 → 0.05
+    with pytest.raises(ValueError, match="fraction"):
+        svgp.unlearning_lr(fraction=0.0)
+
+
+def test_gpytorchs_own_pyro_gp_is_refused_naming_pyro_svgp():
+    class GPyTorchPyroGP(gpytorch.models.PyroGP):
+        def __init__(self, z):
+            q = gpytorch.variational.CholeskyVariationalDistribution(len(z))
+            strategy = gpytorch.variational.VariationalStrategy(self, z, q)
+            super().__init__(strategy, gpytorch.likelihoods.GaussianLikelihood(), num_data=10)
+            self.mean_module = gpytorch.means.ZeroMean()
+            self.covar_module = gpytorch.kernels.RBFKernel()
+
+        def forward(self, x):
+            return gpytorch.distributions.MultivariateNormal(
+                self.mean_module(x), self.covar_module(x)
+            )
+
+    gp = GPyTorchPyroGP(torch.linspace(0, 1, 3).unsqueeze(-1))
+    with pytest.raises(TypeError, match="PyroSVGP"):
+        pug.check_not_pyro_gp(gp.model, gp.guide)
+    svgp = pug.PyroSVGP(gp, gp.likelihood, name_prefix="wrapped")
+    pug.check_not_pyro_gp(svgp.model, svgp.guide)  # the pointer's pair passes
