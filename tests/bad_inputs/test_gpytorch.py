@@ -327,3 +327,42 @@ def test_pyro_svgp_prefix(setup, unchanged, prefix):
     gp, likelihood, posterior, _, _ = setup
     with unchanged(gp, posterior), pytest.raises(TypeError, match="name_prefix must be"):
         pug.PyroSVGP(gp, likelihood, name_prefix=prefix)
+
+
+LIK = gpytorch.likelihoods.GaussianLikelihood()
+
+
+def _ngd(gp, num_data):
+    return gpytorch.optim.NGD(gp.variational_parameters(), num_data=num_data, lr=1.0)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda gp, x: pug.check_ngd("adam", 5), TypeError, "torch.optim.Optimizer"),
+        (lambda gp, x: pug.check_ngd(_ngd(gp, 5), True), TypeError, "positive int"),
+        (lambda gp, x: pug.check_ngd(_ngd(gp, 5), 0), TypeError, "positive int"),
+        (lambda gp, x: pug.check_ngd(_ngd(gp, 5), torch.tensor(5.0)), ValueError, "0-dim"),
+        (lambda gp, x: pug.check_ngd(_ngd(gp, 20), x), ValueError, "num_data is 20, but 5"),
+        (
+            lambda gp, x: pug.check_ngd(torch.optim.Adam(gp.parameters()), x, gp),
+            ValueError,
+            "holds .*lengthscale",
+        ),
+        (lambda gp, x: pug.PyroSVGP(gp, LIK).unlearning_lr(fraction=2.0), ValueError, "fraction"),
+        (lambda gp, x: pug.PyroSVGP(gp, LIK).unlearning_lr(fraction="a"), TypeError, "fraction"),
+    ],
+)
+def test_optimiser_checks_and_unlearning_lr_name_bad_inputs(setup, guarded, call, error, match):
+    gp, _, posterior, x_e, _ = setup
+    pyro.clear_param_store()
+    with guarded(gp, posterior), pytest.raises(error, match=match):
+        call(gp, x_e)
+
+
+def test_restore_into_a_gp_of_another_structure_writes_nothing(setup, guarded):
+    gp, _, posterior, _, _ = setup
+    other = GP(torch.linspace(0, 1, 3).unsqueeze(-1))
+    other(torch.zeros(2, 1))
+    with guarded(other, posterior), pytest.raises(ValueError, match="shape"):
+        posterior.restore(other)

@@ -55,6 +55,7 @@ from .inducing import (
     set_inducing_distribution,
 )
 from .objectives import VariationalEUBO, VariationalReverseKL
+from .objectives.guards import check_ngd
 from .strategy import clone
 from .svgp import PyroSVGP, check_not_pyro_gp
 from .trust import diagnose_inducing, erased_precision_share
@@ -64,6 +65,7 @@ __all__ = [
     "PyroSVGP",
     "VariationalEUBO",
     "VariationalReverseKL",
+    "check_ngd",
     "check_not_pyro_gp",
     "clone",
     "diagnose_inducing",

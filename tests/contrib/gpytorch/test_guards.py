@@ -190,3 +190,36 @@ def test_posterior_restore_serves_the_next_request_as_for_pyro_guides(data):
 def _moments(loc_precision):
     loc, precision = loc_precision
     return loc, torch.linalg.inv(precision)
+
+
+def test_check_ngd_refuses_the_tutorial_num_data_and_held_hyperparameters(data):
+    """NGD with the tutorials' num_data=len(train_y) takes a step N/|D_e| = 5 times too long: the
+    λ = 0 EUBO step at lr = 1 then misses q(u|D_r), where num_data=|D_e| lands on it;
+    check_ngd names the mismatch before the step."""
+    x, y, erased, keep = data
+    results = {}
+    for num_data in (len(y), len(erased)):
+        gp = GP(x[::6].clone(), kind=KINDS["natural"]).double()
+        gp(x)
+        pug.set_inducing_distribution(gp, *_moments(optimal(gp, x, y)))
+        likelihood, posterior = gaussian_likelihood(), pug.freeze_inducing(gp)
+        optimizer = gpytorch.optim.NGD(gp.variational_parameters(), num_data=num_data, lr=1.0)
+        if num_data == len(y):
+            with pytest.raises(ValueError, match="num_data is 60, but 12 points"):
+                pug.check_ngd(optimizer, x[erased])
+        else:
+            pug.check_ngd(optimizer, x[erased], gp)
+            pug.check_ngd(optimizer, len(erased))
+        eubo = pug.VariationalEUBO(likelihood, gp, posterior, num_erased=len(erased))
+        optimizer.zero_grad()
+        (-eubo(gp(x[erased]), y[erased])).backward()
+        try:
+            optimizer.step()
+            results[num_data] = kl_to(gp, *optimal(gp, x[keep], y[keep]))
+        except Exception:  # noqa: BLE001 (an overshoot may leave no valid covariance)
+            results[num_data] = float("inf")
+    assert results[len(erased)] < 1e-8
+    assert results[len(y)] > 1.0
+    adam = torch.optim.Adam(gp.parameters())
+    with pytest.raises(ValueError, match="lengthscale.*variational_parameters"):
+        pug.check_ngd(adam, len(erased), gp)

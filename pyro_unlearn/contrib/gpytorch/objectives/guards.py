@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import gpytorch
 import torch
 
-__all__ = ["FixedParameters", "train_mode"]
+__all__ = ["FixedParameters", "check_ngd", "train_mode"]
 
 
 @contextlib.contextmanager
@@ -73,3 +73,69 @@ class FixedParameters:
             "build the optimiser on model.variational_parameters() only, not on "
             "model.parameters() as GPyTorch's training loops do"
         )
+
+
+def check_ngd(
+    optimizer: torch.optim.Optimizer,
+    erased: int | torch.Tensor,
+    model: gpytorch.models.ApproximateGP | None = None,
+) -> None:
+    r"""Check an optimiser built for unlearning before its first step: a
+    :class:`gpytorch.optim.NGD`'s ``num_data`` must be ``|D_e|``, and (given ``model``) it may
+    hold q(u)'s parameters only.
+
+    NGD steps η ← η − lr · ``num_data`` · ∇η, where the objectives' value is per erased point
+    (divided by ``|D_e|``): with ``num_data=|D_e|`` one λ = 0 EUBO step at lr = 1 is exactly
+    η_D − η_e. GPyTorch's tutorials write ``num_data=train_y.size(0)``, which scales every step by
+    N/``|D_e|`` without an error (the objectives cannot see the optimiser, so they cannot check
+    it on a step).
+
+    Arguments:
+        optimizer: the optimiser (any ``torch.optim.Optimizer``; ``num_data`` is checked for NGD).
+        erased: ``|D_e|``, or the erased inputs x_e, ``(N,)`` or ``(*batch, N, D)`` (N taken).
+        model: the GP; its non-variational parameters (hyperparameters, mean, inducing inputs)
+            must not be in the optimiser.
+
+    Raises:
+        TypeError: ``optimizer`` not a ``torch.optim.Optimizer``, ``erased`` neither an int nor
+            a tensor.
+        ValueError: NGD's ``num_data`` is not ``|D_e|``, or the optimiser holds a fixed
+            parameter of ``model`` (named).
+
+    Example:
+        >>> import gpytorch, torch
+        >>> q = torch.nn.Parameter(torch.zeros(3))
+        >>> check_ngd(gpytorch.optim.NGD([q], num_data=12, lr=1.0), 12)
+        >>> check_ngd(gpytorch.optim.NGD([q], num_data=60, lr=1.0), torch.zeros(12))
+        Traceback (most recent call last):
+        ...
+        ValueError: NGD's num_data is 60, but 12 points are erased: ...
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    if isinstance(erased, torch.Tensor):
+        if erased.dim() == 0:
+            raise ValueError("erased must be |D_e| or the erased inputs, got a 0-dim tensor")
+        num_erased = erased.shape[0] if erased.dim() == 1 else erased.shape[-2]
+    elif isinstance(erased, int) and not isinstance(erased, bool) and erased > 0:
+        num_erased = erased
+    else:
+        raise TypeError(
+            f"erased must be |D_e| (a positive int) or the erased inputs, got {erased!r}"
+        )
+    if isinstance(optimizer, gpytorch.optim.NGD) and optimizer.num_data != num_erased:
+        raise ValueError(
+            f"NGD's num_data is {optimizer.num_data}, but {num_erased} points are erased: the "
+            "unlearning objectives are per erased point, so build it with num_data=len(y_e) (the "
+            "tutorials' num_data=train_y.size(0) scales every step by N/|D_e|)"
+        )
+    if model is not None:
+        fixed = {id(p): n for n, p in FixedParameters(model, torch.nn.Module()).params}
+        held = [fixed[id(p)] for g in optimizer.param_groups for p in g["params"] if id(p) in fixed]
+        if held:
+            raise ValueError(
+                f"the optimiser holds {', '.join(held)}, which unlearning holds fixed: build it on "
+                "model.variational_parameters() only"
+            )
