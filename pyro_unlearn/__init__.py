@@ -4,7 +4,6 @@ from . import codec, exact, guides, lcodec, ledger, metrics, params, trust
 from .forget import ForgetResult, WeightCollapseWarning, forget
 from .guides import AutoZukoFlow
 from .handlers import UnlearnMessenger, erased_log_likelihood, unlearn
-from .ledger import RequestLedger
 from .infer import (
     IndefiniteHessianError,
     InfluenceUnlearnResult,
@@ -21,6 +20,7 @@ from .infer import (
     laplace_unlearn,
     mcmc_unlearn,
 )
+from .ledger import RequestLedger
 from .posterior import FrozenPosterior, freeze
 from .results import UnlearningResult
 from .retrain import RetrainResult, retrain

@@ -333,7 +333,7 @@ class VariationalGPAdapter:
         >>> adapter = VariationalGPAdapter(vsgp)
         >>> result = pu.forget(adapter.model, adapter.guide, x, y, erased=range(5),
         ...                    plate=adapter.plate, num_steps=20, progress=False,
-        ...                    loss_options={"proposal": "current", "anneal": 0.5})
+        ...                    method="rkl", loss_options={"proposal": "current", "anneal": 0.5})
     """
 
     def __init__(self, gp: VariationalSparseGP | VariationalGP, name_prefix: str = "gp") -> None:

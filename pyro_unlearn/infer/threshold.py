@@ -314,6 +314,7 @@ def kept_mass(
         >>> from pyro.infer.autoguide import AutoMultivariateNormal
         >>> from pyro_unlearn import freeze
         >>> model = lambda: pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        >>> pyro.clear_param_store()  # a fresh guide's parameters
         >>> guide = AutoMultivariateNormal(model)
         >>> _ = guide()
         >>> round(kept_mass(freeze(guide), 0.1), 4)  # F_χ²₂(2 log 10) = 1 − λ
@@ -356,6 +357,7 @@ def lam_for_mass(
         >>> from pyro.infer.autoguide import AutoMultivariateNormal
         >>> from pyro_unlearn import freeze
         >>> model = lambda: pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        >>> pyro.clear_param_store()  # a fresh guide's parameters
         >>> guide = AutoMultivariateNormal(model)
         >>> _ = guide()
         >>> round(lam_for_mass(freeze(guide), 0.9), 4)  # M = 2: λ = 1 − m

@@ -177,7 +177,7 @@ OPTIONS = {
     "fashion-dir-not-lcodec": (
         REPRODUCE + ["sine", "--fashion-dir", "empty"],
         _nothing,
-        r"--fashion-dir is for lcodec only, not sine",
+        r"--fashion-dir is for fashion-mnist and lcodec only, not sine",
     ),
     "fashion-dir-missing-files": (
         REPRODUCE + ["lcodec", "--fashion-dir", "empty"],
