@@ -342,3 +342,24 @@ def test_reverse_kl_from_the_current_q_is_the_same_estimator_at_q_of_D(data):
         pug.VariationalReverseKL(
             likelihood, gp, posterior, len(erased), proposal="current", anneal=1.5
         )
+
+
+def test_objectives_take_variational_elbos_num_data_beta_and_combine_terms(data):
+    """As GPyTorch's VariationalELBO: num_data (which must be |D_e|), beta weighing the KL term,
+    combine_terms=False giving (data term, KL term), each of the GP's batch shape."""
+    x, y, erased, _ = data
+    gp, likelihood = trained(x, y), gaussian_likelihood()
+    posterior = pug.freeze_inducing(gp)
+    with torch.no_grad():  # q(u) off q(u|D): a nonzero KL term
+        gp.variational_strategy._variational_distribution.variational_mean.add_(0.1)
+    terms = {}
+    for beta in (1.0, 0.25):
+        eubo = pug.VariationalEUBO(
+            likelihood, gp, posterior, num_erased=len(erased), num_data=len(erased), beta=beta,
+            combine_terms=False,
+        )  # fmt: skip
+        terms[beta] = [t.detach() for t in eubo(gp(x[erased]), y[erased])]
+    assert terms[1.0][0].shape == terms[1.0][1].shape == ()
+    assert float(terms[1.0][1]) > 0
+    assert torch.allclose(terms[0.25][1], 0.25 * terms[1.0][1])
+    assert torch.allclose(terms[0.25][0], terms[1.0][0])

@@ -45,6 +45,9 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
         lam: λ ∈ [0, 1] of the adjusted likelihood.
         num_samples: draws of u per step.
         combine_terms: ``False`` returns (data term, KL term), as GPyTorch's objectives.
+        num_data: GPyTorch's name for ``num_erased``, accepted as ``VariationalELBO`` takes it;
+            it must equal ``|D_e|`` (the training set's size would scale the KL term wrongly).
+        beta: the KL term's weight, as GPyTorch's β (1: the objective of Nguyen et al.).
 
     Raises:
         TypeError, ValueError: an option of the wrong type or out of range, or a frozen q(u|D)
@@ -69,8 +72,19 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
         lam: float,
         num_samples: int,
         combine_terms: bool,
+        num_data: int | None = None,
+        beta: float = 1.0,
     ) -> None:
         num_erased = check_positive_int("num_erased", num_erased)
+        if num_data is not None and check_positive_int("num_data", num_data) != num_erased:
+            raise ValueError(
+                f"num_data={num_data} but num_erased={num_erased}: here GPyTorch's num_data is "
+                "|D_e| (the objectives are per erased point), not the training set's size"
+            )
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not beta > 0:
+            raise (TypeError if not isinstance(beta, int | float) else ValueError)(
+                f"beta must be a positive float (GPyTorch's KL weight), got {beta!r}"
+            )
         num_samples = check_positive_int("num_samples", num_samples)
         if not isinstance(combine_terms, bool):
             raise TypeError(f"combine_terms must be a bool, got {combine_terms!r}")
@@ -79,7 +93,9 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
                 f"likelihood must be a gpytorch.likelihoods.Likelihood, got "
                 f"{type(likelihood).__name__}"
             )
-        super().__init__(likelihood, model, num_erased, combine_terms=combine_terms)
+        super().__init__(
+            likelihood, model, num_erased, beta=float(beta), combine_terms=combine_terms
+        )
         self.strategy = variational_strategy(model)
         if not isinstance(posterior, FrozenPosterior):
             raise TypeError(

@@ -44,6 +44,8 @@ class VariationalEUBO(UnlearningObjective):
         num_erased: ``|D_e|``.
         lam: λ ∈ [0, 1] of the adjusted likelihood.
         num_samples: draws of u per step for λ > 0.
+        num_data, beta: as GPyTorch's ``VariationalELBO`` takes them (``num_data`` must be
+            ``|D_e|``; β weighs the KL term).
         combine_terms: ``False`` returns (−E[log p_adj]/b, KL/``|D_e|``), as GPyTorch's objectives.
 
     Returns:
@@ -95,8 +97,13 @@ class VariationalEUBO(UnlearningObjective):
         lam: float = 0.0,
         num_samples: int = 64,
         combine_terms: bool = True,
+        num_data: int | None = None,
+        beta: float = 1.0,
     ) -> None:
-        super().__init__(likelihood, model, posterior, num_erased, lam, num_samples, combine_terms)
+        super().__init__(
+            likelihood, model, posterior, num_erased, lam, num_samples, combine_terms,
+            num_data, beta,
+        )  # fmt: skip
         self._inside_fraction: torch.Tensor | None = None
 
     def _kl_term(self) -> torch.Tensor:

@@ -54,6 +54,8 @@ class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
             p̃_β ∝ q(u|D)/p_adj(D_e|u)^β, β raised each step as far as the weights keep an ESS of
             f·S (:func:`~pyro_unlearn.infer.reverse_kl.next_temperature`); the loss is the rKL
             once β = 1, and a loop should not stop before.
+        num_data, beta: as GPyTorch's ``VariationalELBO`` takes them (``num_data`` must be
+            ``|D_e|``; β weighs the KL term).
         combine_terms: ``False`` returns (the weighted term, a zero KL term).
 
     Returns:
@@ -105,9 +107,14 @@ class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
         proposal: str = "posterior",
         anneal: float | None = None,
         combine_terms: bool = True,
+        num_data: int | None = None,
+        beta: float = 1.0,
     ) -> None:
         chunk_size = check_positive_int("chunk_size", chunk_size)
-        super().__init__(likelihood, model, posterior, num_erased, lam, num_samples, combine_terms)
+        super().__init__(
+            likelihood, model, posterior, num_erased, lam, num_samples, combine_terms,
+            num_data, beta,
+        )  # fmt: skip
         self.weights = ImportanceWeights(proposal, anneal)
         self.chunk_size = chunk_size
         self._cache: tuple | None = None  # (key of the inputs, their chunks' p(f|u) algebra)
