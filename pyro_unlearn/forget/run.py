@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,6 +185,10 @@ def forget(
         check_mass(mass)
         if lam != 0.0:
             raise ValueError(f"pass lam or mass, not both; got lam={lam!r} and mass={mass!r}")
+    if "gpytorch" in sys.modules:  # GPyTorch's own PyroGP would run and unlearn nothing
+        from ..contrib.gpytorch import check_not_pyro_gp
+
+        check_not_pyro_gp(model, guide)
     check_finite_data(args, kwargs)
     wrapped = unlearn(model, erased=erased, plate=plate)
     check_erased_rows(wrapped, *args, **kwargs)

@@ -175,5 +175,8 @@ def test_gpytorchs_own_pyro_gp_is_refused_naming_pyro_svgp():
     gp = GPyTorchPyroGP(torch.linspace(0, 1, 3).unsqueeze(-1))
     with pytest.raises(TypeError, match="PyroSVGP"):
         pug.check_not_pyro_gp(gp.model, gp.guide)
+    x, y = torch.linspace(0, 1, 4).unsqueeze(-1), torch.zeros(4)
+    with pytest.raises(TypeError, match="PyroSVGP"):  # forget refuses it before acting
+        pu.forget(gp.model, gp.guide, x, y, method="rkl", progress=False)
     svgp = pug.PyroSVGP(gp, gp.likelihood, name_prefix="wrapped")
     pug.check_not_pyro_gp(svgp.model, svgp.guide)  # the pointer's pair passes
