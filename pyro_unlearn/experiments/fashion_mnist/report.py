@@ -12,7 +12,7 @@ import torch
 
 from pyro_unlearn.sweep import PAPER_PANELS, plot_kl_against_lambda
 
-from .study import CLASSES, QUICK, run
+from .study import CLASSES, PAPER, QUICK, run
 
 __all__ = ["plot_class_probabilities", "reproduce"]
 
@@ -86,8 +86,9 @@ def reproduce(args: argparse.Namespace) -> dict:
 
     Arguments:
         args: the command's options: ``quick`` (or ``$CI``: :data:`~.study.QUICK` on the
-            shipped subset), ``out`` (the figures' directory, created), ``seed`` (``None``: 0),
-            ``device``, and optionally ``no_progress`` and ``fashion_dir`` (the IDX files).
+            shipped subset; else :data:`~.study.PAPER`), ``out`` (the figures' directory,
+            created), ``seed`` (``None``: 0), ``device``, and optionally ``no_progress`` and
+            ``fashion_dir`` (the IDX files).
 
     Returns:
         The results (JSON-serialisable), as :func:`~.study.run` returns them.
@@ -105,7 +106,7 @@ def reproduce(args: argparse.Namespace) -> dict:
     quick = args.quick or bool(os.environ.get("CI"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = QUICK if quick else {}
+    settings = QUICK if quick else PAPER
     seed = 0 if getattr(args, "seed", None) is None else args.seed
     results = run(
         getattr(args, "fashion_dir", None), seed=seed, device=torch.device(args.device),
