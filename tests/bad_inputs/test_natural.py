@@ -96,7 +96,7 @@ def test_a_model_that_cannot_take_a_particle_plate(unchanged):
     x, y = torch.randn(8, 2), torch.randn(8)
     guide = AutoMultivariateNormal(unbatched)
     guide(x, y)
-    with unchanged(guide), pytest.raises(ValueError, match="cannot take"):
+    with unchanged(guide), pytest.raises(ValueError, match="cannot (take|evaluate)"):
         gaussian_reverse_kl(unbatched, guide, x, y, erased=[0], plate="data")
 
 
