@@ -27,7 +27,7 @@ def check_forget_options(
     num_particles: int,
     num_steps: int,
     window: int,
-    lr: float,
+    lr: float | None,
     optim: pyro.optim.PyroOptim | None,
     loss_options: Mapping[str, Any] | None,
     *,
@@ -58,7 +58,8 @@ def check_forget_options(
     check_positive_int("num_particles", num_particles)
     check_positive_int("num_steps", num_steps)
     check_positive_int("window", window)
-    check_positive("lr", lr)
+    if lr is not None:
+        check_positive("lr", lr)
     if not isinstance(diagnose, bool):
         raise TypeError(f"diagnose must be True or False, got {type(diagnose).__name__}")
     if check_positive_int("diagnose_samples", diagnose_samples) < MIN_SAMPLES:

@@ -27,7 +27,10 @@ from .methods import METHODS
 from .result import ForgetResult
 from .steps import check_trained_finite, collapse_watch, recording_step, warn_collapsed
 
-__all__ = ["forget"]
+__all__ = ["DEFAULT_LR", "forget"]
+
+#: The default optimiser's learning rate, for a guide that suggests none (``unlearning_lr``).
+DEFAULT_LR = 0.01
 
 
 def forget(
@@ -44,7 +47,7 @@ def forget(
     vectorize_particles: bool = True,
     max_plate_nesting: float = float("inf"),
     optim: pyro.optim.PyroOptim | None = None,
-    lr: float = 0.01,
+    lr: float | None = None,
     num_steps: int = 2000,
     window: int = 100,
     progress: bool = True,
@@ -129,7 +132,9 @@ def forget(
         max_plate_nesting: as in Pyro's losses.
         optim: a Pyro optimiser (default: ClippedAdam, ``lr`` decaying tenfold over
             ``num_steps``).
-        lr: the default optimiser's learning rate, > 0.
+        lr: the default optimiser's learning rate, > 0 (default: the guide's own
+            ``unlearning_lr(posterior)`` where it has one, as the GPyTorch
+            :class:`~pyro_unlearn.contrib.gpytorch.PyroSVGP`'s guide does; else 0.01).
         num_steps: the most SVI steps, a positive integer.
         window: steps per convergence window, a positive integer.
         progress: show a progress bar.
@@ -202,6 +207,9 @@ def forget(
         )
     else:
         posterior.check_guide(guide)
+    if lr is None:
+        suggest = getattr(guide, "unlearning_lr", None) if optim is None else None
+        lr = float(suggest(posterior)) if callable(suggest) else DEFAULT_LR
     if mass is not None:
         lam = lam_for_mass(posterior, mass, *args, **kwargs)
     elif 0.0 < lam < 1.0:

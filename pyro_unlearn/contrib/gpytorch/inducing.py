@@ -76,6 +76,27 @@ class InducingGuide(PyroModule):
         restore_inducing(gp, posterior)
         return True
 
+    def unlearning_lr(self, posterior: FrozenPosterior, fraction: float = 0.02) -> float:
+        """A learning rate for :func:`~pyro_unlearn.forget` on this guide: ``fraction`` of
+        q(u|D)'s smallest standard deviation. ``forget`` asks a guide for it when no ``lr`` or
+        ``optim`` is given (:meth:`PyroSVGP.unlearning_lr
+        <pyro_unlearn.contrib.gpytorch.PyroSVGP.unlearning_lr>` says why).
+
+        Arguments:
+            posterior: the frozen q(u|D) (or a GP, for its q(u) now).
+            fraction: the share of the smallest standard deviation, in (0, 1].
+
+        Returns:
+            The learning rate, a float.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise TypeError(f"fraction must be a float in (0, 1], got {fraction!r}")
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        q = inducing_distribution(posterior)
+        smallest_variance = torch.linalg.eigvalsh(q.covariance_matrix).min()
+        return float(fraction * smallest_variance.clamp_min(0.0).sqrt())
+
     def forward(self, *args, **kwargs) -> torch.Tensor:
         variational = self.strategy._variational_distribution
         for name, param in variational.named_parameters():

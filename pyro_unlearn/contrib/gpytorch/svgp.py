@@ -12,7 +12,7 @@ from torch.distributions import constraints
 from ...posterior import FrozenPosterior
 from ...validation import check_finite, check_positive_int
 from .conditional import check_gp_data, expected_log_prob, gp_inputs, project
-from .inducing import InducingGuide, freeze_inducing, inducing_distribution
+from .inducing import InducingGuide, freeze_inducing
 from .strategy import NATURAL_DISTRIBUTIONS, variational_strategy
 
 __all__ = ["ExpectedLogLikelihood", "PyroSVGP", "check_not_pyro_gp"]
@@ -221,6 +221,7 @@ class PyroSVGP:
         determine (whitened: std ≈ σ/√(N/M)): at that lr the reverse KL made q(u) worse on a
         random erasure (KL to q(u|D_r) 0.35 → 0.77 at M = 20, N = 200; 0.19 → 4.3 at M = 100,
         N = 1000), where ``lr=unlearning_lr()`` improved it (→ 0.06 and → 0.08).
+        :func:`~pyro_unlearn.forget` uses it when given neither ``lr`` nor ``optim``.
 
         Arguments:
             posterior: the frozen q(u|D) (default: this GP's q(u) now).
@@ -229,13 +230,7 @@ class PyroSVGP:
         Returns:
             The learning rate, a float.
         """
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-            raise TypeError(f"fraction must be a float in (0, 1], got {fraction!r}")
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-        q = inducing_distribution(self.gp if posterior is None else posterior)
-        smallest_variance = torch.linalg.eigvalsh(q.covariance_matrix).min()
-        return float(fraction * smallest_variance.clamp_min(0.0).sqrt())
+        return self.guide.unlearning_lr(self.gp if posterior is None else posterior, fraction)
 
     def freeze(self) -> FrozenPosterior:
         """q(u|D): :func:`freeze_inducing` of this GP under this prefix."""
