@@ -63,7 +63,7 @@ def should_escalate(result: ForgetResult) -> bool:
 
 def rank(result: ForgetResult, lam: float) -> tuple[float, ...]:
     """The sort key of ``method="auto"``'s runs, best first: the verdict (trusted, approximate,
-    retrain, undiagnosed), weights that did not collapse, a converged run, the user's λ, then
+    retrain, undiagnosed), weights that did not collapse, the user's λ, a converged run, then
     the share of the distance to the target p̃ left, KL(q_u ‖ p̃) / KL(q(θ|D) ‖ p̃).
 
     Arguments:
@@ -75,8 +75,8 @@ def rank(result: ForgetResult, lam: float) -> tuple[float, ...]:
 
     Example:
         >>> r = ForgetResult(guide=print, posterior=None, original=None, verdict="retrain")
-        >>> rank(r, 0.0)[:3]
-        (2, 0, 1)
+        >>> rank(r, 0.0)[:4]
+        (2, 0, 0, 1)
     """
     trust = result.trust
     share = math.inf
@@ -85,8 +85,8 @@ def rank(result: ForgetResult, lam: float) -> tuple[float, ...]:
     return (
         _VERDICT_RANK.get(result.verdict, 3),
         int(result.collapsed),
-        int(not result.converged),
         int(result.lam != float(lam)),
+        int(not result.converged),
         share,
     )
 

@@ -87,11 +87,12 @@ def forget(
     (``proposal="current"``, ``anneal=0.5``), then the EUBO, then the annealed reverse KL with λ
     raised to keep 90 % of q(θ|D)'s mass (when that is above the caller's λ), stopping at the
     first trusted run (:data:`~pyro_unlearn.forget.auto.AUTO_LADDER`). It keeps the
-    best-diagnosed run (:func:`~pyro_unlearn.forget.auto.rank`: verdict, no collapse,
-    converged, then the share of the distance to p̃ left), writes it into the guide, and records
-    every run in ``result.attempts``; ``result.method`` and ``result.loss_options`` name the one
-    kept and ``result.seconds`` counts them all. The collapse warning is raised only when the
-    run kept collapsed. An explicit ``method`` runs that loss once, with ``loss_options``.
+    best-diagnosed run (:func:`~pyro_unlearn.forget.auto.rank`: verdict, no collapse, the
+    caller's λ, converged, then the share of the distance to p̃ left), writes it into the
+    guide, and records every run in ``result.attempts``; ``result.method`` and
+    ``result.loss_options`` name the one kept and ``result.seconds`` counts them all. The
+    collapse warning is raised only when the run kept collapsed. An explicit ``method`` runs
+    that loss once, with ``loss_options``.
 
     Validate, then act: every argument is checked first (the options' types and ranges, the
     data's finiteness, the erased rows against their plate in one dry run of the model, and
