@@ -228,3 +228,15 @@ def test_pyro_unlearn_ledger_subcommand(make, guide, y, tmp_path, capsys):
     assert pyro_unlearn(["ledger", str(ledger.path), "--json", str(out)]) == 0
     assert "gdpr" in capsys.readouterr().out and out.exists()
     assert pyro_unlearn(["ledger", str(tmp_path / "missing.db")]) == 1
+
+
+def test_serve_with_forgets_default_method_records_the_run_kept(make, guide, y):
+    ledger = make()
+    ledger.request([3, 4, 5], reason="default method")
+    record = ledger.serve(model, guide, y, progress=False)  # method="auto"
+    assert record.method == record.result.method == "rkl"  # auto's first run, trusted here
+    assert record.result.solver == "natural" and record.result.attempts[0]["chosen"]
+    assert record.verdict == record.result.verdict and record.verdict in ("trusted", "approximate")
+    assert record.status == "served" and record.installed
+    serve = [event for event in ledger.history() if event["kind"] == "serve"][-1]
+    assert serve["method"] == "rkl"
