@@ -1,14 +1,16 @@
-"""The Fashion-MNIST reproduction (pyro_unlearn/experiments/fashion_mnist.py) in its quick mode,
+"""The Fashion-MNIST reproduction (pyro_unlearn/experiments/fashion_mnist) in its quick mode,
 on the subset of Fashion-MNIST shipped with the package: the paper's qualitative finding at
 λ = 0 and at a moderate λ, the rows' keys, the figures and the data's errors."""
 
 import argparse
+import inspect
 import json
 import math
 
 import pytest
 import torch
 
+import pyro_unlearn as pu
 from pyro_unlearn.experiments import fashion_mnist as experiment
 
 KEYS = {
@@ -88,3 +90,13 @@ def test_cli_names_missing_fashion_files_before_running(tmp_path, capsys):
 
     assert main(["reproduce", "fashion-mnist", "--fashion-dir", str(tmp_path)]) == 2
     assert "dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_paper_preset_is_the_papers_scale():
+    # the committed notebook's run: every key a parameter of run(), all 60 000 training and
+    # 10 000 test images, 10 000 erased, the paper's λ grid
+    assert set(experiment.PAPER) <= set(inspect.signature(experiment.run).parameters)
+    paper = experiment.PAPER
+    assert paper["num_train"] is None and paper["num_test"] is None
+    assert paper["num_erased"] == 10000
+    assert tuple(paper["lambdas"]) == pu.LAMBDAS

@@ -4,7 +4,7 @@ A fully connected network 784 → 256 → 128 → 64 → 10 (ReLU) is trained as
 Adam on all of D; its three hidden layers then stay fixed, and the 64 features of the last
 hidden layer feed a Bayesian softmax layer, W ~ N(0, 1)^{64×10}, b ~ N(0, 1)^{10}, with a
 mean-field Gaussian guide (``AutoNormal``, started at the trained layer) fitted by SVI on the
-fixed features: q(θ|D). The paper's layer sizes, prior and |D_e| were lost from its text; these
+fixed features: q(θ|D). The paper's layer sizes and prior were lost from its text; these
 are ours. D_e is 10 000 of the 60 000 training images drawn at random. q(θ|D_r) is retrained
 from q(θ|D) by the ELBO on D_r (:func:`~pyro_unlearn.retrain`), and D_e is unlearned from
 q(θ|D) by the EUBO and the reverse KL over the λ grid (:func:`~pyro_unlearn.lambda_sweep`).
