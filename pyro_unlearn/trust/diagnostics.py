@@ -185,8 +185,8 @@ def diagnose(
         (True, True, True)
         >>> verdict(d).label
         'trusted'
-        >>> verdict(diagnose(model, full, full, y, erased=[0, 1], plate="data")).label
-        'approximate'
+        >>> verdict(diagnose(model, full, full, y, erased=[0, 1], plate="data")).label  # not moved
+        'retrain'
     """
     _check_call(posterior, original, curvature, args, kwargs)
     lam, num_samples = check_lam(lam), check_positive_int("num_samples", num_samples)
