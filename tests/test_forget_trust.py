@@ -10,17 +10,16 @@ import torch
 from pyro.infer.autoguide import AutoMultivariateNormal
 
 import pyro_unlearn as pu
-from pyro_unlearn.exact import gaussian_linear_posterior, gaussian_linear_unlearn
-from pyro_unlearn.experiments.datasets import linear_regression
-from pyro_unlearn.experiments.linear_regression import linear_model
+from pyro_unlearn.exact import gaussian_linear_unlearn
 from pyro_unlearn.forget import (
     WeightCollapseWarning,
     collapsed_ess_threshold,
     weights_collapsed,
 )
-from pyro_unlearn.guides import read_gaussian, write_gaussian
+from pyro_unlearn.guides import read_gaussian
 from pyro_unlearn.metrics import gaussian_kl
 from pyro_unlearn.trust import TrustDiagnostics
+from tests.regressions import poisoned_regression
 
 QUICK = {"method": "eubo", "num_steps": 5, "progress": False}
 
@@ -67,28 +66,6 @@ def test_random_small_erasure_is_trusted(linreg, model, trained, seed):
     assert abs(result.trust.kl - after) < 4 * result.trust.kl_se + 0.005
     row = result.trust_row
     assert row["verdict"] == "trusted" and row["pareto_k"] == result.trust.pareto_k
-
-
-def poisoned_regression():
-    """20 of 100 rows shifted by 3 in x and y: a cluster that moved the fit (KL(full ‖
-    retrained) ≈ 37 nats); q(θ|D) is the exact p(θ|D) in an AutoMultivariateNormal."""
-    data = linear_regression(num_erased=20, shift=3.0)
-
-    def model(x, y=None):
-        return linear_model(x, y, data.noise_scale)
-
-    def exact(keep):
-        loc, precision = gaussian_linear_posterior(
-            torch.zeros(3), torch.eye(3) / 100.0, features(data.x[keep]), data.y[keep], 0.5
-        )
-        return loc, torch.linalg.inv(precision)
-
-    keep = torch.ones(len(data.x), dtype=torch.bool)
-    guide = AutoMultivariateNormal(model)
-    guide(data.x, data.y)
-    write_gaussian(guide, *exact(keep))
-    keep[data.erased] = False
-    return data, model, guide, exact(keep)
 
 
 @pytest.mark.parametrize("seed", range(3))

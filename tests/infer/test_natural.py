@@ -6,12 +6,10 @@ import torch
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
 import pyro_unlearn as pu
-from pyro_unlearn.exact import gaussian_linear_posterior
-from pyro_unlearn.experiments.datasets import linear_regression
-from pyro_unlearn.experiments.linear_regression import linear_model
 from pyro_unlearn.guides import read_gaussian, write_gaussian
 from pyro_unlearn.infer.natural import NaturalGradientResult, gaussian_reverse_kl
 from pyro_unlearn.metrics import gaussian_kl
+from tests.regressions import poisoned_regression
 
 
 def run(model, guide, data, erased, **options):
@@ -63,30 +61,6 @@ def test_mean_field_matches_the_marginal_moments(
     assert float((got_sd / sd - 1).abs().max()) < 0.03
     assert bool((result.covariance == torch.diag_embed(result.covariance.diagonal())).all())
     assert result.converged
-
-
-def poisoned_regression():
-    """20 of 100 rows shifted by 3 in x and y (KL(full ‖ retrained) ≈ 37 nats); q(θ|D) is the
-    exact p(θ|D) in an AutoMultivariateNormal; returns the exact p(θ|D_r) too."""
-    data = linear_regression(num_erased=20, shift=3.0)
-
-    def model(x, y=None):
-        return linear_model(x, y, data.noise_scale)
-
-    def exact(keep):
-        features = torch.cat([data.x[keep], torch.ones(int(keep.sum()), 1)], -1)
-        prior = torch.eye(3) / 100.0
-        loc, precision = gaussian_linear_posterior(
-            torch.zeros(3), prior, features, data.y[keep], data.noise_scale
-        )
-        return loc, torch.linalg.inv(precision)
-
-    keep = torch.ones(len(data.x), dtype=torch.bool)
-    guide = AutoMultivariateNormal(model)
-    guide(data.x, data.y)
-    write_gaussian(guide, *exact(keep))
-    keep[data.erased] = False
-    return data, model, guide, exact(keep)
 
 
 def test_annealed_current_proposal_reaches_an_informative_target():
