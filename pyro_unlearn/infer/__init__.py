@@ -8,6 +8,7 @@ from .influence import IndefiniteHessianError, InfluenceUnlearnResult, influence
 from .laplace import LaplaceUnlearnResult, laplace_unlearn
 from .mcmc import LowESSWarning, MCMCUnlearnResult, mcmc_unlearn
 from .natural import NaturalGradientResult, gaussian_reverse_kl
+from .natural_eubo import NaturalEUBOResult, gaussian_eubo
 from .reverse_kl import ReverseKL, effective_sample_size
 from .threshold import (
     MassScale,
@@ -25,6 +26,7 @@ __all__ = [
     "LowESSWarning",
     "MCMCUnlearnResult",
     "MassScale",
+    "NaturalEUBOResult",
     "NaturalGradientResult",
     "ReverseKL",
     "SmallKeptMassWarning",
@@ -33,6 +35,7 @@ __all__ = [
     "adjusted_log_likelihood",
     "effective_sample_size",
     "erased_log_likelihood_fn",
+    "gaussian_eubo",
     "gaussian_reverse_kl",
     "influence_unlearn",
     "kept_mass",
