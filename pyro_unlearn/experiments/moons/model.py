@@ -90,6 +90,8 @@ class SparseGPClassifier:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         u = pyro.sample("u", self.prior())
-        logits = (self.projection(x) * u).sum(-1)  # u (..., 1, M) against A (N, M)
+        logits = u @ self.projection(x).mT  # A u as one matrix product
+        if u.dim() > 1:  # u (..., 1, M): its data-plate slot gives way to the N logits
+            logits = logits.squeeze(-2)
         with pyro.plate("data", x.shape[-2]):
             return pyro.sample("y", dist.Bernoulli(logits=logits), obs=y)
