@@ -17,6 +17,7 @@ __all__ = [
     "ImportanceWeighted",
     "ImportanceWeights",
     "ReverseKL",
+    "conditional_effective_sample_size",
     "effective_sample_size",
     "next_temperature",
     "temperature_steps",
@@ -72,33 +73,86 @@ def temperature_steps(
     return torch.logspace(-8, 0, 161, dtype=dtype, device=device)
 
 
+def conditional_effective_sample_size(
+    log_weights: torch.Tensor, log_increments: torch.Tensor
+) -> torch.Tensor:
+    r"""The conditional effective sample size of a reweighting step of importance weights:
+
+    .. math:: \mathrm{CESS} = S \Big(\sum_s W_s v_s\Big)^2 \Big/ \sum_s W_s v_s^2,
+
+    W the normalised current weights, v_s the incremental weights. Between 1 and S; S for
+    constant v (whatever W), the ESS of v for uniform W. It measures what the step costs, not
+    how uneven W already is.
+
+    Arguments:
+        log_weights: the current log-weights, normalised or not, ``(S,)``.
+        log_increments: log v_s, ``(S,)`` or a batch of steps ``(..., S)``.
+
+    Returns:
+        The CESS in particles, shape ``log_increments.shape[:-1]``.
+
+    References:
+        Y. Zhou, A. M. Johansen, J. A. D. Aston. Toward Automatic Model Comparison: An Adaptive
+        Sequential Monte Carlo Approach. Journal of Computational and Graphical Statistics, 2016.
+
+    Example:
+        >>> log_w = torch.tensor([0.0, -1.0, -2.0, -3.0])
+        >>> conditional_effective_sample_size(log_w, torch.full((4,), 0.7))  # constant v: S
+        tensor(4.)
+        >>> one = torch.tensor([0.0, -50.0, -50.0, -50.0])  # v: one draw carries the step
+        >>> conditional_effective_sample_size(torch.zeros(4), one)
+        tensor(1.)
+    """
+    log_w = torch.log_softmax(log_weights, -1)
+    log_cess = 2 * torch.logsumexp(log_w + log_increments, -1) - torch.logsumexp(
+        log_w + 2 * log_increments, -1
+    )
+    return log_weights.shape[-1] * log_cess.exp()
+
+
 def next_temperature(
     log_base: torch.Tensor,
     log_lik: torch.Tensor,
     temperature: float | torch.Tensor,
     min_ess: float,
+    *,
+    min_current_ess: float = 0.5,
 ) -> torch.Tensor:
     r"""The next temperature β' ∈ [β, 1] of an annealed importance-sampling target
-    p̃_β ∝ q(θ|D) / p(D_e|θ)^β.
+    p̃_β ∝ q(θ|D) / p(D_e|θ)^β, by the conditional effective sample size.
 
-    β' is the largest candidate whose weights log w_s = ``log_base`` − β'·ℓ_s keep an ESS of at
-    least ``min_ess``·S; β itself if none does. All candidates (β + (1 − β)·t, t from
-    :func:`temperature_steps`) are scored in one tensor op, on the input's device: the adaptive
-    tempering of sequential Monte Carlo, with the ESS as the criterion.
+    With W_s the normalised weights at the current β (log W_s = ``log_base`` − β ℓ_s, normalised)
+    and v_s = exp(−(β' − β) ℓ_s) the incremental weights of a step to β',
+
+    .. math:: \mathrm{CESS}(β') = S \Big(\sum_s W_s v_s\Big)^2 \Big/ \sum_s W_s v_s^2,
+
+    and β' is the largest candidate with CESS(β') ≥ ``min_ess``·S
+    (:func:`conditional_effective_sample_size`; CESS(β) = S, so β itself always qualifies). The
+    CESS prices the step alone, not how far the proposal already lags p̃_β: a guide that trails
+    its target by a steady ESS deficit still advances, where the ESS of the weights at β' stalls
+    once that deficit alone exceeds 1 − ``min_ess``. But a CESS over weights that one draw
+    carries is S for every step, so β stays put while the ESS at β is below
+    ``min_current_ess``·S (the guide must catch up first). All candidates (β + (1 − β)·t, t from
+    :func:`temperature_steps`) are scored in one tensor op, on the input's device.
 
     Arguments:
         log_base: log q(θ_s|D) − log r(θ_s) for the proposal r (zeros when r = q(θ|D)), ``(S,)``.
         log_lik: ℓ_s = log p_adj(D_e|θ_s), ``(S,)``.
         temperature: the current β.
-        min_ess: the fraction of the S particles the ESS must keep, in (0, 1).
+        min_ess: the fraction of the S particles the CESS must keep, in (0, 1).
+        min_current_ess: the fraction of S the ESS of the weights at β must reach before β may
+            move.
 
     Returns:
         β' as a 0-dim tensor of ``log_lik``'s dtype and device.
 
     References:
-        A. Jasra, D. A. Stephens, A. Doucet, T. Tsagaris. Inference for Lévy-Driven Stochastic
-        Volatility Models via Adaptive Sequential Monte Carlo. Scandinavian Journal of
-        Statistics, 2011.
+        - Y. Zhou, A. M. Johansen, J. A. D. Aston. Toward Automatic Model Comparison: An Adaptive
+          Sequential Monte Carlo Approach. Journal of Computational and Graphical Statistics,
+          2016 (the conditional ESS).
+        - A. Jasra, D. A. Stephens, A. Doucet, T. Tsagaris. Inference for Lévy-Driven Stochastic
+          Volatility Models via Adaptive Sequential Monte Carlo. Scandinavian Journal of
+          Statistics, 2011 (adaptive tempering).
 
     Example:
         >>> log_lik = torch.randn(256) * 10.0  # ℓ varies by ±10 nats: β = 1 collapses the ESS
@@ -111,10 +165,13 @@ def next_temperature(
     beta = torch.as_tensor(temperature, dtype=log_lik.dtype, device=log_lik.device)
     steps = temperature_steps(log_lik.dtype, log_lik.device)
     candidates = torch.cat([beta.reshape(1), beta + (1 - beta) * steps])
-    log_w = log_base - candidates.unsqueeze(-1) * log_lik  # (candidates, S)
-    log_ess = 2 * torch.logsumexp(log_w, -1) - torch.logsumexp(2 * log_w, -1)
-    ok = log_ess >= torch.log(torch.as_tensor(min_ess * log_lik.numel(), dtype=log_w.dtype))
-    ok[0] = True  # β itself is always allowed: the step then refines q_v at β
+    log_v = -(candidates - beta).unsqueeze(-1) * log_lik  # (candidates, S)
+    cess = conditional_effective_sample_size(log_base - beta * log_lik, log_v)
+    ok = cess >= min_ess * log_lik.numel()
+    log_w = log_base - beta * log_lik  # the weights at β: no step while they are too uneven
+    ess = (2 * torch.logsumexp(log_w, -1) - torch.logsumexp(2 * log_w, -1)).exp()
+    ok &= ess >= min_current_ess * log_lik.numel()
+    ok[0] = True  # β itself (CESS = S): the step then refines q_v at β
     return candidates[ok].max()
 
 

@@ -8,6 +8,7 @@ from pyro import poutine
 
 import pyro_unlearn as pu
 from pyro_unlearn.infer.reverse_kl import (
+    conditional_effective_sample_size,
     effective_sample_size,
     next_temperature,
     temperature_steps,
@@ -51,28 +52,73 @@ def test_ess_collapses_when_erased_data_are_informative(moved):
     assert 1 <= float(loss.ess) < 0.2 * mild <= 256
 
 
-def test_next_temperature_is_the_largest_step_that_keeps_the_ess():
-    """β' is on the candidate grid, keeps the ESS at or above the bound, and the next grid
-    point does not; it never goes down, and is 1 once the weights allow it."""
+def test_next_temperature_is_the_largest_step_that_keeps_the_cess():
+    """β' is on the candidate grid, keeps the conditional ESS at or above the bound, and the next
+    grid point does not; it never goes down, and is 1 once the weights allow it."""
     g = torch.Generator().manual_seed(0)
     log_lik = 20.0 * torch.randn(512, generator=g, dtype=torch.float64)
     log_base = 0.1 * torch.randn(512, generator=g, dtype=torch.float64)
 
-    def ess(beta):
-        return float(effective_sample_size(torch.softmax(log_base - beta * log_lik, 0)))
+    def cess(beta, new):
+        return float(
+            conditional_effective_sample_size(log_base - beta * log_lik, -(new - beta) * log_lik)
+        )
 
     beta = float(next_temperature(log_base, log_lik, 0.0, 0.5))
     assert 0.0 < beta < 1.0
-    assert ess(beta) >= 0.5 * 512
+    assert cess(0.0, beta) >= 0.5 * 512
     grid = temperature_steps(torch.float64).tolist()
     above = min(t for t in grid if t > beta * (1 + 1e-9))
-    assert ess(above) < 0.5 * 512
+    assert cess(0.0, above) < 0.5 * 512
     again = float(next_temperature(log_base, log_lik, beta, 0.5))
-    assert again >= beta  # from β it moves up, or stays
-    assert float(next_temperature(log_base, log_lik, 0.9, 0.99)) == pytest.approx(0.9)
+    assert beta < again < 1.0  # from β it moves up by another step
     assert float(next_temperature(log_base, 1e-3 * log_lik, 0.0, 0.5)) == 1.0
     out = next_temperature(log_base.float(), log_lik.float(), 0.0, 0.5)
     assert out.dtype == torch.float32 and out.shape == ()
+
+
+def test_conditional_ess_is_S_for_no_step_and_the_ess_for_uniform_weights():
+    g = torch.Generator().manual_seed(1)
+    log_w, log_v = 5.0 * torch.randn(300, generator=g), torch.randn(300, generator=g)
+    cess = conditional_effective_sample_size
+    assert float(cess(log_w, torch.zeros(300))) == pytest.approx(300, rel=1e-5)
+    assert float(cess(torch.zeros(300), log_v)) == pytest.approx(
+        float(effective_sample_size(log_v.exp())), rel=1e-5
+    )
+    batch = cess(log_w, torch.stack([0 * log_v, log_v, 3 * log_v]))
+    assert batch.shape == (3,) and 1 <= float(batch.min()) and float(batch.max()) <= 300 + 1e-3
+    assert float(batch[2]) < float(batch[1]) < float(batch[0])
+
+
+@pytest.mark.parametrize("ess_at_beta", [1.0, 0.65])
+def test_next_temperature_matches_the_gaussian_closed_form(ess_at_beta):
+    """ℓ ~ N(0, σ²) under the proposal: under the weights W ∝ e^{−βℓ} it is N(−βσ², σ²), and a
+    step δ has CESS/S = E_W[v]²/E_W[v²] = exp(−δ²σ²) for every β, so β' − β = √(−log f)/σ
+    (up to the candidate grid, 20 per decade, and Monte-Carlo error). The ESS at β is
+    exp(−β²σ²): at 0.65 < f = 0.8 the ESS rule (the ESS at β' ≥ f·S) could not move at all."""
+    sigma, f, S = 10.0, 0.8, 200_000
+    beta = math.sqrt(-math.log(ess_at_beta)) / sigma
+    g = torch.Generator().manual_seed(2)
+    log_lik = sigma * torch.randn(S, generator=g, dtype=torch.float64)
+    log_base = torch.zeros(S, dtype=torch.float64)
+    ess = float(effective_sample_size(torch.softmax(-beta * log_lik, 0)))
+    assert ess == pytest.approx(ess_at_beta * S, rel=0.05)
+    step = float(next_temperature(log_base, log_lik, beta, f)) - beta
+    exact = math.sqrt(-math.log(f)) / sigma
+    assert exact / 1.2 < step <= exact * 1.05
+
+
+def test_next_temperature_waits_while_the_weights_at_beta_are_uneven():
+    """Weights that a few draws carry make every step's CESS look like S (β would jump to 1 and
+    the guide never catch up): below ``min_current_ess``·S of ESS at β, β stays."""
+    sigma, S = 10.0, 20_000
+    g = torch.Generator().manual_seed(3)
+    log_lik = sigma * torch.randn(S, generator=g, dtype=torch.float64)
+    log_base = torch.zeros(S, dtype=torch.float64)
+    for beta in (0.2, 0.5):  # ESS at β: exp(−β²σ²)·S, 2 % and a draw or two
+        assert float(next_temperature(log_base, log_lik, beta, 0.8)) == beta
+    loose = float(next_temperature(log_base, log_lik, 0.5, 0.8, min_current_ess=0.0))
+    assert loose > 0.6  # without the guard it leaps (the exact step is 0.047)
 
 
 def test_reverse_kl_from_the_current_guide_lands_on_the_exact_posterior_of_D_r(
