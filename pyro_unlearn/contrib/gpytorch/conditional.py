@@ -8,8 +8,9 @@ import gpytorch
 import pyro.distributions as dist
 import torch
 from gpytorch.distributions import MultivariateNormal
+from gpytorch.lazy import LazyEvaluatedKernelTensor
 from gpytorch.variational import VariationalStrategy
-from linear_operator.operators import DiagLinearOperator
+from linear_operator.operators import DiagLinearOperator, LinearOperator
 from linear_operator.utils.cholesky import psd_safe_cholesky
 
 from ...validation import check_finite, check_positive_int
@@ -21,6 +22,9 @@ __all__ = [
     "expected_log_prob",
     "gp_inputs",
     "inducing_log_likelihood",
+    "inputs_of",
+    "missing_allowed",
+    "observed_cells",
     "per_output_log_likelihood",
     "project",
     "projections",
@@ -74,6 +78,32 @@ def gp_inputs(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(-1) if x.dim() == 1 else x
 
 
+def inputs_of(output: MultivariateNormal) -> torch.Tensor | None:
+    """The inputs a GP's output q(f) = ``gp(x)`` was computed at, ``(*batch, N, D)``, read from
+    the lazily evaluated kernel matrix GPyTorch keeps in its covariance (while
+    ``gpytorch.settings.lazily_evaluate_kernels`` is on, its default); ``None`` where the output
+    does not carry them (kernels evaluated eagerly, or a distribution not made by a GP call).
+
+    Example:
+        >>> inputs_of(MultivariateNormal(torch.zeros(2), torch.eye(2))) is None
+        True
+    """
+    if not isinstance(output, MultivariateNormal):
+        return None
+    stack: list = [output.lazy_covariance_matrix]
+    while stack:
+        op = stack.pop()
+        if isinstance(op, LazyEvaluatedKernelTensor):
+            x1, x2 = op.x1, op.x2
+            if x1.shape == x2.shape and x1.shape[-2] == output.event_shape[-1]:
+                same = x1.data_ptr() == x2.data_ptr() and x1.stride() == x2.stride()
+                if same or torch.equal(x1, x2):
+                    return x1.detach()
+            continue
+        stack.extend(a for a in getattr(op, "_args", ()) if isinstance(a, LinearOperator))
+    return None
+
+
 def check_gp_data(
     strategy: VariationalStrategy,
     inputs: torch.Tensor | None,
@@ -115,9 +145,18 @@ def check_gp_data(
     except RuntimeError:
         ok = False
     if not ok:
+        hint = ""
+        if inputs is not None and isinstance(inputs, torch.Tensor):
+            n = gp_inputs(inputs).shape[-2]
+            hint = f" = {(*batch, n)}"
+            if tuple(targets.shape) == (n, *batch):
+                hint += (
+                    " (these are rows first: pass target.movedim(0, -1), y.T for one output dim)"
+                )
         raise ValueError(
             f"target has shape {tuple(targets.shape)}: a GP of batch shape {tuple(batch)} takes "
-            f"targets (*batch, N), one row per output"
+            f"targets (*batch, N){hint}, GPyTorch's layout (that of gp(x).mean), one row per "
+            "output"
         )
     if inputs is not None:
         if not isinstance(inputs, torch.Tensor):
@@ -137,7 +176,31 @@ def check_gp_data(
         if finite:
             check_finite("inputs", x.movedim(-2, 0))
     if finite:
+        if missing_allowed():
+            targets = torch.where(torch.isnan(targets), 0.0, targets)
         check_finite("target", targets.movedim(-1, 0))
+
+
+def missing_allowed() -> bool:
+    """Whether NaN targets mark missing cells: GPyTorch's
+    ``gpytorch.settings.observation_nan_policy("mask")`` (or ``"fill"``) is active."""
+    return gpytorch.settings.observation_nan_policy.value() != "ignore"
+
+
+def observed_cells(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(target, None)``, or under GPyTorch's ``observation_nan_policy("mask")``/``("fill")``
+    the target with its NaN cells set to 0 and the mask of the others: a batch GP's
+    output t of row i is left out (erased alone) where its target is NaN.
+
+    Example:
+        >>> with gpytorch.settings.observation_nan_policy("mask"):
+        ...     observed_cells(torch.tensor([1.0, float("nan")]))
+        (tensor([1., 0.]), tensor([ True, False]))
+    """
+    if not missing_allowed() or not target.is_floating_point():
+        return target, None
+    missing = torch.isnan(target)
+    return target.masked_fill(missing, 0.0), ~missing
 
 
 def project(strategy: VariationalStrategy, x: torch.Tensor) -> Projection:
@@ -182,15 +245,19 @@ def expected_log_prob(
 ) -> torch.Tensor:
     """E_{N(f; mean, var)}[log p(y|f)] per point, by GPyTorch's likelihood (closed form for a
     Gaussian likelihood, Gauss–Hermite quadrature for the others), the likelihood's
-    hyperparameters held fixed (no gradient reaches them)."""
+    hyperparameters held fixed (no gradient reaches them). Under GPyTorch's
+    ``observation_nan_policy("mask")`` a NaN target scores 0 (:func:`observed_cells`)."""
     var = var.expand_as(mean)
+    target, observed = observed_cells(target)
     params = [p for p in likelihood.parameters() if p.requires_grad]
     try:
         for p in params:
             p.requires_grad_(False)
-        with gpytorch.settings.debug(False):  # its shape checks don't know about particles
+        with gpytorch.settings.debug(False), gpytorch.settings.observation_nan_policy("ignore"):
+            # debug off: its shape checks don't know about particles; missing cells are masked
             f = MultivariateNormal(mean, DiagLinearOperator(var))
-            return likelihood.expected_log_prob(target, f)
+            log_p = likelihood.expected_log_prob(target, f)
+            return log_p if observed is None else log_p * observed
     finally:
         for p in params:
             p.requires_grad_(True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import gpytorch
 import pyro
 import pyro.distributions as dist
@@ -15,7 +17,7 @@ from .conditional import check_gp_data, expected_log_prob, gp_inputs, project
 from .inducing import InducingGuide, freeze_inducing
 from .strategy import NATURAL_DISTRIBUTIONS, variational_strategy
 
-__all__ = ["ExpectedLogLikelihood", "PyroSVGP", "check_not_pyro_gp"]
+__all__ = ["ExpectedLogLikelihood", "PyroSVGP", "check_not_pyro_gp", "gpytorch_layout"]
 
 
 class ExpectedLogLikelihood(dist.TorchDistribution):
@@ -76,6 +78,39 @@ class ExpectedLogLikelihood(dist.TorchDistribution):
         )
 
 
+def gpytorch_layout(y: torch.Tensor, batch: torch.Size, n: int) -> torch.Tensor:
+    """Targets of a GP of batch shape ``batch`` at ``n`` inputs in GPyTorch's layout
+    ``(*batch, n)``; the rows-first layout of 0.1, ``(n, *batch)``, is moved there with a
+    ``FutureWarning`` where the shapes tell the two apart.
+
+    Raises:
+        ValueError: any other shape, naming the expected one.
+
+    Example:
+        >>> gpytorch_layout(torch.zeros(2, 5), torch.Size([2]), 5).shape
+        torch.Size([2, 5])
+    """
+    if not isinstance(y, torch.Tensor) or y.dim() == 0:
+        raise TypeError(f"y must be a tensor of the points' targets, got {y!r}")
+    expected = (*batch, n)
+    if tuple(y.shape) == expected:
+        return y
+    if batch and tuple(y.shape) == (n, *batch):
+        warnings.warn(
+            f"y has shape {tuple(y.shape)}, rows first: PyroSVGP now takes a batch GP's targets in "
+            f"GPyTorch's layout (*batch, N) = {expected}, as gp(x).mean and VariationalELBO have "
+            "them (and the mlls-style objectives); pass y.movedim(0, -1) (y.T for one batch "
+            "dim). The rows-first layout will be refused in a later release",
+            FutureWarning,
+            stacklevel=4,
+        )
+        return y.movedim(0, -1)
+    raise ValueError(
+        f"y has shape {tuple(y.shape)}: this GP (batch shape {tuple(batch)}) at {n} inputs takes "
+        f"targets of shape (*batch, N) = {expected}, GPyTorch's layout"
+    )
+
+
 class PyroSVGP:
     r"""A Pyro model and guide for a trained GPyTorch ``ApproximateGP`` that unlearning can use.
 
@@ -90,8 +125,12 @@ class PyroSVGP:
     (Hensman et al., 2015); unlearned with :func:`~pyro_unlearn.forget`, it is the sparse GP
     unlearning of Nguyen et al. (2020). GPyTorch's own ``PyroGP.model`` draws f from q(f),
     independently of u: enough for the ELBO, but it leaves the unlearning losses nothing to
-    reweight. Outputs of a batch GP (``batch_shape``) are the event dims of y, which comes as
-    ``(N, *batch)``.
+    reweight. A batch GP's targets (several outputs, ``batch_shape``) come in GPyTorch's layout,
+    ``(*batch, N)`` as ``gp(x).mean`` and ``VariationalELBO`` have them (also the
+    mlls-style objectives' layout); inside the model they are the event dims of the observed
+    site, the data plate indexing the rows. The layout of 0.1, ``(N, *batch)``, is accepted with
+    a ``FutureWarning`` where its shape tells it apart (a square ``(N, N)`` target is read as
+    GPyTorch's).
 
     Arguments:
         gp: a supported ``ApproximateGP`` with a Cholesky or mean-field q(u) (Pyro's optimisers
@@ -168,12 +207,16 @@ class PyroSVGP:
     ) -> torch.Tensor:
         """The generative model: u ~ p(u), then y_i with log p̃(y_i|u) in the data plate.
 
+        Returns:
+            y (observed, or sampled), ``(*batch, N)`` as GPyTorch lays targets out.
+
         Raises:
-            ValueError: ``y`` with another number of rows than ``x``, ``num_data`` below it, or
-                (under Pyro's validation) non-finite ``x`` or ``y``, named with the first row.
+            ValueError: ``y`` of another shape than ``(*batch, N)`` (naming it), ``num_data``
+                below N, or (under Pyro's validation) non-finite ``x`` or ``y``, named with the
+                first row.
         """
         strategy = self.guide.strategy
-        self._check_data(x, y, num_data)
+        y = self._check_data(x, y, num_data)
         x = gp_inputs(x)
         proj = project(strategy, x)
         k = len(strategy._variational_distribution.batch_shape)
@@ -184,21 +227,23 @@ class PyroSVGP:
         size = n if num_data is None else int(num_data)
         subsample = None if size == n else torch.arange(n, device=x.device)
         fn = ExpectedLogLikelihood(self.likelihood, proj.f_mean(u), proj.var, k)
+        obs = None if y is None else fn._from_gpytorch(y)  # rows first, outputs as the event
         with pyro.plate(self.plate, size, subsample=subsample, dim=-1):
-            return pyro.sample(self.site, fn, obs=y)
+            value = pyro.sample(self.site, fn, obs=obs)
+        return fn._to_gpytorch(value)
 
-    def _check_data(self, x: torch.Tensor, y: torch.Tensor | None, num_data: int | None) -> None:
-        """Sizes always, finiteness under Pyro's validation (a pass over the data each step)."""
+    def _check_data(
+        self, x: torch.Tensor, y: torch.Tensor | None, num_data: int | None
+    ) -> torch.Tensor | None:
+        """Sizes always, finiteness under Pyro's validation (a pass over the data each step);
+        returns ``y`` in GPyTorch's layout ``(*batch, N)``."""
         strategy = self.guide.strategy
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}")
         n = gp_inputs(x).shape[-2]
         if y is not None:
-            if not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[0] != n:
-                got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-                raise ValueError(f"y must have one row per row of x ({n}), got {got}")
-            k = len(strategy._variational_distribution.batch_shape)
-            check_gp_data(strategy, x, y.movedim(0, -1) if k else y, finite=False)
+            y = gpytorch_layout(y, strategy._variational_distribution.batch_shape, n)
+            check_gp_data(strategy, x, y, finite=False)
         if num_data is not None and check_positive_int("num_data", num_data) < n:
             raise ValueError(
                 f"num_data={num_data} is the size of the data set x is a batch of: it cannot be "
@@ -207,7 +252,8 @@ class PyroSVGP:
         if is_validation_enabled():
             check_finite("x", gp_inputs(x).movedim(-2, 0))
             if y is not None:
-                check_finite("y", y)
+                check_gp_data(strategy, None, y)
+        return y
 
     def unlearning_lr(
         self, posterior: FrozenPosterior | None = None, fraction: float = 0.02

@@ -72,11 +72,13 @@ def test_one_dimensional_inputs_give_what_n_by_one_inputs_give(data, method):
     assert values[0] == pytest.approx(values[1], rel=1e-10)
 
 
-def test_a_gp_left_in_eval_mode_unlearns_exactly_and_gets_its_mode_back(data):
-    """After gp.eval() and a prediction, the EUBO (given inputs) recomputes q(f) in train mode:
-    the closed-form q(u|D_r) is reached as in train mode, and the GP is in eval mode after each
-    step (its caches cleared, so the next prediction uses the unlearned q(u)). Without inputs
-    it refuses, naming eval mode."""
+@pytest.mark.parametrize("pass_inputs", [True, False])
+def test_a_gp_left_in_eval_mode_unlearns_exactly_and_gets_its_mode_back(data, pass_inputs):
+    """After gp.eval() and a prediction, the EUBO recomputes q(f) in train mode from the inputs
+    (given, or read from the output's lazily evaluated kernel): the closed-form q(u|D_r) is
+    reached as in train mode, and the GP is in eval mode after each step (its caches cleared, so
+    the next prediction uses the unlearned q(u)). Where the output does not carry its inputs
+    (kernels evaluated eagerly) and none are given it refuses, naming eval mode."""
     x, y, erased, keep = data
     gp, likelihood = trained(x, y), gaussian_likelihood()
     target = optimal(gp, x[keep], y[keep])
@@ -85,13 +87,15 @@ def test_a_gp_left_in_eval_mode_unlearns_exactly_and_gets_its_mode_back(data):
     with torch.no_grad():
         likelihood(gp(x[:5]))
     eubo = pug.VariationalEUBO(likelihood, gp, posterior, num_erased=len(erased))
-    with pytest.raises(ValueError, match=r"eval\(\) mode"):
-        eubo(gp(x[erased]), y[erased])
+    with gpytorch.settings.lazily_evaluate_kernels(False):
+        with pytest.raises(ValueError, match=r"eval\(\) mode.*pass inputs=x_b"):
+            eubo(gp(x[erased]), y[erased])
     optimizer = torch.optim.LBFGS(list(gp.variational_parameters()), max_iter=500)
+    inputs = x[erased] if pass_inputs else None
 
     def closure():
         optimizer.zero_grad()
-        loss = -eubo(gp(x[erased]), y[erased], inputs=x[erased])
+        loss = -eubo(gp(x[erased]), y[erased], inputs=inputs)
         loss.backward()
         return loss
 

@@ -164,8 +164,11 @@ def test_bad_inputs_are_named(data):
     with pytest.raises(TypeError, match=r"frozen q\(u\|D\)"):
         pug.VariationalEUBO(likelihood, gp, gp, len(erased))
     eubo = pug.VariationalEUBO(likelihood, gp, posterior, len(erased), lam=1e-3)
-    with pytest.raises(ValueError, match="inputs=x_b"):
-        eubo(gp(x[erased]), y[erased])
+    with (
+        gpytorch.settings.lazily_evaluate_kernels(False),
+        pytest.raises(ValueError, match="inputs=x_b"),
+    ):
+        eubo(gp(x[erased]), y[erased])  # an eagerly evaluated output does not carry its inputs
     rkl = pug.VariationalReverseKL(likelihood, gp, posterior, len(erased))
     with pytest.raises(ValueError, match="all of D_e"):
         rkl(None, y[erased[:4]], inputs=x[erased[:4]])
@@ -175,6 +178,33 @@ def test_bad_inputs_are_named(data):
     other(x)
     with pytest.raises(ValueError, match="shape"):
         pug.VariationalEUBO(likelihood, other, posterior, len(erased))
+
+
+@pytest.mark.parametrize("method", ["eubo", "rkl"])
+def test_objectives_read_the_inputs_from_the_gps_output(data, method):
+    """``objective(gp(x_e), y_e)`` without ``inputs=``: the whitened strategy's output carries
+    its inputs, and the value is the one with ``inputs=x_e`` (same draws); the unwhitened
+    strategy's output does not, and the call that needs them refuses, saying what to pass."""
+    x, y, erased, _ = data
+    x_e, y_e = x[erased], y[erased]
+    for whitened in (True, False):
+        gp, likelihood = trained(x, y, whitened=whitened), gaussian_likelihood()
+        posterior = pug.freeze_inducing(gp)
+        _shift(gp, 0.05)
+        objective = (
+            pug.VariationalEUBO(likelihood, gp, posterior, len(erased), lam=1e-2, num_samples=16)
+            if method == "eubo"
+            else pug.VariationalReverseKL(likelihood, gp, posterior, len(erased), num_samples=16)
+        )
+        torch.manual_seed(1)
+        given = objective(gp(x_e), y_e, inputs=x_e).detach()
+        torch.manual_seed(1)
+        if whitened:
+            read = objective(gp(x_e), y_e).detach()
+            assert torch.allclose(read, given, rtol=1e-10, atol=1e-12)
+        else:
+            with pytest.raises(ValueError, match=r"inputs=x_.*UnwhitenedVariationalStrategy"):
+                objective(gp(x_e), y_e)
 
 
 def test_mean_field_eubo_reaches_the_mean_field_optimum(data):

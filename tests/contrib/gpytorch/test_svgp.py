@@ -68,7 +68,8 @@ def test_name_prefix_collision_is_an_error(data):
 
 
 def test_batch_gp_through_pyro(data):
-    """Two independent outputs (batch_shape [2]): y is (N, 2) in Pyro; the EUBO moves q(u)."""
+    """Two independent outputs (batch_shape [2]): y is (2, N), GPyTorch's layout, on both
+    routes; the EUBO moves q(u)."""
     x, y, erased, _ = data
     batch = torch.Size([2])
     gp = GP(x[::6].clone(), batch_shape=batch).double()
@@ -83,9 +84,41 @@ def test_batch_gp_through_pyro(data):
     svi = SVI(pu.unlearn(svgp.model), svgp.guide, pyro.optim.Adam({"lr": 0.01}), loss)
     before = gp.variational_strategy._variational_distribution.variational_mean.clone()
     for _ in range(3):
-        svi.step(x[erased], y2[:, erased].T)
+        svi.step(x[erased], y2[:, erased])
     after = gp.variational_strategy._variational_distribution.variational_mean
     assert not torch.equal(before, after)
+
+
+def test_both_routes_take_gpytorchs_target_layout(data):
+    """A batch GP's targets are (*batch, N) on the Pyro route as on the objectives: the Pyro
+    model's log-likelihood given u equals inducing_log_likelihood's for the same (2, N) targets;
+    the rows-first layout of 0.1 still works on the Pyro route, with a FutureWarning, and is
+    refused by the objectives with the expected shape named; other shapes are refused."""
+    x, y, erased, _ = data
+    batch = torch.Size([2])
+    gp = GP(x[::6].clone(), batch_shape=batch).double()
+    gp(x)
+    likelihood = gaussian_likelihood(batch)
+    y2 = torch.stack([y, -y])  # (2, N)
+    pyro.clear_param_store()
+    svgp = pug.PyroSVGP(gp, likelihood, name_prefix="layout")
+    u = pug.inducing_distribution(gp).sample(torch.Size([1]))
+
+    def log_lik(targets):
+        conditioned = pyro.poutine.condition(svgp.model, data={svgp.guide.site: u[0]})
+        trace = pyro.poutine.trace(conditioned).get_trace(x, targets)
+        return trace.nodes[svgp.site]["fn"].log_prob(trace.nodes[svgp.site]["value"]).sum()
+
+    expected = pug.inducing_log_likelihood(gp, likelihood, u, x, y2)[0]
+    assert float(log_lik(y2)) == pytest.approx(float(expected), rel=1e-10)
+    with pytest.warns(FutureWarning, match=r"GPyTorch's layout \(\*batch, N\) = \(2, 60\)"):
+        rows_first = log_lik(y2.T)
+    assert float(rows_first) == pytest.approx(float(expected), rel=1e-10)
+    with pytest.raises(ValueError, match=r"\(\*batch, N\) = \(2, 60\)"):
+        svgp.model(x, y2[:, :-1])
+    eubo = pug.VariationalEUBO(likelihood, gp, pug.freeze_inducing(gp), len(erased))
+    with pytest.raises(ValueError, match=r"\(2, 12\) \(these are rows first"):
+        eubo(gp(x[erased]), y2[:, erased].T, inputs=x[erased])
 
 
 class _TutorialSVGP(gpytorch.models.ApproximateGP):

@@ -15,13 +15,20 @@ from ....infer.adjusted_likelihood import check_lam, log_threshold
 from ....posterior import FrozenPosterior
 from ....trust import TrustDiagnostics
 from ....validation import check_finite, check_positive_int
-from ..conditional import Projection, check_gp_data
+from ..conditional import Projection, check_gp_data, inputs_of
 from ..inducing import inducing_distribution
 from ..strategy import variational_strategy
 from ..trust import diagnose_inducing, erased_precision_share
 from .guards import FixedParameters, train_mode
 
-__all__ = ["UnlearningObjective"]
+__all__ = ["NO_INPUTS", "UnlearningObjective"]
+
+#: Why an output may not carry its inputs (said by the errors asking for ``inputs=``).
+NO_INPUTS = (
+    "GPyTorch keeps them in the output's lazily evaluated kernel matrix for the whitened "
+    "VariationalStrategy, not for UnwhitenedVariationalStrategy nor under "
+    "gpytorch.settings.lazily_evaluate_kernels(False)"
+)
 
 
 class UnlearningObjective(_ApproximateMarginalLogLikelihood):
@@ -188,7 +195,9 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The objective (to maximise) on a batch of D_e: ``output`` q(f) at its inputs (the
         GP's call on them), ``target`` its targets ``(*batch, b)``, ``inputs`` its inputs (needed
-        where u is sampled), ``kwargs`` passed to the likelihood's ``expected_log_prob``.
+        where u is sampled; by default read from ``output`` where it carries them,
+        :func:`~pyro_unlearn.contrib.gpytorch.conditional.inputs_of`), ``kwargs`` passed to the
+        likelihood's ``expected_log_prob``.
         Returns a tensor of the GP's batch shape, or (data term, KL term) with
         ``combine_terms=False``.
 
@@ -208,14 +217,17 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
                 call with all of D_e, when q(u|D)/p̃(D_e|u) is not a distribution
                 (:meth:`check_division`)."""
         self._fixed.check()
+        if inputs is None and output is not None:
+            inputs = inputs_of(output)  # None where the output does not carry them
         self._check_batch(output, target, inputs)
         stale = output is not None and not (self.model.training and self.likelihood.training)
         if stale and inputs is None:
             raise ValueError(
                 "the GP (or its likelihood) is in eval() mode, where output = gp(x_b) comes from "
-                "the caches of its last prediction and q(u)'s covariance gets no gradient: call "
-                "gp.train() and likelihood.train() before unlearning, or pass inputs=x_b (the "
-                "objective then recomputes output in train mode and gives the modes back)"
+                "the caches of its last prediction and q(u)'s covariance gets no gradient, and "
+                f"this output does not carry its inputs ({NO_INPUTS}): call gp.train() and "
+                "likelihood.train() before unlearning, or pass inputs=x_b (the objective then "
+                "recomputes output in train mode and gives the modes back)"
             )
         with train_mode(self.model, self.likelihood):
             if stale:

@@ -9,8 +9,8 @@ from gpytorch.distributions import MultivariateNormal
 
 from ....infer.adjusted_likelihood import adjusted_log_likelihood
 from ....posterior import FrozenPosterior
-from ..conditional import per_output_log_likelihood
-from .base import UnlearningObjective
+from ..conditional import observed_cells, per_output_log_likelihood
+from .base import NO_INPUTS, UnlearningObjective
 
 __all__ = ["VariationalEUBO"]
 
@@ -124,13 +124,17 @@ class VariationalEUBO(UnlearningObjective):
                 "VariationalEUBO needs the GP's q(f) at the batch's inputs: "
                 "eubo(model(x_b), y_b, inputs=x_b)"
             )
-        closed = self.likelihood.expected_log_prob(target, output, **kwargs).sum(-1)
+        filled, observed = observed_cells(target)  # NaN: a cell not erased (mask policy)
+        with gpytorch.settings.observation_nan_policy("ignore"):
+            closed = self.likelihood.expected_log_prob(filled, output, **kwargs)
+        closed = (closed if observed is None else closed * observed).sum(-1)
         if self.lam == 0.0:
             return -closed
         if inputs is None:
             raise ValueError(
                 "VariationalEUBO with lam > 0 needs the batch's inputs (inputs=x_b): the "
-                "threshold is applied to samples of u, and p(f|u) needs x"
+                "threshold is applied to samples of u, and p(f|u) needs x; this output does not "
+                f"carry them ({NO_INPUTS})"
             )
         q_u = self.strategy._variational_distribution()
         u = q_u.rsample(torch.Size([self.num_samples]))

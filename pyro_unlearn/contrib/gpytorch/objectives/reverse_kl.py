@@ -16,7 +16,7 @@ from ....infer.reverse_kl import ImportanceWeighted, ImportanceWeights
 from ....posterior import FrozenPosterior
 from ....validation import check_positive_int
 from ..conditional import Projection, check_gp_data, per_output_log_likelihood, projections
-from .base import UnlearningObjective
+from .base import NO_INPUTS, UnlearningObjective
 
 __all__ = ["COLLAPSE_WINDOW", "VariationalReverseKL"]
 
@@ -26,17 +26,19 @@ COLLAPSE_WINDOW = 10
 
 class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
     r"""The reverse-KL unlearning objective of Nguyen et al. (2020) for a sparse variational GP,
-    in GPyTorch's idiom: ``-rkl(None, y_e, inputs=x_e)`` (all of D_e each step) is
-    KL(p̃ ‖ q_v)/``|D_e|`` up to a constant, p̃(u) ∝ q(u|D)/p_adj(D_e|u), by the self-normalised
-    importance-sampling estimate
+    in GPyTorch's idiom: ``-rkl(None, y_e, inputs=x_e)`` (or ``-rkl(gp(x_e), y_e)``; all of D_e
+    each step) is KL(p̃ ‖ q_v)/``|D_e|`` up to a constant, p̃(u) ∝ q(u|D)/p_adj(D_e|u), by the
+    self-normalised importance-sampling estimate
 
     .. math:: \frac{1}{|D_e|} \frac{1}{S} \sum_s w_s \log q_v(u_s), \qquad
               u_s \sim q(u|D), \quad w_s \propto 1/p_\mathrm{adj}(D_e|u_s)
 
-    (its value, to maximise; the weights carry no gradient). ``output`` is not needed: the draws
-    come from q(u|D), not from the GP. The weights use all of D_e (the authors' choice), computed
-    in chunks of ``chunk_size`` points; D_e's kernel algebra, L⁻¹K_Zx (M × ``|D_e|`` numbers), is
-    computed on the first call and reused while the same ``inputs`` tensor comes back. A batch
+    (its value, to maximise; the weights carry no gradient). ``output`` is not needed (the draws
+    come from q(u|D), not from the GP), only the inputs: ``inputs=x_e``, or read from
+    ``output = gp(x_e)`` where it carries them (the whitened ``VariationalStrategy``). The
+    weights use all of D_e (the authors' choice), computed in chunks of ``chunk_size`` points;
+    D_e's kernel algebra, L⁻¹K_Zx (M × ``|D_e|`` numbers), is computed on the first call and
+    reused while the same inputs come back. A batch
     GP's outputs keep their own values (sum them to train), weighted jointly.
 
     Arguments:
@@ -117,7 +119,7 @@ class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
         )  # fmt: skip
         self.weights = ImportanceWeights(proposal, anneal)
         self.chunk_size = chunk_size
-        self._cache: tuple | None = None  # (key of the inputs, their chunks' p(f|u) algebra)
+        self._cache: tuple | None = None  # (key, the chunks' p(f|u) algebra, the inputs)
         self._checked: tuple | None = None  # keys of the last data found finite
         self._recent_ess: list[torch.Tensor] = []  # the ESS of the training steps since a check
         self.collapsed = False
@@ -144,8 +146,13 @@ class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
         """D_e's p(f|u) algebra, computed once: the hyperparameters are fixed, so it is constant
         while the same ``inputs`` tensor comes back unchanged every step."""
         key = self._key(inputs)
+        if self._cache is not None and self._cache[0] != key:
+            cached = self._cache[2]  # inputs read from an output are a new tensor every call
+            if cached.shape == inputs.shape and bool(torch.equal(cached, inputs)):
+                self._cache = (key, *self._cache[1:])
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, projections(self.strategy, inputs, self.chunk_size))
+            chunks = projections(self.strategy, inputs, self.chunk_size)
+            self._cache = (key, chunks, inputs.detach().clone())
         return self._cache[1]
 
     def _log_likelihood_term(
@@ -158,7 +165,9 @@ class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
         """mean_s[w_s log q_v(u_s)], per output of a batch GP."""
         if inputs is None:
             raise ValueError(
-                "VariationalReverseKL needs the erased inputs: rkl(None, y_e, inputs=x_e)"
+                "VariationalReverseKL needs the erased inputs (its draws of u are scored through "
+                "p(f|u), which depends on them): rkl(None, y_e, inputs=x_e), or rkl(gp(x_e), y_e) "
+                f"where the output carries them ({NO_INPUTS})"
             )
         if target.shape[-1] != self.num_erased:
             raise ValueError(
