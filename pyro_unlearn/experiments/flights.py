@@ -170,6 +170,31 @@ def _elbo_step(gp, elbo, optimizers, x, y, batch: Callable) -> Callable[[], floa
     return step
 
 
+class _Reached(Exception):
+    """Raised inside a monitored loop once its monitor says stop."""
+
+
+def _run(step, gp: SVGP, steps: int, window: int, desc: str, progress: bool, monitor) -> tuple:
+    """:func:`run_until_flat` on ``step``, or until ``monitor = (callback, every)`` stops it:
+    ``callback(gp)`` runs every ``every`` steps and returning True ends the loop (not
+    converged). Returns ``(steps, converged, seconds, losses)``."""
+    count = [0]
+
+    def counted() -> float:
+        loss = step()
+        count[0] += 1
+        if monitor is not None and count[0] % monitor[1] == 0 and monitor[0](gp):
+            raise _Reached
+        return loss
+
+    start = time.perf_counter()
+    try:
+        losses, converged, _ = run_until_flat(counted, steps, window, desc, progress)
+    except _Reached:
+        losses, converged = [], False
+    return count[0], converged, time.perf_counter() - start, losses
+
+
 def epoch_window(num_data: int, batch_size: int, min_window: int) -> int:
     """The convergence window of a loop over ``num_data`` points in mini-batches: one epoch of
     steps, at least ``min_window``. Every loop of this experiment stops once the mean loss of its
@@ -203,13 +228,16 @@ def train_svgp(
     exact_q: bool = True,
     progress: bool = True,
     desc: str = "training q(u|D) and hyperparameters",
+    monitor: tuple[Callable[[SVGP], bool], int] | None = None,
 ) -> tuple[SVGP, gpytorch.likelihoods.GaussianLikelihood, dict]:
     """q(u|D) and all hyperparameters by GPyTorch's ELBO on mini-batches until flat: GPyTorch's
     recipe, :class:`~gpytorch.optim.NGD` (``ngd_lr``) on q(u) and Adam (``lr``) on the rest;
     then, with ``exact_q``, q(u|D) is set to its ELBO optimum for the learned hyperparameters
     (:func:`optimal_q`; one full natural-gradient step). Mini-batch SVI stops some nats from that
     optimum and unlearning assumes an optimal q(u|D); the info dict records how far SVI's q(u)
-    was (``svi_kl_to_optimum``) and ``seconds`` (SVI and the closed-form pass)."""
+    was (``svi_kl_to_optimum``) and ``seconds`` (SVI and the closed-form pass). ``monitor =
+    (callback, every)``: ``callback(gp)`` every ``every`` SVI steps, True stops SVI early (a
+    time-to-quality curve; the callback's own time counts in ``seconds``)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     start = torch.randperm(len(y), generator=generator)[:num_inducing].to(x.device)
@@ -225,7 +253,7 @@ def train_svgp(
     step = _elbo_step(gp, elbo, optimizers, x, y, batch)
     start_time = time.perf_counter()
     window = epoch_window(len(y), batch_size, window)
-    losses, converged, _ = run_until_flat(step, train_steps, window, desc, progress)
+    num_steps, converged, _, losses = _run(step, gp, train_steps, window, desc, progress, monitor)
     _fix_hyperparameters(gp, likelihood)
     info = {"svi_kl_to_optimum": math.nan}
     if exact_q:
@@ -234,7 +262,7 @@ def train_svgp(
         set_inducing_distribution(gp, optimum.mean, optimum.covariance_matrix)
     kernel = gp.covar_module
     info |= {
-        "steps": len(losses),
+        "steps": num_steps,
         "converged": converged,
         "seconds": time.perf_counter() - start_time,
         "lengthscales": kernel.base_kernel.lengthscale.detach().flatten().tolist(),
@@ -268,8 +296,11 @@ def fit_q(
     seed: int,
     desc: str,
     progress: bool,
+    monitor: tuple[Callable[[SVGP], bool], int] | None = None,
 ) -> dict:
-    """Train ``gp``'s q(u) alone (in place) by NGD on the ELBO on (x, y) until flat."""
+    """Train ``gp``'s q(u) alone (in place) by NGD on the ELBO on (x, y) until flat, or until
+    ``monitor = (callback, every)`` stops it (``callback(gp)`` every ``every`` steps; True
+    stops)."""
     generator = torch.Generator().manual_seed(seed)
     gp.train()
     elbo = gpytorch.mlls.VariationalELBO(likelihood, gp, num_data=len(y))
@@ -277,8 +308,8 @@ def fit_q(
     batch = _batches(len(y), min(batch_size, len(y)), generator, x.device)
     step = _elbo_step(gp, elbo, [optimizer], x, y, batch)
     window = epoch_window(len(y), batch_size, window)
-    losses, converged, seconds = run_until_flat(step, steps, window, desc, progress)
-    return {"seconds": seconds, "steps": len(losses), "converged": converged}
+    num_steps, converged, seconds, _ = _run(step, gp, steps, window, desc, progress, monitor)
+    return {"seconds": seconds, "steps": num_steps, "converged": converged}
 
 
 def _objective(

@@ -130,3 +130,28 @@ def test_per_example_nll_is_the_test_nll_and_feeds_the_attack(trained):
     assert columns["mia_auc"] == pytest.approx(mann_whitney, abs=1e-9)
     # 20 inducing points on 3600 flights memorise nothing: near chance
     assert abs(columns["mia_accuracy"] - 0.5) < 0.1 and abs(columns["mia_auc"] - 0.5) < 0.1
+
+
+def test_a_monitor_records_a_curve_and_stops_the_loop_at_the_target(trained):
+    """fit_q's monitor sees q(u) every ``every`` steps and stops the loop (not converged) the
+    first time it returns True: a q(u) retrained from the prior reaches a KL to the exact
+    optimum that it did not have at the start, and stops there."""
+    data, gp, likelihood, _ = trained
+    x, y = data.x_train[:2000], data.y_train[:2000]
+    optimum = experiment.optimal_q(gp, likelihood, x, y)
+    fresh = experiment.prior_q(gp)
+    start = experiment.kl_to(fresh, optimum)
+    target, curve = 0.3 * start, []
+
+    def monitor(model) -> bool:
+        curve.append(experiment.kl_to(model, optimum))
+        return curve[-1] <= target
+
+    options = dict(batch_size=256, ngd_lr=0.1, window=20, seed=0, desc="", progress=False)
+    info = experiment.fit_q(fresh, likelihood, x, y, steps=2000, monitor=(monitor, 5), **options)
+    assert curve[-1] <= target < min(curve[:-1], default=math.inf)
+    assert info["steps"] == 5 * len(curve) and not info["converged"]
+    never = experiment.fit_q(
+        experiment.prior_q(gp), likelihood, x, y, steps=40, monitor=(lambda m: False, 10), **options
+    )
+    assert never["steps"] == 40
