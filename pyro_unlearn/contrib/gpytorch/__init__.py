@@ -30,9 +30,11 @@ The objectives guard what GPyTorch's training loops leave behind: they run in ``
 and give the GP its mode back, refuse (and put back) hyperparameters an optimiser over
 ``model.parameters()`` moved, and the λ = 0 EUBO refuses a q(u|D) the erased data cannot be
 divided out of (:func:`erased_precision_share` ≥ 1, typical of a q(u|D) short of its optimum).
-How far to trust the answer, without D_r: :func:`diagnose_inducing` (``objective.diagnose``)
-and :func:`pyro_unlearn.trust.verdict`; :func:`restore_inducing` serves the next request from
-q(u|D).
+Put q(u|D) at the ELBO's optimum for the final hyperparameters before freezing it
+(:func:`converge_inducing`; :func:`inducing_gap`, or ``freeze_inducing(gp, likelihood=...,
+data=(x, y))``, measures how far it is). How far to trust the answer, without D_r:
+:func:`diagnose_inducing` (``objective.diagnose``) and :func:`pyro_unlearn.trust.verdict`;
+:func:`restore_inducing` serves the next request from q(u|D).
 
 References:
     - Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
@@ -56,11 +58,13 @@ from .inducing import (
 )
 from .objectives import VariationalEUBO, VariationalReverseKL
 from .objectives.guards import check_ngd
+from .optimum import InducingGapWarning, converge_inducing, inducing_gap, natural_step
 from .strategy import clone
 from .svgp import PyroSVGP, check_not_pyro_gp
 from .trust import diagnose_inducing, erased_precision_share
 
 __all__ = [
+    "InducingGapWarning",
     "InducingGuide",
     "PyroSVGP",
     "VariationalEUBO",
@@ -68,12 +72,15 @@ __all__ = [
     "check_ngd",
     "check_not_pyro_gp",
     "clone",
+    "converge_inducing",
     "diagnose_inducing",
     "erased_precision_share",
     "freeze_inducing",
     "inducing_distribution",
+    "inducing_gap",
     "inducing_kl",
     "inducing_log_likelihood",
+    "natural_step",
     "restore_inducing",
     "set_inducing_distribution",
 ]

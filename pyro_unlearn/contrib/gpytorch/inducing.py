@@ -113,16 +113,34 @@ class InducingGuide(PyroModule):
         return pyro.sample(self.site, q.to_event(len(q.batch_shape)))
 
 
-def freeze_inducing(gp: gpytorch.models.ApproximateGP, name_prefix: str = "gp") -> FrozenPosterior:
+def freeze_inducing(
+    gp: gpytorch.models.ApproximateGP,
+    name_prefix: str = "gp",
+    *,
+    likelihood: gpytorch.likelihoods.Likelihood | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    num_data: int | None = None,
+) -> FrozenPosterior:
     """Snapshot a trained GP's q(u|D) as the immutable posterior the unlearning objectives start
     from: :func:`~pyro_unlearn.freeze` of its :class:`InducingGuide`.
 
-    The snapshot is an independent copy, so later training of ``gp`` never changes it.
+    The snapshot is an independent copy, so later training of ``gp`` never changes it. Given
+    the ``likelihood`` and ``data`` = (x, y), D or a sample of it (then ``num_data`` = |D|),
+    it first measures how far q(u|D) is from the ELBO's optimum for the current
+    hyperparameters (:func:`~pyro_unlearn.contrib.gpytorch.inducing_gap`) and warns with that
+    number: :func:`~pyro_unlearn.contrib.gpytorch.converge_inducing` puts it there.
 
     Arguments:
         gp: a trained, supported ``ApproximateGP``.
         name_prefix: the prefix of the guide's site ``<prefix>.u`` (that of a :class:`PyroSVGP`
             using the same GP).
+        likelihood: the GP's likelihood, with ``data``.
+        data: ``(x, y)``, to measure q(u|D)'s distance to its optimum.
+        num_data: |D| when ``data`` is a sample of D.
+
+    Warns:
+        InducingGapWarning: q(u|D) is more than
+            :data:`~pyro_unlearn.contrib.gpytorch.optimum.GAP_TOLERANCE` nats from its optimum.
 
     Returns:
         The frozen q(u|D), a :class:`~pyro_unlearn.FrozenPosterior`.
@@ -158,6 +176,14 @@ def freeze_inducing(gp: gpytorch.models.ApproximateGP, name_prefix: str = "gp") 
             "first, or copy a trained GP with load_state_dict (copying only the variational "
             "distribution leaves the flag 0, and GPyTorch re-initialises q(u) from the prior)"
         )
+    if (likelihood is None) != (data is None):
+        raise TypeError("freeze_inducing measures q(u|D) given both likelihood= and data=(x, y)")
+    if data is not None:
+        from .optimum import inducing_gap  # (it builds on this module)
+
+        if not isinstance(data, tuple | list) or len(data) != 2:
+            raise TypeError(f"data must be (x, y), got {type(data).__name__}")
+        inducing_gap(gp, likelihood, *data, num_data=num_data, stacklevel=3)
     return freeze(InducingGuide(strategy, name_prefix))
 
 

@@ -278,9 +278,19 @@ class PyroSVGP:
         """
         return self.guide.unlearning_lr(self.gp if posterior is None else posterior, fraction)
 
-    def freeze(self) -> FrozenPosterior:
-        """q(u|D): :func:`freeze_inducing` of this GP under this prefix."""
-        return freeze_inducing(self.gp, self.name_prefix)
+    def freeze(
+        self, x: torch.Tensor | None = None, y: torch.Tensor | None = None
+    ) -> FrozenPosterior:
+        """q(u|D): :func:`freeze_inducing` of this GP under this prefix; given D = (``x``,
+        ``y``), it first measures q(u|D)'s distance to the ELBO's optimum and warns
+        (:class:`~pyro_unlearn.contrib.gpytorch.optimum.InducingGapWarning`) with it."""
+        if (x is None) != (y is None):
+            raise TypeError("svgp.freeze(x, y) measures q(u|D) given both x and y")
+        if x is None:
+            return freeze_inducing(self.gp, self.name_prefix)
+        batch = self.guide.strategy._variational_distribution.batch_shape
+        y = gpytorch_layout(y, batch, gp_inputs(x).shape[-2])
+        return freeze_inducing(self.gp, self.name_prefix, likelihood=self.likelihood, data=(x, y))
 
 
 def check_not_pyro_gp(*fns: object) -> None:
