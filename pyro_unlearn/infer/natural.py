@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal
-from tqdm import tqdm
 
 from ..guides import LatentLayout, is_gaussian, latent_layout, read_gaussian, write_gaussian
 from ..params import ParamSnapshot
@@ -20,10 +19,11 @@ from ..posterior import FrozenPosterior, freeze
 from ..results import UnlearningResult
 from ..traces import preserved_rng
 from ..validation import check_finite_data, check_positive_int
-from .adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
+from . import _moments
+from .adjusted_likelihood import check_lam, log_threshold
 from .fused import ErasedLikelihood, erased_log_likelihood_fn
 from .mcmc import LowESSWarning
-from .reverse_kl import ImportanceWeights, effective_sample_size, next_temperature
+from .reverse_kl import ImportanceWeights
 
 __all__ = ["NaturalGradientResult", "gaussian_reverse_kl"]
 
@@ -82,62 +82,6 @@ class _FlatErased:
             for s in self.layout.sites
         }
         return self.fn(values)
-
-
-# -- Gaussians held as (μ, Σ) or, mean-field, (μ, σ²) --------------------------------------------
-def _draw(loc: torch.Tensor, spread: torch.Tensor, num: int) -> torch.Tensor:
-    noise = torch.randn((num, loc.numel()), dtype=loc.dtype, device=loc.device)
-    if spread.dim() == 1:
-        return loc + noise * spread.sqrt()
-    return loc + noise @ torch.linalg.cholesky(spread).mT
-
-
-def _log_density(theta: torch.Tensor, loc: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
-    if spread.dim() == 1:
-        return torch.distributions.Normal(loc, spread.sqrt()).log_prob(theta).sum(-1)
-    return torch.distributions.MultivariateNormal(loc, spread).log_prob(theta)
-
-
-def _weighted_moments(
-    theta: torch.Tensor, weights: torch.Tensor, diagonal: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """m̂ = Σ w θ and Ĉ = Σ w (θ − m̂)(θ − m̂)ᵀ (its diagonal for a mean-field guide), Σ w = 1."""
-    mean = weights @ theta
-    centred = theta - mean
-    if diagonal:
-        return mean, weights @ centred**2
-    return mean, (centred * weights[:, None]).mT @ centred
-
-
-def _mix(
-    loc: torch.Tensor, spread: torch.Tensor, new_loc: torch.Tensor, new_spread: torch.Tensor, rho
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A convex step ρ in the expectation parameters (E θ, E θθᵀ): positive definite whenever
-    Σ is and Σ̂ is positive semi-definite, ρ < 1."""
-    gap = loc - new_loc
-    outer = gap**2 if spread.dim() == 1 else gap[:, None] * gap[None, :]
-    moved = (1 - rho) * spread + rho * new_spread + rho * (1 - rho) * outer
-    return (1 - rho) * loc + rho * new_loc, moved
-
-
-def _average(iterates: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
-    """The moments of the equal mixture of the iterates: averaging in expectation parameters."""
-    locs = torch.stack([m for m, _ in iterates])
-    loc = locs.mean(0)
-    gaps = locs - loc
-    spread = torch.stack([c for _, c in iterates]).mean(0)
-    if spread.dim() == 1:
-        return loc, spread + (gaps**2).mean(0)
-    return loc, spread + gaps.mT @ gaps / len(iterates)
-
-
-def _kl(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> float:
-    """KL(N(a) ‖ N(b)) in closed form."""
-    if a[1].dim() == 1:
-        p, q = (torch.distributions.Normal(m, v.sqrt()) for m, v in (a, b))
-    else:
-        p, q = (torch.distributions.MultivariateNormal(m, c) for m, c in (a, b))
-    return float(torch.distributions.kl_divergence(p, q).sum())
 
 
 # -- checks ---------------------------------------------------------------------------------------
@@ -203,112 +147,6 @@ def _prepare(model, guide, posterior, args, kwargs, erased, plate, jit) -> tuple
     return posterior, latent_layout(guide), fn
 
 
-@dataclass
-class _State:
-    """What the iteration carries: q_v's moments, β, the records, the iterates at β = 1 (damped
-    steps) or the running averages of odd and even steps (``proposal="posterior"``)."""
-
-    loc: torch.Tensor
-    spread: torch.Tensor
-    beta: torch.Tensor
-    ess: list[float] = field(default_factory=list)
-    temperature: list[float] = field(default_factory=list)
-    tail: deque = field(default_factory=deque)
-    halves: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-
-
-def _step(state: _State, run: dict[str, Any]) -> None:
-    """One iteration: draw S θ, weigh them towards p̃_β, move q_v a fraction ρ_t of the way."""
-    target, current = run["target"], run["proposal"] == "current"
-    source = (state.loc, state.spread) if current else target
-    theta = _draw(*source, run["num_samples"])
-    log_lik = run["loglik"](theta)
-    bad = int((~torch.isfinite(log_lik)).sum())
-    if bad:
-        raise ValueError(
-            f"log p(D_e|θ) is not finite at {bad} of {theta.shape[0]} draws: the erased data "
-            "are impossible where q_v puts mass, and p̃ ∝ q(θ|D)/p(D_e|θ) is not defined there"
-        )
-    log_base = torch.zeros_like(log_lik)
-    if current or run["threshold"] is not None:
-        log_q = _log_density(theta, *target)
-        if run["threshold"] is not None:
-            log_lik = adjusted_log_likelihood(log_lik, log_q, run["threshold"])
-        if current:
-            log_base = log_q - _log_density(theta, *source)
-    if run["anneal"] is not None:
-        state.beta = next_temperature(log_base, log_lik, state.beta, run["anneal"])
-    weights = torch.softmax(log_base - state.beta * log_lik, 0)
-    ess = float(effective_sample_size(weights))
-    moments = _weighted_moments(theta, weights, state.spread.dim() == 1)
-    state.ess.append(ess)
-    state.temperature.append(float(state.beta))
-    if not current:
-        _accumulate(state, moments)
-        return
-    # Fewer effective draws than a moment estimate needs: a proportionally shorter step.
-    rho = run["step_size"] * min(1.0, ess / run["min_ess"])
-    state.loc, state.spread = _mix(state.loc, state.spread, *moments, rho)
-    if float(state.beta) < 1.0:
-        state.tail.clear()  # only iterates at the target itself are averaged
-    else:
-        state.tail.append((state.loc, state.spread))
-
-
-def _accumulate(state: _State, moments: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """The proposal q(θ|D) does not depend on q_v, so every step's weighted moments estimate the
-    same thing: q_v is their running average in expectation parameters (a natural-gradient step
-    of size ρ_t = 1/t, the fixed point of the SGD reverse KL with S particles), kept as the
-    averages of the odd and of the even steps, whose gap measures its Monte-Carlo error."""
-    t = len(state.ess)
-    half = (t - 1) % 2
-    if len(state.halves) <= half:
-        state.halves.append(moments)
-    else:
-        count = (t + 1) // 2
-        state.halves[half] = _mix(*state.halves[half], *moments, 1.0 / count)
-    if len(state.halves) == 1:
-        state.loc, state.spread = state.halves[0]
-    else:  # the odd steps' average holds ⌈t/2⌉ of the t
-        state.loc, state.spread = _mix(*state.halves[1], *state.halves[0], ((t + 1) // 2) / t)
-
-
-def _split_error(state: _State, target: tuple[torch.Tensor, ...]) -> tuple[float, float]:
-    """The Monte-Carlo error of the running average, as ¼ of the symmetrised KL between the
-    averages of the odd and the even steps (each has twice the full average's variance), and
-    the KL from q(θ|D) to the running average (how far it moved)."""
-    odd, even = state.halves
-    error = 0.125 * (_kl(odd, even) + _kl(even, odd))
-    return error, _kl((state.loc, state.spread), target)
-
-
-def _settled(state: _State, run: dict[str, Any], window: int, num_moments: int) -> bool:
-    """Whether to stop. Proposing from q(θ|D): every ``window`` steps (even ones) from 2W on,
-    once the running average's Monte-Carlo error (:func:`_split_error`) is at most
-    ``tolerance`` times the KL it moved from q(θ|D). Proposing from q_v: the last two windows'
-    averaged iterates agree within 3× the KL their Monte-Carlo error alone would put between
-    them (≈ k/(ESS·W) for k moment parameters), without collapse."""
-    t = len(state.ess)
-    if t < 2 * window:
-        return False
-    if run["proposal"] == "posterior":
-        if t % window or t % 2:
-            return False
-        error, moved = _split_error(state, run["target"])
-        return error <= run["tolerance"] * moved
-    if len(state.tail) < 2 * window or _collapsed(state.ess, window, run["min_ess"]):
-        return False
-    tail = list(state.tail)
-    older, newer = _average(tail[:window]), _average(tail[window:])
-    ess = sum(state.ess[-2 * window :]) / (2 * window)
-    return _kl(newer, older) < 3.0 * num_moments / (ess * window)
-
-
-def _collapsed(ess: list[float], window: int, min_ess: float) -> bool:
-    last = sorted(ess[-window:])
-    return bool(last) and last[len(last) // 2] < min_ess
-
-
 def gaussian_reverse_kl(
     model: Callable[..., Any],
     guide: Any,
@@ -352,7 +190,8 @@ def gaussian_reverse_kl(
     stochastic VI), whose fixed point is the SGD reverse KL's with S particles
     (E[Σ_s w_s ∇ log q_v(θ_s)] = 0), and the run stops, checked every W steps from 2W on, once
     its Monte-Carlo error (¼ of the symmetrised KL between the averages of the odd and the
-    even steps) is at most ``tolerance`` times the KL it moved from q(θ|D). Proposing from
+    even steps) is at most ``tolerance`` times the KL it moved from q(θ|D), or than 0.1 nats
+    where it moved less. Proposing from
     q_v, ρ is constant, shrinking in proportion when fewer than P + 1 draws are effective (2
     for a mean-field guide); the answer is the average, in expectation parameters, of the
     iterates of the last two windows at β = 1 (iterate averaging), and the run stops once
@@ -382,7 +221,7 @@ def gaussian_reverse_kl(
         window: W steps between checks of the stopping rule (and, proposing from q_v, per
             window of the average).
         tolerance: proposing from q(θ|D), the largest Monte-Carlo error of the answer, as a
-            fraction of the KL it moved from q(θ|D).
+            fraction of the KL it moved from q(θ|D) (or of 0.1 nats, where it moved less).
         progress: show a tqdm bar.
         diagnose, diagnose_samples: attach the trust check
             (:func:`pyro_unlearn.trust.attach_trust`), as :func:`~pyro_unlearn.forget` does.
@@ -457,10 +296,10 @@ def gaussian_reverse_kl(
         "threshold": None if lam == 0.0 else log_threshold(lam, original.log_q_max),
     }
     beta = torch.tensor(1.0 if anneal is None else 0.0, dtype=loc.dtype, device=loc.device)
-    state = _State(*target, beta, tail=deque(maxlen=2 * window))
-    converged = _iterate(state, run, num_steps, window, progress)
-    final = _average(list(state.tail)) if state.tail else (state.loc, state.spread)
-    collapsed = _collapsed(state.ess, window, min_ess)
+    state = _moments.MomentState(*target, beta, tail=deque(maxlen=2 * window))
+    converged = _moments.iterate(state, run, num_steps, window, progress)
+    final = _moments.average(list(state.tail)) if state.tail else (state.loc, state.spread)
+    collapsed = _moments.collapsed(state.ess, window, min_ess)
     if collapsed:
         warnings.warn(
             f"gaussian_reverse_kl: the importance weights collapsed (median ESS of the last "
@@ -491,7 +330,7 @@ def gaussian_reverse_kl(
     if not diagnose:
         result.explanation = "not diagnosed: gaussian_reverse_kl(..., diagnose=False)"
         return result
-    reasons = [] if result.converged else [_unsettled(state, collapsed, num_steps)]
+    reasons = [] if result.converged else [_moments.unsettled(state, collapsed, num_steps)]
     return attach_trust(
         result,
         model,
@@ -504,26 +343,3 @@ def gaussian_reverse_kl(
         num_samples=diagnose_samples,
         caveats=Caveats(approximate=reasons),
     )
-
-
-def _iterate(state: _State, run: dict[str, Any], num_steps: int, window: int, progress: bool):
-    """Step until the moments settle (:func:`_settled`) or ``num_steps``; whether they did."""
-    P = state.loc.numel()
-    num_moments = 2 * P if state.spread.dim() == 1 else P + P * (P + 1) // 2
-    with torch.no_grad(), tqdm(total=num_steps, desc="rKL (moments)", disable=not progress) as bar:
-        for _ in range(num_steps):
-            _step(state, run)
-            bar.update()
-            bar.set_postfix(ess=f"{state.ess[-1]:.0f}", beta=f"{state.temperature[-1]:.3g}")
-            if _settled(state, run, window, num_moments):
-                return True
-    return False
-
-
-def _unsettled(state: _State, collapsed: bool, num_steps: int) -> str:
-    """Why the run is not converged, quoting its evidence."""
-    if collapsed:
-        return f"the weights collapsed (last ESS {state.ess[-1]:.1f})"
-    if float(state.beta) < 1.0:
-        return f"β = {float(state.beta):.3g} < 1 after {num_steps} steps"
-    return f"the moments still moved after {num_steps} steps"

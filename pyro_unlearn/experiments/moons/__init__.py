@@ -23,7 +23,12 @@ Choices (the authors' protocol otherwise):
   steps, as the authors did, with ClippedAdam, the learning rate decaying tenfold over the run.
   The rKL's loss is a self-normalised importance-sampling estimate whose noise hides its slow
   progress from a flatness test, so the library's rule only reports, in ``converged``, whether
-  the second half of the run's loss trace was flat against the first.
+  the second half of the run's loss trace was flat against the first. With ``solver="natural"``
+  (``pyro-unlearn demo`` and ``--quick``: :data:`DEMO`, :data:`QUICK`) the Gaussian q(u) is
+  unlearned in its own geometry instead (:mod:`.solvers`): the reverse KL by moment matching
+  (:func:`~pyro_unlearn.infer.gaussian_reverse_kl`, the SGD reverse KL's fixed point with as
+  many particles, stopping by its own Monte-Carlo error) and the EUBO by natural-gradient steps
+  (:func:`~pyro_unlearn.infer.gaussian_eubo`); each row's ``solver`` says which ran.
 * Metric (:mod:`.reproduction`): the averaged predictive KL[q_retrained(y|x) ‖ q_unlearned(y|x)]
   over D_e and D_r, each predictive the Monte-Carlo mean over ``num_eval_samples`` u-samples
   (authors: 100); its noise floor at our sample count and at the authors' 100; the entropy

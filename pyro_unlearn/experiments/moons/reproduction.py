@@ -17,6 +17,7 @@ from pyro_unlearn.experiments.machine import machine_info
 from pyro_unlearn.metrics import gaussian_kl, mean_and_std, membership_inference, predictive_kl
 
 from .fit import MODELS, ModelVariant, gaussian_entropy, retrain_reference
+from .solvers import full_row, natural_methods, natural_sweep
 
 __all__ = [
     "AUTHORS",
@@ -60,14 +61,19 @@ QUICK = dict(
     lr=0.1,
     num_eval_samples=1000,
     diagnose_samples=300,
+    solver="natural",
+    natural_samples=4000,
 )
 
-#: Settings of ``pyro-unlearn demo``: the full λ grid in under two minutes on 2 CPU cores.
+#: Settings of ``pyro-unlearn demo``: the full λ grid in under two minutes on 2 CPU cores; the
+#: reverse KL by moment matching (4000 draws a step, stopping by its own rule within 600 steps).
 DEMO = dict(
     retrain_steps=1000,
     unlearn_steps=600,
     num_particles=512,
     lr=0.1,
+    solver="natural",
+    natural_samples=4000,
 )
 
 #: The moons' noise, as :func:`~pyro_unlearn.experiments.datasets.moons` draws them.
@@ -142,6 +148,8 @@ class _Protocol:
     seed: int
     progress: bool
     diagnose_samples: int = 1000
+    solver: str = "sgd"
+    natural_samples: int = 4000
 
 
 @dataclass(frozen=True)
@@ -254,6 +262,33 @@ def _run_variant(name: str, data: MoonsData, nonmembers: dict, protocol: _Protoc
     evaluation = _Evaluation(predictive, reference.posterior, data, nonmembers, p)
     _score_reference(name, variant, model, (loc, cov), reference, evaluation, results, fit)
     results["training"][name] = fit
+    natural = natural_methods(p.solver, guide)
+    rows, posteriors = _sgd_sweep(name, model, guide, evaluation, posterior, natural, p)
+    if natural:
+        more, unlearned = natural_sweep(
+            model, guide, x_e, y_e, methods=natural, evaluate=evaluation, lambdas=p.lambdas,
+            posterior=posterior, guide_name=name, num_samples=p.natural_samples,
+            num_steps=p.unlearn_steps, diagnose_samples=p.diagnose_samples,
+        )  # fmt: skip
+        rows, posteriors = rows + more, posteriors | unlearned
+    order = {lam: i for i, lam in enumerate(p.lambdas)}  # the sweep's: λ, then eubo before rkl
+    rows.sort(key=lambda r: (r["method"] != "full", order.get(r["lam"], -1), r["method"]))
+    results["rows"].extend(
+        {k: json_safe(v) for k, v in r.items()} | {"scenario": data.scenario} for r in rows
+    )
+    return model, predictive, {"retrained": reference.posterior, **posteriors}
+
+
+def _sgd_sweep(name, model, guide, evaluation, posterior, natural, p: _Protocol):
+    """The rows and posteriors of the methods not in ``natural`` by ``pu.lambda_sweep`` (SGD),
+    and the ``full`` row; only the ``full`` row when every method is solved in ``natural``."""
+    x_e, y_e = (
+        evaluation.data.x[evaluation.data.erased],
+        evaluation.data.y[evaluation.data.erased],
+    )
+    methods = [m for m in ("eubo", "rkl") if m not in natural]
+    if not methods:
+        return [full_row(name, evaluation, posterior)], {"full": posterior}
     sweep = pu.lambda_sweep(
         model,
         guide,
@@ -261,6 +296,7 @@ def _run_variant(name: str, data: MoonsData, nonmembers: dict, protocol: _Protoc
         y_e,
         evaluate=evaluation,
         lambdas=p.lambdas,
+        methods=methods,
         posterior=posterior,
         guide_name=name,
         progress=p.progress,
@@ -271,11 +307,11 @@ def _run_variant(name: str, data: MoonsData, nonmembers: dict, protocol: _Protoc
         max_plate_nesting=1,
         diagnose_samples=p.diagnose_samples,
     )
-    for row in sweep.table.to_dict("records"):
-        results["rows"].append(
-            {k: json_safe(v) for k, v in row.items()} | {"scenario": data.scenario}
-        )
-    return model, predictive, {"retrained": reference.posterior, **sweep.posteriors}
+    rows = [
+        row | {"solver": None if row["method"] == "full" else "sgd"}
+        for row in sweep.table.to_dict("records")
+    ]
+    return rows, dict(sweep.posteriors)
 
 
 def _settings(models, built, data: MoonsData, nonmembers: dict, p: _Protocol) -> dict:
@@ -298,6 +334,8 @@ def _settings(models, built, data: MoonsData, nonmembers: dict, p: _Protocol) ->
         "lr": p.lr,
         "num_eval_samples": p.num_eval_samples,
         "diagnose_samples": p.diagnose_samples,
+        "solver": p.solver,
+        "natural_samples": p.natural_samples,
         "mia_nonmembers": {k: len(v[1]) for k, v in nonmembers.items()},
         "mia_repeats": p.mia_repeats,
         "seed": p.seed,
@@ -324,6 +362,8 @@ def run(
     mia_nonmembers_per_group: int = 200,
     mia_repeats: int = 10,
     diagnose_samples: int = 1000,
+    solver: str = "sgd",
+    natural_samples: int = 4000,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -356,6 +396,12 @@ def run(
         mia_repeats: the attacks' balanced resamples.
         diagnose_samples: draws of each unlearned posterior and of q(u|D) for its trust check
             (:func:`pyro_unlearn.trust.diagnose`, judged without D_r).
+        solver: ``"sgd"`` (every method by ClippedAdam steps) or ``"natural"`` (the reverse KL
+            of a Gaussian autoguide by moment matching, :func:`pyro_unlearn.infer.
+            gaussian_reverse_kl`, at most ``unlearn_steps`` steps; the EUBO and other guides by
+            SGD); each row's ``solver`` says which ran.
+        natural_samples: u-draws per moment-matching step (the SGD reverse KL's fixed point
+            with as many particles).
         device: the device of the default data.
         progress: progress bars.
         keep_posteriors: also return the posteriors and predictive models (not JSON).
@@ -384,6 +430,7 @@ def run(
         results = run(**QUICK)  # seconds; the defaults (the tutorial's run): about 8 minutes
         pd.DataFrame(results["rows"])
     """
+    natural_methods(solver, None)  # checks solver before anything runs
     data = data or moons(scenario, seed=seed, device=device)
     protocol = _Protocol(
         lambdas,
@@ -399,6 +446,8 @@ def run(
         seed,
         progress,
         diagnose_samples,
+        solver,
+        natural_samples,
     )
     nonmembers = mia_nonmembers(data, mia_nonmembers_per_group, seed)
     keys = ("training", "noise_floor", "noise_floor_100", "reference_error")
