@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import (
@@ -49,6 +50,7 @@ from pyro_unlearn.experiments.machine import machine_info
 
 RESULTS = "benchmarks/results/trust.json"
 KL_SAMPLES = 4000  # Monte-Carlo draws of param_kl for guides without a closed form
+PRED_SAMPLES = 200  # θ-draws per posterior predictive (and y-draws of its KL)
 
 
 # -- the client models, as Pyro's tutorials write them ---------------------------------------------
@@ -123,6 +125,14 @@ def subsampled_regression(x, y):
         return pyro.sample("obs", dist.Normal(a + b * x[idx], 0.5), obs=y[idx])
 
 
+def full_regression(x, y=None):
+    """``subsampled_regression``'s likelihood on every row: its posterior predictive."""
+    a = pyro.sample("a", dist.Normal(0.0, 10.0))
+    b = pyro.sample("b", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", len(x)):
+        return pyro.sample("obs", dist.Normal(a + b * x, 0.5), obs=y)
+
+
 def poisson_glm(x, y=None):
     w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[-1]), 1.0).to_event(1))
     b = pyro.sample("b", dist.Normal(0.0, 3.0))
@@ -168,6 +178,10 @@ class Problem:
     particles: int = 8  # Trace_ELBO particles, vectorised (1: the model cannot take a plate)
     exact: Callable | None = None
     note: str = ""
+    site: str = "y"  # the observed site, for the predictive yardstick
+    heldout: tuple[torch.Tensor, ...] = ()  # held-out inputs (the data's tensors but y)
+    predictive_model: Callable | None = None  # the model without subsampling, if it subsamples
+    yardstick: str = "parameter"  # which KL the acceptance rule is judged on (see the README)
     guide_name: str = field(init=False, default="")
 
 
@@ -179,6 +193,8 @@ def build_problems(seed: int) -> dict[str, Problem]:
     """The nine problems, data drawn from ``seed``."""
     g = torch.Generator().manual_seed(seed)
     randn = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    h = torch.Generator().manual_seed(seed + 10_000)  # held-out inputs: D's stream untouched
+    fresh = lambda *s: torch.randn(*s, generator=h)  # noqa: E731
     problems: list[Problem] = []
 
     x = randn(200, 3)
@@ -193,6 +209,8 @@ def build_problems(seed: int) -> dict[str, Problem]:
             {"random": random_rows(200, 0.1, g), "cluster": torch.arange(20)},
             particles=1,
             note="PyroModule[nn.Linear]: no particle plate (vmap)",
+            site="obs",
+            heldout=(fresh(200, 3),),
         )
     )
 
@@ -201,23 +219,48 @@ def build_problems(seed: int) -> dict[str, Problem]:
     x[:32] = 0.3 * randn(32, 3) + torch.tensor([2.0, -2.0, 0.0])  # deep in class 1's region,
     y[:32] = 0.0  # labelled 0: a poisoned cluster
     erasures = {"random": random_rows(400, 0.1, g), "cluster": torch.arange(32)}
-    problems.append(Problem("logistic", logistic, AutoDiagonalNormal, (x, y), erasures))
+    problems.append(
+        Problem(
+            "logistic", logistic, AutoDiagonalNormal, (x, y), erasures, heldout=(fresh(400, 3),)
+        )
+    )
 
     intercepts = torch.tensor([4.0, -1.0, -0.5, 0.0, 0.2, 0.5, 1.0, -0.3])  # group 0: an outlier
     group = torch.arange(NUM_GROUPS).repeat_interleave(30)
     x = randn(len(group))
     y = intercepts[group] + 0.7 * x + 0.5 * randn(len(group))
     erasures = {"random": random_rows(len(group), 0.1, g), "group": torch.arange(30)}
+    heldout = (torch.arange(NUM_GROUPS).repeat_interleave(10), fresh(10 * NUM_GROUPS))
     for name, guide in (("hier_meanfield", AutoNormal), ("hier_mvn", AutoMultivariateNormal)):
         problems.append(
-            Problem(name, hierarchical, guide, (group, x, y), dict(erasures), train_steps=2500)
+            Problem(
+                name,
+                hierarchical,
+                guide,
+                (group, x, y),
+                dict(erasures),
+                train_steps=2500,
+                heldout=heldout,
+            )
         )
 
     x = 6.0 * torch.rand(200, generator=g) - 3.0
     y = torch.sin(x) + 0.2 * randn(200)
     region = torch.nonzero(x > 2.4).squeeze(-1)  # the rows of one input region
     erasures = {"random": random_rows(200, 0.1, g), "region": region}
-    problems.append(Problem("bnn", BNN(), AutoNormal, (x, y), erasures, train_steps=3000))
+    problems.append(
+        Problem(
+            "bnn",
+            BNN(),
+            AutoNormal,
+            (x, y),
+            erasures,
+            train_steps=3000,
+            site="obs",
+            heldout=(6.0 * torch.rand(200, generator=h) - 3.0,),
+            yardstick="predictive",  # hidden units permute and flip sign: θ is not identifiable
+        )
+    )
 
     x = torch.linspace(-1.0, 1.0, 1000)
     y = 1.0 + 2.0 * x + 0.5 * randn(1000)
@@ -233,6 +276,9 @@ def build_problems(seed: int) -> dict[str, Problem]:
             erasures,
             train_steps=2000,
             note=f"subsample_size={BATCH} of 1000",
+            site="obs",
+            heldout=(2.0 * torch.rand(500, generator=h) - 1.0,),
+            predictive_model=full_regression,
         )
     )
 
@@ -241,7 +287,16 @@ def build_problems(seed: int) -> dict[str, Problem]:
     y[:25] = torch.poisson(torch.full((25,), 25.0), generator=g)  # an outbreak: inflated counts
     x[:25] = 0.2 * randn(25, 2) + torch.tensor([1.0, 0.0])
     erasures = {"random": random_rows(300, 0.1, g), "cluster": torch.arange(25)}
-    problems.append(Problem("poisson", poisson_glm, AutoMultivariateNormal, (x, y), erasures))
+    problems.append(
+        Problem(
+            "poisson",
+            poisson_glm,
+            AutoMultivariateNormal,
+            (x, y),
+            erasures,
+            heldout=(0.5 * fresh(300, 2),),
+        )
+    )
 
     x = randn(200, 2)
     y = torch.bernoulli(torch.sigmoid(x @ torch.tensor([2.0, -1.0]) + 0.5), generator=g)
@@ -249,7 +304,9 @@ def build_problems(seed: int) -> dict[str, Problem]:
     y[:16] = 0.0
     erasures = {"random": random_rows(200, 0.1, g), "cluster": torch.arange(16)}
     iaf = lambda model: AutoIAFNormal(model, hidden_dim=[16], num_transforms=2)  # noqa: E731
-    problems.append(Problem("iaf_logistic", logistic, iaf, (x, y), erasures, lr=0.01))
+    problems.append(
+        Problem("iaf_logistic", logistic, iaf, (x, y), erasures, lr=0.01, heldout=(fresh(200, 2),))
+    )
     problems[-1].guide_name = "AutoIAFNormal"
 
     x = randn(200, 2)
@@ -265,6 +322,7 @@ def build_problems(seed: int) -> dict[str, Problem]:
             (x, y),
             erasures,
             exact=conjugate_exact,
+            heldout=(fresh(200, 2),),
         )
     )
     for p in problems:
@@ -294,6 +352,51 @@ def train(problem: Problem, steps: int, seed: int) -> tuple[Callable, pu.FrozenP
 
 def kl(p, q, args) -> float:
     return float(pu.metrics.param_kl(p, q, *args, num_samples=KL_SAMPLES))
+
+
+class Observations:
+    """p(y|x, θ_s) at every input point for S draws θ_s ~ q: ``sample()`` one y per draw
+    (S, N), ``log_prob(y)`` (J, N) → (J, S, N). Drawn in one plate where the model takes it,
+    else one draw at a time (``PyroModule[nn.Linear]``)."""
+
+    def __init__(self, problem: Problem, posterior, inputs: tuple, num: int):
+        model = problem.predictive_model or problem.model
+        with torch.no_grad(), poutine.block():
+            if problem.particles > 1:
+                plate = pyro.plate("_predictive", num, dim=-2)
+                draw = poutine.trace(plate(posterior)).get_trace(*inputs)
+                trace = poutine.trace(poutine.replay(plate(model), trace=draw)).get_trace(*inputs)
+                self.fns = [trace.nodes[problem.site]["fn"]]
+            else:
+                self.fns = []
+                for _ in range(num):
+                    draw = poutine.trace(posterior).get_trace(*inputs)
+                    trace = poutine.trace(poutine.replay(model, trace=draw)).get_trace(*inputs)
+                    self.fns.append(trace.nodes[problem.site]["fn"])
+        self.shape = (num, len(inputs[0]))
+
+    def sample(self) -> torch.Tensor:
+        if len(self.fns) == 1:
+            return self.fns[0].sample().expand(self.shape)
+        return torch.stack([fn.sample() for fn in self.fns])
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        if len(self.fns) == 1:
+            return self.fns[0].log_prob(y.unsqueeze(1)).expand(len(y), *self.shape)
+        return torch.stack([fn.log_prob(y) for fn in self.fns], dim=1)
+
+
+def predictive_kl(problem: Problem, p, q, inputs: tuple) -> float:
+    """KL(p(y|x) ‖ q(y|x)) between two posterior predictives, averaged over the input points:
+    mean_j [log p̂(y_j|x) − log q̂(y_j|x)], y_j ~ p(y|x, θ_j), each predictive the mixture of
+    ``PRED_SAMPLES`` draws (the papers' metric on any site: Normal, Bernoulli, Poisson)."""
+    with torch.no_grad():
+        ps = Observations(problem, p, inputs, PRED_SAMPLES)
+        qs = Observations(problem, q, inputs, PRED_SAMPLES)
+        y = ps.sample()
+        log_p = ps.log_prob(y).logsumexp(1) - math.log(PRED_SAMPLES)
+        log_q = qs.log_prob(y).logsumexp(1) - math.log(PRED_SAMPLES)
+        return float((log_p - log_q).mean())
 
 
 def finite(value):
@@ -346,6 +449,7 @@ def run_case(
         kl_full = kl(full, ref.posterior, args)
         kl_unlearned = kl(result.posterior, ref.posterior, args)
         floor = kl(ref2.posterior, ref.posterior, args)
+        predictive = predictive_record(problem, rows, full, result.posterior, ref, ref2)
     trust = result.trust
     bound = max(0.5 * kl_full, floor)
     record = {
@@ -369,6 +473,10 @@ def run_case(
         "update_kl": trust.update_kl if trust else None,
         "update_ess_fraction": trust.update_ess_fraction if trust else None,
         "update_pareto_k": trust.update_pareto_k if trust else None,
+        "fit_pareto_k": trust.fit_pareto_k if trust else None,
+        "fit_kl": trust.fit_kl if trust else None,
+        "yardstick": problem.yardstick,
+        **predictive,
         "method": result.method,
         "loss_options": result.loss_options,
         "particles": result.particles,
@@ -399,19 +507,41 @@ def run_case(
     return {key: finite(value) for key, value in record.items()}
 
 
+def predictive_record(problem: Problem, rows, full, unlearned, ref, ref2) -> dict:
+    """The predictive yardstick: KL(retrained ‖ ·) between posterior predictives on the inputs
+    of D_e and on held-out inputs, for q(θ|D) (full), the unlearned posterior and a second
+    retraining (the floor); unlearned well when within max(½ full, floor) on both."""
+    inputs = problem.data[:-1]
+    sets = {"erased": tuple(a[rows] for a in inputs), "heldout": problem.heldout}
+    record, well = {}, True
+    for where, x in sets.items():
+        values = {
+            name: predictive_kl(problem, ref.posterior, post, x)
+            for name, post in (("full", full), ("unlearned", unlearned), ("floor", ref2.posterior))
+        }
+        for name, value in values.items():
+            record[f"pred_kl_{name}_{where}"] = value
+        well = well and values["unlearned"] <= max(0.5 * values["full"], values["floor"])
+    record["pred_unlearned_well"] = well
+    return record
+
+
 def rule_violations(record: dict) -> dict:
-    """The acceptance rule on one record: ``trusted_too_far`` (trusted, yet KL to retrained
-    above the bound) and ``retrain_when_good`` (a random erasure within the bound marked
-    retrain)."""
-    too_far = record["verdict"] == "trusted" and not record["unlearned_well"]
-    when_good = (
-        record["kind"] == "random" and record["unlearned_well"] and record["verdict"] == "retrain"
-    )
-    return {
-        "trusted_too_far": too_far,
-        "retrain_when_good": when_good,
-        "rule_ok": not (too_far or when_good),
-    }
+    """The acceptance rule on one record, on each yardstick (parameter, predictive):
+    ``trusted_too_far`` (trusted, yet KL to retrained above the bound) and
+    ``retrain_when_good`` (a random erasure within the bound marked retrain); ``rule_ok`` on
+    the case's own yardstick."""
+    out = {}
+    for name, well in (("param", "unlearned_well"), ("pred", "pred_unlearned_well")):
+        too_far = record["verdict"] == "trusted" and not record[well]
+        when_good = record["kind"] == "random" and record[well] and record["verdict"] == "retrain"
+        out[f"{name}_trusted_too_far"], out[f"{name}_retrain_when_good"] = too_far, when_good
+        out[f"{name}_rule_ok"] = not (too_far or when_good)
+    key = "pred" if record["yardstick"] == "predictive" else "param"
+    out["trusted_too_far"] = out[f"{key}_trusted_too_far"]
+    out["retrain_when_good"] = out[f"{key}_retrain_when_good"]
+    out["rule_ok"] = out[f"{key}_rule_ok"]
+    return out
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -432,29 +562,40 @@ def attempts_cell(record: dict) -> str:
     return " → ".join(cells) or record["method"]
 
 
+def rule_cell(record: dict, key: str) -> str:
+    if record[f"{key}_rule_ok"]:
+        return "ok"
+    return "**trusted, too far**" if record[f"{key}_trusted_too_far"] else "**retrain, good**"
+
+
 def markdown_table(records: list[dict]) -> str:
     lines = [
-        "| model | guide | erasure | \\|D_e\\|/\\|D\\| | KL full | KL unlearned | floor | verdict "
-        "| k̂ | KL est. (q(θ\\|D)'s) | update ESS | attempts (kept in bold) | forget s (CPU) "
-        "| retrain s (CPU) "
-        "| rule |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---|",
+        "| model | guide | erasure | \\|D_e\\|/\\|D\\| | KL full | KL unlearned | floor "
+        "| pred. KL on D_e: full / unl. / floor | held-out: full / unl. / floor | verdict "
+        "| k̂ | KL est. (q(θ\\|D)'s) | update ESS | q(θ\\|D)'s k̂ "
+        "| attempts (kept in bold) | forget s (CPU) | retrain s (CPU) "
+        "| rule: param. / pred. |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in records:
         ess = r["update_ess_fraction"]
-        rule = (
-            "ok"
-            if r["rule_ok"]
-            else ("**trusted, too far**" if r["trusted_too_far"] else "**retrain, unlearned well**")
-        )
+        rules = [rule_cell(r, "param"), rule_cell(r, "pred")]
+        rules[r["yardstick"] == "predictive"] += " †"  # the yardstick that counts
+        pred = [
+            " / ".join(fmt(r[f"pred_kl_{n}_{w}"], ".2g") for n in ("full", "unlearned", "floor"))
+            for w in ("erased", "heldout")
+        ]
         lines.append(
             f"| {r['model']} | {r['guide']} | {r['erasure']} | {r['n_erased']}/{r['n']} "
             f"| {fmt(r['kl_full'])} | {fmt(r['kl_unlearned'])} | {fmt(r['noise_floor'], '.2g')} "
+            f"| {pred[0]} | {pred[1]} "
             f"| {r['verdict'] or 'none'} | {fmt(r['pareto_k'], '.2f')} "
             f"| {fmt(r['kl_estimate'])} ({fmt(r['update_kl'])}) "
-            f"| {'–' if ess is None else f'{100 * ess:.2g} %'} | {attempts_cell(r)} "
+            f"| {'–' if ess is None else f'{100 * ess:.2g} %'} | {fmt(r['fit_pareto_k'], '.2f')} "
+            f"| {attempts_cell(r)} "
             f"| {r['forget_seconds']:.1f} ({r['forget_cpu_seconds']:.1f}) "
-            f"| {r['retrain_seconds']:.1f} ({r['retrain_cpu_seconds']:.1f}) | {rule} |"
+            f"| {r['retrain_seconds']:.1f} ({r['retrain_cpu_seconds']:.1f}) "
+            f"| {rules[0]} / {rules[1]} |"
         )
     return "\n".join(lines)
 
@@ -462,9 +603,12 @@ def markdown_table(records: list[dict]) -> str:
 def acceptance_report(records: list[dict]) -> str:
     bad = [r for r in records if not r["rule_ok"]]
     head = (
-        f"acceptance rule (bound = max(½ KL(full‖retrained), floor)): {len(records) - len(bad)} "
-        f"of {len(records)} cases hold"
+        f"acceptance rule (bound = max(½ KL(full‖retrained), floor), on each case's yardstick): "
+        f"{len(records) - len(bad)} of {len(records)} cases hold"
     )
+    for key, name in (("param", "parameter"), ("pred", "predictive")):
+        held = sum(r[f"{key}_rule_ok"] for r in records)
+        head += f"; on the {name} KL alone {held} of {len(records)}"
     lines = [head]
     for r in bad:
         why = (
@@ -473,7 +617,7 @@ def acceptance_report(records: list[dict]) -> str:
             else "random erasure within bound marked retrain"
         )
         lines.append(
-            f"  VIOLATION {r['model']}/{r['erasure']}: {why} "
+            f"  VIOLATION {r['model']}/{r['erasure']} ({r['yardstick']}): {why} "
             f"(KL unlearned {r['kl_unlearned']:.3g}, "
             f"bound {r['bound']:.3g}, full {r['kl_full']:.3g}, floor {r['noise_floor']:.2g}; "
             f"update ESS {fmt(r['update_ess_fraction'], '.2%')}, k̂ {fmt(r['pareto_k'], '.2f')})"
@@ -484,7 +628,9 @@ def acceptance_report(records: list[dict]) -> str:
 def progress_line(r: dict) -> str:
     return (
         f"KL full {r['kl_full']:.3g}, unlearned {r['kl_unlearned']:.3g}, floor "
-        f"{r['noise_floor']:.2g} -> {r['verdict']} ({'ok' if r['rule_ok'] else 'VIOLATION'}; "
+        f"{r['noise_floor']:.2g}; predictive on D_e {r['pred_kl_full_erased']:.2g}, "
+        f"{r['pred_kl_unlearned_erased']:.2g}, {r['pred_kl_floor_erased']:.2g} "
+        f"-> {r['verdict']} ({'ok' if r['rule_ok'] else 'VIOLATION'}; "
         f"forget {r['forget_seconds']:.1f} s, retrain {r['retrain_seconds']:.1f} s)"
     )
 

@@ -78,6 +78,12 @@ def test_record_has_its_fields(conjugate_random):
     assert record["bound"] == max(0.5 * record["kl_full"], record["noise_floor"])
     for key in ("kl_full", "kl_unlearned", "noise_floor", "forget_seconds", "retrain_seconds"):
         assert math.isfinite(record[key]) and record[key] >= 0.0, (key, record[key])
+    # the predictive yardstick: finite, and q(θ|D) predicts D_e worse than a second retraining
+    assert record["yardstick"] == "parameter" and record["fit_pareto_k"] < 0.7
+    for where in ("erased", "heldout"):
+        values = [record[f"pred_kl_{n}_{where}"] for n in ("full", "unlearned", "floor")]
+        assert all(math.isfinite(v) for v in values), values
+    assert record["pred_kl_full_erased"] > record["pred_kl_floor_erased"]
 
 
 def test_conjugate_verdict_matches_the_exact_distance(conjugate_random):
@@ -93,12 +99,17 @@ def test_conjugate_verdict_matches_the_exact_distance(conjugate_random):
 
 
 def test_rule_flags_a_trusted_case_beyond_its_bound(bench):
-    base = {"kind": "clustered", "unlearned_well": False, "verdict": "trusted"}
-    assert bench.rule_violations(base) == {
-        "trusted_too_far": True,
-        "retrain_when_good": False,
-        "rule_ok": False,
+    base = {
+        "kind": "clustered",
+        "unlearned_well": False,
+        "pred_unlearned_well": True,
+        "verdict": "trusted",
+        "yardstick": "parameter",
     }
-    good = {"kind": "random", "unlearned_well": True, "verdict": "retrain"}
+    rules = bench.rule_violations(base)
+    assert rules["trusted_too_far"] and not rules["retrain_when_good"] and not rules["rule_ok"]
+    assert rules["pred_rule_ok"] and not rules["param_rule_ok"]
+    assert bench.rule_violations({**base, "yardstick": "predictive"})["rule_ok"]
+    good = {**base, "kind": "random", "unlearned_well": True, "verdict": "retrain"}
     assert bench.rule_violations(good)["retrain_when_good"]
     assert bench.rule_violations({**good, "verdict": "approximate"})["rule_ok"]

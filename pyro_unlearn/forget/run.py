@@ -6,21 +6,19 @@ import copy
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pyro
 from pyro.infer import SVI
 
-from ..guides import is_gaussian
 from ..handlers import unlearn
-from ..infer import LowESSWarning, gaussian_reverse_kl, lam_for_mass, warn_small_kept_mass
+from ..infer import LowESSWarning, lam_for_mass, warn_small_kept_mass
 from ..infer.threshold import check_mass
 from ..params import ParamSnapshot, trainable
 from ..posterior import FrozenPosterior, freeze
-from ..trust import Caveats, attach_trust
 from ..validation import check_finite_data
-from .auto import AUTO, AUTO_LADDER, Rung, attempt_row, rank, should_escalate
+from ._runs import Run, attach_forget_trust, run_natural
+from .auto import AUTO, AUTO_LADDER, attempt_row, rank, should_escalate
 from .checks import check_erased_rows, check_forget_options
 from .convergence import run_until_flat
 from .methods import METHODS
@@ -215,7 +213,7 @@ def forget(
         lam = lam_for_mass(posterior, mass, *args, **kwargs)
     elif 0.0 < lam < 1.0:
         warn_small_kept_mass(posterior, lam, *args, stacklevel=3, **kwargs)
-    run = _Run(
+    run = Run(
         model=model,
         guide=guide,
         wrapped=wrapped,
@@ -239,31 +237,8 @@ def forget(
     return _run_once(run, posterior, restore, method, lam, loss_options or {})
 
 
-@dataclass(frozen=True)
-class _Run:
-    """What every run of one forget call shares: the model, guide, data and settings."""
-
-    model: Callable
-    guide: Callable
-    wrapped: Callable
-    args: tuple
-    kwargs: dict
-    erased: Any
-    plate: Any
-    num_particles: int
-    vectorize_particles: bool
-    max_plate_nesting: float
-    optim: pyro.optim.PyroOptim | None
-    lr: float
-    num_steps: int
-    window: int
-    progress: bool
-    diagnose: bool
-    diagnose_samples: int
-
-
 def _run_once(
-    run: _Run,
+    run: Run,
     posterior: FrozenPosterior,
     restore: bool,
     method: str,
@@ -320,11 +295,11 @@ def _run_once(
     if not run.diagnose:
         result.explanation = "not diagnosed: forget(..., diagnose=False)"
         return result
-    _attach_trust(result, run, lam)
+    attach_forget_trust(result, run, lam)
     return result
 
 
-def _run_auto(run: _Run, original: FrozenPosterior, lam: float) -> ForgetResult:
+def _run_auto(run: Run, original: FrozenPosterior, lam: float) -> ForgetResult:
     """``method="auto"``: the runs of :data:`~pyro_unlearn.forget.auto.AUTO_LADDER` from
     q(θ|D), in order (each at the caller's λ or its own kept mass), until one is trusted; the
     best-diagnosed one is written back into the guide and returned, with every run in its
@@ -343,7 +318,7 @@ def _run_auto(run: _Run, original: FrozenPosterior, lam: float) -> ForgetResult:
                     continue
             with warnings.catch_warnings():  # reported once below, for the run kept
                 warnings.simplefilter("ignore", LowESSWarning)  # WeightCollapseWarning's base
-                result = _run_natural(run, original, rung, rung_lam)
+                result = run_natural(run, original, rung, rung_lam)
                 if result is None:
                     result = _run_once(
                         run, original, True, rung.method, rung_lam, rung.options, label
@@ -369,58 +344,3 @@ def _run_auto(run: _Run, original: FrozenPosterior, lam: float) -> ForgetResult:
     if chosen.collapsed:
         warn_collapsed(chosen.ess, run.num_particles, run.window)
     return chosen
-
-
-def _run_natural(
-    run: _Run, original: FrozenPosterior, rung: Rung, lam: float
-) -> ForgetResult | None:
-    """A reverse-KL rung of ``method="auto"`` solved by damped moment matching
-    (:func:`~pyro_unlearn.infer.gaussian_reverse_kl`) for the Gaussian guides it takes, as a
-    :class:`ForgetResult` (``solver="natural"``); ``None`` where it does not apply (another
-    loss or guide, a model without a particle plate): the SGD run then."""
-    if rung.method != "rkl" or not run.vectorize_particles or not is_gaussian(run.guide):
-        return None
-    try:
-        natural = gaussian_reverse_kl(
-            run.model, run.guide, *run.args, erased=run.erased, plate=run.plate,
-            posterior=original, lam=lam, num_steps=run.num_steps, progress=run.progress,
-            diagnose=run.diagnose, diagnose_samples=run.diagnose_samples, **rung.options,
-            **run.kwargs,
-        )  # fmt: skip
-    except (TypeError, ValueError):  # AutoLowRankMultivariateNormal, no particle plate...
-        return None
-    result = ForgetResult(
-        guide=run.guide,
-        posterior=natural.posterior,
-        original=original,
-        diagnostics={"ess": natural.ess, "temperature": natural.temperature},
-        seconds=natural.seconds,
-        converged=natural.converged,
-        method=rung.method,
-        loss_options=dict(rung.options),
-        lam=float(lam),
-        solver="natural",
-        collapsed=natural.collapsed,
-    )
-    result.trust, result.verdict = natural.trust, natural.verdict
-    result.explanation = natural.explanation
-    return result
-
-
-def _attach_trust(result: ForgetResult, run: _Run, lam: float) -> None:
-    """Diagnose ``result.posterior`` (:func:`pyro_unlearn.trust.attach_trust`) and write the
-    diagnostics, verdict and explanation into ``result``; a run whose weights collapsed is at
-    most ``"approximate"``; a model the diagnostics cannot take leaves ``verdict`` ``None`` and
-    the reason in the explanation."""
-    if result.particles != "vectorized":
-        result.explanation = (
-            f"not diagnosed: the model cannot take a particle plate (the loss drew its particles "
-            f"by {result.particles}), and the trust diagnostics draw θ in one pyro.plate"
-        )
-        return
-    collapsed = ["the weights collapsed during the run"] if result.collapsed else []
-    attach_trust(
-        result, run.model, result.original, run.args, run.kwargs, erased=run.erased,
-        plate=run.plate, lam=lam, num_samples=run.diagnose_samples,
-        caveats=Caveats(approximate=collapsed),
-    )  # fmt: skip

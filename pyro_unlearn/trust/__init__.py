@@ -19,6 +19,7 @@ from .attach import (
 )
 from .diagnostics import MIN_SAMPLES, TrustDiagnostics, diagnose
 from .draws import diagnose_draws
+from .fit import OwnFit, fit_log_weights, fit_summary, target_kl
 from .verdicts import (
     GOOD_PARETO_K,
     KL_FLOOR,
@@ -28,6 +29,7 @@ from .verdicts import (
     Caveats,
     Verdict,
     cap_verdict,
+    own_fit_caveat,
     pareto_k_threshold,
     verdict,
     weighted_verdict,
@@ -43,6 +45,7 @@ __all__ = [
     "MIN_UPDATE_ESS_FRACTION",
     "VERDICTS",
     "Caveats",
+    "OwnFit",
     "TrustDiagnostics",
     "Verdict",
     "WeightSummary",
@@ -53,9 +56,13 @@ __all__ = [
     "check_diagnose_options",
     "diagnose",
     "diagnose_draws",
+    "fit_log_weights",
+    "fit_summary",
+    "own_fit_caveat",
     "pareto_k_threshold",
     "pareto_smooth",
     "summarize_weights",
+    "target_kl",
     "verdict",
     "weighted_verdict",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from ..infer.curvature import CURVATURES, ErasedLogLikelihood
 from ..posterior import FrozenPosterior
 from ..traces import max_plate_nesting, preserved_rng, sum_sites_per_particle, vectorization_problem
 from ..validation import check_finite_data, check_positive_int
+from .fit import OwnFit, fit_log_weights, fit_summary, target_kl
 from .weights import WeightSummary, as_log_weights, summarize_weights
 
 __all__ = ["MIN_SAMPLES", "TrustDiagnostics", "diagnose"]
@@ -48,6 +50,19 @@ class TrustDiagnostics:
             erased data carry along their most informative direction; else ``None``.
         precision_positive_definite: ``precision_share < 1``: Σ⁻¹ − H_e(μ) is positive definite
             (L-BUN's test); ``None`` without ``curvature``.
+        fit_pareto_k: PSIS k̂ of p(D, θ)/q(θ|D), θ ~ q(θ|D), over all of D (Yao et al.'s check
+            of q(θ|D) itself): ≥ 0.5 means q(θ|D) is a poor fit of p(θ|D), an error that
+            unlearning inherits; ``None`` when the full data were not passed (``erased=None``)
+            or log p(D, θ) is not read here (:func:`~pyro_unlearn.trust.fit_log_weights`).
+        fit_kl, fit_kl_se: KL(q(θ|D) ‖ p(θ|D)) estimated from the same weights, and its
+            Monte-Carlo error (``None`` with ``fit_pareto_k``).
+        target_kl, target_kl_se: KL(p̃₀ ‖ p(θ|D_r)) for the unadjusted target
+            p̃₀ ∝ q(θ|D)/p(D_e|θ), from the same draws reweighted to it
+            (:func:`~pyro_unlearn.trust.target_kl`), and its Monte-Carlo error: how far the
+            unlearning's own target is from the posterior retraining would give, q(θ|D)'s
+            error carried over (λ's curbing is the caller's choice and is not counted).
+        original_kl: KL(q(θ|D) ‖ p(θ|D_r)), the same error of not unlearning at all: the
+            yardstick for ``target_kl``.
     """
 
     pareto_k: float
@@ -62,6 +77,12 @@ class TrustDiagnostics:
     lam: float
     precision_share: float | None = None
     precision_positive_definite: bool | None = None
+    fit_pareto_k: float | None = None
+    fit_kl: float | None = None
+    fit_kl_se: float | None = None
+    target_kl: float | None = None
+    target_kl_se: float | None = None
+    original_kl: float | None = None
 
     @classmethod
     def from_weights(
@@ -71,6 +92,7 @@ class TrustDiagnostics:
         num_samples: int,
         lam: float,
         precision_share: float | None = None,
+        own_fit: tuple[WeightSummary, tuple[float, float], float] | None = None,
     ) -> TrustDiagnostics:
         """The diagnostics from the summaries of the weights p̃/q_u under q_u (``fit``) and
         1/p_adj(D_e|θ) under q(θ|D) (``update``), :func:`~pyro_unlearn.trust.summarize_weights`.
@@ -80,6 +102,8 @@ class TrustDiagnostics:
             num_samples: the draws behind each.
             lam: λ of the adjusted likelihood.
             precision_share: the erased share of q(θ|D)'s precision, if measured.
+            own_fit: if measured, the summary of the weights p(D, θ)/q(θ|D) under q(θ|D),
+                ``(target_kl, target_kl_se)`` and ``original_kl``.
 
         Returns:
             The :class:`TrustDiagnostics`.
@@ -101,6 +125,12 @@ class TrustDiagnostics:
             lam=lam,
             precision_share=precision_share,
             precision_positive_definite=None if precision_share is None else precision_share < 1.0,
+            fit_pareto_k=None if own_fit is None else own_fit[0].pareto_k,
+            fit_kl=None if own_fit is None else own_fit[0].kl,
+            fit_kl_se=None if own_fit is None else own_fit[0].kl_se,
+            target_kl=None if own_fit is None else own_fit[1][0],
+            target_kl_se=None if own_fit is None else own_fit[1][1],
+            original_kl=None if own_fit is None else own_fit[2],
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -128,8 +158,11 @@ def diagnose(
     as variational approximations are checked against a posterior: the PSIS k̂ of w, and
     KL(q_u ‖ p̃/Z̃) = log Z̃ − E_{q_u}[log w]. Then how large the request is, from θ_s ~ q(θ|D):
     the ESS (Σv)²/Σv² of v_s = 1/p_adj(D_e|θ_s), near 1 when the erased data move the posterior
-    further than q(θ|D) reaches (an error no q_u repairs). Densities are those of the guides'
-    unconstrained space; draws run in one ``pyro.plate`` (the model must vectorise), on the
+    further than q(θ|D) reaches (an error no q_u repairs). When the full data are passed
+    (``erased`` given), q(θ|D) itself is checked too, from S more draws: the k̂ of
+    p(D, θ)/q(θ|D) and KL(q(θ|D) ‖ p(θ|D)) (``fit_pareto_k``, ``fit_kl``), p̃'s own error
+    where q(θ|D) is a poor approximation. Densities are those of the guides' unconstrained
+    space; draws run in one ``pyro.plate`` (the model must vectorise), on the
     guides' device, leaving the caller's random stream as it was. Only k̂ and the sums over
     draws are computed on the CPU (ArviZ's PSIS is NumPy).
 
@@ -201,6 +234,9 @@ def diagnose(
             wrapped, posterior, original, args, kwargs, num_samples, dim
         )
         _, log_q_d, log_lik_d = _draw(wrapped, original, original, args, kwargs, num_samples, dim)
+        own = None
+        if erased is not None:
+            own = _fit_check(model, original, args, kwargs, erased, plate, num_samples, dim)
         if threshold is not None:
             log_lik = adjusted_log_likelihood(log_lik, log_q, threshold)
             log_lik_d = adjusted_log_likelihood(log_lik_d, log_q_d, threshold)
@@ -209,7 +245,38 @@ def diagnose(
     share = None
     if curvature is not None:
         share = _precision_share(model, original, args, kwargs, erased, plate, curvature)
-    return TrustDiagnostics.from_weights(fit, update, num_samples, lam, share)
+    own_fit = None if own is None else _own_fit(own)
+    return TrustDiagnostics.from_weights(fit, update, num_samples, lam, share, own_fit)
+
+
+def _fit_check(
+    model: Callable,
+    original: FrozenPosterior,
+    args: tuple,
+    kwargs: dict,
+    erased: Any,
+    plate: Any,
+    num_samples: int,
+    dim: int,
+) -> OwnFit | None:
+    """:func:`~pyro_unlearn.trust.fit_log_weights`, or ``None`` where the model's
+    log p(D, θ) cannot be read."""
+    try:
+        return fit_log_weights(model, original, args, kwargs, erased, plate, num_samples, dim)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError):
+        return None
+
+
+def _own_fit(own: OwnFit) -> tuple | None:
+    """(summary of p(D, θ)/q(θ|D), KL(p̃₀ ‖ p(θ|D_r)) and its se, KL(q(θ|D) ‖ p(θ|D_r))), or
+    ``None``."""
+    summary = fit_summary(own.log_weights)
+    if summary is None or not bool(torch.isfinite(own.log_lik).all()):
+        return None
+    to_retrained = own.log_weights - own.log_lik  # log p(D_r, θ) − log q(θ|D)
+    original = fit_summary(to_retrained)
+    target = target_kl(to_retrained + own.log_lik, -own.log_lik)
+    return summary, target, math.inf if original is None else original.kl
 
 
 def _check_call(

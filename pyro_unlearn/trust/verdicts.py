@@ -18,6 +18,7 @@ __all__ = [
     "Caveats",
     "Verdict",
     "cap_verdict",
+    "own_fit_caveat",
     "pareto_k_threshold",
     "verdict",
     "weighted_verdict",
@@ -106,7 +107,10 @@ def pareto_k_threshold(num_samples: int) -> float:
 
 
 def verdict(
-    diagnostics: TrustDiagnostics, *, min_update_ess_fraction: float = MIN_UPDATE_ESS_FRACTION
+    diagnostics: TrustDiagnostics,
+    *,
+    min_update_ess_fraction: float = MIN_UPDATE_ESS_FRACTION,
+    check_fit: bool = True,
 ) -> Verdict:
     r"""``"trusted"``, ``"approximate"`` or ``"retrain"``, with a one-line explanation.
 
@@ -133,9 +137,17 @@ def verdict(
       Gelman, Gabry 2017);
     * ``"trusted"`` otherwise: k̂ < 0.5, most of the update made, and within q(θ|D)'s reach.
 
+    Then q(θ|D) itself, where the full data were diagnosed (``fit_pareto_k`` is set,
+    :func:`own_fit_caveat`): a trusted verdict becomes ``"approximate"`` when q(θ|D) is a poor
+    fit of p(θ|D) (its own k̂ ≥ 0.5, Yao et al. 2018) or when p̃ is not within half of
+    q(θ|D)'s distance to p(θ|D_r) (the rule q_u meets against p̃, applied to p̃ itself): q_u
+    inherits that error, and no unlearning removes it. It never says ``"retrain"`` on that
+    ground alone: retraining in the same guide family inherits the same error.
+
     Arguments:
         diagnostics: from :func:`diagnose`.
         min_update_ess_fraction: the update ESS fraction below which to retrain, in [0, 1].
+        check_fit: weigh q(θ|D)'s own fit (``False``: the unlearning's verdict alone).
 
     Returns:
         A :class:`Verdict` ``(label, explanation)``.
@@ -168,8 +180,73 @@ def verdict(
     """
     if not isinstance(diagnostics, TrustDiagnostics):
         raise TypeError(f"verdict takes TrustDiagnostics, got {type(diagnostics).__name__}")
+    if not isinstance(check_fit, bool):
+        raise TypeError(f"check_fit must be True or False, got {type(check_fit).__name__}")
     limit = check_in_unit_interval("min_update_ess_fraction", min_update_ess_fraction)
-    d, k_max = diagnostics, pareto_k_threshold(diagnostics.num_samples)
+    judged = _unlearning_verdict(diagnostics, limit)
+    caveat = own_fit_caveat(diagnostics) if check_fit else None
+    return judged if caveat is None else cap_verdict(judged, Caveats(approximate=[caveat]))
+
+
+def own_fit_caveat(diagnostics: TrustDiagnostics) -> str | None:
+    r"""Why q(θ|D) itself limits the trust in any unlearning of it, or ``None``.
+
+    From Yao et al.'s check of q(θ|D) against p(D, θ) (``fit_pareto_k``, ``target_kl``,
+    ``original_kl``; set when :func:`~pyro_unlearn.trust.diagnose` had the full data): q(θ|D)
+    is a poor fit when the k̂ of p(D, θ)/q(θ|D) is at least 0.5 (infinite-variance weights;
+    above k_S unreliable: Yao et al. 2018, Vehtari et al. 2024); and the target p̃₀ ∝
+    q(θ|D)/p(D_e|θ) is itself unreliable when KL(p̃₀ ‖ p(θ|D_r)) exceeds, by two standard
+    errors, max(:data:`MAX_KL_SHARE` · KL(q(θ|D) ‖ p(θ|D_r)), :data:`KL_FLOOR`): q(θ|D)'s own error
+    (mini-batch SVI noise, a fit stopped early) is as large as the erasure's effect, and
+    even an exact q_u = p̃ removes less than half of the distance to retraining.
+
+    Arguments:
+        diagnostics: from :func:`~pyro_unlearn.trust.diagnose`.
+
+    Returns:
+        A clause quoting the evidence, or ``None`` (no check, or q(θ|D) fits).
+
+    References:
+        Y. Yao, A. Vehtari, D. Simpson, A. Gelman. Yes, but Did It Work?: Evaluating
+        Variational Inference. ICML 2018.
+
+    Example:
+        >>> d = TrustDiagnostics(pareto_k=0.2, kl=0.001, kl_se=0.001, psis_ess=900.0,
+        ...                      update_ess=950.0, update_ess_fraction=0.95, update_pareto_k=0.1,
+        ...                      update_kl=0.02, num_samples=1000, lam=0.0, fit_pareto_k=0.3,
+        ...                      fit_kl=0.9, fit_kl_se=0.05, target_kl=0.9, target_kl_se=0.05,
+        ...                      original_kl=0.92)
+        >>> print(own_fit_caveat(d))
+        p̃ itself is not much closer to p(θ|D_r) than q(θ|D) is (KL(p̃ ‖ p(θ|D_r)) ≈ 0.9 ...
+        >>> verdict(d).label, verdict(d, check_fit=False).label
+        ('approximate', 'trusted')
+    """
+    d = diagnostics
+    if d.fit_pareto_k is None:
+        return None
+    cannot = "; unlearning cannot remove that error (a richer guide, or a q(θ|D) fitted closer)"
+    k_max = pareto_k_threshold(d.num_samples)
+    if not d.fit_pareto_k < GOOD_PARETO_K:  # nan counts as poor
+        how = "unreliable" if not d.fit_pareto_k <= k_max else "imperfect"
+        return (
+            f"q(θ|D) itself is a poor fit of p(θ|D) (k̂ of p(D, θ)/q(θ|D) = "
+            f"{d.fit_pareto_k:.2f} ≥ {GOOD_PARETO_K}: {how})" + cannot
+        )
+    target, original, se = d.target_kl, d.original_kl, d.target_kl_se
+    if target is not None and original is not None:
+        margin = 2.0 * se if se is not None and math.isfinite(se) else 0.0
+        if not target - margin <= max(MAX_KL_SHARE * original, KL_FLOOR):  # nan: far
+            return (
+                f"p̃ itself is not much closer to p(θ|D_r) than q(θ|D) is (KL(p̃ ‖ p(θ|D_r)) ≈ "
+                f"{target:.3g} against q(θ|D)'s {original:.3g} nats; KL(q(θ|D) ‖ p(θ|D)) ≈ "
+                f"{d.fit_kl:.3g})" + cannot
+            )
+    return None
+
+
+def _unlearning_verdict(d: TrustDiagnostics, limit: float) -> Verdict:
+    """The rules of :func:`verdict` on q_u and the update, before q(θ|D)'s own fit."""
+    k_max = pareto_k_threshold(d.num_samples)
     fit = (
         f"k̂ = {d.pareto_k:.2f}, KL(q_u ‖ p̃) ≈ {d.kl:.3g} ± {d.kl_se:.2g} nats "
         f"(q(θ|D)'s {d.update_kl:.3g})"
