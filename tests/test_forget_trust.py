@@ -133,7 +133,7 @@ def test_diagnose_false_skips_the_check(linreg, model, trained):
     assert set(row) == {"verdict", *TrustDiagnostics.__dataclass_fields__}
 
 
-def test_model_without_particle_plate_is_not_diagnosed(linreg, trained):
+def test_model_without_particle_plate_is_diagnosed_by_vmap(linreg, model):
     def flat(x, y=None):  # reads w as one vector: cannot take a particle plate (vmap can)
         w = pyro.sample("w", dist.Normal(x.new_zeros(2), 10.0).to_event(1))
         b = pyro.sample("b", dist.Normal(x.new_zeros(()), 10.0))
@@ -142,20 +142,20 @@ def test_model_without_particle_plate_is_not_diagnosed(linreg, trained):
 
     guide = AutoMultivariateNormal(flat)
     guide(linreg.x, linreg.y)
-    result = pu.forget(
-        flat,
-        guide,
-        linreg.x,
-        linreg.y,
-        erased=linreg.erased,
-        plate="data",
-        num_particles=8,
-        **QUICK,
+    args = (linreg.x, linreg.y)
+    options = dict(erased=linreg.erased, plate="data", num_particles=8, **QUICK)
+    result = pu.forget(flat, guide, *args, **options)
+    assert result.particles == "vmap" and result.num_steps == 5
+    assert result.verdict is not None and result.trust.fit_pareto_k is None  # no fit check
+    # the same numbers as a model that takes the plate: the diagnostics of the vectorised twin
+    twin = pu.trust.diagnose(
+        model, result.posterior, result.original, *args, erased=linreg.erased, plate="data"
     )
-    assert result.particles != "vectorized"
-    assert result.verdict is None and result.trust is None
-    assert result.summary().startswith("not diagnosed: the model cannot take a particle plate")
-    assert result.num_steps == 5  # the unlearning itself ran
+    assert result.trust.update_kl == pytest.approx(twin.update_kl, rel=0.3, abs=0.05)
+    with pytest.raises(ValueError, match="cannot take"):
+        pu.trust.diagnose(
+            flat, result.posterior, result.original, *args, erased=linreg.erased, plate="data"
+        )
 
 
 def test_diagnose_options_are_checked(linreg, model, trained):
@@ -174,3 +174,20 @@ def test_collapse_rule():
     assert weights_collapsed([3.0] * 50 + [9.0] * 50, 1000, 50)  # 1 % of 1000 = 10
     assert not weights_collapsed([], 64, 50)  # no weights (the EUBO)
     assert not weights_collapsed([1.0] * 100, 3, 50)  # too few particles to tell
+
+
+def test_model_neither_plate_nor_vmap_can_take_is_not_diagnosed(linreg):
+    def branching(x, y=None):  # a Python branch on θ: one particle at a time only
+        w = pyro.sample("w", dist.Normal(x.new_zeros(2), 10.0).to_event(1))
+        b = pyro.sample("b", dist.Normal(x.new_zeros(()), 10.0))
+        shift = 1.0 if float(b.detach()) > 100.0 else 0.0
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Normal(x @ w + b + shift, 0.5), obs=y)
+
+    guide = AutoMultivariateNormal(branching)
+    guide(linreg.x, linreg.y)
+    options = dict(erased=linreg.erased, plate="data", num_particles=4, **QUICK)
+    result = pu.forget(branching, guide, linreg.x, linreg.y, **options)
+    assert result.particles == "sequential" and result.num_steps == 5
+    assert result.verdict is None and result.trust is None
+    assert result.summary().startswith("not diagnosed: the model cannot take a particle plate")

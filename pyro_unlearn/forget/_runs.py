@@ -79,17 +79,18 @@ def run_natural(run: Run, original: FrozenPosterior, rung: Rung, lam: float) -> 
 def attach_forget_trust(result: ForgetResult, run: Run, lam: float) -> None:
     """Diagnose ``result.posterior`` (:func:`pyro_unlearn.trust.attach_trust`) and write the
     diagnostics, verdict and explanation into ``result``; a run whose weights collapsed is at
-    most ``"approximate"``; a model the diagnostics cannot take leaves ``verdict`` ``None`` and
+    most ``"approximate"``; a model the loss ran by ``vmap`` is diagnosed by ``vmap`` too; one
+    the diagnostics cannot take (run one particle at a time) leaves ``verdict`` ``None`` and
     the reason in the explanation."""
-    if result.particles != "vectorized":
+    if result.particles == "sequential":
         result.explanation = (
-            f"not diagnosed: the model cannot take a particle plate (the loss drew its particles "
-            f"by {result.particles}), and the trust diagnostics draw θ in one pyro.plate"
+            "not diagnosed: the model cannot take a particle plate (the loss drew its particles "
+            "one at a time), and the trust diagnostics draw θ in one pyro.plate or by vmap"
         )
         return
     collapsed = ["the weights collapsed during the run"] if result.collapsed else []
     attach_trust(
         result, run.model, result.original, run.args, run.kwargs, erased=run.erased,
         plate=run.plate, lam=lam, num_samples=run.diagnose_samples,
-        caveats=Caveats(approximate=collapsed),
+        vmap=result.particles == "vmap", caveats=Caveats(approximate=collapsed),
     )  # fmt: skip

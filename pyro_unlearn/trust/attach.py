@@ -81,6 +81,7 @@ def attach_trust(
     lam: float = 0.0,
     num_samples: int = 1000,
     curvature: str | None = None,
+    vmap: bool = False,
     caveats: Caveats | Callable[[TrustDiagnostics], Caveats] | None = None,
 ) -> UnlearningResult:
     r"""Diagnose ``result.posterior`` against p̃(θ) ∝ q(θ|D)/p_adj(D_e|θ; λ) and write the
@@ -99,7 +100,7 @@ def attach_trust(
         model: the Pyro model.
         original: q(θ|D): frozen, or the live guide (frozen here with ``args``).
         args, kwargs: the model's arguments, as the method took them.
-        erased, plate, lam, num_samples, curvature: as :func:`~pyro_unlearn.trust.diagnose`
+        erased, plate, lam, num_samples, curvature, vmap: as :func:`~pyro_unlearn.trust.diagnose`
             takes them.
         caveats: the method's :class:`~pyro_unlearn.trust.Caveats`, or a function of the
             diagnostics that returns them (``None``: none).
@@ -127,6 +128,7 @@ def attach_trust(
             lam=lam,
             num_samples=num_samples,
             curvature=curvature,
+            vmap=vmap,
             **kwargs,
         )
     except DIAGNOSABLE_ERRORS as error:

@@ -15,6 +15,7 @@ from ..guides import is_gaussian, read_gaussian
 from ..handlers import erased_log_likelihood, is_erased, unlearn
 from ..infer.adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
 from ..infer.curvature import CURVATURES, ErasedLogLikelihood
+from ..infer.particle_paths import VmappedModel, vmap_problem
 from ..posterior import FrozenPosterior
 from ..traces import max_plate_nesting, preserved_rng, sum_sites_per_particle, vectorization_problem
 from ..validation import check_finite_data, check_positive_int
@@ -148,6 +149,7 @@ def diagnose(
     lam: float = 0.0,
     num_samples: int = 1000,
     curvature: str | None = None,
+    vmap: bool = False,
     **kwargs: Any,
 ) -> TrustDiagnostics:
     r"""Check an unlearned q_u against the target it approximates, known up to its constant:
@@ -178,6 +180,10 @@ def diagnose(
         num_samples: S ≥ :data:`MIN_SAMPLES` draws from each posterior.
         curvature: for a Gaussian q(θ|D), a structure of H_e (``"full"``, ``"ggn"``,
             ``"diag"``, ``"ggn_diag"``) to measure the erased precision at μ; ``None`` skips it.
+        vmap: for a model that cannot take the particle plate, run it at every draw by
+            ``torch.func.vmap`` (:class:`~pyro_unlearn.infer.particle_paths.VmappedModel`, as
+            the losses do; q(θ|D)'s own fit is then not checked); ``False`` refuses such a
+            model.
 
     Returns:
         The :class:`TrustDiagnostics`.
@@ -227,7 +233,7 @@ def diagnose(
         raise ValueError(f"num_samples must be at least {MIN_SAMPLES}, got {num_samples}")
     wrapped = unlearn(model, erased=erased, plate=plate)
     with torch.no_grad(), poutine.block(), preserved_rng(args, kwargs):
-        dim = _particle_dim(wrapped, posterior, args, kwargs)
+        wrapped, dim, vmapped = _particle_model(wrapped, posterior, args, kwargs, num_samples, vmap)
         # λ = 0 needs no log q* (for a flow, a numeric search)
         threshold = None if lam == 0.0 else log_threshold(lam, original.log_q_max)
         log_q_u, log_q, log_lik = _draw(
@@ -235,7 +241,7 @@ def diagnose(
         )
         _, log_q_d, log_lik_d = _draw(wrapped, original, original, args, kwargs, num_samples, dim)
         own = None
-        if erased is not None:
+        if erased is not None and not vmapped:
             own = _fit_check(model, original, args, kwargs, erased, plate, num_samples, dim)
         if threshold is not None:
             log_lik = adjusted_log_likelihood(log_lik, log_q, threshold)
@@ -303,17 +309,25 @@ def _check_call(
     check_finite_data(args, kwargs)
 
 
-def _particle_dim(model: Callable, guide: FrozenPosterior, args: tuple, kwargs: dict) -> int:
-    """The particle plate's dim, left of every plate of the guide and the model."""
+def _particle_model(
+    model: Callable, guide: FrozenPosterior, args: tuple, kwargs: dict, num: int, vmap: bool
+) -> tuple[Callable, int, bool]:
+    """The model to run in the particle plate (itself, or vmapped at every particle), the
+    plate's dim (left of every plate of the guide and the model), and whether it is vmapped."""
     guide_once = poutine.trace(guide).get_trace(*args, **kwargs)
     model_once = poutine.trace(poutine.replay(model, trace=guide_once)).get_trace(*args, **kwargs)
     nesting = max(max_plate_nesting(guide_once), max_plate_nesting(model_once))
     problem = vectorization_problem(model, guide, args, kwargs, 2, nesting)
-    if problem is not None:
-        raise ValueError(
-            f"diagnose draws θ in a pyro.plate, which the model cannot take: {problem}"
-        )
-    return -nesting - 1
+    if problem is None:
+        return model, -nesting - 1, False
+    why = f"diagnose draws θ in a pyro.plate, which the model cannot take: {problem}"
+    if not vmap:
+        raise ValueError(why)
+    vmap_why = vmap_problem(model, guide, args, kwargs, 2, nesting)
+    if vmap_why is not None:
+        raise ValueError(f"{why}; nor can torch.func.vmap run it: {vmap_why}")
+    prototype = poutine.trace(model).get_trace(*args, **kwargs)
+    return VmappedModel(model, prototype, num, -nesting - 1, "erased"), -nesting - 1, True
 
 
 def _draw(
