@@ -20,7 +20,8 @@ With the hyperparameters and inducing inputs fixed (as unlearning keeps them) on
 * ``eubo``: :class:`~pyro_unlearn.contrib.gpytorch.VariationalEUBO` on mini-batches of D_e;
 * ``rkl``: :class:`~pyro_unlearn.contrib.gpytorch.VariationalReverseKL`, all of D_e per step
   (chunked), self-normalised importance sampling from the current q(u) towards a target
-  tempered as the effective sample size allows (``proposal="current", anneal=0.8``). The
+  tempered as the conditional effective sample size allows (``proposal="current",
+  anneal=0.99``: small steps of β that the guide, at NGD lr 0.005, can follow). The
   paper's proposal, q(u|D) itself, collapses here: 12 000 erased flights move log p(D_e|u) by
   several nats across its draws (ESS 1–10 of 256), and the rKL diverged or stood still;
 * ``retrained`` (the reference): the ELBO on D_r from the prior q(u) = p(u) = N(0, I);
@@ -174,16 +175,16 @@ class _Reached(Exception):
     """Raised inside a monitored loop once its monitor says stop."""
 
 
-def _run(step, gp: SVGP, steps: int, window: int, desc: str, progress: bool, monitor) -> tuple:
+def _run(step, models: tuple, steps: int, window: int, desc: str, progress: bool, monitor) -> tuple:
     """:func:`run_until_flat` on ``step``, or until ``monitor = (callback, every)`` stops it:
-    ``callback(gp)`` runs every ``every`` steps and returning True ends the loop (not
-    converged). Returns ``(steps, converged, seconds, losses)``."""
+    ``callback(*models)`` (the SVGP and its likelihood) runs every ``every`` steps and returning
+    True ends the loop (not converged). Returns ``(steps, converged, seconds, losses)``."""
     count = [0]
 
     def counted() -> float:
         loss = step()
         count[0] += 1
-        if monitor is not None and count[0] % monitor[1] == 0 and monitor[0](gp):
+        if monitor is not None and count[0] % monitor[1] == 0 and monitor[0](*models):
             raise _Reached
         return loss
 
@@ -228,7 +229,7 @@ def train_svgp(
     exact_q: bool = True,
     progress: bool = True,
     desc: str = "training q(u|D) and hyperparameters",
-    monitor: tuple[Callable[[SVGP], bool], int] | None = None,
+    monitor: tuple[Callable[[SVGP, gpytorch.Module], bool], int] | None = None,
 ) -> tuple[SVGP, gpytorch.likelihoods.GaussianLikelihood, dict]:
     """q(u|D) and all hyperparameters by GPyTorch's ELBO on mini-batches until flat: GPyTorch's
     recipe, :class:`~gpytorch.optim.NGD` (``ngd_lr``) on q(u) and Adam (``lr``) on the rest;
@@ -236,8 +237,8 @@ def train_svgp(
     (:func:`optimal_q`; one full natural-gradient step). Mini-batch SVI stops some nats from that
     optimum and unlearning assumes an optimal q(u|D); the info dict records how far SVI's q(u)
     was (``svi_kl_to_optimum``) and ``seconds`` (SVI and the closed-form pass). ``monitor =
-    (callback, every)``: ``callback(gp)`` every ``every`` SVI steps, True stops SVI early (a
-    time-to-quality curve; the callback's own time counts in ``seconds``)."""
+    (callback, every)``: ``callback(gp, likelihood)`` every ``every`` SVI steps, True stops SVI
+    early (a time-to-quality curve; the callback's own time counts in ``seconds``)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     start = torch.randperm(len(y), generator=generator)[:num_inducing].to(x.device)
@@ -253,7 +254,9 @@ def train_svgp(
     step = _elbo_step(gp, elbo, optimizers, x, y, batch)
     start_time = time.perf_counter()
     window = epoch_window(len(y), batch_size, window)
-    num_steps, converged, _, losses = _run(step, gp, train_steps, window, desc, progress, monitor)
+    num_steps, converged, _, losses = _run(
+        step, (gp, likelihood), train_steps, window, desc, progress, monitor
+    )
     _fix_hyperparameters(gp, likelihood)
     info = {"svi_kl_to_optimum": math.nan}
     if exact_q:
@@ -296,11 +299,11 @@ def fit_q(
     seed: int,
     desc: str,
     progress: bool,
-    monitor: tuple[Callable[[SVGP], bool], int] | None = None,
+    monitor: tuple[Callable[[SVGP, gpytorch.Module], bool], int] | None = None,
 ) -> dict:
     """Train ``gp``'s q(u) alone (in place) by NGD on the ELBO on (x, y) until flat, or until
-    ``monitor = (callback, every)`` stops it (``callback(gp)`` every ``every`` steps; True
-    stops)."""
+    ``monitor = (callback, every)`` stops it (``callback(gp, likelihood)`` every ``every``
+    steps; True stops)."""
     generator = torch.Generator().manual_seed(seed)
     gp.train()
     elbo = gpytorch.mlls.VariationalELBO(likelihood, gp, num_data=len(y))
@@ -308,7 +311,9 @@ def fit_q(
     batch = _batches(len(y), min(batch_size, len(y)), generator, x.device)
     step = _elbo_step(gp, elbo, [optimizer], x, y, batch)
     window = epoch_window(len(y), batch_size, window)
-    num_steps, converged, seconds, _ = _run(step, gp, steps, window, desc, progress, monitor)
+    num_steps, converged, seconds, _ = _run(
+        step, (gp, likelihood), steps, window, desc, progress, monitor
+    )
     return {"seconds": seconds, "steps": num_steps, "converged": converged}
 
 
@@ -406,7 +411,7 @@ def unlearn(
     rkl_samples: int = 256,
     rkl_ngd_lr: float = 0.005,
     rkl_proposal: str = "current",
-    rkl_anneal: float | None = 0.8,
+    rkl_anneal: float | None = 0.99,
     rkl_ess_stop: float = 0.9,
     chunk_size: int = 4096,
     progress: bool = True,
@@ -416,9 +421,12 @@ def unlearn(
     The EUBO steps at ``ngd_lr`` (as training) on mini-batches of D_e until flat. The rKL draws
     from the current q(u) with an annealed target (``rkl_proposal``, ``rkl_anneal``: see
     :class:`~pyro_unlearn.contrib.gpytorch.VariationalReverseKL`) and steps at ``rkl_ngd_lr``
-    (importance-weighted moments of 100 dimensions from a few hundred draws: larger steps, or an
-    annealing that keeps less ESS, turn their noise into a runaway — at lr 0.01, or at lr 0.005
-    with ``rkl_anneal=0.5``, the carrier erasure diverged on the full data); it stops once β = 1
+    (importance-weighted moments of 100 dimensions from a few hundred draws: larger steps, or
+    weights with less ESS, turn their noise into a runaway — at lr 0.01, or at lr 0.005 with
+    ``rkl_anneal=0.5`` under the ESS rule, the carrier erasure diverged on the full data). β
+    moves by the conditional ESS (:func:`~pyro_unlearn.infer.reverse_kl.next_temperature`) in
+    steps that keep ``rkl_anneal`` of it, 0.99: the guide recovers a fraction lr of its lag per
+    step, so at 0.8 β outran it and the weights collapsed; it stops once β = 1
     and the weights are nearly uniform, a mean ESS over the window of at least ``rkl_ess_stop``
     of ``rkl_samples`` (q(u) then matches the target where it draws; its loss, a
     control-variated weighted log-density near 0, says nothing). ESS and β are read from the
@@ -860,8 +868,8 @@ def run(
     eubo_samples: int = 64,
     rkl_samples: int = 256,
     rkl_ngd_lr: float = 0.005,
-    rkl_steps: int = 3000,
-    rkl_anneal: float = 0.8,
+    rkl_steps: int = 6000,
+    rkl_anneal: float = 0.99,
     chunk_size: int = 4096,
     mia_repeats: int = 5,
     diagnose_samples: int = 1000,

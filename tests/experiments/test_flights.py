@@ -143,7 +143,8 @@ def test_a_monitor_records_a_curve_and_stops_the_loop_at_the_target(trained):
     start = experiment.kl_to(fresh, optimum)
     target, curve = 0.3 * start, []
 
-    def monitor(model) -> bool:
+    def monitor(model, fixed) -> bool:
+        assert fixed is likelihood
         curve.append(experiment.kl_to(model, optimum))
         return curve[-1] <= target
 
@@ -152,6 +153,12 @@ def test_a_monitor_records_a_curve_and_stops_the_loop_at_the_target(trained):
     assert curve[-1] <= target < min(curve[:-1], default=math.inf)
     assert info["steps"] == 5 * len(curve) and not info["converged"]
     never = experiment.fit_q(
-        experiment.prior_q(gp), likelihood, x, y, steps=40, monitor=(lambda m: False, 10), **options
+        experiment.prior_q(gp),
+        likelihood,
+        x,
+        y,
+        steps=40,
+        monitor=(lambda m, _: False, 10),
+        **options,
     )
     assert never["steps"] == 40
