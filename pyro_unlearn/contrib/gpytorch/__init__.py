@@ -58,7 +58,14 @@ from .inducing import (
 )
 from .objectives import VariationalEUBO, VariationalReverseKL
 from .objectives.guards import check_ngd
-from .optimum import InducingGapWarning, converge_inducing, inducing_gap, natural_step
+from .optimum import (
+    InducingGapWarning,
+    PrecisionWarning,
+    check_precision,
+    converge_inducing,
+    inducing_gap,
+    natural_step,
+)
 from .strategy import clone
 from .svgp import PyroSVGP, check_not_pyro_gp
 from .trust import diagnose_inducing, erased_precision_share
@@ -66,10 +73,12 @@ from .trust import diagnose_inducing, erased_precision_share
 __all__ = [
     "InducingGapWarning",
     "InducingGuide",
+    "PrecisionWarning",
     "PyroSVGP",
     "VariationalEUBO",
     "VariationalReverseKL",
     "check_ngd",
+    "check_precision",
     "check_not_pyro_gp",
     "clone",
     "converge_inducing",

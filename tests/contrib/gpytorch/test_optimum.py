@@ -80,3 +80,24 @@ def test_bernoulli_converges_to_gpytorchs_elbo_stationary_point(data):
     with pytest.warns(pug.InducingGapWarning, match="raise max_steps"):
         other = trained(x, y)
         pug.converge_inducing(other, likelihood, x, labels, max_steps=1)
+
+
+def test_float32_at_scale_warns_with_the_measured_rounding_error():
+    """10⁴ points, M = 100: q(u|D) in float32 has ε·κ ≈ 10⁻², past the tolerance, and the
+    objectives warn on construction; the same q(u|D) in float64 is 10⁶ times below it."""
+    g = torch.Generator().manual_seed(0)
+    x = 10 * torch.rand(10_000, generator=g, dtype=torch.float64)
+    y = torch.sin(x) + 0.1 * torch.randn(10_000, generator=g, dtype=torch.float64)
+    errors = {}
+    for dtype in (torch.float64, torch.float32):
+        gp = GP(torch.linspace(0, 10, 100, dtype=dtype).unsqueeze(-1)).to(dtype)
+        gp.covar_module.lengthscale = 0.5
+        likelihood = gaussian_likelihood().to(dtype)
+        likelihood.noise = 0.01
+        gp(x[:2].to(dtype))
+        pug.converge_inducing(gp, likelihood, x.to(dtype), y.to(dtype), max_steps=2, tol=1e-3)
+        errors[dtype] = pug.check_precision(gp, warn=False)
+    assert errors[torch.float32] > 3 * pug.optimum.PRECISION_TOLERANCE
+    assert errors[torch.float64] < 1e-6 * pug.optimum.PRECISION_TOLERANCE
+    with pytest.warns(pug.PrecisionWarning, match=r"float32 has relative rounding error"):
+        pug.VariationalEUBO(likelihood, gp, pug.freeze_inducing(gp), num_erased=10)

@@ -17,6 +17,7 @@ from ....trust import TrustDiagnostics
 from ....validation import check_finite, check_positive_int
 from ..conditional import Projection, check_gp_data, inputs_of
 from ..inducing import inducing_distribution
+from ..optimum import check_precision
 from ..strategy import variational_strategy
 from ..trust import diagnose_inducing, erased_precision_share
 from .guards import FixedParameters, train_mode
@@ -117,6 +118,7 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
                 f"the frozen q(u|D) has shape {tuple(self.q_data.mean.shape)}, this GP's q(u) "
                 f"{tuple(shape)}"
             )
+        check_precision(posterior, stacklevel=4)
         self.lam = check_lam(lam)
         self.num_samples = num_samples
         self._batch_dims = tuple(range(-len(self.q_data.batch_shape), 0))
