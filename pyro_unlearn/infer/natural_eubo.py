@@ -275,10 +275,10 @@ def gaussian_eubo(
     plate: str | tuple[str, ...] | Mapping[str, Any] | None = None,
     posterior: FrozenPosterior | None = None,
     lam: float = 0.0,
-    num_samples: int = 1000,
+    num_samples: int = 256,
     num_steps: int = 500,
     step_size: float = 0.5,
-    window: int = 20,
+    window: int = 10,
     progress: bool = True,
     diagnose: bool = True,
     diagnose_samples: int = 1000,
@@ -297,21 +297,19 @@ def gaussian_eubo(
     .. math:: Λ ← (1−ρ)Λ + ρ\big(Λ_D + \mathbb{E}_{q_u}[∇²ℓ]\big), \qquad
               m ← m − ρ Λ^{-1}\big(Λ_D(m − m_D) + \mathbb{E}_{q_u}[∇ℓ]\big):
 
-    q(θ|D)'s part is exact, and the erased data's curvature is *subtracted* from Λ_D (ℓ is
-    divided out). E[∇ℓ] and E[∇²ℓ] come from S/2 antithetic pairs θ = m ± d of reparameterised
-    draws: the mean gradient, and the least-squares slope of the gradients on d (Bonnet's and
-    Price's theorems), both exact for a quadratic ℓ, so a Gaussian likelihood lands on
-    q(θ|D)/p(D_e|θ) in one step at ρ = 1. Mean-field guides (AutoNormal, AutoDiagonalNormal)
-    take the diagonals. ℓ's gradient is its pathwise one with the adjusted likelihood's
-    indicator held fixed, as :class:`~pyro_unlearn.Trace_EUBO` takes it, so both paths share
-    their fixed point. Λ_D + E[∇²ℓ] under q(θ|D) must be positive definite (L-BUN's test, in
-    expectation; ``precision_margin`` in the result), else the division has no Gaussian answer;
-    later, a step that would leave Λ not positive definite is halved until it does not
-    (``shrunk``). The run stops once the averages, in natural parameters, of the iterates of
-    the last two windows agree within their Monte-Carlo error; the answer is the last
-    window's average (iterate averaging past the transient). All in the guide's flat unconstrained space, on its device and dtype;
-    log p(D_e|θ) is the model's run in a ``pyro.plate`` (the model must vectorise), recorded
-    once (:func:`~pyro_unlearn.infer.fused.erased_log_likelihood_fn`).
+    q(θ|D)'s part is exact; the erased data's curvature is *subtracted* from Λ_D. E[∇ℓ] and
+    E[∇²ℓ] come from S/2 antithetic pairs θ = m ± d of reparameterised draws: the mean
+    gradient, and the least-squares slope of the gradients on d (Bonnet's and Price's
+    theorems), both exact for a quadratic ℓ, so a Gaussian likelihood lands on q(θ|D)/p(D_e|θ)
+    in one step at ρ = 1. Mean-field guides take the diagonals. ℓ's gradient is the pathwise
+    one with the adjusted likelihood's indicator held fixed, as in
+    :class:`~pyro_unlearn.Trace_EUBO`: both paths share their fixed point. Λ_D + E[∇²ℓ] under
+    q(θ|D) must be positive definite (L-BUN's test in expectation: ``precision_margin``); later
+    steps that would leave Λ indefinite are halved (``shrunk``). The run stops once the
+    averages (in natural parameters) of the last two windows of iterates agree within their
+    Monte-Carlo error, and answers the last window's average. All in the guide's flat
+    unconstrained space, device and dtype; log p(D_e|θ) is the model's run in a ``pyro.plate``,
+    recorded once (:func:`~pyro_unlearn.infer.fused.erased_log_likelihood_fn`).
 
     Arguments:
         model: the Pyro model.
