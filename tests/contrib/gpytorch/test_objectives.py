@@ -393,3 +393,20 @@ def test_objectives_take_variational_elbos_num_data_beta_and_combine_terms(data)
     assert float(terms[1.0][1]) > 0
     assert torch.allclose(terms[0.25][1], 0.25 * terms[1.0][1])
     assert torch.allclose(terms[0.25][0], terms[1.0][0])
+
+
+def test_division_is_checked_once_when_inputs_are_read_from_the_output(data, monkeypatch):
+    """The λ = 0 EUBO checks the division on the first call holding all of D_e; inputs read
+    from gp(x_e) are a new tensor every call but the same data, so it is not checked again,
+    and other data are."""
+    x, y, erased, _ = data
+    gp, likelihood = trained(x, y), gaussian_likelihood()
+    eubo = pug.VariationalEUBO(likelihood, gp, pug.freeze_inducing(gp), len(erased))
+    calls = []
+    check = eubo.check_division
+    monkeypatch.setattr(eubo, "check_division", lambda *a: calls.append(1) or check(*a))
+    for _ in range(3):
+        eubo(gp(x[erased]), y[erased])
+    assert len(calls) == 1
+    eubo(gp(x[erased]), y[erased] + 0.01)
+    assert len(calls) == 2
