@@ -110,6 +110,7 @@ def check_gp_data(
     targets: torch.Tensor,
     *,
     finite: bool = True,
+    inputs_name: str = "inputs",
 ) -> None:
     """Refuse data a sparse GP cannot score, naming the argument: ``targets`` ``(*batch, N)``
     whose batch dims the GP's batch shape cannot take, ``inputs`` ``(*batch, N, D)`` (or
@@ -121,6 +122,7 @@ def check_gp_data(
         inputs: the points' inputs, or ``None`` when they are not needed.
         targets: their targets, as GPyTorch takes them.
         finite: also check finiteness (a pass over the data: per step, only under validation).
+        inputs_name: what the errors call the inputs.
 
     Example:
         >>> import gpytorch
@@ -174,7 +176,7 @@ def check_gp_data(
                 "one target per input"
             )
         if finite:
-            check_finite("inputs", x.movedim(-2, 0))
+            check_finite(inputs_name, x.movedim(-2, 0))
     if finite:
         if missing_allowed():
             targets = torch.where(torch.isnan(targets), 0.0, targets)

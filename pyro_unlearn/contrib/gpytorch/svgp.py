@@ -13,7 +13,7 @@ from torch.distributions import constraints
 
 from ...posterior import FrozenPosterior
 from ...validation import check_finite, check_positive_int
-from .conditional import check_gp_data, expected_log_prob, gp_inputs, project
+from .conditional import check_gp_data, expected_log_prob, gp_inputs, missing_allowed, project
 from .inducing import InducingGuide, freeze_inducing
 from .strategy import NATURAL_DISTRIBUTIONS, variational_strategy
 
@@ -107,7 +107,8 @@ def gpytorch_layout(y: torch.Tensor, batch: torch.Size, n: int) -> torch.Tensor:
         return y.movedim(0, -1)
     raise ValueError(
         f"y has shape {tuple(y.shape)}: this GP (batch shape {tuple(batch)}) at {n} inputs takes "
-        f"targets of shape (*batch, N) = {expected}, GPyTorch's layout"
+        f"targets of shape (*batch, N) = {expected}, GPyTorch's layout: one row per row of x "
+        f"({n})"
     )
 
 
@@ -251,8 +252,11 @@ class PyroSVGP:
             )
         if is_validation_enabled():
             check_finite("x", gp_inputs(x).movedim(-2, 0))
-            if y is not None:
-                check_gp_data(strategy, None, y)
+            if y is not None:  # NaN marks a cell left out under GPyTorch's "mask" policy
+                rows = y.movedim(-1, 0)
+                check_finite(
+                    "y", torch.where(rows.isnan(), 0.0, rows) if missing_allowed() else rows
+                )
         return y
 
     def unlearning_lr(

@@ -150,10 +150,14 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
         return self._sum_batch(self.q_data.log_prob(u))
 
     def _check_batch(
-        self, output: MultivariateNormal | None, target: torch.Tensor, inputs: torch.Tensor | None
+        self,
+        output: MultivariateNormal | None,
+        target: torch.Tensor,
+        inputs: torch.Tensor | None,
+        inputs_name: str = "inputs",
     ) -> None:
         """The batch's sizes against each other and ``num_erased`` (always: shapes only), then
-        :meth:`_check_data`."""
+        :meth:`_check_data` (``inputs_name``: what its errors call the inputs)."""
         check_gp_data(self.strategy, inputs, target, finite=False)
         if target.shape[-1] > self.num_erased:
             raise ValueError(
@@ -171,16 +175,20 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
                     f"output (q(f) at the batch's inputs) has {output.event_shape[-1]} points, "
                     f"target {target.shape[-1]}: call the GP on the batch's inputs"
                 )
-        self._check_data(output, target, inputs)
+        self._check_data(output, target, inputs, inputs_name)
 
     def _check_data(
-        self, output: MultivariateNormal | None, target: torch.Tensor, inputs: torch.Tensor | None
+        self,
+        output: MultivariateNormal | None,
+        target: torch.Tensor,
+        inputs: torch.Tensor | None,
+        inputs_name: str = "inputs",
     ) -> None:
         """Non-finite inputs, targets or q(f) named with their first row, on every step under
         Pyro's validation (``pyro.enable_validation(False)`` skips it)."""
         if not is_validation_enabled():
             return
-        check_gp_data(self.strategy, inputs, target)
+        check_gp_data(self.strategy, inputs, target, inputs_name=inputs_name)
         if output is not None:
             check_finite("output (q(f) at the batch's inputs) mean", output.mean.movedim(-1, 0))
 
@@ -219,9 +227,11 @@ class UnlearningObjective(_ApproximateMarginalLogLikelihood):
                 call with all of D_e, when q(u|D)/p̃(D_e|u) is not a distribution
                 (:meth:`check_division`)."""
         self._fixed.check()
+        name = "inputs"
         if inputs is None and output is not None:
             inputs = inputs_of(output)  # None where the output does not carry them
-        self._check_batch(output, target, inputs)
+            name = "output q(f)'s inputs"
+        self._check_batch(output, target, inputs, name)
         stale = output is not None and not (self.model.training and self.likelihood.training)
         if stale and inputs is None:
             raise ValueError(

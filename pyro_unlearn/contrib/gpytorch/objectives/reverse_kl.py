@@ -132,14 +132,18 @@ class VariationalReverseKL(ImportanceWeighted, UnlearningObjective):
         return (value.data_ptr(), tuple(value.shape), value._version, value.device)
 
     def _check_data(
-        self, output: MultivariateNormal | None, target: torch.Tensor, inputs: torch.Tensor | None
+        self,
+        output: MultivariateNormal | None,
+        target: torch.Tensor,
+        inputs: torch.Tensor | None,
+        inputs_name: str = "inputs",
     ) -> None:
         """Non-finite inputs or targets named with their first row, once per distinct pair of
         tensors (D_e comes back unchanged every step, as its cached algebra does), and on every
         step under Pyro's validation."""
         key = (self._key(inputs), self._key(target))
         if key != self._checked or is_validation_enabled():
-            check_gp_data(self.strategy, inputs, target)
+            check_gp_data(self.strategy, inputs, target, inputs_name=inputs_name)
             self._checked = key
 
     def _projections_of(self, inputs: torch.Tensor) -> list[Projection]:
