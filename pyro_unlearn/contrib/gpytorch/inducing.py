@@ -125,7 +125,7 @@ def freeze_inducing(
     from: :func:`~pyro_unlearn.freeze` of its :class:`InducingGuide`.
 
     The snapshot is an independent copy, so later training of ``gp`` never changes it. Given
-    the ``likelihood`` and ``data`` = (x, y), D or a sample of it (then ``num_data`` = |D|),
+    the ``likelihood`` and ``data`` = (x, y), D or a sample of it (then ``num_data`` = ``|D|``),
     it first measures how far q(u|D) is from the ELBO's optimum for the current
     hyperparameters (:func:`~pyro_unlearn.contrib.gpytorch.inducing_gap`) and warns with that
     number: :func:`~pyro_unlearn.contrib.gpytorch.converge_inducing` puts it there.
@@ -136,7 +136,7 @@ def freeze_inducing(
             using the same GP).
         likelihood: the GP's likelihood, with ``data``.
         data: ``(x, y)``, to measure q(u|D)'s distance to its optimum.
-        num_data: |D| when ``data`` is a sample of D.
+        num_data: ``|D|`` when ``data`` is a sample of D.
 
     Warns:
         InducingGapWarning: q(u|D) is more than

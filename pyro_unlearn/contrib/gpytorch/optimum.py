@@ -43,12 +43,12 @@ class PrecisionWarning(UserWarning):
 def check_precision(q: object, *, warn: bool = True, stacklevel: int = 2) -> float:
     r"""The relative rounding error of q(u|D) in its dtype, ε·κ(Σ_D): machine epsilon times the
     condition number of q(u|D)'s covariance (its largest over smallest eigenvalue), which grows
-    with |D| (the data shrink Σ_D along the directions they determine, about as N/M). Measured
+    with ``|D|`` (the data shrink Σ_D along the directions they determine, about as N/M). Measured
     with M = 100 on 1-D regression (σ = 0.1, lengthscale 0.5; KL to the float64 answer, the
     last two columns for 5 % erased at random):
 
     ====== ============= ===================== ================ ================
-    |D|    ε·κ, float32  q(u|D) float32 vs 64  retrain float32  unlearn float32
+    N      ε·κ, float32  q(u|D) float32 vs 64  retrain float32  unlearn float32
     ====== ============= ===================== ================ ================
     300    4.9·10⁻⁴      0.075
     10³    1.5·10⁻³      0.25                  0.22             0.22
@@ -127,7 +127,7 @@ def natural_step(
         likelihood: its likelihood.
         inputs: D's inputs, ``(N, D)`` or ``(N,)``.
         targets: D's targets, ``(*batch, N)``.
-        num_data: |D| when the data are a sample of it (default: all of it).
+        num_data: ``|D|`` when the data are a sample of it (default: all of it).
         lr: the step r ∈ (0, 1].
         chunk_size: points per chunk.
 
@@ -205,14 +205,14 @@ def inducing_gap(
     (nats, summed over a batch GP's outputs) from q(u) to q(u) after one natural-gradient step
     at lr 1 on (``inputs``, ``targets``) (:func:`natural_step`): the KL to the optimum itself
     for a Gaussian likelihood, a measure of the natural gradient's size (0 at the optimum)
-    for others; on a sample of D, pass ``num_data`` = |D|. Training loops (Adam on all
+    for others; on a sample of D, pass ``num_data`` = ``|D|``. Training loops (Adam on all
     parameters) leave q(u) short of it, then q(u|D)/p̃(D_e|u) is not q(u|D_r) and often not a
     distribution: converge q(u) first (:func:`converge_inducing`).
 
     Arguments:
         gp, likelihood: the trained GP and its likelihood.
         inputs, targets: D (or a sample of it), as :func:`natural_step` takes them.
-        num_data: |D| when they are a sample.
+        num_data: ``|D|`` when they are a sample.
         chunk_size: points per chunk.
         warn: warn :class:`InducingGapWarning` when the gap exceeds :data:`GAP_TOLERANCE`.
         stacklevel: the warning's, as :func:`warnings.warn` takes it.
