@@ -77,6 +77,13 @@ def fit_log_weights(
     References:
         Y. Yao, A. Vehtari, D. Simpson, A. Gelman. Yes, but Did It Work?: Evaluating
         Variational Inference. ICML 2018.
+
+    Example (:func:`~pyro_unlearn.trust.diagnose` runs it; ``tests/test_trust_fit.py`` checks
+    it against closed forms)::
+
+        with torch.no_grad(), pyro.poutine.block():
+            own = fit_log_weights(model, pu.freeze(guide, x, y), (x, y), {}, rows, "data", 1000, -2)
+        fit_summary(own.log_weights).pareto_k  # < 0.5: q(θ|D) fits p(θ|D)
     """
     if not isinstance(plate, str):
         return None
