@@ -149,6 +149,8 @@ def test_readme_gpytorch():
         torch=torch,
         gp=gp,
         likelihood=likelihood,
+        x=x,
+        y=y,
         x_e=x_e,
         y_e=y_e,
         loader_over_erased_data=[(x_e[:5], y_e[:5]), (x_e[5:], y_e[5:])],
