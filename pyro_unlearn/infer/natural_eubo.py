@@ -338,9 +338,9 @@ def gaussian_eubo(
         TypeError: for a guide that is not one of the three.
         ValueError: for bad options, a model that cannot take a particle plate, or a
             non-finite log p(D_e|θ) or gradient, before the guide changes.
-        NotNormalizableError: (a ``ValueError``) when Λ_D + E[∇²ℓ] is not positive definite
-            under q(θ|D), or at every step of a window: the guide and the param store are
-            left as they were.
+        NotNormalizableError: (:class:`~pyro_unlearn.exact.NotNormalizableError`, a
+            ``ValueError``) when Λ_D + E[∇²ℓ] is not positive definite under q(θ|D), or at
+            every step of a window: the guide and the param store are left as they were.
 
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020
