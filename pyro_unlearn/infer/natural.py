@@ -11,23 +11,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal
+from pyro.infer.autoguide import AutoMultivariateNormal
 
-from ..guides import LatentLayout, is_gaussian, latent_layout, read_gaussian, write_gaussian
+from ..guides import read_gaussian, write_gaussian
 from ..params import ParamSnapshot
 from ..posterior import FrozenPosterior, freeze
 from ..results import UnlearningResult
-from ..traces import preserved_rng
-from ..validation import check_finite_data, check_positive_int
+from ..validation import check_positive_int
 from . import _moments
+from ._gaussian_setup import FlatErased, prepare
 from .adjusted_likelihood import check_lam, log_threshold
-from .fused import ErasedLikelihood, erased_log_likelihood_fn
 from .mcmc import LowESSWarning
 from .reverse_kl import ImportanceWeights
 
 __all__ = ["NaturalGradientResult", "gaussian_reverse_kl"]
-
-_SUPPORTED = "AutoNormal, AutoDiagonalNormal or AutoMultivariateNormal"
 
 
 @dataclass(kw_only=True)
@@ -65,41 +62,7 @@ class NaturalGradientResult(UnlearningResult):
     likelihood: str = ""
 
 
-# -- log p(D_e|θ) for a batch of flat θ ----------------------------------------------------------
-class _FlatErased:
-    """θ (S, P) ↦ log p(D_e|θ_s) (S,): each site's slice of θ through its bijection, then the
-    recorded erased log-likelihood (:func:`~.fused.erased_log_likelihood_fn`)."""
-
-    def __init__(self, layout: LatentLayout, fn: ErasedLikelihood) -> None:
-        self.layout, self.fn = layout, fn
-
-    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
-        S = theta.shape[0]
-        values = {
-            s.name: s.transform(theta[:, s.start : s.stop].reshape(S, *s.shape)).reshape(
-                S, *self.fn.shapes[s.name]
-            )
-            for s in self.layout.sites
-        }
-        return self.fn(values)
-
-
 # -- checks ---------------------------------------------------------------------------------------
-def _check_guide(guide: Any) -> None:
-    if isinstance(guide, AutoLowRankMultivariateNormal):
-        raise TypeError(
-            "gaussian_reverse_kl cannot write the moment match into an "
-            "AutoLowRankMultivariateNormal: its family (D + W Wᵀ, fixed rank) does not hold "
-            f"every covariance, and no closed-form projection onto it exists; use an "
-            f"{_SUPPORTED}, or pu.forget(..., method='rkl'), which trains the low-rank guide"
-        )
-    if isinstance(guide, FrozenPosterior) or not is_gaussian(guide):
-        raise TypeError(
-            f"gaussian_reverse_kl needs a live Gaussian guide ({_SUPPORTED}), got "
-            f"{type(guide).__name__}; other guides (flows) take pu.forget(..., method='rkl')"
-        )
-
-
 def _check_options(
     proposal, anneal, lam, num_samples, num_steps, step_size, window, tolerance, progress
 ) -> tuple:
@@ -122,29 +85,6 @@ def _check_options(
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {type(progress).__name__}")
     return lam, num_samples, num_steps, float(step_size), window, float(tolerance)
-
-
-def _prepare(model, guide, posterior, args, kwargs, erased, plate, jit) -> tuple:
-    """q(θ|D) frozen, the flat layout and the batched log p(D_e|θ), every check passed."""
-    _check_guide(guide)
-    check_finite_data(args, kwargs)
-    if posterior is None:
-        with preserved_rng(args, kwargs):
-            posterior = freeze(guide, *args, **kwargs)
-    elif not isinstance(posterior, FrozenPosterior):
-        raise TypeError(
-            f"posterior must be a FrozenPosterior (pu.freeze(guide)), got "
-            f"{type(posterior).__name__}"
-        )
-    else:
-        posterior.check_guide(guide, *args, **kwargs)
-    try:
-        fn = erased_log_likelihood_fn(
-            model, posterior, *args, erased=erased, plate=plate, jit=jit, **kwargs
-        )
-    except ValueError as error:
-        raise ValueError(f"gaussian_reverse_kl draws θ in a pyro.plate: {error}") from None
-    return posterior, latent_layout(guide), fn
 
 
 def gaussian_reverse_kl(
@@ -274,7 +214,9 @@ def gaussian_reverse_kl(
     lam, num_samples, num_steps, step_size, window, tolerance = _check_options(
         proposal, anneal, lam, num_samples, num_steps, step_size, window, tolerance, progress
     )
-    original, layout, fn = _prepare(model, guide, posterior, args, kwargs, erased, plate, jit)
+    original, layout, fn = prepare(
+        model, guide, posterior, args, kwargs, erased, plate, jit, "gaussian_reverse_kl", "rkl"
+    )
     diagonal, P = not isinstance(guide, AutoMultivariateNormal), layout.size
     min_ess = 2.0 if diagonal else P + 1.0
     if num_samples <= min_ess:
@@ -292,7 +234,7 @@ def gaussian_reverse_kl(
         "step_size": step_size,
         "tolerance": tolerance,
         "min_ess": min_ess,
-        "loglik": _FlatErased(layout, fn),
+        "loglik": FlatErased(layout, fn),
         "threshold": None if lam == 0.0 else log_threshold(lam, original.log_q_max),
     }
     beta = torch.tensor(1.0 if anneal is None else 0.0, dtype=loc.dtype, device=loc.device)

@@ -10,22 +10,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal
+from pyro.infer.autoguide import AutoMultivariateNormal
 from tqdm import tqdm
 
 from ..exact import NotNormalizableError
-from ..guides import LatentLayout, is_gaussian, latent_layout, read_gaussian, write_gaussian
+from ..guides import read_gaussian, write_gaussian
 from ..params import ParamSnapshot
 from ..posterior import FrozenPosterior, freeze
-from ..traces import preserved_rng
-from ..validation import check_finite_data, check_positive_int
+from ..validation import check_positive_int
+from ._gaussian_setup import FlatErased, prepare
 from .adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
-from .fused import ErasedLikelihood, erased_log_likelihood_fn
 from .natural import NaturalGradientResult
 
 __all__ = ["NaturalEUBOResult", "gaussian_eubo"]
 
-_SUPPORTED = "AutoNormal, AutoDiagonalNormal or AutoMultivariateNormal"
 _MAX_HALVINGS = 30  # ρ·2⁻³⁰: below it a step keeping Λ positive definite moves nothing
 
 
@@ -50,23 +48,6 @@ class NaturalEUBOResult(NaturalGradientResult):
     step_sizes: list[float] = field(default_factory=list)
     shrunk: int = 0
     precision_margin: float = math.nan
-
-
-class _FlatErased:
-    """θ (S, P) ↦ log p(D_e|θ_s) (S,) through each site's bijection and the recording."""
-
-    def __init__(self, layout: LatentLayout, fn: ErasedLikelihood) -> None:
-        self.layout, self.fn = layout, fn
-
-    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
-        S = theta.shape[0]
-        values = {
-            s.name: s.transform(theta[:, s.start : s.stop].reshape(S, *s.shape)).reshape(
-                S, *self.fn.shapes[s.name]
-            )
-            for s in self.layout.sites
-        }
-        return self.fn(values)
 
 
 # -- Gaussians held as natural parameters: (m, Λ) or, mean-field, (m, diag Λ) --------------------
@@ -234,39 +215,6 @@ def _check_options(lam, num_samples, num_steps, step_size, window, progress) -> 
     return lam, num_samples, num_steps, float(step_size), window
 
 
-def _prepare(model, guide, posterior, args, kwargs, erased, plate, jit) -> tuple:
-    """q(θ|D) frozen, the flat layout and the batched log p(D_e|θ), every check passed."""
-    if isinstance(guide, AutoLowRankMultivariateNormal):
-        raise TypeError(
-            "gaussian_eubo cannot write its answer into an AutoLowRankMultivariateNormal (its "
-            f"family does not hold every precision); use an {_SUPPORTED}, or "
-            "pu.forget(..., method='eubo'), which trains the low-rank guide"
-        )
-    if isinstance(guide, FrozenPosterior) or not is_gaussian(guide):
-        raise TypeError(
-            f"gaussian_eubo needs a live Gaussian guide ({_SUPPORTED}), got "
-            f"{type(guide).__name__}; other guides (flows) take pu.forget(..., method='eubo')"
-        )
-    check_finite_data(args, kwargs)
-    if posterior is None:
-        with preserved_rng(args, kwargs):
-            posterior = freeze(guide, *args, **kwargs)
-    elif not isinstance(posterior, FrozenPosterior):
-        raise TypeError(
-            f"posterior must be a FrozenPosterior (pu.freeze(guide)), got "
-            f"{type(posterior).__name__}"
-        )
-    else:
-        posterior.check_guide(guide, *args, **kwargs)
-    try:
-        fn = erased_log_likelihood_fn(
-            model, posterior, *args, erased=erased, plate=plate, jit=jit, **kwargs
-        )
-    except ValueError as error:
-        raise ValueError(f"gaussian_eubo draws θ in a pyro.plate: {error}") from None
-    return posterior, latent_layout(guide), fn
-
-
 def gaussian_eubo(
     model: Callable[..., Any],
     guide: Any,
@@ -377,7 +325,9 @@ def gaussian_eubo(
     lam, num_samples, num_steps, step_size, window = _check_options(
         lam, num_samples, num_steps, step_size, window, progress
     )
-    original, layout, fn = _prepare(model, guide, posterior, args, kwargs, erased, plate, jit)
+    original, layout, fn = prepare(
+        model, guide, posterior, args, kwargs, erased, plate, jit, "gaussian_eubo", "eubo"
+    )
     diagonal, P = not isinstance(guide, AutoMultivariateNormal), layout.size
     least = 4 if diagonal else 2 * (P + 1)
     if num_samples < least:
@@ -393,7 +343,7 @@ def gaussian_eubo(
         "target": target,
         "num_samples": num_samples,
         "step_size": step_size,
-        "loglik": _FlatErased(layout, fn),
+        "loglik": FlatErased(layout, fn),
         "log_q": lambda theta: _log_q(theta, loc, precision),
         "threshold": None if lam == 0.0 else log_threshold(lam, original.log_q_max),
     }
