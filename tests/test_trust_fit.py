@@ -140,3 +140,9 @@ def test_target_kl_closed_form():
     kl, se = target_kl(log_ratio, log_v)
     assert abs(kl - 0.125) < 4 * se and se < 0.01
     assert target_kl(torch.full((100,), -math.inf), torch.zeros(100))[0] == math.inf
+    # every term 10⁴ nats below e⁰: no underflow to log(0) (the sine's L-BUN rows met it);
+    # E_p̃[e^l] = e^{-10⁴}(1 + 50/150), E_p̃[l] = −10⁴, so KL = log(4/3)
+    log_ratio = torch.cat([torch.full((150,), -1e4), torch.zeros(50)])
+    log_v = torch.cat([torch.zeros(150), torch.full((50,), -1e4)])
+    kl, _ = target_kl(log_ratio, log_v)
+    assert kl == pytest.approx(math.log(4 / 3), abs=1e-6)

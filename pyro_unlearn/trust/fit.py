@@ -159,12 +159,11 @@ def target_kl(log_ratio: torch.Tensor, log_v: torch.Tensor) -> tuple[float, floa
     if bool((ratio == -math.inf).any()):
         return math.inf, math.nan
     smoothed, _ = pareto_smooth(log_v.detach().to("cpu", torch.float64).numpy())
-    weights = torch.from_numpy(smoothed).softmax(0)
-    top = float(ratio.max())
-    scaled = (ratio - top).exp()  # e^l / e^top
-    mean_exp, mean = float((weights * scaled).sum()), float((weights * ratio).sum())
-    kl = top + math.log(mean_exp) - mean
-    influence = len(ratio) * weights * (scaled / mean_exp - ratio + mean - 1.0)
+    log_weights = torch.from_numpy(smoothed).log_softmax(0)
+    log_mean_exp = float((log_weights + ratio).logsumexp(0))  # log E_p̃[e^l], no underflow
+    weights, mean = log_weights.exp(), float((log_weights.exp() * ratio).sum())
+    kl = log_mean_exp - mean
+    influence = len(ratio) * weights * ((ratio - log_mean_exp).exp() - ratio + mean - 1.0)
     return kl, float(influence.std()) / math.sqrt(len(ratio))
 
 
