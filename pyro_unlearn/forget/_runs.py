@@ -1,5 +1,5 @@
 """What every run of one :func:`~pyro_unlearn.forget` call shares, and the pieces of a run
-that do not step SVI: the moment-matching solver for Gaussian guides, and the trust check."""
+that do not step SVI: the natural-gradient solvers for Gaussian guides, and the trust check."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import pyro
 
+from ..exact import NotNormalizableError
 from ..guides import is_gaussian
-from ..infer import gaussian_reverse_kl
+from ..infer import gaussian_eubo, gaussian_reverse_kl
 from ..posterior import FrozenPosterior
 from ..trust import Caveats, attach_trust
 from .auto import Rung
@@ -43,26 +44,40 @@ class Run:
 
 
 def run_natural(run: Run, original: FrozenPosterior, rung: Rung, lam: float) -> ForgetResult | None:
-    """A reverse-KL rung of ``method="auto"`` solved by damped moment matching
-    (:func:`~pyro_unlearn.infer.gaussian_reverse_kl`) for the Gaussian guides it takes, as a
-    :class:`ForgetResult` (``solver="natural"``); ``None`` where it does not apply (another
-    loss or guide, a model without a particle plate): the SGD run then."""
-    if rung.method != "rkl" or not run.vectorize_particles or not is_gaussian(run.guide):
+    """A rung of ``method="auto"`` solved in the Gaussian guide's own geometry, as a
+    :class:`ForgetResult` (``solver="natural"``): the reverse KL by damped moment matching
+    (:func:`~pyro_unlearn.infer.gaussian_reverse_kl`), the EUBO by natural-gradient steps
+    (:func:`~pyro_unlearn.infer.gaussian_eubo`); ``None`` where neither applies (another
+    guide, a model without a particle plate): the SGD run then. A division that is not a
+    distribution (:class:`~pyro_unlearn.exact.NotNormalizableError`) is raised, not handed to
+    SGD, which would fit it regardless."""
+    if not run.vectorize_particles or not is_gaussian(run.guide):
+        return None
+    solve = {"rkl": gaussian_reverse_kl, "eubo": gaussian_eubo}.get(rung.method)
+    if solve is None:
         return None
     try:
-        natural = gaussian_reverse_kl(
+        natural = solve(
             run.model, run.guide, *run.args, erased=run.erased, plate=run.plate,
             posterior=original, lam=lam, num_steps=run.num_steps, progress=run.progress,
             diagnose=run.diagnose, diagnose_samples=run.diagnose_samples, **rung.options,
             **run.kwargs,
         )  # fmt: skip
+    except NotNormalizableError:
+        raise
     except (TypeError, ValueError):  # AutoLowRankMultivariateNormal, no particle plate...
         return None
+    eubo = rung.method == "eubo"
     result = ForgetResult(
         guide=run.guide,
         posterior=natural.posterior,
         original=original,
-        diagnostics={"ess": natural.ess, "temperature": natural.temperature},
+        losses=list(natural.losses) if eubo else [],
+        diagnostics=(
+            {"step_size": natural.step_sizes}
+            if eubo
+            else {"ess": natural.ess, "temperature": natural.temperature}
+        ),
         seconds=natural.seconds,
         converged=natural.converged,
         method=rung.method,

@@ -46,10 +46,12 @@ class ForgetResult(UnlearningResult):
         attempts: under ``method="auto"``, one row per run tried, in order (method, options,
             λ, verdict, k̂, KL estimate, converged, collapsed, seconds, steps, whether chosen,
             error); empty for an explicit ``method``.
-        solver: ``"sgd"`` (SVI steps on the loss) or ``"natural"`` (damped moment matching of a
-            Gaussian guide, :func:`~pyro_unlearn.infer.gaussian_reverse_kl`: what
-            ``method="auto"`` runs the reverse KL with for AutoNormal, AutoDiagonalNormal and
-            AutoMultivariateNormal guides; ``losses`` is then empty).
+        solver: ``"sgd"`` (SVI steps on the loss) or ``"natural"`` (steps in a Gaussian
+            guide's own geometry: what ``method="auto"`` runs for AutoNormal,
+            AutoDiagonalNormal and AutoMultivariateNormal guides; the reverse KL by damped
+            moment matching, :func:`~pyro_unlearn.infer.gaussian_reverse_kl`, with ``losses``
+            empty; the EUBO by natural-gradient steps, :func:`~pyro_unlearn.infer.gaussian_eubo`,
+            with its EUBO per step in ``losses``).
         particles: how the loss drew its particles (:attr:`UnlearningLoss.particles
             <pyro_unlearn.infer.base.UnlearningLoss>`): ``"vectorized"``, ``"vmap"`` (a model
             that cannot take a particle plate, batched by ``torch.func.vmap``) or
