@@ -285,3 +285,18 @@ def gaussian_reverse_kl(
         num_samples=diagnose_samples,
         caveats=Caveats(approximate=reasons),
     )
+
+
+def moment_match(target: tuple, loglik: Callable, run: dict[str, Any], window: int, progress: bool):
+    """The iteration of :func:`gaussian_reverse_kl` for any log-likelihood of flat draws (used by
+    :func:`pyro_unlearn.contrib.gpytorch.inducing_reverse_kl`): ``run`` holds ``proposal``,
+    ``anneal``, ``num_samples``, ``num_steps``, ``step_size``, ``tolerance``, ``min_ess`` and
+    ``threshold``. Returns the answer's moments, the :class:`~._moments.MomentState`, whether
+    the stopping rule fired and whether the weights collapsed."""
+    run = {**run, "target": target, "loglik": loglik}
+    loc = target[0]
+    beta = torch.tensor(1.0 if run["anneal"] is None else 0.0, dtype=loc.dtype, device=loc.device)
+    state = _moments.MomentState(*target, beta, tail=deque(maxlen=2 * window))
+    settled = _moments.iterate(state, run, run["num_steps"], window, progress)
+    final = _moments.average(list(state.tail)) if state.tail else (state.loc, state.spread)
+    return final, state, settled, _moments.collapsed(state.ess, window, run["min_ess"])

@@ -56,6 +56,7 @@ from .inducing import (
     restore_inducing,
     set_inducing_distribution,
 )
+from .moments import ErasedInducingLikelihood, inducing_reverse_kl
 from .objectives import VariationalEUBO, VariationalReverseKL
 from .objectives.guards import check_ngd
 from .optimum import (
@@ -71,6 +72,7 @@ from .svgp import PyroSVGP, check_not_pyro_gp
 from .trust import diagnose_inducing, erased_precision_share
 
 __all__ = [
+    "ErasedInducingLikelihood",
     "InducingGapWarning",
     "InducingGuide",
     "PrecisionWarning",
@@ -89,6 +91,7 @@ __all__ = [
     "inducing_gap",
     "inducing_kl",
     "inducing_log_likelihood",
+    "inducing_reverse_kl",
     "natural_step",
     "restore_inducing",
     "set_inducing_distribution",
