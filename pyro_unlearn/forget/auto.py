@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 from ..trust import verdict
 from .result import ForgetResult
 
-__all__ = ["AUTO", "AUTO_LADDER", "Rung", "attempt_row", "rank", "should_escalate"]
+__all__ = ["AUTO", "AUTO_LADDER", "Rung", "attempt_row", "nothing_kept", "rank", "should_escalate"]
 
 #: The ``method`` of :func:`~pyro_unlearn.forget` that chooses the loss itself.
 AUTO = "auto"
@@ -118,6 +118,41 @@ def rank(result: ForgetResult, lam: float) -> tuple[float, ...]:
         verdict_rank,
         share,
     )
+
+
+def nothing_kept(best: ForgetResult, original: Any, num_runs: int, lam: float) -> ForgetResult:
+    """What ``method="auto"`` returns when every diagnosed run says "retrain" and none came
+    closer to the target p̃ than q(θ|D) (KL(q_u ‖ p̃) at or above KL(q(θ|D) ‖ p̃)): q(θ|D) itself,
+    left in the guide, with the verdict "retrain" and ``method="auto"``. Installing the best of
+    those runs would put in the guide a posterior the diagnostics say is no nearer the target
+    than doing nothing; in the trust benchmark (``benchmarks/bench_trust.py``) such a run, on a
+    small BNN's random erasure, predicted D_e 13× worse than q(θ|D).
+
+    Arguments:
+        best: the best-ranked run (:func:`rank`).
+        original: q(θ|D), frozen.
+        num_runs: how many runs were tried.
+        lam: the λ the caller asked for.
+
+    Returns:
+        A :class:`ForgetResult` whose ``posterior`` is ``original``.
+
+    Example:
+        >>> best = ForgetResult(guide=print, posterior=None, original="q", verdict="retrain")
+        >>> kept = nothing_kept(best, "q", 4, 0.0)
+        >>> kept.posterior, kept.method, kept.verdict, kept.converged
+        ('q', 'auto', 'retrain', False)
+    """
+    kept = ForgetResult(
+        guide=best.guide, posterior=original, original=original, method=AUTO, lam=float(lam),
+        solver=best.solver, particles=best.particles,
+    )  # fmt: skip
+    kept.verdict = "retrain"
+    kept.explanation = (
+        f"retrain: none of the {num_runs} runs came closer to p̃ than q(θ|D), so the guide "
+        f"holds q(θ|D) as before, nothing unlearned; the best run said {best.explanation}"
+    )
+    return kept
 
 
 def attempt_row(

@@ -40,7 +40,9 @@ class ForgetResult(UnlearningResult):
             :class:`~pyro_unlearn.results.UnlearningResult` (``summary()``, ``trust_row``).
         method: the loss that produced ``posterior`` (a key of
             :data:`~pyro_unlearn.forget.methods.METHODS`), with ``loss_options`` its options
-            and ``lam`` its λ: under ``method="auto"``, those of the attempt chosen.
+            and ``lam`` its λ: under ``method="auto"``, those of the attempt chosen, or
+            ``"auto"`` with ``posterior`` q(θ|D) itself when no run came closer to the target
+            than q(θ|D) (:func:`~pyro_unlearn.forget.auto.nothing_kept`).
         loss_options: the loss options of that run.
         lam: the adjusted likelihood's λ of that run.
         attempts: under ``method="auto"``, one row per run tried, in order (method, options,

@@ -18,7 +18,7 @@ from ..params import ParamSnapshot, trainable
 from ..posterior import FrozenPosterior, freeze
 from ..validation import check_finite_data
 from ._runs import Run, attach_forget_trust, run_natural
-from .auto import AUTO, AUTO_LADDER, attempt_row, rank, should_escalate
+from .auto import AUTO, AUTO_LADDER, attempt_row, nothing_kept, rank, should_escalate
 from .checks import check_erased_rows, check_forget_options
 from .convergence import run_until_flat
 from .methods import METHODS
@@ -333,7 +333,9 @@ def _run_auto(run: Run, original: FrozenPosterior, lam: float) -> ForgetResult:
         if not should_escalate(result):
             break
     chosen = results[min(range(len(results)), key=lambda i: rank(results[i], lam))]
-    if chosen is not results[-1]:
+    if chosen.verdict == "retrain" and rank(chosen, lam)[1]:  # no diagnosed run moved to p̃
+        chosen = nothing_kept(chosen, original, len(results), lam)
+    if chosen.posterior is not results[-1].posterior:
         with ParamSnapshot.transaction():
             chosen.posterior.restore(run.guide)
     for row in attempts:
