@@ -18,18 +18,20 @@ two differ only in structure.
 With the hyperparameters and inducing inputs fixed (as unlearning keeps them) only q(u) moves:
 
 * ``eubo``: :class:`~pyro_unlearn.contrib.gpytorch.VariationalEUBO` on mini-batches of D_e;
-* ``rkl``: :class:`~pyro_unlearn.contrib.gpytorch.VariationalReverseKL`, all of D_e per step
-  (chunked), self-normalised importance sampling from the current q(u) towards a target
+* ``rkl``: :func:`~pyro_unlearn.contrib.gpytorch.inducing_reverse_kl`, damped moment matching
+  of q(u) by self-normalised importance sampling from the current q(u) towards a target
   tempered as the conditional effective sample size allows (``proposal="current",
-  anneal=0.99``: small steps of β that the guide, at NGD lr 0.005, can follow). The
+  anneal=0.5``, 2000 draws, step 0.2; :func:`unlearn`), log p̃(D_e|u) from D_e's statistics
+  summed once; ``rkl_solver="ngd"`` keeps NGD on
+  :class:`~pyro_unlearn.contrib.gpytorch.VariationalReverseKL` (anneal 0.99, lr 0.005). The
   paper's proposal, q(u|D) itself, collapses here: 12 000 erased flights move log p(D_e|u) by
   several nats across its draws (ESS 1–10 of 256), and the rKL diverged or stood still;
 * ``retrained`` (the reference): the ELBO on D_r from the prior q(u) = p(u) = N(0, I);
 * ``finetuned``: the ELBO on D_r warm-started at q(u|D) (the authors' reference, and the cheap
   alternative to unlearning).
 
-Every q(u) loop is NGD. The rKL takes smaller steps and stops once annealed with nearly uniform
-weights (:func:`unlearn`); every other loop stops by one rule on its own data: the mean loss over
+The rKL stops once annealed with its iterates settled (:func:`unlearn`); the other q(u) loops
+are NGD and stop by one rule on its own data: the mean loss over
 its last epoch (at least ``window`` steps, :func:`epoch_window`) is no lower than over the epoch
 before, up to noise (:func:`~pyro_unlearn.forget.has_converged`). Retraining from scratch
 (:func:`train_svgp` on D_r, hyperparameters included) is what unlearning is timed against
@@ -75,6 +77,7 @@ from pyro_unlearn.contrib.gpytorch import (
     freeze_inducing,
     inducing_distribution,
     inducing_kl,
+    inducing_reverse_kl,
     set_inducing_distribution,
 )
 from pyro_unlearn.experiments import json_safe, trust_columns
@@ -86,6 +89,11 @@ from pyro_unlearn.metrics import MembershipAttack, membership_attack
 __all__ = [
     "LAMBDAS",
     "QUICK",
+    "RKL_ANNEAL",
+    "RKL_SAMPLES",
+    "RKL_STEP_SIZE",
+    "RKL_STOP",
+    "RKL_WINDOW",
     "SVGP",
     "erasures",
     "evaluate",
@@ -115,6 +123,15 @@ QUICK = dict(
     lambdas=(1e-20, 0.0),
     diagnose_samples=300,
 )
+
+
+#: The rKL's defaults per solver (:func:`unlearn`): draws of u per step and annealing (the ESS
+#: fraction kept as β rises); the moment solver's step size ρ and averaging window.
+RKL_SAMPLES = {"moments": 2000, "ngd": 256}
+RKL_ANNEAL = {"moments": 0.5, "ngd": 0.99}
+RKL_STEP_SIZE = 0.2
+RKL_WINDOW = 10
+RKL_STOP = "the last two windows of iterates at β = 1 agreeing within their Monte-Carlo error"
 
 
 class SVGP(gpytorch.models.ApproximateGP):
@@ -408,29 +425,32 @@ def unlearn(
     window: int,
     seed: int,
     eubo_samples: int = 64,
-    rkl_samples: int = 256,
+    rkl_samples: int | None = None,
     rkl_ngd_lr: float = 0.005,
     rkl_proposal: str = "current",
-    rkl_anneal: float | None = 0.99,
+    rkl_anneal: float | None = None,
     rkl_ess_stop: float = 0.9,
+    rkl_solver: str = "moments",
+    rkl_step_size: float = RKL_STEP_SIZE,
     chunk_size: int = 4096,
     progress: bool = True,
 ) -> tuple[SVGP, dict]:
-    """A copy of ``gp`` unlearned from q(u|D) by ``method`` ("eubo" or "rkl") at ``lam``, by NGD.
+    """A copy of ``gp`` unlearned from q(u|D) by ``method`` ("eubo" or "rkl") at ``lam``.
 
-    The EUBO steps at ``ngd_lr`` (as training) on mini-batches of D_e until flat. The rKL draws
-    from the current q(u) with an annealed target (``rkl_proposal``, ``rkl_anneal``: see
-    :class:`~pyro_unlearn.contrib.gpytorch.VariationalReverseKL`) and steps at ``rkl_ngd_lr``
-    (importance-weighted moments of 100 dimensions from a few hundred draws: larger steps, or
-    weights with less ESS, turn their noise into a runaway — at lr 0.01, or at lr 0.005 with
-    ``rkl_anneal=0.5`` under the ESS rule, the carrier erasure diverged on the full data). β
-    moves by the conditional ESS (:func:`~pyro_unlearn.infer.reverse_kl.next_temperature`) in
-    steps that keep ``rkl_anneal`` of it, 0.99: the guide recovers a fraction lr of its lag per
-    step, so at 0.8 β outran it and the weights collapsed; it stops once β = 1
-    and the weights are nearly uniform, a mean ESS over the window of at least ``rkl_ess_stop``
-    of ``rkl_samples`` (q(u) then matches the target where it draws; its loss, a
-    control-variated weighted log-density near 0, says nothing). ESS and β are read from the
-    objective's ``diagnostics()`` at every step.
+    The EUBO steps by NGD at ``ngd_lr`` (as training) on mini-batches of D_e until flat. The rKL
+    (``rkl_solver="moments"``, the default) is
+    :func:`~pyro_unlearn.contrib.gpytorch.inducing_reverse_kl`: damped moment matching of q(u)
+    proposing from the current q(u), ``rkl_samples`` (2000) draws a step, step ρ =
+    ``rkl_step_size`` (0.2), β annealed by the conditional ESS keeping ``rkl_anneal`` (0.5) of
+    it, log p̃(D_e|u) from statistics of D_e summed once (Gaussian likelihood), the answer the
+    average of the last two windows of :data:`RKL_WINDOW` iterates at β = 1 once they agree.
+    ``rkl_solver="ngd"`` keeps the SGD-style route: NGD at ``rkl_ngd_lr`` on
+    :class:`~pyro_unlearn.contrib.gpytorch.VariationalReverseKL` (256 draws; larger steps, or
+    weights with less ESS, turned their noise into a runaway — at lr 0.01, or at lr 0.005 with
+    ``rkl_anneal=0.5``, the carrier erasure diverged on the full data), β moved by the
+    conditional ESS (:func:`~pyro_unlearn.infer.reverse_kl.next_temperature`) keeping 0.99 of
+    it; it stops once β = 1 and the mean ESS over the window is at least ``rkl_ess_stop`` of
+    the draws. ESS and β are recorded at every step.
 
     Arguments:
         gp: the trained SVGP, q(u) = q(u|D); left unchanged.
@@ -446,11 +466,14 @@ def unlearn(
         window: the least convergence window (:func:`epoch_window`).
         seed: seeds the draws and the mini-batches.
         eubo_samples: the EUBO's u-samples per step.
-        rkl_samples: the rKL's u-samples per step.
-        rkl_ngd_lr: the rKL's NGD learning rate.
+        rkl_samples: the rKL's u-samples per step (None: :data:`RKL_SAMPLES` of the solver).
+        rkl_ngd_lr: the NGD rKL's learning rate.
         rkl_proposal: the rKL's proposal, ``"current"`` or ``"posterior"``.
-        rkl_anneal: the rKL's annealing (the ESS fraction to keep), or None.
-        rkl_ess_stop: the ESS fraction at which the rKL may stop.
+        rkl_anneal: the rKL's annealing (the ESS fraction to keep; None:
+            :data:`RKL_ANNEAL` of the solver).
+        rkl_ess_stop: the ESS fraction at which the NGD rKL may stop.
+        rkl_solver: ``"moments"`` or ``"ngd"``.
+        rkl_step_size: the moment solver's step ρ.
         chunk_size: points per chunk of the rKL's weights.
         progress: a progress bar.
 
@@ -462,6 +485,18 @@ def unlearn(
     References:
         Q. P. Nguyen, B. K. H. Low, P. Jaillet. Variational Bayesian Unlearning. NeurIPS 2020.
     """
+    if method == "rkl" and rkl_solver not in ("moments", "ngd"):
+        raise ValueError(f"rkl_solver must be 'moments' or 'ngd', got {rkl_solver!r}")
+    if rkl_anneal is None:
+        rkl_anneal = RKL_ANNEAL[rkl_solver]
+    if rkl_samples is None:
+        rkl_samples = RKL_SAMPLES[rkl_solver]
+    if method == "rkl" and rkl_solver == "moments":
+        return _unlearn_moments(
+            gp, likelihood, posterior, x_e, y_e, lam, steps=steps, seed=seed,
+            num_samples=rkl_samples, proposal=rkl_proposal, anneal=rkl_anneal,
+            step_size=rkl_step_size, window=RKL_WINDOW, chunk_size=chunk_size, progress=progress,
+        )  # fmt: skip
     start = time.perf_counter()
     torch.manual_seed(seed)
     model = clone(gp)
@@ -518,6 +553,32 @@ def unlearn(
         **_diagnostics_record(history),
     }
     return model, info
+
+
+def _unlearn_moments(gp, likelihood, posterior, x_e, y_e, lam, *, steps, seed, **options):
+    """:func:`unlearn`'s rKL by :func:`~pyro_unlearn.contrib.gpytorch.inducing_reverse_kl`."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = clone(gp)
+    failure, result = None, None
+    try:
+        result = inducing_reverse_kl(
+            model, likelihood, x_e, y_e, posterior=posterior, lam=lam, num_steps=steps, **options
+        )
+    except (ValueError, RuntimeError) as error:  # a non-finite likelihood, a failed Cholesky
+        failure = f"{type(error).__name__}: {error}"
+    history = [] if result is None else result.ess
+    temperatures = [] if result is None else result.temperature
+    return model, {
+        "failed": failure,
+        "seconds": time.perf_counter() - start,
+        "steps": len(history),
+        "converged": bool(result is not None and result.converged),
+        **_diagnostics_record(
+            [{"ess": e, "temperature": t} for e, t in zip(history, temperatures, strict=True)]
+        ),
+        "solver": "moments",
+    }
 
 
 @torch.no_grad()
@@ -819,6 +880,7 @@ def _settings(data: FlightsData, chosen: dict, config: dict) -> dict:
     """The run's settings, data and machine, for its JSON."""
     x = data.x_train
     options = {**config["train"], **config["unlearn"]}
+    solver = options["rkl_solver"]
     return {
         "data": data.source,
         "num_train": len(data.y_train),
@@ -833,11 +895,14 @@ def _settings(data: FlightsData, chosen: dict, config: dict) -> dict:
         "unlearn_steps": config["unlearn_steps"],
         "window": options["window"],
         "eubo_samples": options["eubo_samples"],
-        "rkl_samples": options["rkl_samples"],
-        "rkl_ngd_lr": options["rkl_ngd_lr"],
+        "rkl_solver": solver,
+        "rkl_samples": options["rkl_samples"] or RKL_SAMPLES[solver],
+        "rkl_ngd_lr": options["rkl_ngd_lr"] if solver == "ngd" else None,
+        "rkl_step_size": RKL_STEP_SIZE if solver == "moments" else None,
         "rkl_steps": config["rkl_steps"],
-        "rkl_proposal": "the current q(u), stopped at a mean ESS of 0.9 of the draws",
-        "rkl_anneal": options["rkl_anneal"],
+        "rkl_proposal": "the current q(u), "
+        + ("stopped at a mean ESS of 0.9 of the draws" if solver == "ngd" else RKL_STOP),
+        "rkl_anneal": options["rkl_anneal"] or RKL_ANNEAL[solver],
         "chunk_size": options["chunk_size"],
         "mia_nonmembers": "the test rows (all carriers: not matched to a carrier erasure)",
         "mia_repeats": config["mia_repeats"],
@@ -866,10 +931,11 @@ def run(
     unlearn_steps: int = 5000,
     window: int = 20,
     eubo_samples: int = 64,
-    rkl_samples: int = 256,
+    rkl_samples: int | None = None,
     rkl_ngd_lr: float = 0.005,
     rkl_steps: int = 6000,
-    rkl_anneal: float = 0.99,
+    rkl_anneal: float | None = None,
+    rkl_solver: str = "moments",
     chunk_size: int = 4096,
     mia_repeats: int = 5,
     diagnose_samples: int = 1000,
@@ -899,7 +965,8 @@ def run(
         retrain_steps: the most steps of the q(u)-only retraining and fine-tuning.
         unlearn_steps: the EUBO's most steps.
         window: the least convergence window.
-        eubo_samples, rkl_samples, rkl_ngd_lr, rkl_anneal, chunk_size: :func:`unlearn`'s.
+        eubo_samples, rkl_samples, rkl_ngd_lr, rkl_anneal, rkl_solver, chunk_size:
+            :func:`unlearn`'s.
         rkl_steps: the rKL's most steps.
         mia_repeats: the attacks' balanced resamples.
         diagnose_samples: u-samples of each unlearned q(u) and of q(u|D) for its trust check.
@@ -935,6 +1002,7 @@ def run(
     train = dict(num_inducing=num_inducing, lr=lr, train_steps=train_steps, **common)
     unlearn_options = dict(eubo_samples=eubo_samples, rkl_samples=rkl_samples)
     unlearn_options |= dict(rkl_ngd_lr=rkl_ngd_lr, rkl_anneal=rkl_anneal, chunk_size=chunk_size)
+    unlearn_options |= dict(rkl_solver=rkl_solver)
     config = dict(train=train, common=common, unlearn=unlearn_options, lambdas=lambdas)
     config |= dict(retrain_steps=retrain_steps, unlearn_steps=unlearn_steps, rkl_steps=rkl_steps)
     config |= dict(subset=subset, erase_fraction=erase_fraction, carrier=carrier)
