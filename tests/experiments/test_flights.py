@@ -65,6 +65,27 @@ def test_eubo_at_lam_zero_reaches_the_exact_retrained_q(trained):
     assert float(inducing_kl(model, gp)) > 0  # a copy moved, the original did not
 
 
+def test_rkl_by_moments_reaches_the_exact_retrained_q(trained):
+    """The rKL's default solver lands within Monte-Carlo error of the D_r optimum, annealed to
+    β = 1; rkl_solver="ngd" keeps the NGD route and an unknown solver is refused."""
+    data, gp, likelihood, _ = trained
+    erased = experiment.erasures(data, fraction=0.05)["random"]
+    keep = torch.ones(data.num_train, dtype=torch.bool)
+    keep[erased] = False
+    optimum = experiment.optimal_q(gp, likelihood, data.x_train[keep], data.y_train[keep])
+    full = experiment.kl_to(gp, optimum)
+    options = dict(batch_size=1024, ngd_lr=0.1, window=20, seed=0, progress=False)
+    args = (gp, likelihood, freeze_inducing(gp), data.x_train[erased], data.y_train[erased])
+    model, info = experiment.unlearn(*args, "rkl", 0.0, steps=1000, **options)
+    assert info["converged"] and info["failed"] is None and info["solver"] == "moments"
+    assert info["temperature"] == 1.0 and info["annealing_steps"] is not None
+    assert experiment.kl_to(model, optimum) < 0.2 * full, (experiment.kl_to(model, optimum), full)
+    _, info = experiment.unlearn(*args, "rkl", 0.0, steps=3, rkl_solver="ngd", **options)
+    assert info["steps"] == 3 and "solver" not in info
+    with pytest.raises(ValueError, match="rkl_solver"):
+        experiment.unlearn(*args, "rkl", 0.0, steps=3, rkl_solver="adam", **options)
+
+
 def test_unlearn_rejects_an_unknown_method(trained):
     data, gp, likelihood, _ = trained
     x_e, y_e = data.x_train[:10], data.y_train[:10]
