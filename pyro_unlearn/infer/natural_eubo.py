@@ -97,7 +97,7 @@ def _expected_derivatives(run: dict[str, Any], loc, factor) -> tuple[torch.Tenso
             log_q = run["log_q"](theta.detach())
             log_lik = adjusted_log_likelihood(log_lik, log_q, run["threshold"])
         (grad,) = torch.autograd.grad(log_lik.sum(), theta)
-    bad = int((~torch.isfinite(log_lik)).sum()) + int((~torch.isfinite(grad)).any(-1).sum())
+    bad = int((~(torch.isfinite(log_lik) & torch.isfinite(grad).all(-1))).sum())  # once a draw
     if bad:
         raise ValueError(
             f"log p(D_e|θ) or its gradient is not finite at {bad} of {2 * pairs} draws: the "

@@ -195,3 +195,19 @@ def test_diagnosed_against_its_target(linreg, model, trained):
     assert result.verdict in ("trusted", "approximate")
     assert not result.converged  # one step cannot fill two windows: not vouched for as converged
     assert "still moved" in result.explanation or result.verdict == "approximate"
+
+
+def test_a_non_finite_draw_is_counted_once():
+    # exp(μ)·1e39 overflows float32: log p(D_e|θ) and its gradient are both non-finite at every
+    # draw, which is counted once per draw, not once per quantity
+    def overflowing(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu.exp()[..., None] * 1e39, 1.0), obs=y)
+
+    y = torch.zeros(5)
+    guide = AutoNormal(overflowing)
+    guide(y)
+    options = {"erased": [0], "plate": "data", "progress": False, "diagnose": False}
+    with pytest.raises(ValueError, match="not finite at 64 of 64 draws"):
+        gaussian_eubo(overflowing, guide, y, num_samples=64, **options)
