@@ -19,7 +19,7 @@ from .attach import (
 )
 from .diagnostics import MIN_SAMPLES, TrustDiagnostics, diagnose
 from .draws import diagnose_draws
-from .fit import OwnFit, fit_log_weights, fit_summary, target_kl
+from .fit import OwnFit, erased_parts, fit_log_weights, fit_summary, target_kl
 from .verdicts import (
     GOOD_PARETO_K,
     KL_FLOOR,
@@ -56,6 +56,7 @@ __all__ = [
     "check_diagnose_options",
     "diagnose",
     "diagnose_draws",
+    "erased_parts",
     "fit_log_weights",
     "fit_summary",
     "own_fit_caveat",

@@ -10,6 +10,7 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from ..guides import is_gaussian, read_gaussian
 from ..handlers import erased_log_likelihood, is_erased, unlearn
@@ -19,7 +20,7 @@ from ..infer.particle_paths import VmappedModel, vmap_problem
 from ..posterior import FrozenPosterior
 from ..traces import max_plate_nesting, preserved_rng, sum_sites_per_particle, vectorization_problem
 from ..validation import check_finite_data, check_positive_int
-from .fit import OwnFit, fit_log_weights, fit_summary, target_kl
+from .fit import OwnFit, erased_parts, fit_log_weights, fit_summary, target_kl
 from .weights import WeightSummary, as_log_weights, summarize_weights
 
 __all__ = ["MIN_SAMPLES", "TrustDiagnostics", "diagnose"]
@@ -173,8 +174,9 @@ def diagnose(
         posterior: the unlearned q_u, frozen (a result's ``.posterior``).
         original: the q(θ|D) it was unlearned from (frozen, same guide structure).
         *args, **kwargs: the model's arguments: D_e alone (``erased=None``) or the full data
-            with ``erased`` rows of ``plate``, as :func:`~pyro_unlearn.unlearn` takes them. Each
-            draw must see all of D_e (no subsampling plate smaller than D_e).
+            with ``erased`` rows of ``plate``, as :func:`~pyro_unlearn.unlearn` takes them. On
+            a named subsampling plate holding more erased rows than its batch, log p(D_e|θ) is
+            read in parts of at most a batch (:func:`~pyro_unlearn.trust.erased_parts`).
         erased, plate: as :func:`~pyro_unlearn.unlearn`'s.
         lam: λ ∈ [0, 1] of the adjusted likelihood, as the unlearning used.
         num_samples: S ≥ :data:`MIN_SAMPLES` draws from each posterior.
@@ -231,14 +233,23 @@ def diagnose(
     lam, num_samples = check_lam(lam), check_positive_int("num_samples", num_samples)
     if num_samples < MIN_SAMPLES:
         raise ValueError(f"num_samples must be at least {MIN_SAMPLES}, got {num_samples}")
-    wrapped = unlearn(model, erased=erased, plate=plate)
     with torch.no_grad(), poutine.block(), preserved_rng(args, kwargs):
-        wrapped, dim, vmapped = _particle_model(wrapped, posterior, args, kwargs, num_samples, vmap)
+        parts = erased_parts(erased, plate, _batch_size(model, original, plate, args, kwargs))
+        particle_models = [
+            _particle_model(
+                unlearn(model, erased=part, plate=plate), posterior, args, kwargs, num_samples, vmap
+            )
+            for part in parts
+        ]
+        wrapped, dim, vmapped = [m for m, _, _ in particle_models], *particle_models[0][1:]
         # λ = 0 needs no log q* (for a flow, a numeric search)
         threshold = None if lam == 0.0 else log_threshold(lam, original.log_q_max)
-        log_q_u, log_q, log_lik = _draw(
-            wrapped, posterior, original, args, kwargs, num_samples, dim
-        )
+        # common random numbers: q_u and q(θ|D) draw from the same stream, so that the two
+        # KL estimates the verdict compares are correlated (equal when q_u is q(θ|D))
+        with preserved_rng(args, kwargs):
+            log_q_u, log_q, log_lik = _draw(
+                wrapped, posterior, original, args, kwargs, num_samples, dim
+            )
         _, log_q_d, log_lik_d = _draw(wrapped, original, original, args, kwargs, num_samples, dim)
         own = None
         if erased is not None and not vmapped:
@@ -330,8 +341,24 @@ def _particle_model(
     return VmappedModel(model, prototype, num, -nesting - 1, "erased"), -nesting - 1, True
 
 
+def _batch_size(
+    model: Callable, original: FrozenPosterior, plate: Any, args: tuple, kwargs: dict
+) -> int | None:
+    """The ``subsample_size`` of the model's plate ``plate`` (``None``: it does not subsample,
+    or is not one named plate)."""
+    if not isinstance(plate, str):
+        return None
+    guide_once = poutine.trace(original).get_trace(*args, **kwargs)
+    once = poutine.trace(poutine.replay(model, trace=guide_once)).get_trace(*args, **kwargs)
+    node = once.nodes.get(plate)
+    if node is None or not site_is_subsample(node):
+        return None
+    size, batch = int(node["fn"].size), node["fn"].subsample_size
+    return None if batch is None or int(batch) >= size else int(batch)
+
+
 def _draw(
-    model: Callable,
+    models: list[Callable],
     source: FrozenPosterior,
     other: FrozenPosterior,
     args: tuple,
@@ -340,7 +367,8 @@ def _draw(
     dim: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """θ_s ~ ``source`` in one plate: (log source(θ_s), log other(θ_s), log p(D_e|θ_s)), each
-    ``(S,)``, log-densities in the guides' unconstrained space."""
+    ``(S,)``, log-densities in the guides' unconstrained space; log p(D_e|θ_s) summed over the
+    ``models``, one per part of the erased rows (:func:`~pyro_unlearn.trust.erased_parts`)."""
     particles = pyro.plate(_PARTICLES, num, dim=dim)
     draw = poutine.trace(particles(source)).get_trace(*args, **kwargs)
     draw.compute_log_prob(site_filter=lambda name, _: name in source.sites)
@@ -352,9 +380,14 @@ def _draw(
         )
         scored.compute_log_prob(site_filter=lambda name, _: name in other.sites)
         log_other = sum_sites_per_particle(scored, other.sites, dim, num)
-    trace = poutine.trace(poutine.replay(particles(model), trace=draw)).get_trace(*args, **kwargs)
-    trace.compute_log_prob(site_filter=is_erased)
-    return log_source, log_other, erased_log_likelihood(trace, dim, num)
+    log_lik = 0.0
+    for model in models:
+        trace = poutine.trace(poutine.replay(particles(model), trace=draw)).get_trace(
+            *args, **kwargs
+        )
+        trace.compute_log_prob(site_filter=is_erased)
+        log_lik = log_lik + erased_log_likelihood(trace, dim, num)
+    return log_source, log_other, log_lik
 
 
 def _precision_share(

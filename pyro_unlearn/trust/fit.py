@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import pyro
@@ -12,11 +12,12 @@ import torch
 from pyro.poutine.util import site_is_factor, site_is_subsample
 
 from ..handlers import erased_log_likelihood, is_erased, unlearn
+from ..handlers.rows import as_tensor
 from ..posterior import FrozenPosterior
 from ..traces import sum_sites_per_particle
 from .weights import WeightSummary, pareto_smooth, summarize_weights
 
-__all__ = ["OwnFit", "fit_log_weights", "fit_summary", "target_kl"]
+__all__ = ["OwnFit", "erased_parts", "fit_log_weights", "fit_summary", "target_kl"]
 
 _PARTICLES = "_fit_particles"
 
@@ -116,11 +117,51 @@ def fit_log_weights(
             total = sum_sites_per_particle(trace, latent, dim, num_samples) - log_q
         trace.compute_log_prob(site_filter=is_erased)
         total = total + erased_log_likelihood(trace, dim, num_samples)
-    wrapped = particles(unlearn(model, erased=erased, plate=plate))
-    trace = poutine.trace(poutine.replay(wrapped, trace=draw)).get_trace(*args, **kwargs)
-    trace.compute_log_prob(site_filter=is_erased)
-    log_lik = erased_log_likelihood(trace, dim, num_samples)
+    log_lik = 0.0
+    for part in erased_parts(erased, plate, None if batch is None else int(batch)):
+        wrapped = particles(unlearn(model, erased=part, plate=plate))
+        trace = poutine.trace(poutine.replay(wrapped, trace=draw)).get_trace(*args, **kwargs)
+        trace.compute_log_prob(site_filter=is_erased)
+        log_lik = log_lik + erased_log_likelihood(trace, dim, num_samples)
     return OwnFit(total, log_lik)
+
+
+def erased_parts(erased: Any, plate: Any, batch: int | None) -> list[Any]:
+    r"""The erased rows of one named subsampling plate of batch B, split into parts of at most
+    B rows, so that log p(D_e|θ) = Σ_parts log p(D_part|θ) is read exactly, every erased row
+    once: given more erased rows than B, :func:`~pyro_unlearn.unlearn` draws B of them and
+    scales them by |D_e|/B, an unbiased but random estimate (a different function of θ at
+    every evaluation, whose exponential, p̃'s weights, is biased).
+
+    Arguments:
+        erased: the erased rows (indices or a boolean mask) of ``plate``, or anything else
+            :func:`~pyro_unlearn.unlearn` takes (returned whole).
+        plate: the plate's name (a tuple or mapping of plates is returned whole).
+        batch: the plate's ``subsample_size`` B (``None``: it does not subsample).
+
+    Returns:
+        A list of row specifications for :func:`~pyro_unlearn.unlearn`, ``[erased]`` where
+        nothing needs splitting.
+
+    Example:
+        >>> [part.tolist() for part in erased_parts([0, 3, 5, 7, 9], "data", 2)]
+        [[0, 3], [5, 7], [9]]
+        >>> erased_parts([0, 3], "data", 2)
+        [[0, 3]]
+    """
+    if batch is None or not isinstance(plate, str) or isinstance(erased, Mapping):
+        return [erased]
+    try:
+        rows = as_tensor(erased, "erased")
+    except TypeError:
+        return [erased]
+    if rows.dtype == torch.bool:
+        if rows.dim() != 1:
+            return [erased]
+        rows = rows.nonzero().squeeze(-1)
+    if rows.dim() != 1 or len(rows) <= batch:
+        return [erased]
+    return list(rows.split(batch))
 
 
 def _unscaled(scale: Any) -> bool:
