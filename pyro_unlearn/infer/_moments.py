@@ -3,10 +3,13 @@ averages and stopping rules behind :func:`~pyro_unlearn.infer.gaussian_reverse_k
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -20,12 +23,14 @@ __all__ = [
     "average",
     "collapsed",
     "draw",
+    "heavy_tail",
     "iterate",
     "kl",
     "log_density",
     "mix",
     "settled",
     "split_error",
+    "unreliable",
     "step",
     "unsettled",
     "weighted_moments",
@@ -104,6 +109,7 @@ class MomentState:
     temperature: list[float] = field(default_factory=list)
     tail: deque = field(default_factory=deque)
     halves: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    log_weights: list[torch.Tensor] = field(default_factory=list)
 
 
 def step(state: MomentState, run: dict[str, Any]) -> None:
@@ -127,12 +133,14 @@ def step(state: MomentState, run: dict[str, Any]) -> None:
             log_base = log_q - log_density(theta, *source)
     if run["anneal"] is not None:
         state.beta = next_temperature(log_base, log_lik, state.beta, run["anneal"])
-    weights = torch.softmax(log_base - state.beta * log_lik, 0)
+    log_weights = log_base - state.beta * log_lik
+    weights = torch.softmax(log_weights, 0)
     ess = float(effective_sample_size(weights))
-    moments = weighted_moments(theta, weights, state.spread.dim() == 1)
     state.ess.append(ess)
     state.temperature.append(float(state.beta))
+    moments = weighted_moments(theta, weights, state.spread.dim() == 1)
     if not current:
+        state.log_weights.append(log_weights)  # for the pooled k̂ (:func:`heavy_tail`)
         accumulate(state, moments)
         return
     # Fewer effective draws than a moment estimate needs: a proportionally shorter step.
@@ -160,6 +168,20 @@ def accumulate(state: MomentState, moments: tuple[torch.Tensor, torch.Tensor]) -
         state.loc, state.spread = state.halves[0]
     else:  # the odd steps' average holds ⌈t/2⌉ of the t
         state.loc, state.spread = mix(*state.halves[1], *state.halves[0], ((t + 1) // 2) / t)
+
+
+def heavy_tail(state: MomentState) -> float:
+    """Pareto k̂ of the pooled importance log-weights of all steps (proposing from q(θ|D);
+    −∞ otherwise): above ≈ 0.7 the moments' Monte-Carlo error has no reliable estimate
+    (Vehtari et al., 2024)."""
+    if not state.log_weights:
+        return -math.inf
+    from ..trust.weights import pareto_smooth  # on use: trust imports the solvers
+
+    pooled = torch.cat(state.log_weights).detach().to("cpu", torch.float64).numpy()
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # ArviZ's tail fit on extreme weights
+        return pareto_smooth(pooled)[1]
 
 
 def split_error(state: MomentState, target: tuple[torch.Tensor, ...]) -> tuple[float, float]:
@@ -211,6 +233,22 @@ def iterate(state: MomentState, run: dict[str, Any], num_steps: int, window: int
             if settled(state, run, window, num_moments):
                 return True
     return False
+
+
+def unreliable(state: MomentState) -> str | None:
+    """Why the pooled weights of ``proposal="posterior"`` cannot be trusted (k̂ above Vehtari et
+    al.'s threshold for their number), or ``None``."""
+    from ..trust.verdicts import pareto_k_threshold  # on use: trust imports the solvers
+
+    k = heavy_tail(state)
+    n = sum(w.numel() for w in state.log_weights)
+    if n < 2 or k <= pareto_k_threshold(n):
+        return None
+    return (
+        f"the importance weights q(θ|D) → p̃ are heavy-tailed (Pareto k̂ = {k:.2f} over the {n} "
+        "draws of all steps): the moments are carried by a few draws and vary from run to run; "
+        "use proposal='current' with anneal=0.5"
+    )
 
 
 def unsettled(state: MomentState, collapsed: bool, num_steps: int) -> str:

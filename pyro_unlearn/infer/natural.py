@@ -47,7 +47,8 @@ class NaturalGradientResult(UnlearningResult):
             moment estimate needs (P + 1 for a full covariance, 2 for a mean-field guide).
         seconds, converged: as :class:`~pyro_unlearn.results.UnlearningResult`; converged
             when the window averages of the moments stopped moving within their Monte-Carlo
-            error at β = 1, without collapse.
+            error at β = 1, without collapse and, proposing from q(θ|D), with the pooled
+            weights' Pareto k̂ below its threshold.
     """
 
     guide: Any
@@ -170,8 +171,11 @@ def gaussian_reverse_kl(
 
     Returns:
         A :class:`NaturalGradientResult`; ``converged`` is ``False`` when the stopping rule did
-        not fire, β < 1 at the end or the weights collapsed (then a
-        :class:`~pyro_unlearn.LowESSWarning` is raised).
+        not fire, β < 1 at the end, the weights collapsed (then a
+        :class:`~pyro_unlearn.LowESSWarning` is raised) or, proposing from q(θ|D), the pooled
+        weights of all steps are heavy-tailed (Pareto k̂ above min(1 − 1/log₁₀ n, 0.7) for n
+        draws, Vehtari et al.): each step's moments are then those of a few draws, and their
+        average, however stable, is not p̃'s moment match.
 
     Raises:
         TypeError: for a guide that is not one of the three (an AutoLowRankMultivariateNormal
@@ -187,6 +191,9 @@ def gaussian_reverse_kl(
 
         M. D. Hoffman, D. M. Blei, C. Wang, J. Paisley. Stochastic Variational Inference.
         JMLR 14, 2013 (natural-gradient steps of size ρ_t = 1/t).
+
+        A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry. Pareto Smoothed Importance
+        Sampling. JMLR 25(72), 2024 (k̂ of the weights).
 
     Example:
         >>> import pyro, torch, pyro.distributions as dist, pyro_unlearn as pu
@@ -242,6 +249,7 @@ def gaussian_reverse_kl(
     converged = _moments.iterate(state, run, num_steps, window, progress)
     final = _moments.average(list(state.tail)) if state.tail else (state.loc, state.spread)
     collapsed = _moments.collapsed(state.ess, window, min_ess)
+    heavy = _moments.unreliable(state)
     if collapsed:
         warnings.warn(
             f"gaussian_reverse_kl: the importance weights collapsed (median ESS of the last "
@@ -266,13 +274,13 @@ def gaussian_reverse_kl(
         num_steps=len(state.ess),
         collapsed=collapsed,
         likelihood="fused" if fn.fused else f"traced: {fn.reason}",
-        converged=converged and not collapsed and float(state.beta) == 1.0,
+        converged=converged and not collapsed and heavy is None and float(state.beta) == 1.0,
         seconds=time.perf_counter() - start,
     )
     if not diagnose:
         result.explanation = "not diagnosed: gaussian_reverse_kl(..., diagnose=False)"
         return result
-    reasons = [] if result.converged else [_moments.unsettled(state, collapsed, num_steps)]
+    reasons = [] if result.converged else [heavy or _moments.unsettled(state, collapsed, num_steps)]
     return attach_trust(
         result,
         model,
@@ -298,5 +306,6 @@ def moment_match(target: tuple, loglik: Callable, run: dict[str, Any], window: i
     beta = torch.tensor(1.0 if run["anneal"] is None else 0.0, dtype=loc.dtype, device=loc.device)
     state = _moments.MomentState(*target, beta, tail=deque(maxlen=2 * window))
     settled = _moments.iterate(state, run, run["num_steps"], window, progress)
+    settled = settled and _moments.unreliable(state) is None
     final = _moments.average(list(state.tail)) if state.tail else (state.loc, state.spread)
     return final, state, settled, _moments.collapsed(state.ess, window, run["min_ess"])

@@ -1,6 +1,10 @@
 """gaussian_reverse_kl: the moment match of p̃ ∝ q(θ|D)/p_adj(D_e|θ) over the guide's family,
 checked against the closed form of the conjugate linear regression and against pu.forget's rKL."""
 
+import warnings
+
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
@@ -124,3 +128,38 @@ def test_diagnosed_and_matching_its_target(linreg, model, trained):
         model, guide, linreg, linreg.erased, posterior=result.original, num_steps=5, window=5
     )
     assert not unsettled.converged  # five steps cannot fill two windows
+
+
+def test_heavy_tailed_weights_are_not_called_converged():
+    # μ ~ N(0, 10²) in 2-D, y_i ~ N(μ, I): q(θ|D) = p(μ|y_1..8) exactly, erasing 7 of the 8 rows.
+    # p̃ = p(μ|y_8) is 4x wider than q(θ|D) per dimension, so the weights 1/p(D_e|μ) under
+    # q(θ|D) have Pareto tail index k = 1 − 1.01/8.01 ≈ 0.87 > 0.7: each step's moments are those
+    # of a few draws, and their average (the S-particle reverse KL's fixed point) stays far from
+    # p̃ however long it runs. The run must say so, on every seed.
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 10.0).to_event(1))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
+
+    def exact(y):
+        precision = 1 / 100 + len(y)
+        return y.sum(0) / precision, torch.eye(2) / precision
+
+    y = torch.randn(8, 2) + 1.0
+    guide = AutoMultivariateNormal(model)
+    guide(y)
+    write_gaussian(guide, *exact(y))
+    posterior = pu.freeze(guide)
+    target = exact(y[7:])
+    full = float(gaussian_kl(*exact(y), *target))
+    options = {"erased": torch.arange(7), "plate": "data", "posterior": posterior}
+    for seed in range(3):
+        pyro.set_rng_seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pu.LowESSWarning)
+            result = gaussian_reverse_kl(model, guide, y, progress=False, diagnose=False, **options)
+        off = float(gaussian_kl(*read_gaussian(result.posterior), *target))
+        assert full > 1.0  # ≥ 1.2 nats from the covariances alone
+        assert not result.converged or off < 0.1 * full, (seed, off, full)
+    diagnosed = gaussian_reverse_kl(model, guide, y, progress=False, **options)
+    assert not diagnosed.converged and "heavy-tailed" in diagnosed.explanation
