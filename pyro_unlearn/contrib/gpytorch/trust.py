@@ -9,6 +9,7 @@ from gpytorch.likelihoods import _GaussianLikelihoodBase
 
 from ...infer.adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
 from ...posterior import FrozenPosterior
+from ...traces import preserved_rng
 from ...trust import MIN_SAMPLES, TrustDiagnostics, as_log_weights, summarize_weights
 from ...validation import check_positive_int
 from .conditional import (
@@ -236,7 +237,10 @@ def diagnose_inducing(
                 log_lik = adjusted_log_likelihood(log_lik, log_q, threshold)
             return _sum_batch(source.log_prob(u), k), log_q, log_lik
 
-        log_q_u, log_q, log_lik = draw(q_u)
+        # common random numbers: the two KL estimates the verdict compares are correlated
+        # (equal when q_u is q(u|D): nothing unlearned reads "retrain" on any draws)
+        with preserved_rng(inputs, targets, q_u.mean):
+            log_q_u, log_q, log_lik = draw(q_u)
         _, _, log_lik_d = draw(q_data)
     fit = summarize_weights(as_log_weights(log_q - log_lik - log_q_u, "log p̃(u) − log q_u(u)"))
     update = summarize_weights(as_log_weights(-log_lik_d, "−log p_adj(D_e|u)"))

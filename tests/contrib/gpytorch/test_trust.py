@@ -44,8 +44,10 @@ def test_the_exact_unlearned_q_is_trusted_and_q_of_D_is_not(data, whitened):
     exact = pug.diagnose_inducing(gp, likelihood, posterior, x_e, y_e, num_samples=2000)
     assert exact.pareto_k < 0.5 and abs(exact.kl) < 1e-6
     assert pu.trust.verdict(exact).label == "trusted"
-    assert untouched.kl > 0.3 and untouched.kl == pytest.approx(untouched.update_kl, rel=0.5)
-    assert pu.trust.verdict(untouched).label != "trusted"
+    # q_u and q(u|D) are drawn with common random numbers: the same estimate twice, so an
+    # untouched q(u|D) reads "retrain" (nothing unlearned) on any draws
+    assert untouched.kl > 0.3 and untouched.kl == pytest.approx(untouched.update_kl, rel=1e-6)
+    assert pu.trust.verdict(untouched).label == "retrain"
     assert 0.0 < exact.precision_share < 1.0 and exact.precision_positive_definite
 
 
