@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pyro.poutine import Trace
+from pyro.poutine.util import site_is_subsample
 
 __all__ = [
     "check_finite",
@@ -16,6 +18,7 @@ __all__ = [
     "check_in_unit_interval",
     "check_nonnegative",
     "check_nonnegative_int",
+    "check_plate_shapes",
     "check_positive",
     "check_positive_int",
 ]
@@ -159,3 +162,70 @@ def check_nonnegative_int(name: str, value: Any) -> int:
     if value < 0:
         raise ValueError(f"{name} must be an integer ≥ 0, got {value}")
     return int(value)
+
+
+def _batch_shape(name: str, site: dict, plates: dict[str, str]) -> torch.Size | None:
+    """The batch shape of a sample site's log-density: its distribution's batch shape broadcast
+    with its value's (an observation may add dims); a ``ValueError`` if they do not broadcast."""
+    fn, value = site["fn"], site["value"]
+    event = len(getattr(fn, "event_shape", ()))
+    if not isinstance(value, torch.Tensor) or value.dim() < event:
+        return None
+    try:
+        return torch.broadcast_shapes(fn.batch_shape, value.shape[: value.dim() - event])
+    except AttributeError:
+        return None
+    except RuntimeError:
+        raise ValueError(
+            f"site {name!r} has a value of shape {tuple(value.shape)} that does not broadcast "
+            f"with its distribution's batch shape {tuple(fn.batch_shape)} (event shape "
+            f"{tuple(fn.event_shape)}), in plates {plates}: do the model's arguments have the "
+            "same number of rows?"
+        ) from None
+
+
+def check_plate_shapes(trace: Trace) -> None:
+    """Raise a ``ValueError`` naming the site, its batch shape and its plates if a sample site
+    inside a vectorised ``pyro.plate`` has a batch dim of size > 1 that no plate declares (or
+    declares at another size): an observation of shape ``(N, 1)`` scored by a distribution of
+    batch shape ``(N,)`` is broadcast to ``(N, N)``, every row against every mean, silently.
+
+    Pyro's own check (:func:`pyro.util.check_site_shape`) ignores the dims left of
+    ``max_plate_nesting``, where such a broadcast lands; sites in no plate are not checked. A
+    value that does not broadcast with its distribution (15 rows of ``y`` for 17 of ``x``) is a
+    ``ValueError`` too: without a log-density computed, Pyro's validation never sees it.
+
+    Arguments:
+        trace: a model or guide trace, without a particle plate (or with it: it is a plate).
+
+    Example:
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> def model(y):
+        ...     with pyro.plate("data", 3):
+        ...         pyro.sample("y", dist.Normal(torch.zeros(3), 1.0), obs=y)
+        >>> check_plate_shapes(pyro.poutine.trace(model).get_trace(torch.zeros(3, 1)))
+        Traceback (most recent call last):
+        ...
+        ValueError: site 'y' has batch shape (3, 3) (its distribution's (3,), its value's ...
+    """
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        frames = {f.dim: f for f in site["cond_indep_stack"] if f.vectorized}
+        plates = {f.name: f"dim {d}, size {f.size}" for d, f in sorted(frames.items())}
+        batch = _batch_shape(name, site, plates) if frames else None
+        if batch is None:
+            continue
+        for dim in range(-len(batch), 0):
+            frame = frames.get(dim)
+            if batch[dim] == 1 or (frame is not None and frame.size == batch[dim]):
+                continue
+            where = "is in no plate" if frame is None else f"is not plate {frame.name!r}'s size"
+            raise ValueError(
+                f"site {name!r} has batch shape {tuple(batch)} (its distribution's "
+                f"{tuple(site['fn'].batch_shape)}, its value's shape "
+                f"{tuple(site['value'].shape)}), but its plates declare only {plates}: dim "
+                f"{dim} of size {batch[dim]} {where}, so the site is broadcast across it; give "
+                "the value the plate's shape (e.g. y.squeeze(-1) or y.reshape(-1)), or declare "
+                "the dim (.to_event(1), or another pyro.plate)"
+            )

@@ -14,7 +14,7 @@ from ..infer.adjusted_likelihood import check_lam
 from ..params import ParamSnapshot
 from ..traces import preserved_rng
 from ..trust import MIN_SAMPLES
-from ..validation import check_positive, check_positive_int
+from ..validation import check_plate_shapes, check_positive, check_positive_int
 from .auto import AUTO
 from .methods import METHODS, SET_BY_FORGET, loss_option_names
 
@@ -96,7 +96,9 @@ def check_erased_rows(wrapped: Callable, *args, **kwargs) -> None:
     """Run a model wrapped by :func:`~pyro_unlearn.unlearn` once, against a private view of the
     param store and without gradients, so that what only the model can tell is checked before
     anything is written: the erased rows are in range of their plate, the plate and the named
-    sites exist, and some observation is flagged.
+    sites exist, every site in a plate has the plate's shape (no observation broadcast across
+    the rows: :func:`~pyro_unlearn.validation.check_plate_shapes`), and some observation is
+    flagged.
 
     Arguments:
         wrapped: ``unlearn(model, erased=..., plate=...)``.
@@ -104,8 +106,8 @@ def check_erased_rows(wrapped: Callable, *args, **kwargs) -> None:
 
     Raises:
         IndexError: for an erased index out of range of its plate.
-        ValueError: for an unknown plate or site, a mask of the wrong length, or a model in
-            which nothing is erased.
+        ValueError: for an unknown plate or site, a mask of the wrong length, a site broadcast
+            across a dim no plate declares, or a model in which nothing is erased.
 
     Example:
         >>> import pyro, torch, pyro.distributions as dist
@@ -121,6 +123,7 @@ def check_erased_rows(wrapped: Callable, *args, **kwargs) -> None:
     with preserved_rng(args, kwargs), ParamSnapshot.of_store(clone=False).active():
         with poutine.block(), torch.no_grad():
             trace = poutine.trace(wrapped).get_trace(*args, **kwargs)
+    check_plate_shapes(trace)
     flagged = [n for n, site in trace.nodes.items() if is_erased(n, site)]
     if not flagged:
         raise ValueError(

@@ -22,6 +22,7 @@ from ..traces import (
     replay_values,
     vectorization_problem,
 )
+from ..validation import check_plate_shapes
 
 __all__ = [
     "VmappedModel",
@@ -57,6 +58,8 @@ def plate_nesting(
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
+    check_plate_shapes(guide_trace)  # a site broadcast across a dim no plate declares
+    check_plate_shapes(model_trace)
     return max(max_plate_nesting(guide_trace), max_plate_nesting(model_trace))
 
 
