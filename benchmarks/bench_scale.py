@@ -95,6 +95,7 @@ def one_size(x, y, args) -> dict:
             ngd_lr=args.ngd_lr,
             steps=args.max_steps,
             rkl_samples=args.rkl_samples,
+            rkl_solver="ngd",  # the NGD route these results were taken with
             **common,
         )
         _sync(x.device)

@@ -24,7 +24,7 @@ from .adjusted_likelihood import check_lam, log_threshold
 from .mcmc import LowESSWarning
 from .reverse_kl import ImportanceWeights
 
-__all__ = ["NaturalGradientResult", "gaussian_reverse_kl"]
+__all__ = ["NaturalGradientResult", "gaussian_reverse_kl", "moment_match"]
 
 
 @dataclass(kw_only=True)
