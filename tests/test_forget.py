@@ -72,6 +72,7 @@ def test_auto_solves_the_reverse_kl_of_a_gaussian_guide_by_moment_matching(
     assert after < 0.1 * before  # the 10-row cluster: ≈ 1 nat before
     assert result.solver == "natural" and result.method == "rkl" and result.losses == []
     assert result.num_steps == len(result.ess) > 0 and result.attempts[-1]["solver"] == "natural"
+    assert result.likelihood == "fused"  # the conjugate model records: no handlers per step
     assert float(gaussian_kl(*read_gaussian(result.posterior), loc, cov)) == pytest.approx(after)
     # explicit method="rkl" keeps the SGD path
     sgd = pu.forget(

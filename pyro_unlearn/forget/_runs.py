@@ -85,6 +85,7 @@ def run_natural(run: Run, original: FrozenPosterior, rung: Rung, lam: float) -> 
         lam=float(lam),
         solver="natural",
         collapsed=natural.collapsed,
+        likelihood=natural.likelihood,
     )
     result.trust, result.verdict = natural.trust, natural.verdict
     result.explanation = natural.explanation

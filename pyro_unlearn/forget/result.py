@@ -54,6 +54,9 @@ class ForgetResult(UnlearningResult):
             moment matching, :func:`~pyro_unlearn.infer.gaussian_reverse_kl`, with ``losses``
             empty; the EUBO by natural-gradient steps, :func:`~pyro_unlearn.infer.gaussian_eubo`,
             with its EUBO per step in ``losses``).
+        likelihood: for the natural solvers, how log p(D_e|θ) was evaluated: ``"fused"`` (the
+            model recorded once, :func:`~pyro_unlearn.infer.erased_log_likelihood_fn`) or
+            ``"traced: <why the recording was not used>"``; empty for SGD runs.
         particles: how the loss drew its particles (:attr:`UnlearningLoss.particles
             <pyro_unlearn.infer.base.UnlearningLoss>`): ``"vectorized"``, ``"vmap"`` (a model
             that cannot take a particle plate, batched by ``torch.func.vmap``) or
@@ -82,6 +85,7 @@ class ForgetResult(UnlearningResult):
     solver: str = "sgd"
     particles: str = "vectorized"
     collapsed: bool = False
+    likelihood: str = ""
 
     @property
     def ess(self) -> list[float]:
