@@ -12,7 +12,7 @@ import torch
 from pyro.infer.autoguide import AutoGuide
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
-from torch.func import grad, grad_and_value, hessian, jvp, vjp, vmap
+from torch.func import grad, grad_and_value, hessian, jacrev, jvp, vjp, vmap
 
 from ..guides.gaussian import LatentLayout, latent_layout
 from ..handlers import ERASED, erased_log_likelihood, is_erased, unlearn
@@ -83,6 +83,7 @@ class ErasedLogLikelihood:
         self.model = unlearn(model, erased=erased, plate=plate)
         self.layout = layout if isinstance(layout, LatentLayout) else latent_layout(layout)
         self.args, self.kwargs = args, kwargs
+        self._traced = False
 
     def trace(self, theta: torch.Tensor) -> Trace:
         """The model's trace at θ, log-probabilities computed at the erased sites."""
@@ -114,8 +115,17 @@ class ErasedLogLikelihood:
         from Hessian-vector products (exact from P of them, or Hutchinson's E[z ⊙ Hz] over
         ``probes`` Rademacher z), ``"ggn_diag"`` the GGN's diagonal (P,), one vector-Jacobian
         product per erased output and class. ``chunk_size`` products are batched by ``vmap``."""
+        if not self._traced:  # unlearn caches its erased-row masks: build them outside torch.func
+            with torch.no_grad(), pyro.validation_enabled(False):
+                self.trace(theta.detach())
+            self._traced = True
         if structure == "full":
-            H = -_func(hessian(self), theta)
+            try:
+                H = -_func(hessian(self), theta)
+            except RuntimeError as e:
+                if not _forward_mode_failed(e):
+                    raise
+                H = -_func(jacrev(jacrev(self)), theta)  # reverse over reverse
             return 0.5 * (H + H.T)
         if structure == "diag":
             return -_hessian_diagonal(self, theta, probes, chunk_size)
@@ -188,6 +198,12 @@ def _func(transform: Callable, *args):
         ) from e
 
 
+def _forward_mode_failed(error: RuntimeError) -> bool:
+    """Whether torch's forward-over-reverse failed where reverse-over-reverse works: an index's
+    backward (``a[..., county]``) under ``jvp`` meets a tangent of another dtype (torch 2.x)."""
+    return "dtypes match" in str(error)
+
+
 # -- curvature of −log p(D_e|θ) ----------------------------------------------------------------
 def _chunks(total: int, size: int) -> Iterator[slice]:
     for start in range(0, total, size):
@@ -205,6 +221,15 @@ def _hessian_diagonal(
     def hvp(v):
         return jvp(grad(loglik), (theta,), (v,))[1]
 
+    def hvp_reverse(v):  # H is symmetric: vᵀH = Hv
+        return vjp(grad(loglik), theta)[1](v)[0]
+
+    try:
+        _func(vmap(hvp), torch.zeros(1, P, dtype=theta.dtype, device=theta.device))
+    except RuntimeError as e:
+        if not _forward_mode_failed(e):
+            raise
+        hvp = hvp_reverse
     total = torch.zeros_like(theta)
     for part in _chunks(P if probes is None else probes, chunk):
         n = part.stop - part.start

@@ -144,15 +144,43 @@ def lbfgs(
 
     def closure():
         value, gradient = objective.value_and_grad(theta.detach())
+        if not (bool(torch.isfinite(value)) and bool(torch.isfinite(gradient).all())):
+            raise _unbounded(objective, theta.detach())
         theta.grad = gradient
         return value
 
-    optim.step(closure)
+    try:
+        optim.step(closure)
+    except RuntimeError as e:  # the line search's step overflowed the dtype: G fell without end
+        if "overflow" not in str(e):
+            raise
+        raise _unbounded(objective, theta.detach()) from e
     theta = theta.detach()
     _, gradient = objective.value_and_grad(theta)
     step = float((gradient / scale).abs().max())
     iterations = optim.state[optim._params[0]].get("n_iter", 0)
     return theta, iterations, step <= tol * (1.0 + float(theta.abs().max())), step
+
+
+def _unbounded(objective: LBUNObjective, theta: torch.Tensor) -> NotNormalizableError:
+    """The error for an L-BUN objective that L-BFGS followed off to a non-finite value: −G has
+    no maximum, naming the latent sites (when ``objective.loglik`` has a ``layout``) that ran
+    farthest from μ_D in q(θ|D)'s standard deviations."""
+    scale = objective.precision.diagonal() if objective.dense else objective.precision
+    distance = ((theta - objective.loc).abs() * scale.sqrt()).nan_to_num(float("inf"))
+    far = [int(i) for i in distance.argsort(descending=True)[:3]]
+    layout = getattr(objective.loglik, "layout", None)
+    where = f"θ entries {far}"
+    if layout is not None:
+        names = sorted({s.name for s in layout.sites for i in far if s.start <= i < s.stop})
+        where = f"sites {names}"
+    return NotNormalizableError(
+        f"the L-BUN objective λ_L log q(θ|D) − log p(D_e|θ) grows without bound: L-BFGS from "
+        f"μ_D ran off to a non-finite value, {where} farthest from μ_D. Removing the erased "
+        "data can drive their likelihood to zero (e.g. a noise scale to 0) faster than "
+        "q(θ|D)'s Gaussian tails penalise it, so q(θ|D)/p(D_e|θ) has no Laplace "
+        f"approximation; {CAUSE} Try a larger retention, or forget(..., method='auto')"
+    )
 
 
 # -- Λ̃: check, repair --------------------------------------------------------------------------

@@ -628,3 +628,55 @@ def test_a_model_the_diagnostics_cannot_take_is_not_judged():
     result = pu.laplace_unlearn(flat, guide, DATA.x, DATA.y, erased=random_rows(1), plate="data")
     assert result.converged and result.verdict is None and result.trust is None
     assert result.summary().startswith("not diagnosed: diagnose draws θ in a pyro.plate")
+
+
+def test_curvature_of_an_indexed_group_effect_with_a_learned_scale():
+    """A hierarchical model's group effect read by index (``a[..., g]``) under a learned noise
+    scale: torch's forward-over-reverse Hessian mixes dtypes in the index's backward ("Index put
+    requires the source and destination dtypes match"); the curvature falls back to
+    reverse-over-reverse and agrees with plain autograd's Hessian."""
+    from pyro_unlearn.infer.curvature import ErasedLogLikelihood
+
+    J, N = 3, 12
+    g, y = torch.arange(N) % J, torch.randn(N)
+
+    def model(g, y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("groups", J):
+            a = pyro.sample("a", dist.Normal(mu, 1.0))
+        sigma = pyro.sample("sigma", dist.HalfCauchy(2.0))
+        with pyro.plate("data", len(g)):
+            pyro.sample("obs", dist.Normal(a[..., g], sigma), obs=y)
+
+    guide = AutoNormal(model)
+    guide(g, y)
+    theta = 0.3 * torch.randn(J + 2)
+    loglik = ErasedLogLikelihood(model, guide, g, y, erased=[0, 1, 3], plate="data")
+    with pyro.validation_enabled(False):
+        reference = -torch.autograd.functional.hessian(loglik, theta)
+    full = loglik.curvature(theta, "full")
+    assert torch.allclose(full, reference, atol=1e-4, rtol=1e-4)
+    diagonal = loglik.curvature(theta, "diag")
+    assert torch.allclose(diagonal, reference.diagonal(), atol=1e-4, rtol=1e-4)
+    # erased rows 0, 1, 3 are groups 0, 1, 0: a_0 sees two of them, a_1 one, a_2 none
+    sigma = torch.distributions.biject_to(dist.HalfCauchy(2.0).support)(theta[-1])
+    assert torch.allclose(full.diagonal()[1:4], torch.tensor([2.0, 1.0, 0.0]) / sigma**2)
+
+
+def test_lbfgs_names_an_unbounded_objective():
+    """log p(D_e|θ) = −c e^{−2θ} (a Normal's noise scale e^θ on a residual): −G = −½θ² +
+    c e^{−2θ} grows without bound as θ → −∞, faster than q(θ|D)'s Gaussian tail; L-BFGS's line
+    search runs off to a non-finite value, named as an objective without a maximum."""
+    from pyro_unlearn.exact import NotNormalizableError
+    from pyro_unlearn.infer.lbun import LBUNObjective, lbfgs
+
+    class Loglik:
+        def __call__(self, theta):
+            return -4.0 * torch.exp(-2.0 * theta).sum()
+
+        def value_and_grad(self, theta):
+            return self(theta), 8.0 * torch.exp(-2.0 * theta)
+
+    objective = LBUNObjective(torch.zeros(2), torch.ones(2), 1.0, Loglik())
+    with pytest.raises(NotNormalizableError, match="grows without bound"):
+        lbfgs(objective, 500, 1e-4)
