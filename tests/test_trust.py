@@ -243,6 +243,17 @@ GOOD = TrustDiagnostics(
             "retrain",
             "more precision",
         ),
+        (  # λ > 0 whose adjusted target is q(θ|D) on all its draws: KL 0 is explained
+            {
+                "precision_share": 5.2,
+                "precision_positive_definite": False,
+                "lam": 1e-5,
+                "update_pareto_k": float("-inf"),
+                "update_kl": 0.0,
+            },
+            "retrain",
+            "unadjusted by λ = 1e-05; p_adj(D_e|θ) is constant on q(θ|D)'s draws",
+        ),
     ],
 )
 def test_verdict_rules(changes, label, phrase):

@@ -46,9 +46,9 @@ _VERDICT_RANK = {"trusted": 0, "approximate": 1, "retrain": 2}
 def should_escalate(result: ForgetResult) -> bool:
     """Whether ``method="auto"`` tries the next run after ``result``: when it is not
     ``"trusted"``, or, undiagnosed (``verdict`` ``None``), when its weights collapsed. A
-    converged, uncollapsed run that is ``"approximate"`` only because q(θ|D) itself is a poor
-    fit (:func:`~pyro_unlearn.trust.own_fit_caveat`) ends the search: every run starts from
-    the same q(θ|D), so none can earn more.
+    converged, uncollapsed run that is ``"approximate"`` or ``"retrain"`` only because of
+    q(θ|D)'s own check (:func:`~pyro_unlearn.trust.verdict`) ends the search: every run starts
+    from the same q(θ|D), so none can earn more.
 
     Arguments:
         result: a run's result, diagnosed or not.
@@ -62,7 +62,7 @@ def should_escalate(result: ForgetResult) -> bool:
     """
     if result.verdict is None:
         return result.collapsed
-    if result.verdict == "approximate" and result.trust is not None:
+    if result.verdict in ("approximate", "retrain") and result.trust is not None:
         capped_by_fit = result.converged and not result.collapsed
         if capped_by_fit and verdict(result.trust, check_fit=False).label == "trusted":
             return False

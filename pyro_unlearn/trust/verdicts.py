@@ -137,12 +137,16 @@ def verdict(
       Gelman, Gabry 2017);
     * ``"trusted"`` otherwise: k̂ < 0.5, most of the update made, and within q(θ|D)'s reach.
 
-    Then q(θ|D) itself, where the full data were diagnosed (``fit_pareto_k`` is set,
-    :func:`own_fit_caveat`): a trusted verdict becomes ``"approximate"`` when q(θ|D) is a poor
-    fit of p(θ|D) (its own k̂ ≥ 0.5, Yao et al. 2018) or when p̃ is not within half of
-    q(θ|D)'s distance to p(θ|D_r) (the rule q_u meets against p̃, applied to p̃ itself): q_u
-    inherits that error, and no unlearning removes it. It never says ``"retrain"`` on that
-    ground alone: retraining in the same guide family inherits the same error.
+    Then q(θ|D) itself, where the full data were diagnosed (``fit_pareto_k`` is set): the
+    verdict is ``"retrain"`` when p̃ is estimated further from p(θ|D_r) than q(θ|D) is, by more
+    than two standard errors (``target_kl`` against ``original_kl``: unlearning towards p̃ is
+    worse than doing nothing), or when q(θ|D)'s own k̂ exceeds k_S (an unreliable fit, whose
+    estimates cannot tell; on a mini-batch SVI fit whose runs all landed further from the
+    retrained posterior than q(θ|D), k̂ was 0.70-1.23); retraining on D_r refits and does not
+    inherit q(θ|D)'s error. A trusted verdict becomes ``"approximate"``
+    (:func:`own_fit_caveat`) when q(θ|D) is a poor fit of p(θ|D) (its own k̂ ≥ 0.5, Yao et al.
+    2018) or when p̃ is not within half of q(θ|D)'s distance to p(θ|D_r) (the rule q_u meets
+    against p̃, applied to p̃ itself): q_u inherits that error, and no unlearning removes it.
 
     Arguments:
         diagnostics: from :func:`diagnose`.
@@ -184,8 +188,39 @@ def verdict(
         raise TypeError(f"check_fit must be True or False, got {type(check_fit).__name__}")
     limit = check_in_unit_interval("min_update_ess_fraction", min_update_ess_fraction)
     judged = _unlearning_verdict(diagnostics, limit)
-    caveat = own_fit_caveat(diagnostics) if check_fit else None
+    if not check_fit:
+        return judged
+    worse = _own_fit_retrain(diagnostics)
+    if worse is not None:
+        return cap_verdict(judged, Caveats(retrain=[worse]))
+    caveat = own_fit_caveat(diagnostics)
     return judged if caveat is None else cap_verdict(judged, Caveats(approximate=[caveat]))
+
+
+def _own_fit_retrain(d: TrustDiagnostics) -> str | None:
+    """Why unlearning q(θ|D) is no better than keeping it, from its own check: p̃₀ estimated
+    further from p(θ|D_r) than q(θ|D) is, beyond two standard errors, or q(θ|D) an unreliable
+    fit of p(θ|D) (k̂ > k_S), whose estimates cannot tell; ``None`` otherwise."""
+    if d.fit_pareto_k is None:
+        return None
+    k_max = pareto_k_threshold(d.num_samples)
+    if not d.fit_pareto_k <= k_max:  # nan counts as unreliable
+        return (
+            f"q(θ|D) itself is an unreliable fit of p(θ|D) (k̂ of p(D, θ)/q(θ|D) = "
+            f"{d.fit_pareto_k:.2f} > {k_max:.2f}): nothing without D_r tells whether p̃ is "
+            "closer to p(θ|D_r) than q(θ|D) is; retraining refits"
+        )
+    target, original, se = d.target_kl, d.original_kl, d.target_kl_se
+    if target is None or original is None:
+        return None
+    margin = 2.0 * se if se is not None and math.isfinite(se) else 0.0
+    if target - margin > max(original, KL_FLOOR):
+        return (
+            f"p̃ itself is further from p(θ|D_r) than q(θ|D) is (KL(p̃ ‖ p(θ|D_r)) ≈ "
+            f"{target:.3g} ± {se:.2g} against q(θ|D)'s {original:.3g} nats): unlearning towards "
+            "it is worse than doing nothing; retraining refits"
+        )
+    return None
 
 
 def own_fit_caveat(diagnostics: TrustDiagnostics) -> str | None:
@@ -257,6 +292,14 @@ def _unlearning_verdict(d: TrustDiagnostics, limit: float) -> Verdict:
     )
     if d.precision_positive_definite is False:
         why = f"the erased data carry more precision than q(θ|D) holds ({d.precision_share:.3g}"
+        if d.lam > 0.0:  # the precision is the unadjusted likelihood's, p̃ the adjusted one
+            why = f"{why} ≥ 1 of it, unadjusted by λ = {d.lam:.3g}"
+            if d.update_pareto_k == -math.inf:
+                why += (
+                    "; p_adj(D_e|θ) is constant on q(θ|D)'s draws at that λ, so p̃ is q(θ|D) "
+                    "there and q(θ|D)'s KL to it 0"
+                )
+            return Verdict("retrain", f"retrain: {why}); retrain on D_r. {fit}; {update}")
         return Verdict("retrain", f"retrain: {why} ≥ 1 of it); retrain on D_r. {fit}; {update}")
     if not d.pareto_k <= k_max:  # nan counts as unreliable
         return Verdict("retrain", f"retrain: q_u is far from p̃ ({fit}; k̂ > {k_max:.2f}). {update}")
