@@ -90,9 +90,9 @@ def attach_trust(
     :func:`~pyro_unlearn.trust.diagnose` scores the unlearned posterior,
     :func:`~pyro_unlearn.trust.verdict` judges it, and :func:`~pyro_unlearn.trust.cap_verdict`
     holds the verdict to what the method vouches for (``caveats``). A model the diagnostics
-    cannot take (one that cannot take a particle plate, a non-finite target: any of :data:`DIAGNOSABLE_ERRORS`) leaves the unlearning as it is:
-    ``verdict`` ``None`` and the reason in ``explanation``. The caller's random stream is left
-    as it was.
+    cannot take (one that cannot take a particle plate, a non-finite target: any of
+    :data:`DIAGNOSABLE_ERRORS`) leaves the unlearning as it is: ``verdict`` ``None`` and the
+    reason in ``explanation``. The caller's random stream is left as it was.
 
     Arguments:
         result: the method's result, holding the unlearned ``posterior`` (frozen).
