@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from pyro.infer.autoguide import AutoGuide
 from tqdm import tqdm
 
+from ..params import ParamSnapshot
 from ..posterior import FrozenPosterior, freeze
 from ..results import UnlearningResult
+from ..traces import vectorization_problem
 from ..validation import (
     check_finite_data,
     check_nonnegative,
@@ -342,6 +345,15 @@ def influence_unlearn(
     if not args and not kwargs:
         raise ValueError("pass D_e: the model's arguments for the erased data (*args)")
     check_finite_data(args, kwargs)
+    problem = None  # an untrained guide is refused below, by name: probe a private store
+    if not isinstance(guide, AutoGuide) or guide.prototype_trace is not None:
+        with ParamSnapshot.of_store(clone=False).active():
+            problem = vectorization_problem(model, guide, args, kwargs, 2)
+    if problem is not None:
+        raise ValueError(
+            f"influence_unlearn draws θ in a pyro.plate of particles, which the model cannot "
+            f"take: {problem}; laplace_unlearn or forget (by torch.func.vmap) run such a model"
+        )
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))
     seed = check_nonnegative_int("seed", seed)
@@ -388,6 +400,7 @@ def influence_unlearn(
         erased=erased,
         plate=plate,
         num_samples=diagnose_samples,
+        vmap=True,  # a model that cannot take the particle plate (a PyroModule) is run by vmap
         caveats=lambda trust: _caveats(result, trust),
     )
 

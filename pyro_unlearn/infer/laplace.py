@@ -396,6 +396,7 @@ def laplace_unlearn(
         erased=erased,
         plate=plate,
         num_samples=diagnose_samples,
+        vmap=True,  # a model that cannot take the particle plate (a PyroModule) is run by vmap
         curvature=None if probes is not None else curvature,  # Hutchinson: P is too large
         caveats=lbun_caveats(result),
     )

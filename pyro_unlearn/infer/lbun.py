@@ -175,11 +175,12 @@ def _unbounded(objective: LBUNObjective, theta: torch.Tensor) -> NotNormalizable
         names = sorted({s.name for s in layout.sites for i in far if s.start <= i < s.stop})
         where = f"sites {names}"
     return NotNormalizableError(
-        f"the L-BUN objective λ_L log q(θ|D) − log p(D_e|θ) grows without bound: L-BFGS from "
+        f"the L-BUN objective λ_L log q(θ|D) − log p(D_e|θ) has no maximum: L-BFGS from "
         f"μ_D ran off to a non-finite value, {where} farthest from μ_D. Removing the erased "
-        "data can drive their likelihood to zero (e.g. a noise scale to 0) faster than "
-        "q(θ|D)'s Gaussian tails penalise it, so q(θ|D)/p(D_e|θ) has no Laplace "
-        f"approximation; {CAUSE} Try a larger retention, or forget(..., method='auto')"
+        "data can drive their likelihood to zero (along directions only they inform, or a "
+        "noise scale to 0) faster than q(θ|D)'s Gaussian tails penalise it, so "
+        f"q(θ|D)/p(D_e|θ) has no Laplace approximation; {CAUSE} Try a larger retention, or "
+        "forget(..., method='auto')"
     )
 
 

@@ -395,3 +395,30 @@ def test_non_reparameterised_guide_site():
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         influence_unlearn(model, mvn_guide(*FULL), *D_E, remaining=D_R, progress=False, **kwargs)
+
+
+def test_a_model_without_a_particle_plate_is_refused_up_front():
+    """Pyro's regression tutorial model (``PyroModule[nn.Linear]`` with ``PyroSample`` weights)
+    cannot take BIF's particle plate: a ValueError naming that, not torch's "t() expects a
+    tensor with <= 2 dimensions" from inside the solve."""
+    from pyro.nn import PyroModule, PyroSample
+    from torch import nn
+
+    class Regression(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.linear = PyroModule[nn.Linear](3, 1)
+            self.linear.weight = PyroSample(dist.Normal(0.0, 1.0).expand([1, 3]).to_event(2))
+            self.linear.bias = PyroSample(dist.Normal(0.0, 10.0).expand([1]).to_event(1))
+
+        def forward(self, x, y=None):
+            mean = self.linear(x).squeeze(-1)
+            with pyro.plate("data", x.shape[0]):
+                return pyro.sample("obs", dist.Normal(mean, 0.5), obs=y)
+
+    model = Regression()
+    x, y = torch.randn(10, 3), torch.randn(10)
+    guide = AutoNormal(model)
+    guide(x, y)
+    with pytest.raises(ValueError, match="draws θ in a pyro.plate of particles, which the mod"):
+        influence_unlearn(model, guide, x[:2], y[:2], remaining=(x[2:], y[2:]), num_particles=4)
