@@ -129,9 +129,9 @@ def fit_log_weights(
 def erased_parts(erased: Any, plate: Any, batch: int | None) -> list[Any]:
     r"""The erased rows of one named subsampling plate of batch B, split into parts of at most
     B rows, so that log p(D_e|θ) = Σ_parts log p(D_part|θ) is read exactly, every erased row
-    once: given more erased rows than B, :func:`~pyro_unlearn.unlearn` draws B of them and
-    scales them by |D_e|/B, an unbiased but random estimate (a different function of θ at
-    every evaluation, whose exponential, p̃'s weights, is biased).
+    once: given N_e > B erased rows, :func:`~pyro_unlearn.unlearn` draws B of them and scales
+    them by N_e/B, an unbiased but random estimate (a different function of θ at every
+    evaluation, whose exponential, p̃'s weights, is biased).
 
     Arguments:
         erased: the erased rows (indices or a boolean mask) of ``plate``, or anything else

@@ -50,9 +50,9 @@ class ErasedInducingLikelihood:
               c = \sum_i \frac{r_i^2 + s_i}{σ^2} + \log(2πσ^2),
 
     with :math:`r_i = y_i - m(x_i)`, :math:`s_i = k(x_i, x_i) - \|a_i\|^2`: the statistics are
-    summed once over D_e in chunks (O(|D_e| M²)), each evaluation costs O(S M²). Other
-    likelihoods (and GPyTorch's masked missing targets) are evaluated row by row, batched over
-    the draws, from D_e's kernel algebra computed once.
+    summed once over D_e in chunks (O(N_e M²) for N_e erased rows), each evaluation costs
+    O(S M²). Other likelihoods (and GPyTorch's masked missing targets) are evaluated row by
+    row, batched over the draws, from D_e's kernel algebra computed once.
 
     Arguments:
         gp: a supported single-output ``ApproximateGP`` (hyperparameters held fixed).
