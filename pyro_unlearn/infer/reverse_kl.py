@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro.poutine as poutine
 import torch
@@ -221,7 +222,9 @@ class ReverseKL(ImportanceWeighted, UnlearningLoss):
             β (:attr:`temperature`) as far as the weights keep an ESS of f·S
             (:func:`next_temperature`). The loss is the rKL once β = 1; do not stop before.
         kwargs: ``num_particles``, ``vectorize_particles``, ``max_plate_nesting``,
-            ``retain_graph``, as for :class:`~pyro_unlearn.Trace_EUBO`.
+            ``retain_graph``, as for :class:`~pyro_unlearn.Trace_EUBO`. ``num_particles`` must
+            be ≥ 2 to reweight anything (Pyro's default 1 warns: one self-normalised weight is
+            1, and the loss fits q(θ|D) itself); use 64 or more, vectorised.
 
     Attributes:
         ess: effective sample size (a 0-dim tensor) of the last evaluated step.
@@ -261,6 +264,15 @@ class ReverseKL(ImportanceWeighted, UnlearningLoss):
     ) -> None:
         super().__init__(posterior, lam, **kwargs)
         self.weights = ImportanceWeights(proposal, anneal)
+        if self.num_particles < 2:
+            warnings.warn(
+                f"ReverseKL(num_particles={self.num_particles}) self-normalises one importance "
+                "weight to 1 at every step: nothing is reweighted, the loss fits q(θ|D) itself "
+                "and the erased data are not unlearned; pass num_particles=64 (or more) and "
+                "vectorize_particles=True",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def diagnostics(self) -> dict[str, float]:
         """``{"ess": ..., "temperature": ...}`` of the last evaluated step (see

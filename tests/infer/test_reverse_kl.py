@@ -1,10 +1,12 @@
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoNormal
 
 import pyro_unlearn as pu
 from pyro_unlearn.infer.reverse_kl import (
@@ -159,3 +161,16 @@ def test_reverse_kl_from_the_current_guide_lands_on_the_exact_posterior_of_D_r(
     assert float(torch.distributions.kl_divergence(unlearned, exact)) < 1e-3
     with pytest.raises(ValueError, match="needs proposal='current'"):
         pu.ReverseKL(posterior, anneal=0.5)
+
+
+def test_one_particle_warns():
+    """Pyro's default num_particles=1: one self-normalised weight is 1 at every step, so
+    nothing is reweighted by the erased data; the loss says so and names the fix."""
+    guide = AutoNormal(lambda: pyro.sample("mu", dist.Normal(0.0, 1.0)))
+    guide()
+    posterior = pu.freeze(guide)
+    with pytest.warns(UserWarning, match="num_particles=64 .* vectorize_particles=True"):
+        pu.ReverseKL(posterior)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pu.ReverseKL(posterior, num_particles=2)
