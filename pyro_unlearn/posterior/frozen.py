@@ -8,6 +8,7 @@ from typing import Any
 
 import pyro.poutine as poutine
 import torch
+from pyro.infer.autoguide import AutoGuide
 from pyro.nn import PyroModule
 from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
@@ -361,7 +362,17 @@ def freeze(
         # the live guide is shared. Register before switching gradients off: ``pyro.module``
         # (plain nn.Module children, e.g. a zuko flow) skips tensors that do not require grad.
         registered = ParamSnapshot()
-        params = registered.select(registered.register(frozen, *args, **kwargs))
+        try:
+            params = registered.select(registered.register(frozen, *args, **kwargs))
+        except TypeError as e:  # an AutoGuide never run calls its model with no arguments
+            if not isinstance(guide, AutoGuide) or guide.prototype_trace is not None:
+                raise
+            name = type(guide).__name__
+            raise TypeError(
+                f"the {name} has not been run, and its model cannot be called with the "
+                f"arguments given ({e}): train the guide first, or pass the model's arguments: "
+                "pu.freeze(guide, *args)"
+            ) from e
         frozen.requires_grad_(False)
         for p in params.values():
             p.requires_grad_(False)

@@ -101,3 +101,16 @@ def test_a_guide_not_given_its_arguments_is_named_what_to_pass(
     guide_function(Y)
     with unchanged(), pytest.raises(TypeError, match=match):
         pu.freeze(guide, *args, **kwargs)
+
+
+def test_an_autoguide_never_run_names_the_fix(unchanged):
+    """An AutoGuide that was never run calls its model without arguments: a TypeError naming
+    that and the call to make, not the model's own "missing 1 required positional argument"."""
+    guide = AutoNormal(model)
+    with (
+        unchanged(),
+        pytest.raises(TypeError, match=r"has not been run.*pu.freeze\(guide, \*args\)"),
+    ):
+        pu.freeze(guide)
+    y = torch.randn(4)
+    assert len(pu.freeze(guide, y).sites) == 1  # given the model's arguments: frozen
