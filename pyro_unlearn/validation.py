@@ -198,6 +198,10 @@ def check_plate_shapes(trace: Trace) -> None:
     Arguments:
         trace: a model or guide trace, without a particle plate (or with it: it is a plate).
 
+    Raises:
+        ValueError: naming the first such site, its batch shape, its value's shape and its
+            plates.
+
     Example:
         >>> import pyro, torch, pyro.distributions as dist
         >>> def model(y):
