@@ -13,6 +13,7 @@ from pyro.infer.autoguide import (
 )
 
 import pyro_unlearn as pu
+from pyro_unlearn.guides import read_gaussian
 
 
 def plain_guide(x, y=None):
@@ -195,3 +196,25 @@ def test_params_are_a_copy_and_freezing_registers_nothing():
     trace = posterior.sample()
     trace.nodes["s"]["value"] = torch.tensor(0.5)
     assert float(posterior.log_prob(trace)) == pytest.approx(-0.5 * math.log(2 * math.pi))
+
+
+def test_restore_refuses_a_guide_the_param_store_no_longer_holds():
+    """After pyro.clear_param_store() another guide registers the same names: restoring into
+    the old guide would write into the new one's tensors. It is refused, both left as they were."""
+
+    def model():
+        pyro.sample("a", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+
+    old = AutoMultivariateNormal(model)
+    old()
+    posterior = pu.freeze(old)
+    pyro.clear_param_store()
+    new = AutoMultivariateNormal(model)
+    new()
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    with pytest.raises(ValueError, match="not the param store's tensors"):
+        posterior.restore(old)
+    after = dict(pyro.get_param_store().items())
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    posterior.restore(new)  # the guide that owns the store's parameters takes it
+    assert torch.equal(read_gaussian(new)[0], read_gaussian(posterior)[0])

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoGuide
@@ -269,6 +270,7 @@ class FrozenPosterior:
         with preserved_rng(self._args, self._kwargs), poutine.block():
             trace = poutine.trace(guide, param_only=True).get_trace(*self._args, **self._kwargs)
         names = [n for n, site in trace.nodes.items() if site["type"] == "param"]
+        _check_bound_to_store(guide)
         self._params.select(names).restore()
 
     def __repr__(self) -> str:
@@ -394,3 +396,20 @@ def freeze(
     check_has_density(posterior, *args, **kwargs)
     check_scores_external_points(posterior, *args, **kwargs)
     return posterior
+
+
+def _check_bound_to_store(guide: Callable) -> None:
+    """Refuse a module guide whose own tensors are not the param store's: after
+    ``pyro.clear_param_store()`` another guide may have registered parameters under the same
+    names, and writing into the store would move that guide, not this one."""
+    if not isinstance(guide, torch.nn.Module):
+        return
+    store = pyro.get_param_store()
+    stale = [name for name, p in guide.named_parameters() if store.param_name(p) is None]
+    if stale:
+        raise ValueError(
+            f"the guide's parameters {stale} are not the param store's tensors (was "
+            "pyro.clear_param_store() called after this guide was built, and another guide "
+            "registered the same names?): restoring would write into that other guide. Restore "
+            "into the guide that now owns the store's parameters, or rebuild this one"
+        )
