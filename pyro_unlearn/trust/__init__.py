@@ -17,7 +17,7 @@ from .attach import (
     attach_trust,
     check_diagnose_options,
 )
-from .diagnostics import MIN_SAMPLES, TrustDiagnostics, diagnose
+from .diagnostics import MIN_SAMPLES, TrustDiagnostics, diagnose, without_fit_check
 from .draws import diagnose_draws
 from .fit import OwnFit, erased_parts, fit_log_weights, fit_summary, target_kl
 from .verdicts import (
@@ -66,4 +66,5 @@ __all__ = [
     "target_kl",
     "verdict",
     "weighted_verdict",
+    "without_fit_check",
 ]

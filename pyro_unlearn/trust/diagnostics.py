@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from ..validation import check_finite_data, check_positive_int
 from .fit import OwnFit, erased_parts, fit_log_weights, fit_summary, target_kl
 from .weights import WeightSummary, as_log_weights, summarize_weights
 
-__all__ = ["MIN_SAMPLES", "TrustDiagnostics", "diagnose"]
+__all__ = ["MIN_SAMPLES", "TrustDiagnostics", "diagnose", "without_fit_check"]
 
 #: The fewest draws diagnosed: PSIS fits its Pareto tail to the largest min(S/5, 3√S) weights.
 MIN_SAMPLES = 100
@@ -140,6 +142,27 @@ class TrustDiagnostics:
         return asdict(self)
 
 
+_FIT_CHECK = contextvars.ContextVar("pyro_unlearn_fit_check", default=True)
+
+
+@contextlib.contextmanager
+def without_fit_check() -> Iterator[None]:
+    """Within this block :func:`diagnose` skips the check of q(θ|D) itself (``fit_pareto_k``
+    and the rest stay ``None``): for a posterior that was not fitted to all of the data passed,
+    as a chained request ledger's serve from the previous unlearned posterior, whose rows
+    forgotten earlier are still in D; the check would hold it to them.
+
+    Example:
+        >>> with without_fit_check():
+        ...     pass  # pu.forget(model, guide, *D, erased=rows, posterior=previous, ...)
+    """
+    token = _FIT_CHECK.set(False)
+    try:
+        yield
+    finally:
+        _FIT_CHECK.reset(token)
+
+
 def diagnose(
     model: Callable[..., Any],
     posterior: FrozenPosterior,
@@ -252,7 +275,7 @@ def diagnose(
             )
         _, log_q_d, log_lik_d = _draw(wrapped, original, original, args, kwargs, num_samples, dim)
         own = None
-        if erased is not None and not vmapped:
+        if erased is not None and not vmapped and _FIT_CHECK.get():
             own = _fit_check(model, original, args, kwargs, erased, plate, num_samples, dim)
         if threshold is not None:
             log_lik = adjusted_log_likelihood(log_lik, log_q, threshold)
