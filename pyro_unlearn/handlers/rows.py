@@ -80,7 +80,9 @@ def as_row_spec(value: Any, what: str, plates: tuple[str, ...] | None) -> torch.
         )
     if rows.dtype == torch.bool:
         if not bool(rows.any()):
-            raise ValueError(f"{what} is an all-False mask: the erased set is empty")
+            raise ValueError(
+                f"{what} is an all-False mask (shape {tuple(rows.shape)}): the erased set is empty"
+            )
         return rows
     if bool((rows < 0).any()):
         raise ValueError(f"{what} has negative indices; give positions 0..N-1 in the plate")
