@@ -13,6 +13,7 @@ from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 
 __all__ = [
+    "check_bool",
     "check_finite",
     "check_finite_data",
     "check_in_unit_interval",
@@ -91,18 +92,40 @@ def check_nonnegative(name: str, value: Any) -> float:
     return value
 
 
-def check_in_unit_interval(name: str, value: Any, *, open_left: bool = False) -> float:
-    """``value`` as a ``float`` in [0, 1] (or (0, 1] with ``open_left``), or an error naming
-    ``name``.
+def check_in_unit_interval(
+    name: str, value: Any, *, open_left: bool = False, open_right: bool = False
+) -> float:
+    """``value`` as a ``float`` in [0, 1] (open at 0 with ``open_left``, at 1 with
+    ``open_right``), or an error naming ``name``.
 
     Example:
         >>> check_in_unit_interval("anneal", 0.5, open_left=True)
         0.5
+        >>> check_in_unit_interval("step_size", 1.0, open_left=True, open_right=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: step_size must be a number in (0, 1), got 1.0
     """
-    interval = "(0, 1]" if open_left else "[0, 1]"
+    interval = ("(" if open_left else "[") + "0, 1" + (")" if open_right else "]")
     value = _real(name, value, f"a number in {interval}")
-    if not (0 < value <= 1 if open_left else 0 <= value <= 1):
+    above = 0 < value if open_left else 0 <= value
+    below = value < 1 if open_right else value <= 1
+    if not (above and below):
         raise ValueError(f"{name} must be a number in {interval}, got {value}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is ``True`` or ``False``, else a ``TypeError`` naming ``name``.
+
+    Example:
+        >>> check_bool("progress", "yes")
+        Traceback (most recent call last):
+        ...
+        TypeError: progress must be True or False, got 'yes' (str)
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
     return value
 
 

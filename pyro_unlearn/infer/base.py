@@ -17,7 +17,7 @@ from pyro.util import warn_if_inf, warn_if_nan
 from ..handlers import ERASED, is_erased
 from ..posterior import FrozenPosterior
 from ..traces import latent_sites, particle_dim_of, preserved_rng
-from ..validation import check_finite, check_finite_data, check_positive_int
+from ..validation import check_bool, check_finite, check_finite_data, check_positive_int
 from .adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
 from .particle_paths import VmappedModel, choose_particle_path, plate_nesting
 
@@ -164,12 +164,9 @@ def check_loss_flags(
         ...
         TypeError: vectorize_particles must be True or False, got 'yes' (str)
     """
-    for name, value in (
-        ("vectorize_particles", vectorize_particles),
-        ("retain_graph", retain_graph),
-    ):
-        if not isinstance(value, bool) and not (name == "retain_graph" and value is None):
-            raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    check_bool("vectorize_particles", vectorize_particles)
+    if retain_graph is not None:
+        check_bool("retain_graph", retain_graph)
     if max_plate_nesting == float("inf") and not isinstance(max_plate_nesting, bool):
         return
     if isinstance(max_plate_nesting, bool) or not isinstance(max_plate_nesting, numbers.Integral):

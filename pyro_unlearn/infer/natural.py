@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections import deque
@@ -17,7 +16,7 @@ from ..guides import read_gaussian, write_gaussian
 from ..params import ParamSnapshot
 from ..posterior import FrozenPosterior, freeze
 from ..results import UnlearningResult
-from ..validation import check_positive_int
+from ..validation import check_bool, check_in_unit_interval, check_positive, check_positive_int
 from . import _moments
 from ._gaussian_setup import FlatErased, prepare
 from .adjusted_likelihood import check_lam, log_threshold
@@ -72,20 +71,11 @@ def _check_options(
     num_samples = check_positive_int("num_samples", num_samples)
     num_steps = check_positive_int("num_steps", num_steps)
     window = check_positive_int("window", window)
-    if isinstance(step_size, bool) or not isinstance(step_size, int | float):
-        raise TypeError(f"step_size must be a real number in (0, 1), got {step_size!r}")
-    if not 0.0 < float(step_size) < 1.0:
-        raise ValueError(
-            f"step_size must be in (0, 1) (ρ = 1 would replace q_v by one batch's moments, "
-            f"whose weighted covariance may be singular), got {step_size!r}"
-        )
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
-        raise TypeError(f"tolerance must be a positive real number, got {tolerance!r}")
-    if not 0.0 < float(tolerance) < math.inf:
-        raise ValueError(f"tolerance must be positive and finite, got {tolerance!r}")
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be True or False, got {type(progress).__name__}")
-    return lam, num_samples, num_steps, float(step_size), window, float(tolerance)
+    # ρ < 1: ρ = 1 would replace q_v by one batch's moments, whose covariance may be singular
+    step_size = check_in_unit_interval("step_size", step_size, open_left=True, open_right=True)
+    tolerance = check_positive("tolerance", tolerance)
+    check_bool("progress", progress)
+    return lam, num_samples, num_steps, step_size, window, tolerance
 
 
 def gaussian_reverse_kl(

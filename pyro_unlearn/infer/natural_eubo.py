@@ -17,7 +17,7 @@ from ..exact import NotNormalizableError
 from ..guides import read_gaussian, write_gaussian
 from ..params import ParamSnapshot
 from ..posterior import FrozenPosterior, freeze
-from ..validation import check_positive_int
+from ..validation import check_bool, check_in_unit_interval, check_positive_int
 from ._gaussian_setup import FlatErased, prepare
 from .adjusted_likelihood import adjusted_log_likelihood, check_lam, log_threshold
 from .natural import NaturalGradientResult
@@ -206,13 +206,9 @@ def _check_options(lam, num_samples, num_steps, step_size, window, progress) -> 
         )
     num_steps = check_positive_int("num_steps", num_steps)
     window = check_positive_int("window", window)
-    if isinstance(step_size, bool) or not isinstance(step_size, int | float):
-        raise TypeError(f"step_size must be a real number in (0, 1], got {step_size!r}")
-    if not 0.0 < float(step_size) <= 1.0:
-        raise ValueError(f"step_size must be in (0, 1], got {step_size!r}")
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be True or False, got {type(progress).__name__}")
-    return lam, num_samples, num_steps, float(step_size), window
+    step_size = check_in_unit_interval("step_size", step_size, open_left=True)
+    check_bool("progress", progress)
+    return lam, num_samples, num_steps, step_size, window
 
 
 def gaussian_eubo(

@@ -19,7 +19,7 @@ from ...infer.mcmc import LowESSWarning
 from ...infer.natural import NaturalGradientResult, moment_match
 from ...infer.reverse_kl import ImportanceWeights, next_temperature
 from ...posterior import FrozenPosterior
-from ...validation import check_positive_int
+from ...validation import check_bool, check_in_unit_interval, check_positive, check_positive_int
 from .conditional import (
     check_gp_data,
     gp_inputs,
@@ -251,12 +251,8 @@ def _check(gp, likelihood, posterior, x_e, y_e, options: dict) -> tuple:
     lam = check_lam(options["lam"])
     for name in ("num_samples", "num_steps", "window", "chunk_size"):
         check_positive_int(name, options[name])
-    rho = options["step_size"]
-    if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0.0 < rho < 1.0:
-        raise ValueError(f"step_size must be a real number in (0, 1), got {rho!r}")
-    tol = options["tolerance"]
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0.0 < tol < float("inf"):
-        raise ValueError(f"tolerance must be a positive finite number, got {tol!r}")
+    check_in_unit_interval("step_size", options["step_size"], open_left=True, open_right=True)
+    check_positive("tolerance", options["tolerance"])
     diagonal = isinstance(variational, MeanFieldVariationalDistribution)
     min_ess = 2.0 if diagonal else q.mean.shape[-1] + 1.0
     if options["num_samples"] <= min_ess:
@@ -264,8 +260,7 @@ def _check(gp, likelihood, posterior, x_e, y_e, options: dict) -> tuple:
             f"num_samples must exceed {int(min_ess)} (M + 1 for a full-covariance q(u), 2 for a "
             f"mean-field one), got {options['num_samples']}"
         )
-    if not isinstance(options["progress"], bool):
-        raise TypeError("progress must be True or False")
+    check_bool("progress", options["progress"])
     return posterior, q, lam, diagonal, min_ess
 
 
